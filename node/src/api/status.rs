@@ -1,0 +1,49 @@
+//! Maps the node's errors to gRPC statuses. Server-side faults are logged
+//! louder than the caller's mistakes.
+
+use tonic::{Code, Status};
+use vpn_storage::command::Refusal;
+
+use crate::error::Error;
+
+/// Metadata key naming the leader's address on UNAVAILABLE, so a client can go there.
+pub const LEADER_ADDR_HEADER: &str = "x-vpn-leader-addr";
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument { .. } | Error::InvalidFlag { .. } | Error::MissingFlag(_) => Code::InvalidArgument,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) | Error::Identity(_) => Code::FailedPrecondition,
+            Error::Unavailable { .. } | Error::Join { .. } => Code::Unavailable,
+            Error::Internal(_)
+            | Error::ConfigFile { .. }
+            | Error::Storage(_)
+            | Error::DataDir { .. }
+            | Error::Bind { .. } => Code::Internal,
+        };
+        match code {
+            Code::Internal => tracing::error!("request failed: {e}"),
+            Code::Unavailable => tracing::info!("request unavailable: {e}"),
+            _ => tracing::debug!("request refused: {e}"),
+        }
+        let mut status = Status::new(code, e.to_string());
+        if let Error::Unavailable { leader_addr: Some(addr), .. } = &e {
+            if let Ok(value) = addr.parse() {
+                status.metadata_mut().insert(LEADER_ADDR_HEADER, value);
+            }
+        }
+        status
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::UserExists(_) => Error::AlreadyExists(r.to_string()),
+            Refusal::UserNotFound(_) => Error::NotFound(r.to_string()),
+            Refusal::IncarnationConflict { .. } => Error::FailedPrecondition(r.to_string()),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Settings of a node: from flags, from a TOML file (`--config`), or `--dev`.
+//! Flags win over the file. Everything is validated here, before anything on
+//! disk or on the network is touched, and errors name the flag to fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// `vpnd`: one node of the replicated VPN control plane.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "vpnd",
+    version,
+    about = "One node of the replicated VPN control plane",
+    long_about = "One node of the replicated VPN control plane.\n\n\
+        Start three nodes with the same --initial-members to form a cluster:\n  \
+        vpnd --id 1 --listen 10.0.0.1:7000 --http 10.0.0.1:7080 --data-dir /var/lib/vpnd \\\n       \
+        --initial-members 1=10.0.0.1:7000,2=10.0.0.2:7000,3=10.0.0.3:7000\n\n\
+        Add a node to a running cluster with --join <any member>. Try it locally with `vpnd --dev`."
+)]
+pub struct Args {
+    /// This node's id (a positive integer, unique in the cluster, never reused).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// gRPC address to listen on (public API, Raft, health), host:port.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// gRPC address other nodes and clients use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// HTTP address for /livez, /readyz and /metrics, host:port.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Directory holding this node's Raft log, state and identity.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Static bootstrap: every member gets the same list, id=host:port,...
+    #[arg(long)]
+    pub initial_members: Option<String>,
+    /// Join a running cluster through any of these members, host:port,...
+    #[arg(long)]
+    pub join: Option<String>,
+    /// With --join: stay a learner (replicates, never votes) instead of becoming a voter.
+    #[arg(long)]
+    pub learner: bool,
+    /// TOML file with any of these settings (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// One self-bootstrapping node on 127.0.0.1:7000 (HTTP :7080), data in ./vpn-data.
+    #[arg(long)]
+    pub dev: bool,
+    /// Raft heartbeat interval in milliseconds (default 50).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout in ms (default 300).
+    #[arg(long)]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout in ms (default 600).
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) every this many entries (default 10000).
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+}
+
+/// The `--config` file: the same settings as the flags, in kebab-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSettings {
+    id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    http: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_members: Option<String>,
+    join: Option<String>,
+    learner: Option<bool>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+}
+
+/// How this node finds its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Form a new cluster from this member list (ignored once the node holds state).
+    Initial(BTreeMap<u64, String>),
+    /// Ask a running cluster, through any of these members, to add this node.
+    Join { seeds: Vec<String>, voter: bool },
+    /// Neither flag: the data dir must already hold this node's state.
+    Restart,
+}
+
+/// Raft timings; defaults suit loopback and a LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: u64,
+    pub listen: SocketAddr,
+    /// host:port under which peers and clients reach this node.
+    pub advertise: String,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub raft: RaftTimings,
+}
+
+impl Config {
+    /// The `--dev` node: one self-bootstrapping member on loopback.
+    pub fn dev() -> Self {
+        let listen: SocketAddr = ([127, 0, 0, 1], 7000).into();
+        Self {
+            id: 1,
+            listen,
+            advertise: listen.to_string(),
+            http: ([127, 0, 0, 1], 7080).into(),
+            data_dir: PathBuf::from("vpn-data"),
+            bootstrap: Bootstrap::Initial(BTreeMap::from([(1, listen.to_string())])),
+            raft: RaftTimings::default(),
+        }
+    }
+
+    /// Builds the configuration from parsed flags and the optional TOML file.
+    pub fn from_args(args: Args) -> Result<Self, Error> {
+        if args.dev {
+            return Ok(Self::dev());
+        }
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let id = args.id.or(file.id).ok_or(Error::MissingFlag("--id"))?;
+        if id == 0 {
+            return Err(Error::invalid("--id", "0 is reserved: use a positive integer"));
+        }
+        let listen_raw = args.listen.or(file.listen).ok_or(Error::MissingFlag("--listen"))?;
+        let listen = parse_socket_addr("--listen", &listen_raw)?;
+        let http_raw = args.http.or(file.http).ok_or(Error::MissingFlag("--http"))?;
+        let http = parse_socket_addr("--http", &http_raw)?;
+        let advertise = match args.advertise.or(file.advertise) {
+            Some(a) => {
+                parse_host_port("--advertise", &a)?;
+                a
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(Error::invalid(
+                    "--advertise",
+                    "--listen binds all interfaces, so give the address peers should dial, e.g. --advertise 10.0.0.1:7000",
+                ))
+            }
+            None => listen.to_string(),
+        };
+        let data_dir = args.data_dir.or(file.data_dir).ok_or(Error::MissingFlag("--data-dir"))?;
+        let initial = args.initial_members.or(file.initial_members);
+        let join = args.join.or(file.join);
+        let voter = !(args.learner || file.learner.unwrap_or(false));
+        let bootstrap = match (initial, join) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "--join",
+                    "give either --initial-members (new cluster) or --join (existing cluster), not both",
+                ))
+            }
+            (Some(list), None) => {
+                let members = parse_initial_members(&list)?;
+                match members.get(&id) {
+                    None => {
+                        return Err(Error::invalid(
+                            "--initial-members",
+                            &format!("does not list this node's --id {id}: add {id}=<host:port>, or use --join"),
+                        ))
+                    }
+                    Some(addr) if *addr != advertise => {
+                        return Err(Error::invalid(
+                            "--initial-members",
+                            &format!("lists {id}={addr}, but this node advertises {advertise}: make them match (see --advertise)"),
+                        ))
+                    }
+                    Some(_) => Bootstrap::Initial(members),
+                }
+            }
+            (None, Some(list)) => Bootstrap::Join { seeds: parse_seed_list(&list)?, voter },
+            (None, None) => Bootstrap::Restart,
+        };
+        let defaults = RaftTimings::default();
+        let raft = RaftTimings {
+            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(defaults.heartbeat_ms),
+            election_timeout_min_ms: args
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms)
+                .unwrap_or(defaults.election_timeout_min_ms),
+            election_timeout_max_ms: args
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms)
+                .unwrap_or(defaults.election_timeout_max_ms),
+            snapshot_every: args.snapshot_every.or(file.snapshot_every).unwrap_or(defaults.snapshot_every),
+        };
+        validate_timings(&raft)?;
+        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| Error::ConfigFile { path: path.to_owned(), detail: e.to_string() })
+}
+
+fn validate_timings(t: &RaftTimings) -> Result<(), Error> {
+    if t.heartbeat_ms == 0 {
+        return Err(Error::invalid("--heartbeat-ms", "must be at least 1"));
+    }
+    if t.election_timeout_min_ms <= t.heartbeat_ms {
+        return Err(Error::invalid(
+            "--election-timeout-min-ms",
+            "must be larger than --heartbeat-ms (a few heartbeats, e.g. 6x)",
+        ));
+    }
+    if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+        return Err(Error::invalid(
+            "--election-timeout-max-ms",
+            "must be larger than --election-timeout-min-ms (e.g. 2x)",
+        ));
+    }
+    if t.snapshot_every == 0 {
+        return Err(Error::invalid("--snapshot-every", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn parse_socket_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, Error> {
+    raw.parse().map_err(|_| {
+        Error::invalid(flag, &format!("{raw:?} is not an ip:port address, e.g. 127.0.0.1:7000"))
+    })
+}
+
+/// Checks `host:port` (a name or an IP; the port a number in 1..=65535).
+fn parse_host_port(flag: &'static str, raw: &str) -> Result<(), Error> {
+    let bad = || Error::invalid(flag, &format!("{raw:?} is not host:port, e.g. 10.0.0.1:7000"));
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && !host.is_empty() && !host.contains(char::is_whitespace) => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_initial_members(raw: &str) -> Result<BTreeMap<u64, String>, Error> {
+    const FLAG: &str = "--initial-members";
+    let mut members = BTreeMap::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| {
+            Error::invalid(FLAG, &format!("{item:?} is not id=host:port, e.g. 1=10.0.0.1:7000"))
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| Error::invalid(FLAG, &format!("{id:?} in {item:?} is not a positive node id")))?;
+        let addr = addr.trim();
+        parse_host_port(FLAG, addr)?;
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(Error::invalid(FLAG, &format!("node id {id} is listed twice")));
+        }
+    }
+    if members.is_empty() {
+        return Err(Error::invalid(FLAG, "is empty: give id=host:port,... for every initial member"));
+    }
+    Ok(members)
+}
+
+fn parse_seed_list(raw: &str) -> Result<Vec<String>, Error> {
+    let seeds: Vec<String> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if seeds.is_empty() {
+        return Err(Error::invalid("--join", "is empty: give host:port of at least one member"));
+    }
+    for seed in &seeds {
+        parse_host_port("--join", seed)?;
+    }
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/tmp/x"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    fn err(extra: &[&str]) -> String {
+        match Config::from_args(args(extra)) {
+            Ok(c) => panic!("accepted {extra:?}: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn initial_members_are_parsed() {
+        let c = Config::from_args(args(&["--initial-members", "1=127.0.0.1:7000, 2=10.0.0.2:7000"])).expect("valid");
+        assert_eq!(
+            c.bootstrap,
+            Bootstrap::Initial(BTreeMap::from([(1, "127.0.0.1:7000".into()), (2, "10.0.0.2:7000".into())]))
+        );
+    }
+
+    #[test]
+    fn malformed_initial_members_name_the_flag() {
+        for bad in ["", "1", "x=127.0.0.1:7000", "1=127.0.0.1", "1=127.0.0.1:0", "1=127.0.0.1:7000,1=127.0.0.1:7001", "2=127.0.0.1:7000", "1=127.0.0.1:7001"] {
+            let e = err(&["--initial-members", bad]);
+            assert!(e.contains("--initial-members"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        assert!(err(&["--join", "a:1", "--initial-members", "1=127.0.0.1:7000"]).contains("--join"));
+        assert!(err(&["--heartbeat-ms", "500"]).contains("--election-timeout-min-ms"));
+        assert!(Config::from_args(Args::parse_from(["vpnd", "--id", "1"])).is_err());
+        let e = Config::from_args(Args::parse_from(["vpnd", "--id", "0", "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", "d"]))
+            .expect_err("id 0");
+        assert!(e.to_string().contains("--id"));
+        let e = Config::from_args(Args::parse_from(["vpnd", "--id", "1", "--listen", "0.0.0.0:1", "--http", "127.0.0.1:2", "--data-dir", "d"]))
+            .expect_err("unspecified listen");
+        assert!(e.to_string().contains("--advertise"));
+    }
+
+    #[test]
+    fn file_settings_apply_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vpnd.toml");
+        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:7100\"\nhttp = \"127.0.0.1:7180\"\ndata-dir = \"/d\"\nheartbeat-ms = 20\njoin = \"127.0.0.1:7000\"\n")
+            .expect("write");
+        let c = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8"), "--id", "3"])).expect("valid");
+        assert_eq!(c.id, 3);
+        assert_eq!(c.raft.heartbeat_ms, 20);
+        assert_eq!(c.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7000".into()], voter: true });
+        std::fs::write(&path, "idd = 2\n").expect("write");
+        let e = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8")])).expect_err("unknown key");
+        assert!(e.to_string().contains("idd"), "{e}");
+    }
+}

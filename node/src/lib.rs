@@ -1,0 +1,185 @@
+//! `vpnd`: one node of the replicated VPN control plane.
+//!
+//! Every node runs openraft over tonic with its state in sled (`vpn-storage`),
+//! serves the public gRPC API (any node takes any request; writes are
+//! forwarded to the leader in one hop), the internal Raft service,
+//! `grpc.health.v1`, and HTTP health and metrics.
+//!
+//! Layout:
+//! - [`config`]: flags, TOML file, `--dev`; all validation of settings.
+//! - `identity`: the data dir's node id and incarnation.
+//! - [`node`]: the shared handle: propose, linearizable reads, leader routing.
+//! - `raft`: openraft wiring: network, internal service, bootstrap/join, leadership transfer.
+//! - `api`: the public `Users` and `Cluster` services.
+//! - `http`: `/livez`, `/readyz`, `/metrics`.
+//! - `observer`: Raft gauges and gRPC health from openraft's metrics.
+//! - `metrics`, `peers`, [`error`].
+//!
+//! [`run`] takes bound listeners and a shutdown future, so tests start nodes
+//! in-process on port 0.
+
+mod api;
+pub mod config;
+pub mod error;
+mod http;
+mod identity;
+mod metrics;
+pub mod node;
+mod observer;
+mod peers;
+mod raft;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use vpn_proto::internal::raft_server::RaftServer;
+use vpn_proto::v1::cluster_server::ClusterServer;
+use vpn_proto::v1::users_server::UsersServer;
+use vpn_storage::types::Raft;
+
+pub use config::{Args, Bootstrap, Config};
+pub use error::Error;
+
+use crate::api::cluster::ClusterApi;
+use crate::api::users::UsersApi;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::peers::Peers;
+use crate::raft::network::Network;
+use crate::raft::service::RaftService;
+
+/// Largest Raft message (a snapshot chunk or a batch of entries).
+const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+/// How long a stopping leader waits for a successor.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// The node's two listeners, bound before the node starts.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        let bind = |what, addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|e| Error::Bind { what, addr: addr.to_string(), detail: e.to_string() })
+        };
+        Ok(Self { grpc: bind("--listen", config.listen).await?, http: bind("--http", config.http).await? })
+    }
+}
+
+/// Runs a node until `shutdown` resolves (then stops gracefully, handing off
+/// leadership) or a fatal error occurs.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let identity = Identity::load_or_create(&config.data_dir, config.id)?;
+    let (log, sm) = vpn_storage::open(&config.data_dir)?;
+    let state = sm.reader();
+    let metrics = Arc::new(Metrics::default());
+    let peers = Arc::new(Peers::default());
+    let network = Network { identity, state: state.clone(), peers: peers.clone(), metrics: metrics.clone() };
+    let raft = Raft::new(config.id, raft::raft_config(&config.raft)?, network, log, sm)
+        .await
+        .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
+    let node = Arc::new(Node { id: config.id, identity, raft, state, metrics, peers });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(UsersServer::new(UsersApi { node: node.clone() }))
+        .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
+        .add_service(
+            RaftServer::new(RaftService { node: node.clone() })
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stop_rx.clone()));
+    let mut grpc_task = tokio::spawn(grpc);
+    let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_task = tokio::spawn(async move { http.await });
+    let observer_task = tokio::spawn(observer::run(node.clone(), health, stop_rx.clone()));
+
+    start_membership(&node, &config, fatal_tx).await?;
+    tracing::info!(id = config.id, listen = %config.listen, http = %config.http, "vpnd started");
+
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        Some(e) = fatal_rx.recv() => Err(e),
+        res = &mut grpc_task => Err(Error::Internal(format!("gRPC server stopped: {res:?}"))),
+    };
+    tracing::info!("stopping");
+    raft::transfer::hand_off_leadership(&node, HANDOFF_WAIT).await;
+    let _ = stop_tx.send(true);
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!("raft shutdown: {e}");
+    }
+    for task in [http_task.abort_handle(), observer_task.abort_handle(), grpc_task.abort_handle()] {
+        task.abort();
+    }
+    outcome
+}
+
+/// Static bootstrap, join, or restart; then record this data dir's identity.
+async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender<Error>) -> Result<(), Error> {
+    match &config.bootstrap {
+        Bootstrap::Initial(members) => raft::bootstrap::initialize(node, members).await?,
+        Bootstrap::Join { seeds, voter } => {
+            let (node, advertise, seeds, voter, fatal) =
+                (node.clone(), config.advertise.clone(), seeds.clone(), *voter, fatal.clone());
+            tokio::spawn(async move {
+                if let Err(e) = raft::bootstrap::join(&node, &advertise, &seeds, voter).await {
+                    let _ = fatal.send(e).await;
+                }
+            });
+        }
+        Bootstrap::Restart => {
+            let initialized = node.raft.is_initialized().await.unwrap_or(false);
+            if !initialized {
+                return Err(Error::DataDir {
+                    path: config.data_dir.clone(),
+                    detail: "holds no cluster state: give --initial-members to form a cluster or --join to join one".into(),
+                });
+            }
+        }
+    }
+    let (node, advertise) = (node.clone(), config.advertise.clone());
+    tokio::spawn(async move {
+        if let Err(e) = raft::bootstrap::register_identity(node, advertise).await {
+            let _ = fatal.send(e).await;
+        }
+    });
+    Ok(())
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

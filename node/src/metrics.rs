@@ -1,0 +1,106 @@
+//! Prometheus metrics of a node (`GET /metrics`). Names follow Prometheus
+//! conventions: a `vpn_` prefix, base units, `_total` on counters.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRpcLabels {
+    pub peer: String,
+    pub rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+/// Every metric of the node. Raft gauges are refreshed by a watcher on
+/// openraft's metrics channel; counters are bumped where things happen.
+pub struct Metrics {
+    registry: Registry,
+    pub term: Gauge,
+    pub leader_id: Gauge,
+    pub is_leader: Gauge,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+    pub last_log_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub snapshots: Counter,
+    pub snapshots_received: Counter,
+    pub proposals: Family<OutcomeLabel, Counter>,
+    pub proposal_duration: Histogram,
+    pub forwarded: Family<MethodLabel, Counter>,
+    pub rpc_errors: Family<PeerRpcLabels, Counter>,
+    pub users: Family<StatusLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("vpn");
+        let m = Self {
+            term: Gauge::default(),
+            leader_id: Gauge::default(),
+            is_leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            snapshots: Counter::default(),
+            snapshots_received: Counter::default(),
+            proposals: Family::default(),
+            proposal_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            forwarded: Family::default(),
+            rpc_errors: Family::default(),
+            users: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register("raft_leader_id", "Id of the known leader, 0 when none", m.leader_id.clone());
+        registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
+        registry.register("raft_commit_index", "Highest log index known committed", m.commit_index.clone());
+        registry.register("raft_applied_index", "Highest log index applied to the state machine", m.applied_index.clone());
+        registry.register("raft_last_log_index", "Highest log index in the local log", m.last_log_index.clone());
+        registry.register("raft_snapshot_index", "Log index covered by the current snapshot", m.snapshot_index.clone());
+        registry.register("raft_snapshots", "Snapshots taken or installed by this node", m.snapshots.clone());
+        registry.register(
+            "raft_snapshots_received",
+            "Snapshots received from a leader and installed",
+            m.snapshots_received.clone(),
+        );
+        registry.register("proposals", "Writes proposed through Raft by outcome", m.proposals.clone());
+        registry.register(
+            "proposal_duration_seconds",
+            "Time from proposal to commit and apply on the leader",
+            m.proposal_duration.clone(),
+        );
+        registry.register("forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
+        registry.register("raft_rpc_errors", "Failed Raft RPCs to peers", m.rpc_errors.clone());
+        registry.register("users", "Users by status", m.users.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,156 @@
+//! [`Node`]: the handle every service shares: Raft, the applied state, peers
+//! and metrics, with the few operations the API is built from (propose a
+//! write, wait for a linearizable read, find the leader).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use tonic::transport::Channel;
+use vpn_proto::internal::raft_client::RaftClient;
+use vpn_proto::internal::ReadIndexRequest;
+use vpn_storage::command::{Command, CommandResponse};
+use vpn_storage::types::{NodeId, Raft};
+use vpn_storage::StateReader;
+
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::peers::Peers;
+
+/// How long a follower waits to apply up to the leader's read index.
+const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub id: NodeId,
+    pub identity: Identity,
+    pub raft: Raft,
+    pub state: StateReader,
+    pub metrics: Arc<Metrics>,
+    pub peers: Arc<Peers>,
+}
+
+/// Where a write must run.
+pub enum Route {
+    Local,
+    /// On the leader, reached through this channel.
+    Leader(Channel),
+}
+
+/// What `/readyz` reports.
+pub struct Readiness {
+    pub leader: Option<NodeId>,
+    pub applied: u64,
+    pub committed: u64,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.leader.is_some() && self.applied >= self.committed
+    }
+}
+
+impl Node {
+    /// The current leader and its address, as this node knows them.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// Decides where a write runs. A request that was already forwarded once
+    /// is never forwarded again: the caller retries instead (no loops).
+    pub fn route_write(&self, already_forwarded: bool) -> Result<Route, Error> {
+        if self.is_leader() {
+            return Ok(Route::Local);
+        }
+        match self.leader() {
+            Some((_, addr)) if !already_forwarded => Ok(Route::Leader(self.peers.channel(&addr)?)),
+            Some((id, addr)) => Err(Error::Unavailable {
+                detail: format!("leadership is moving (node {id} at {addr} was named leader); retry"),
+                leader_addr: Some(addr),
+            }),
+            None => Err(Error::unavailable("no leader elected yet; retry shortly")),
+        }
+    }
+
+    /// Proposes `cmd` on this node (the leader) and waits for commit and apply.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Error> {
+        let started = Instant::now();
+        let result = self.raft.client_write(cmd).await;
+        self.metrics.proposal_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(r) if matches!(r.data, CommandResponse::Refused(_)) => "refused",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.metrics.proposals.get_or_create(&OutcomeLabel { outcome }).inc();
+        result.map(|r| r.data).map_err(write_error)
+    }
+
+    /// Membership changes go through openraft's own API but fail the same way.
+    pub fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {
+        write_error(e)
+    }
+
+    /// Returns once this node's state reflects every write acknowledged before
+    /// the call: read-index on the leader, or asked of the leader by a follower.
+    pub async fn linearizable_barrier(&self) -> Result<(), Error> {
+        let index = if self.is_leader() {
+            match self.raft.get_read_log_id().await {
+                Ok((read, _applied)) => read.map(|l| l.index),
+                Err(e) => return Err(Error::unavailable(format!("leader check failed: {e}; retry"))),
+            }
+        } else {
+            let (_, addr) = self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
+            let mut client = RaftClient::new(self.peers.channel(&addr)?);
+            let reply = client.read_index(ReadIndexRequest {}).await.map_err(|s| Error::Unavailable {
+                detail: format!("leader at {addr} did not confirm a read index: {}; retry", s.message()),
+                leader_addr: Some(addr.clone()),
+            })?;
+            Some(reply.into_inner().index)
+        };
+        let Some(index) = index else { return Ok(()) };
+        self.raft
+            .wait(Some(READ_INDEX_WAIT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::unavailable(format!("this node has not caught up with the leader: {e}; retry or read from another node")))
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let (leader, applied) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.last_applied.map_or(0, |l| l.index))
+        };
+        let committed = self.raft.with_raft_state(|s| s.committed.map_or(0, |l| l.index)).await.unwrap_or(u64::MAX);
+        Readiness { leader, applied, committed }
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
+            detail: match f.leader_id {
+                Some(id) => format!("this node is no longer the leader (node {id} is); retry"),
+                None => "this node is no longer the leader and no new one is known yet; retry".to_owned(),
+            },
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::FailedPrecondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Error::unavailable(format!("this node's Raft has stopped ({e}); use another node")),
+    }
+}

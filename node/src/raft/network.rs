@@ -1,0 +1,161 @@
+//! openraft's network over tonic: one [`PeerClient`] per target, JSON
+//! payloads in a bytes field, and identity headers on every request so a
+//! wiped node that reuses an old id is refused (see `identity.rs`).
+
+use std::sync::Arc;
+
+use openraft::error::{Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vpn_proto::internal::raft_client::RaftClient;
+use vpn_proto::internal::RaftPayload;
+use vpn_storage::types::{NodeId, TypeConfig};
+use vpn_storage::StateReader;
+
+use crate::identity::Identity;
+use crate::metrics::{Metrics, PeerRpcLabels};
+use crate::peers::Peers;
+
+pub const HEADER_FROM: &str = "x-vpn-from";
+pub const HEADER_FROM_INCARNATION: &str = "x-vpn-from-incarnation";
+pub const HEADER_TO_INCARNATION: &str = "x-vpn-to-incarnation";
+
+/// Creates a client per peer; openraft calls it whenever it needs one.
+#[derive(Clone)]
+pub struct Network {
+    pub identity: Identity,
+    pub state: StateReader,
+    pub peers: Arc<Peers>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient { net: self.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+pub struct PeerClient {
+    net: Network,
+    target: NodeId,
+    addr: String,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "append_entries",
+            Rpc::Vote => "vote",
+            Rpc::InstallSnapshot => "install_snapshot",
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.send(rpc, req, option).await;
+        if result.is_err() {
+            let labels = PeerRpcLabels { peer: self.target.to_string(), rpc: rpc.name() };
+            self.net.metrics.rpc_errors.get_or_create(&labels).inc();
+        }
+        result
+    }
+
+    async fn send<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self.net.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+        let mut request = tonic::Request::new(RaftPayload { json });
+        request.set_timeout(option.hard_ttl());
+        self.stamp(request.metadata_mut());
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let payload = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            tonic::Code::FailedPrecondition => {
+                tracing::error!(peer = self.target, addr = %self.addr, "peer refused Raft traffic: {}", status.message());
+                RPCError::Network(NetworkError::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&payload.into_inner().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new_with_node(
+            self.target,
+            BasicNode::new(self.addr.clone()),
+            e,
+        )))
+    }
+
+    /// Says who sends, and which data dir the sender expects at the target.
+    fn stamp(&self, meta: &mut tonic::metadata::MetadataMap) {
+        let me = &self.net.identity;
+        let expected = self.net.state.read(|s| s.members.get(&self.target).map(|m| m.incarnation));
+        let pairs = [
+            (HEADER_FROM, Some(me.node_id.to_string())),
+            (HEADER_FROM_INCARNATION, Some(me.incarnation.to_string())),
+            (HEADER_TO_INCARNATION, expected.map(|i| i.to_string())),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value.and_then(|v| v.parse().ok()) {
+                meta.insert(key, value);
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, Infallible> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

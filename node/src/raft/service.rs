@@ -1,0 +1,109 @@
+//! The internal Raft gRPC service: feeds peers' RPCs into openraft, answers
+//! read-index requests and leadership-transfer nudges. Refuses traffic whose
+//! identity headers do not match what the cluster knows.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+use vpn_proto::internal::raft_server::Raft as RaftRpc;
+use vpn_proto::internal::{RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest};
+
+use super::network::{HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
+use crate::node::Node;
+
+pub struct RaftService {
+    pub node: Arc<Node>,
+}
+
+fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("payload: not a valid Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    serde_json::to_vec(value)
+        .map(|json| Response::new(RaftPayload { json }))
+        .map_err(|e| Status::internal(format!("encoding the Raft reply failed: {e}")))
+}
+
+fn header<'a>(req: &'a Request<RaftPayload>, key: &str) -> Option<&'a str> {
+    req.metadata().get(key).and_then(|v| v.to_str().ok())
+}
+
+impl RaftService {
+    /// Refuses a peer that expects another data dir here, or that presents an
+    /// incarnation other than the one the cluster recorded for its id.
+    fn check_identity(&self, req: &Request<RaftPayload>) -> Result<(), Status> {
+        let me = &self.node.identity;
+        if let Some(expected) = header(req, HEADER_TO_INCARNATION) {
+            if expected != me.incarnation.to_string() {
+                let msg = format!(
+                    "node {} here runs data dir incarnation {}, but the cluster knows node {} as incarnation {expected}: \
+                     a wiped node must not rejoin under its old id; run `vpnctl member remove {}` and start it with a new --id and --join",
+                    me.node_id, me.incarnation, me.node_id, me.node_id
+                );
+                tracing::error!("{msg}");
+                return Err(Status::failed_precondition(msg));
+            }
+        }
+        let from = header(req, HEADER_FROM).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(from), Some(presented)) = (from, header(req, HEADER_FROM_INCARNATION)) {
+            let known = self.node.state.read(|s| s.members.get(&from).map(|m| m.incarnation.to_string()));
+            if let Some(known) = known.filter(|k| k != presented) {
+                let msg = format!(
+                    "node {from} presents data dir incarnation {presented}, but the cluster knows it as {known}: \
+                     refusing a wiped node under an old id; remove member {from} and re-add it under a new id"
+                );
+                tracing::error!("{msg}");
+                return Err(Status::failed_precondition(msg));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_identity(&req)?;
+        let rpc = decode(req)?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_identity(&req)?;
+        let rpc = decode(req)?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_identity(&req)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<vpn_storage::types::TypeConfig> = decode(req)?;
+        let done = rpc.done;
+        let result = self.node.raft.install_snapshot(rpc).await;
+        if done && result.is_ok() {
+            self.node.metrics.snapshots_received.inc();
+        }
+        encode(&result)
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        match self.node.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Response::new(ReadIndexReply { index: read.map_or(0, |l| l.index) })),
+            Err(e) => Err(Status::unavailable(format!("not the leader: {e}"))),
+        }
+    }
+
+    async fn timeout_now(&self, _req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {
+        tracing::info!("leadership transfer requested: starting an election");
+        self.node
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot start an election: {e}")))?;
+        Ok(Response::new(TimeoutNowReply {}))
+    }
+}

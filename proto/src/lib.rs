@@ -1,0 +1,16 @@
+//! The gRPC protocol of the VPN control plane, generated from `proto/`.
+//!
+//! Layout:
+//! - [`v1`]: the public API (`vpn.v1`): `Users` and `Cluster` services.
+//! - [`internal`]: node-to-node traffic (`vpn.internal.v1`): Raft RPCs,
+//!   read-index and leadership transfer. Not a stable interface.
+
+/// The public API, package `vpn.v1`.
+pub mod v1 {
+    tonic::include_proto!("vpn.v1");
+}
+
+/// Node-to-node RPCs, package `vpn.internal.v1`.
+pub mod internal {
+    tonic::include_proto!("vpn.internal.v1");
+}

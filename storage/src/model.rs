@@ -1,0 +1,139 @@
+//! The replicated domain model: users and the members' data-dir identities.
+//!
+//! Everything here is plain data. Values that need randomness (ids, keys) are
+//! made by [`User::new`] on the proposing node, before the command enters the
+//! log, so every replica applies identical bytes.
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::types::NodeId;
+
+/// Longest allowed user name.
+pub const MAX_USER_NAME_LEN: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+/// Per-user secrets for the protocols we serve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub vless_uuid: Uuid,
+    /// Shadowsocks-2022 per-user key: 16 random bytes, standard base64.
+    pub ss2022_key: String,
+}
+
+impl Credentials {
+    pub fn generate() -> Self {
+        let mut key = [0u8; 16];
+        rand::rng().fill_bytes(&mut key);
+        Self {
+            vless_uuid: Uuid::new_v4(),
+            ss2022_key: base64::engine::general_purpose::STANDARD.encode(key),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    pub name: String,
+    pub status: UserStatus,
+    /// Milliseconds since the Unix epoch, taken by the proposing node.
+    pub created_at_ms: i64,
+    pub credentials: Credentials,
+}
+
+impl User {
+    /// A new active user with fresh id and credentials. `name` must already be
+    /// valid (see [`validate_user_name`]).
+    pub fn new(name: String, created_at_ms: i64) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            name,
+            status: UserStatus::Active,
+            created_at_ms,
+            credentials: Credentials::generate(),
+        }
+    }
+}
+
+/// The identity of a member's data dir. A wiped node gets a new incarnation, so
+/// it cannot silently take over the log position and vote of its old id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: NodeId,
+    pub addr: String,
+    pub incarnation: Uuid,
+}
+
+/// Why a user name was refused; the message says what a valid name looks like.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name is empty: give 1-64 characters of a-z, 0-9, '.', '_' or '-'")]
+    Empty,
+    #[error("name is {0} characters long: use at most 64")]
+    TooLong(usize),
+    #[error("name must start with a lowercase letter or digit")]
+    BadStart,
+    #[error("name contains {0:?}: use only a-z, 0-9, '.', '_' and '-'")]
+    BadChar(char),
+}
+
+/// The contract's rule: 1-64 chars of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn validate_user_name(name: &str) -> Result<(), NameError> {
+    let len = name.chars().count();
+    if len == 0 {
+        return Err(NameError::Empty);
+    }
+    if len > MAX_USER_NAME_LEN {
+        return Err(NameError::TooLong(len));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar(bad));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err(NameError::BadStart);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in ["a", "alice", "0day", "a.b_c-d", &"x".repeat(64)] {
+            assert_eq!(validate_user_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_user_name(""), Err(NameError::Empty));
+        assert_eq!(validate_user_name(&"x".repeat(65)), Err(NameError::TooLong(65)));
+        assert_eq!(validate_user_name("-a"), Err(NameError::BadStart));
+        assert_eq!(validate_user_name(".a"), Err(NameError::BadStart));
+        assert_eq!(validate_user_name("Alice"), Err(NameError::BadChar('A')));
+        assert_eq!(validate_user_name("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(validate_user_name("ä"), Err(NameError::BadChar('ä')));
+    }
+
+    #[test]
+    fn credentials_are_fresh_and_well_formed() {
+        let a = Credentials::generate();
+        let b = Credentials::generate();
+        assert_ne!(a, b);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&a.ss2022_key)
+            .expect("base64");
+        assert_eq!(key.len(), 16);
+        assert_eq!(a.vless_uuid.get_version_num(), 4);
+    }
+}

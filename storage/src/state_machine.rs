@@ -1,0 +1,302 @@
+//! The state machine: the applied [`State`] in memory, written through to the
+//! sled tree `sm` (one atomic batch per `apply` call), and snapshots.
+//!
+//! The `sm` tree is not fsynced: the log is durable, and a lost batch is
+//! re-applied from it. A batch carries `meta/applied` with the data it
+//! applied, so the tree never holds data from entries it does not claim.
+
+use std::collections::BTreeSet;
+use std::io::{self, Cursor};
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+
+use crate::command::{self, Command, CommandResponse};
+use crate::durable::{blocking, decode, encode, get_json, DurableDb};
+use crate::error::OpenError;
+use crate::model::{MemberRecord, User};
+use crate::snapshot_file::SnapshotFile;
+use crate::state::State;
+use crate::types::{
+    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const APPLIED: &[u8] = b"meta/applied";
+const MEMBERSHIP: &[u8] = b"meta/membership";
+const USERS: &str = "u/";
+const MEMBERS: &str = "m/";
+
+fn user_key(name: &str) -> String {
+    format!("{USERS}{name}")
+}
+
+fn member_key(id: NodeId) -> String {
+    format!("{MEMBERS}{id}")
+}
+
+/// A shared, read-only view of the applied state for the API and the agent.
+#[derive(Clone)]
+pub struct StateReader(Arc<RwLock<State>>);
+
+impl StateReader {
+    /// Runs `f` on the current state. Keep `f` short: apply waits for it.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        // A panic elsewhere cannot leave `State` half-updated in a way a
+        // reader could not see anyway, so a poisoned lock is still usable.
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The Raft state machine. Clones share everything; a clone builds snapshots.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: DurableDb,
+    tree: sled::Tree,
+    state: StateReader,
+    snapshot: Arc<SnapshotFile>,
+}
+
+impl StateMachineStore {
+    /// Loads the `sm` tree, or the current snapshot if that is newer (an
+    /// install that crashed before rewriting the tree).
+    pub(crate) fn open(db: DurableDb, dir: &Path) -> Result<Self, OpenError> {
+        let tree = db
+            .db()
+            .open_tree("sm")
+            .map_err(|e| OpenError::corrupt(db.path(), e))?;
+        let mut state =
+            load_tree(&tree).map_err(|e| OpenError::corrupt(db.path(), format!("state machine: {e}")))?;
+        let snapshot_dir = dir.join("snapshots");
+        let (snapshot, current) = SnapshotFile::open(&snapshot_dir)?;
+        if let Some((meta, data)) = current {
+            if meta.last_log_id > state.last_applied {
+                state = state_from_snapshot(&meta, &data)
+                    .map_err(|e| OpenError::corrupt(&snapshot_dir, e))?;
+                rewrite_tree(&tree, &state).map_err(|e| OpenError::from_io(db.path(), e))?;
+            }
+        }
+        Ok(Self {
+            db,
+            tree,
+            state: StateReader(Arc::new(RwLock::new(state))),
+            snapshot: Arc::new(snapshot),
+        })
+    }
+
+    /// A handle that reads the applied state; it follows every apply.
+    pub fn reader(&self) -> StateReader {
+        self.state.clone()
+    }
+}
+
+fn load_tree(tree: &sled::Tree) -> io::Result<State> {
+    let mut state = State {
+        last_applied: get_json(tree, APPLIED)?,
+        last_membership: get_json(tree, MEMBERSHIP)?.unwrap_or_default(),
+        ..State::default()
+    };
+    for item in tree.scan_prefix(USERS) {
+        let user: User = decode(&item?.1)?;
+        state.users.insert(user.name.clone(), user);
+    }
+    for item in tree.scan_prefix(MEMBERS) {
+        let member: MemberRecord = decode(&item?.1)?;
+        state.members.insert(member.id, member);
+    }
+    Ok(state)
+}
+
+fn put_meta(batch: &mut sled::Batch, state: &State) -> io::Result<()> {
+    match &state.last_applied {
+        Some(id) => batch.insert(APPLIED, encode(id)?),
+        None => batch.remove(APPLIED),
+    }
+    batch.insert(MEMBERSHIP, encode(&state.last_membership)?);
+    Ok(())
+}
+
+/// Replaces the whole tree with `state` in one atomic batch.
+fn rewrite_tree(tree: &sled::Tree, state: &State) -> io::Result<()> {
+    let mut batch = sled::Batch::default();
+    for key in tree.iter().keys() {
+        batch.remove(key?);
+    }
+    for user in state.users.values() {
+        batch.insert(user_key(&user.name).as_bytes(), encode(user)?);
+    }
+    for member in state.members.values() {
+        batch.insert(member_key(member.id).as_bytes(), encode(member)?);
+    }
+    put_meta(&mut batch, state)?;
+    Ok(tree.apply_batch(batch)?)
+}
+
+/// The snapshot's meta is authoritative for what it covers.
+fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
+    let mut state: State = decode(data)?;
+    state.last_applied = meta.last_log_id;
+    state.last_membership = meta.last_membership.clone();
+    Ok(state)
+}
+
+/// The keys one apply call changed, written from the final state in one batch.
+#[derive(Default)]
+struct Touched {
+    users: BTreeSet<String>,
+    members: BTreeSet<NodeId>,
+}
+
+impl Touched {
+    fn note(&mut self, cmd: &Command) {
+        match cmd {
+            Command::CreateUser(user) => self.users.insert(user.name.clone()),
+            Command::UpdateUser { name, .. } | Command::DeleteUser { name } => {
+                self.users.insert(name.clone())
+            }
+            Command::RegisterMember(record) => self.members.insert(record.id),
+            Command::ForgetMember { id } => self.members.insert(*id),
+        };
+    }
+
+    fn batch(&self, state: &State) -> io::Result<sled::Batch> {
+        let mut batch = sled::Batch::default();
+        for name in &self.users {
+            match state.users.get(name) {
+                Some(user) => batch.insert(user_key(name).as_bytes(), encode(user)?),
+                None => batch.remove(user_key(name).as_bytes()),
+            }
+        }
+        for id in &self.members {
+            match state.members.get(id) {
+                Some(member) => batch.insert(member_key(*id).as_bytes(), encode(member)?),
+                None => batch.remove(member_key(*id).as_bytes()),
+            }
+        }
+        put_meta(&mut batch, state)?;
+        Ok(batch)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.state.read(|s| (s.last_applied, s.last_membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut touched = Touched::default();
+        let batch = {
+            let mut state = self.state.write();
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => CommandResponse::None,
+                    EntryPayload::Normal(cmd) => {
+                        touched.note(&cmd);
+                        command::apply(&mut state, &cmd)
+                    }
+                    EntryPayload::Membership(m) => {
+                        state.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        CommandResponse::None
+                    }
+                };
+                responses.push(response);
+            }
+            touched.batch(&state)
+        };
+        let batch = batch.map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let tree = self.tree.clone();
+        blocking(move || Ok(tree.apply_batch(batch)?))
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Persists the snapshot file first: if the tree rewrite is then lost,
+    /// `open` finds the newer snapshot and loads it.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = state_from_snapshot(meta, &data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let (file, tree, meta_owned) = (self.snapshot.clone(), self.tree.clone(), meta.clone());
+        let state = blocking(move || {
+            file.save(&meta_owned, &data)?;
+            rewrite_tree(&tree, &state)?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let file = self.snapshot.clone();
+        let current = blocking(move || file.load())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// Syncs the db first, so the `sm` tree is durable up to here before
+    /// openraft purges the log behind the snapshot; the snapshot file itself
+    /// is written durably too.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let db = self.db.clone();
+        blocking(move || db.sync())
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+
+        let (data, last_log_id, last_membership) = self
+            .state
+            .read(|s| encode(s).map(|data| (data, s.last_applied, s.last_membership.clone())))
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{:08x}", id.leader_id.term, id.index, rand::random::<u32>()),
+            None => format!("none-{:08x}", rand::random::<u32>()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+
+        let (file, meta_owned) = (self.snapshot.clone(), meta.clone());
+        let data = blocking(move || file.save(&meta_owned, &data).map(|()| data))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

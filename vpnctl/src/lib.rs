@@ -1,0 +1,117 @@
+//! `vpnctl`, the admin CLI of the clustered VPN control plane: a thin gRPC client.
+//!
+//! Any node answers; the client fails over between `--endpoints` and retries with backoff, and
+//! the nodes forward writes to the leader. Errors end the process with a code scripts can
+//! branch on: 0 ok, 1 other, 2 bad input, 3 not found / already exists, 4 cluster unavailable.
+//!
+//! Layout:
+//! - [`cli`]: the command line (clap derive).
+//! - [`endpoint`]: parsing `host:port` and `http(s)://host:port`.
+//! - [`client`]: failover, retry with backoff, leader hints.
+//! - [`output`]: table and JSON rendering.
+//! - [`commands`]: one module per command group (`cluster`, `member`, `user`, `completions`).
+//! - [`error`]: [`CliError`] and its exit codes.
+//!
+//! Other crates (cluster tests) call [`execute`] to get a command's result without a process,
+//! or [`main_with_args`] to run it as the binary would.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod endpoint;
+pub mod error;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+pub use cli::{Cli, Command};
+pub use error::CliError;
+pub use output::{Document, Format, Output};
+
+use client::Client;
+use commands::{cluster, completions, member, user};
+use error::{EXIT_BAD_INPUT, EXIT_OTHER};
+
+/// Runs one parsed command and returns its result unprinted.
+pub async fn execute(cli: Cli) -> Result<Output, CliError> {
+    let connect = || client(&cli.endpoints, cli.timeout, cli.ca_cert.as_deref());
+    let document = match cli.command {
+        Command::Completions { shell } => return Ok(completions::run(shell)),
+        Command::Cluster(command) => cluster::run(command, &mut connect()?).await?,
+        Command::Member(command) => member::run(command, &mut connect()?).await?,
+        Command::User(command) => user::run(command, &mut connect()?).await?,
+    };
+    Ok(Output::Document(document))
+}
+
+/// Runs one parsed command and prints its result on stdout in the chosen format.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let format = cli.output;
+    execute(cli).await?.print(format)
+}
+
+/// The whole program for `args` (the first is the program name): parse, run, report.
+/// Must not be called from inside a Tokio runtime; use [`run`] there.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap formats usage errors, --help and --version itself (exit 2, 0, 0).
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_BAD_INPUT));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(err) => {
+            report(&format!("cannot start the async runtime: {err}"));
+            return ExitCode::from(EXIT_OTHER);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err.to_string());
+            ExitCode::from(&err)
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    main_with_args(std::env::args_os())
+}
+
+/// One line on stderr, even if the server's message had line breaks.
+fn report(message: &str) {
+    let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let _ = writeln!(std::io::stderr(), "vpnctl: {line}");
+}
+
+fn client(
+    endpoints: &[String],
+    timeout: Duration,
+    ca_cert: Option<&Path>,
+) -> Result<Client, CliError> {
+    let endpoints = endpoint::parse_endpoints(endpoints)?;
+    let ca_pem = match ca_cert {
+        None => None,
+        Some(path) => Some(std::fs::read(path).map_err(|err| {
+            CliError::InvalidInput(format!("cannot read --ca-cert {}: {err}", path.display()))
+        })?),
+    };
+    Ok(Client::new(endpoints, timeout, ca_pem))
+}
