@@ -1,0 +1,48 @@
+//! Benchmarks of the VPN control plane: the `loadgen` binary (a real 3-node
+//! `vpnd` cluster against a real 3-member etcd, failover, startup, RSS) and,
+//! in `benches/`, criterion benches of the state machine and key generation.
+//!
+//! Layout:
+//! - [`proc`]: spawned child processes (killed on drop), free loopback ports, RSS.
+//! - [`http`]: a tiny HTTP/1.1 GET for `/readyz` and etcd's `/health`.
+//! - [`vpnd`]: a local `vpnd` cluster of real processes, leader lookup.
+//! - [`etcd`]: a local etcd cluster, the generated etcd KV client.
+//! - [`load`]: the generator loop shared by both systems, and latency stats.
+//! - [`writers`]: what one write is, for `vpnd` (CreateUser) and etcd (Put).
+//! - [`compare`]: both systems level by level, with ratios.
+//! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
+//! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
+//! - [`report`]: the printed tables.
+
+pub mod compare;
+pub mod etcd;
+pub mod failover;
+pub mod http;
+pub mod load;
+pub mod proc;
+pub mod report;
+pub mod single;
+pub mod vpnd;
+pub mod writers;
+
+/// The generated etcd v3 client (package `etcdserverpb`).
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use std::time::Duration;
+
+/// Milliseconds as a float, for reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The median of `values` (the lower middle for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[(n - 1) / 2],
+    }
+}

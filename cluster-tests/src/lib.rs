@@ -1,0 +1,35 @@
+//! Fixtures for multi-node tests over real processes, real gRPC and real sled.
+//!
+//! Layout:
+//! - [`net`]: loopback addresses for test nodes.
+//! - [`process`]: one `vpnd` process ([`NodeProcess`]): start, SIGTERM, kill -9.
+//! - [`cluster`]: a [`Cluster`] of processes formed by `--initial-members`,
+//!   with clients and waits on conditions (never fixed sleeps).
+
+pub mod cluster;
+pub mod net;
+pub mod process;
+
+pub use cluster::Cluster;
+pub use process::NodeProcess;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout`
+/// with `what` and the last error seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}: {last}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

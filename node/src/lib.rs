@@ -30,6 +30,7 @@ mod peers;
 mod raft;
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +181,43 @@ pub async fn shutdown_signal() {
         Err(e) => {
             tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The `vpnd` command: parse flags, run until SIGTERM, exit 0 on a graceful
+/// stop, 2 on bad settings, 1 on any other failure.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::from_args(<Args as clap::Parser>::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vpnd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vpnd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Error> = runtime.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        run(config, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpnd: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -106,14 +106,13 @@ impl Node {
     /// the call: read-index on the leader, or asked of the leader by a follower.
     pub async fn linearizable_barrier(&self) -> Result<(), Error> {
         let index = if self.is_leader() {
-            match self.raft.get_read_log_id().await {
-                Ok((read, _applied)) => read.map(|l| l.index),
-                Err(e) => return Err(Error::unavailable(format!("leader check failed: {e}; retry"))),
-            }
+            self.read_index().await?
         } else {
             let (_, addr) = self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
             let mut client = RaftClient::new(self.peers.channel(&addr)?);
-            let reply = client.read_index(ReadIndexRequest {}).await.map_err(|s| Error::Unavailable {
+            let mut req = tonic::Request::new(ReadIndexRequest {});
+            req.set_timeout(READ_INDEX_WAIT);
+            let reply = client.read_index(req).await.map_err(|s| Error::Unavailable {
                 detail: format!("leader at {addr} did not confirm a read index: {}; retry", s.message()),
                 leader_addr: Some(addr.clone()),
             })?;
@@ -126,6 +125,17 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| Error::unavailable(format!("this node has not caught up with the leader: {e}; retry or read from another node")))
+    }
+
+    /// The leader's read index: the log index a linearizable read must wait
+    /// for, after a quorum confirmed this node still leads. Bounded in time:
+    /// a leader cut off from its quorum answers UNAVAILABLE, not never.
+    pub async fn read_index(&self) -> Result<Option<u64>, Error> {
+        match tokio::time::timeout(READ_INDEX_WAIT, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index)),
+            Ok(Err(e)) => Err(Error::unavailable(format!("leadership check failed: {e}; retry"))),
+            Err(_) => Err(Error::unavailable("the leader could not reach a quorum to confirm a read; retry")),
+        }
     }
 
     pub async fn readiness(&self) -> Readiness {

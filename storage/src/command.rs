@@ -38,7 +38,7 @@ pub enum Refusal {
     UserExists(String),
     #[error("user {0:?} not found")]
     UserNotFound(String),
-    #[error("node id {id} already belongs to another data dir (incarnation {existing}); remove member {id} and re-add the node under a new --id")]
+    #[error("node id {id} already belongs to another data dir (incarnation {existing}): run `vpnctl member remove {id}`, then start the node under a new --id")]
     IncarnationConflict { id: NodeId, existing: uuid::Uuid },
 }
 

@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 use openraft::storage::LogFlushed;
 
 use crate::error::OpenError;
+use crate::store_id;
 use crate::types::TypeConfig;
 
 /// A cheap handle to the one sled database of a data dir.
@@ -56,7 +57,7 @@ impl DurableDb {
             .and_then(|()| sync_dir(dir));
         made_durable.map_err(|e| OpenError::from_io(&path, e))?;
 
-        Ok(Self(Arc::new(Inner {
+        let db = Self(Arc::new(Inner {
             db,
             data_file,
             dir: path,
@@ -64,7 +65,9 @@ impl DurableDb {
             syncs: AtomicU64::new(0),
             #[cfg(test)]
             gate: Mutex::new(()),
-        })))
+        }));
+        store_id::check(&db)?;
+        Ok(db)
     }
 
     pub(crate) fn db(&self) -> &sled::Db {

@@ -31,7 +31,9 @@ impl OpenError {
     pub(crate) fn from_io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.kind() {
-            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            io::ErrorKind::PermissionDenied
+            | io::ErrorKind::ReadOnlyFilesystem
+            | io::ErrorKind::NotADirectory => {
                 Self::NotWritable { path, source }
             }
             _ => Self::Io { path, source },

@@ -16,6 +16,7 @@
 //! - `state_machine`: [`StateMachineStore`], the applied state persisted in sled, snapshots.
 //! - `snapshot_file`: the current snapshot as one atomically replaced file.
 //! - `durable`: the sled handle with real `fdatasync`, and the group-commit flusher.
+//! - `store_id`: catches a db that sled opened empty although it held data.
 //! - `error`: [`OpenError`], what can go wrong when opening a data dir.
 
 pub mod command;
@@ -26,6 +27,7 @@ pub mod model;
 mod snapshot_file;
 pub mod state;
 mod state_machine;
+mod store_id;
 pub mod types;
 
 pub use error::OpenError;

@@ -218,3 +218,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         purged.await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use openraft::storage::RaftLogStorageExt as _;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Holds the flusher inside its sync: appends must become readable, but no
+    /// callback may fire; once released, all of them share at most two syncs
+    /// (the one already started and one for everything queued behind it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn callbacks_wait_for_fdatasync_and_share_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _sm) = crate::open(dir.path()).expect("open");
+        let before = log.fsync_count();
+        let gate = log.db.hold_syncs();
+
+        let appends: Vec<_> = (1..=10)
+            .map(|i| {
+                let mut store = log.clone();
+                tokio::spawn(async move { store.blocking_append([blank(i)]).await })
+            })
+            .collect();
+
+        let mut reader = log.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reader.try_get_log_entries(1..=10).await.expect("read").len() < 10 {
+            assert!(Instant::now() < deadline, "appends did not become readable");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A grace period for a wrongly early callback to show up.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(appends.iter().all(|a| !a.is_finished()), "a callback fired before fdatasync");
+        assert_eq!(log.fsync_count(), before);
+
+        drop(gate);
+        for append in appends {
+            append.await.expect("task").expect("append");
+        }
+        let used = log.fsync_count() - before;
+        assert!((1..=2).contains(&used), "10 queued appends used {used} syncs");
+    }
+}

@@ -113,7 +113,10 @@ impl Client {
                     }
                     Ok(Err(status)) if status.code() == Code::Unavailable => {
                         self.active = None;
-                        last = status.message().to_string();
+                        last = match status.message() {
+                            "" => "UNAVAILABLE".to_string(),
+                            message => message.to_string(),
+                        };
                         if let Some(hint) = leader_hint(&status) {
                             let hint = hint.with_tls_of(&endpoint);
                             if !seen.contains(&hint) {
@@ -176,9 +179,10 @@ fn jittered(backoff: Duration) -> Duration {
     half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
 }
 
-/// Joins an error's source chain: tonic's own message is just "transport error".
+/// Joins an error's causes; tonic's own message ("transport error") says nothing, so it is
+/// kept only when there is no cause.
 fn chain(err: &tonic::transport::Error) -> String {
-    let mut parts = vec![err.to_string()];
+    let mut parts: Vec<String> = Vec::new();
     let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
@@ -186,6 +190,9 @@ fn chain(err: &tonic::transport::Error) -> String {
             parts.push(text);
         }
         source = cause.source();
+    }
+    if parts.is_empty() {
+        return err.to_string();
     }
     parts.join(": ")
 }

@@ -90,10 +90,8 @@ impl RaftRpc for RaftService {
     }
 
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
-        match self.node.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(Response::new(ReadIndexReply { index: read.map_or(0, |l| l.index) })),
-            Err(e) => Err(Status::unavailable(format!("not the leader: {e}"))),
-        }
+        let index = self.node.read_index().await?;
+        Ok(Response::new(ReadIndexReply { index: index.unwrap_or(0) }))
     }
 
     async fn timeout_now(&self, _req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {

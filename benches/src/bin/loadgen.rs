@@ -1,0 +1,328 @@
+//! `loadgen`: the load generator and the cluster measurements of issue 2.
+//! `loadgen all` starts a local 3-node `vpnd` cluster and a 3-member etcd,
+//! compares write throughput and latency, then measures failover, startup
+//! and idle RSS; it prints tables and writes everything to `--out` as JSON.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use vpn_benches::compare::{self, CompareConfig};
+use vpn_benches::etcd::EtcdCluster;
+use vpn_benches::failover::{self, FailoverConfig};
+use vpn_benches::report::log_problems;
+use vpn_benches::single::{self, SingleConfig};
+use vpn_benches::vpnd::VpndCluster;
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator and cluster measurements for vpnd (compared with etcd)"
+)]
+struct Cli {
+    /// The vpnd binary to spawn.
+    #[arg(long, default_value = "target/release/vpnd", global = true)]
+    vpnd: PathBuf,
+    /// The etcd binary to spawn (Debian's etcd-server).
+    #[arg(long, default_value = "/usr/bin/etcd", global = true)]
+    etcd: PathBuf,
+    /// Where temp data dirs go (default: the system temp dir). Use a real disk, not tmpfs.
+    #[arg(long, global = true)]
+    work_dir: Option<PathBuf>,
+    /// Where the spawned processes' logs go (kept after the run).
+    #[arg(long, default_value = "target/loadgen-logs", global = true)]
+    log_dir: PathBuf,
+    /// The JSON results file.
+    #[arg(long, default_value = "target/loadgen.json", global = true)]
+    out: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Throughput vs etcd, failover, startup and RSS (each on fresh processes).
+    All {
+        #[command(flatten)]
+        t: ThroughputOpts,
+        #[command(flatten)]
+        f: FailoverOpts,
+        #[command(flatten)]
+        s: SingleOpts,
+    },
+    /// Committed writes/s and p50/p99 per concurrency, vpnd vs etcd.
+    Throughput(ThroughputOpts),
+    /// kill -9 of the leader under a writer: time to the next acknowledged write.
+    Failover(FailoverOpts),
+    /// One node: spawn -> /readyz after SIGTERM restarts, with 0 and N users; idle RSS.
+    SingleNode(SingleOpts),
+}
+
+#[derive(Args, Clone)]
+struct ThroughputOpts {
+    /// A running vpnd cluster (host:port,...) instead of spawning one.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// A running etcd cluster (host:port,...) instead of spawning one.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Skip the etcd baseline.
+    #[arg(long)]
+    no_etcd: bool,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Time bound of each level (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Count bound of each level.
+    #[arg(long, default_value_t = 50_000)]
+    max_ops: u64,
+    /// Unmeasured writes before the first level, per system.
+    #[arg(long, default_value_t = 200)]
+    warmup_ops: u64,
+    /// Send writes to every member round-robin instead of to the leader.
+    #[arg(long)]
+    spread: bool,
+    /// Per-request deadline.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_timeout: Duration,
+}
+
+#[derive(Args, Clone)]
+struct FailoverOpts {
+    /// How many times the leader is killed (and restarted).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Per-request deadline of the failover writer.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    failover_request_timeout: Duration,
+    /// Pause after a failed write before the next endpoint is tried.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    retry_pause: Duration,
+}
+
+#[derive(Args, Clone)]
+struct SingleOpts {
+    /// Users created before the restarts.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// SIGTERM restarts per case.
+    #[arg(long, default_value_t = 5)]
+    restarts: usize,
+    /// Idle time before VmRSS is read.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    settle: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+struct Ctx {
+    vpnd: PathBuf,
+    etcd: PathBuf,
+    work_dir: PathBuf,
+    log_dir: PathBuf,
+    run_id: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let run_id = format!(
+        "lg{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            % 0xffff_ffff
+    );
+    let log_dir = cli.log_dir.join(&run_id);
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("log dir {}", log_dir.display()))?;
+    let ctx = Ctx {
+        vpnd: cli.vpnd.clone(),
+        etcd: cli.etcd.clone(),
+        work_dir: cli.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        log_dir,
+        run_id,
+    };
+    println!("loadgen {}: logs in {}", ctx.run_id, ctx.log_dir.display());
+    // Ctrl-C drops the running measurement, and with it every child process.
+    let results = tokio::select! {
+        r = run(&cli.cmd, &ctx) => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; spawned processes were killed"),
+    };
+    let doc = json!({
+        "run_id": ctx.run_id,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine(&ctx.etcd),
+        "log_dir": ctx.log_dir.display().to_string(),
+        "node_log_problems": node_log_problems(&ctx.log_dir),
+        "results": results,
+    });
+    if let Some(parent) = cli.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&cli.out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("write {}", cli.out.display()))?;
+    println!("\nresults: {}", cli.out.display());
+    Ok(())
+}
+
+async fn run(cmd: &Cmd, ctx: &Ctx) -> Result<Value> {
+    Ok(match cmd {
+        Cmd::All { t, f, s } => json!({
+            "throughput": throughput(t, ctx).await?,
+            "failover": failover_cmd(f, ctx).await?,
+            "single_node": single_cmd(s, ctx).await?,
+        }),
+        Cmd::Throughput(t) => json!({ "throughput": throughput(t, ctx).await? }),
+        Cmd::Failover(f) => json!({ "failover": failover_cmd(f, ctx).await? }),
+        Cmd::SingleNode(s) => json!({ "single_node": single_cmd(s, ctx).await? }),
+    })
+}
+
+async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
+    let cfg = CompareConfig {
+        concurrency: t.concurrency.clone(),
+        duration: t.duration,
+        max_ops: t.max_ops,
+        warmup_ops: t.warmup_ops,
+        spread: t.spread,
+        request_timeout: t.request_timeout,
+    };
+    if cfg.concurrency.is_empty() || cfg.concurrency.contains(&0) {
+        bail!("--concurrency: give positive levels, e.g. 1,16,64");
+    }
+    let mut ours_cluster = None;
+    let ours = if t.endpoints.is_empty() {
+        let mut c = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "throughput")?;
+        c.wait_all_ready(Duration::from_secs(60)).await?;
+        let eps = c.endpoints();
+        ours_cluster = Some(c);
+        eps
+    } else {
+        t.endpoints.clone()
+    };
+    let mut etcd_cluster = None;
+    let theirs = if t.no_etcd {
+        None
+    } else if t.etcd_endpoints.is_empty() {
+        let c = EtcdCluster::start(&ctx.etcd, 3, &ctx.work_dir, &ctx.log_dir).await?;
+        let eps = c.endpoints();
+        etcd_cluster = Some(c);
+        Some(eps)
+    } else {
+        Some(t.etcd_endpoints.clone())
+    };
+    // Idle RSS of the freshly started members, before any load.
+    let rss_ours = match &ours_cluster {
+        Some(c) => Some(
+            (0..3)
+                .map(|i| c.proc(i).and_then(|p| p.rss_kib()))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    let rss_etcd = etcd_cluster
+        .as_ref()
+        .map(EtcdCluster::rss_kib)
+        .transpose()?;
+    let mut section = compare::run(&cfg, &ours, theirs.as_deref(), &ctx.run_id).await?;
+    section["idle_rss_kib_vpnd_members"] = json!(rss_ours);
+    section["idle_rss_kib_etcd_members"] = json!(rss_etcd);
+    if let Some(mut c) = ours_cluster {
+        for i in 0..3 {
+            c.proc(i).map_err(|e| anyhow!("after the load: {e}"))?;
+        }
+        c.stop_all().await;
+    }
+    if let Some(mut c) = etcd_cluster {
+        c.stop_all().await;
+    }
+    Ok(section)
+}
+
+async fn failover_cmd(f: &FailoverOpts, ctx: &Ctx) -> Result<Value> {
+    let cfg = FailoverConfig {
+        rounds: f.rounds,
+        request_timeout: f.failover_request_timeout,
+        retry_pause: f.retry_pause,
+    };
+    let mut c = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "failover")?;
+    c.wait_all_ready(Duration::from_secs(60)).await?;
+    let r = failover::run(&mut c, &cfg, &ctx.run_id).await;
+    c.stop_all().await;
+    r
+}
+
+async fn single_cmd(s: &SingleOpts, ctx: &Ctx) -> Result<Value> {
+    let cfg = SingleConfig {
+        users: s.users,
+        restarts: s.restarts,
+        settle: s.settle,
+        create_concurrency: 64,
+        request_timeout: Duration::from_secs(10),
+    };
+    single::run(&ctx.vpnd, &ctx.work_dir, &ctx.log_dir, &cfg, &ctx.run_id).await
+}
+
+fn machine(etcd: &Path) -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mem_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned());
+    let etcd_version = std::process::Command::new(etcd)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned));
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "mem_total_kib": mem_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "etcd_version": etcd_version,
+    })
+}
+
+/// Warning and error lines in every spawned process's log.
+fn node_log_problems(dir: &Path) -> Value {
+    let mut out = serde_json::Map::new();
+    let Ok(groups) = std::fs::read_dir(dir) else {
+        return Value::Null;
+    };
+    for group in groups.flatten() {
+        let Ok(files) = std::fs::read_dir(group.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let (warns, errors, samples) = log_problems(&file.path());
+            if warns + errors > 0 {
+                eprintln!(
+                    "loadgen: {}: {warns} warnings, {errors} errors",
+                    file.path().display()
+                );
+            }
+            out.insert(
+                file.path().display().to_string(),
+                json!({ "warnings": warns, "errors": errors, "samples": samples }),
+            );
+        }
+    }
+    Value::Object(out)
+}

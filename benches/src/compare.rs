@@ -1,0 +1,122 @@
+//! Throughput and latency of `vpnd` against etcd, level by level, in one run:
+//! at each concurrency `vpnd` runs first, then etcd, so both see the disk in
+//! the same state (its fsync cost drifts over hours).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::load::{run_level, Level, LevelResult};
+use crate::report;
+use crate::writers::{connect_all, EtcdWriter, VpndWriter};
+use crate::{etcd, vpnd};
+
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    pub concurrency: Vec<usize>,
+    pub duration: Duration,
+    pub max_ops: u64,
+    pub warmup_ops: u64,
+    /// Spread writers over every member instead of sending to the leader.
+    pub spread: bool,
+    pub request_timeout: Duration,
+}
+
+/// The endpoints writes go to: the leader's alone, or all.
+fn targets(endpoints: &[String], leader: usize, spread: bool) -> Vec<String> {
+    if spread {
+        endpoints.to_vec()
+    } else {
+        vec![endpoints[leader].clone()]
+    }
+}
+
+/// Runs every level against both systems (etcd only when given) and prints
+/// the table; returns the JSON section.
+pub async fn run(
+    cfg: &CompareConfig,
+    ours: &[String],
+    theirs: Option<&[String]>,
+    run_id: &str,
+) -> Result<Value> {
+    let before = vpnd::wait_leader(ours, Duration::from_secs(10)).await?;
+    let ours_targets = targets(ours, before.index, cfg.spread);
+    let ours_w = Arc::new(VpndWriter::new(
+        connect_all(&ours_targets).await?,
+        cfg.request_timeout,
+    ));
+    let etcd_w = match theirs {
+        Some(eps) => {
+            let leader = etcd::find_leader(eps).await?;
+            let t = targets(eps, leader, cfg.spread);
+            Some((
+                Arc::new(EtcdWriter::new(connect_all(&t).await?, cfg.request_timeout)),
+                t,
+            ))
+        }
+        None => None,
+    };
+
+    let warmup = Level {
+        concurrency: 4,
+        duration: Duration::from_secs(10),
+        max_ops: cfg.warmup_ops,
+    };
+    let w = run_level(ours_w.clone(), &format!("{run_id}-v-warm"), &warmup).await;
+    report::warn_errors("vpnd warm-up", &w);
+    if let Some((ew, _)) = &etcd_w {
+        let w = run_level(ew.clone(), &format!("{run_id}-e-warm"), &warmup).await;
+        report::warn_errors("etcd warm-up", &w);
+    }
+
+    let mut rows: Vec<(LevelResult, Option<LevelResult>)> = Vec::new();
+    report::compare_header();
+    for &c in &cfg.concurrency {
+        let level = Level {
+            concurrency: c,
+            duration: cfg.duration,
+            max_ops: cfg.max_ops,
+        };
+        let o = run_level(ours_w.clone(), &format!("{run_id}-v"), &level).await;
+        let e = match &etcd_w {
+            Some((ew, _)) => Some(run_level(ew.clone(), &format!("{run_id}-e"), &level).await),
+            None => None,
+        };
+        report::compare_row(&o, e.as_ref());
+        rows.push((o, e));
+    }
+    for (o, e) in &rows {
+        report::warn_errors("vpnd", o);
+        if let Some(e) = e {
+            report::warn_errors("etcd", e);
+        }
+    }
+    let after = vpnd::wait_leader(ours, Duration::from_secs(10)).await?;
+
+    let levels: Vec<Value> = rows
+        .iter()
+        .map(|(o, e)| {
+            json!({
+                "concurrency": o.concurrency,
+                "vpnd": o.to_json(),
+                "etcd": e.as_ref().map(LevelResult::to_json),
+                "ratio_throughput_vpnd_over_etcd": e.as_ref().map(|e| o.throughput() / e.throughput().max(1e-9)),
+                "ratio_p99_vpnd_over_etcd": e.as_ref().map(|e| o.latency.p99_us as f64 / (e.latency.p99_us.max(1)) as f64),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "targets_vpnd": ours_targets,
+        "targets_etcd": etcd_w.as_ref().map(|(_, t)| t.clone()),
+        "spread": cfg.spread,
+        "duration_s": cfg.duration.as_secs_f64(),
+        "max_ops": cfg.max_ops,
+        "vpnd_leader_before": before.id,
+        "vpnd_term_before": before.term,
+        "vpnd_leader_after": after.id,
+        "vpnd_term_after": after.term,
+        "levels": levels,
+    }))
+}

@@ -1,0 +1,149 @@
+//! One `vpnd` process under test.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a binary of this package. Cargo builds a package's binaries
+/// before its integration tests, next to their `deps/` directory.
+pub fn own_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run the tests through cargo, which builds it", path.display());
+    path
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Flags that find the cluster (`--initial-members ...` or `--join ...`).
+    pub bootstrap: Vec<String>,
+    /// Further flags (e.g. Raft timings).
+    pub extra: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub fn new(id: u64, grpc: SocketAddr, http: SocketAddr, root: &std::path::Path) -> Self {
+        Self {
+            id,
+            grpc,
+            http,
+            data_dir: root.join(format!("node-{id}")),
+            bootstrap: Vec::new(),
+            extra: Vec::new(),
+            log: root.join(format!("node-{id}.log")),
+            child: None,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--id".into(),
+            self.id.to_string(),
+            "--listen".into(),
+            self.grpc.to_string(),
+            "--http".into(),
+            self.http.to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+        ];
+        args.extend(self.bootstrap.iter().cloned());
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Starts the process; its output goes to a log file next to the data dir.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open node log");
+        let child = Command::new(own_binary("cluster-vpnd"))
+            .args(self.args())
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vpnd");
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9: no chance to flush, hand off or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for exit (at most `timeout`, then kill -9 and panic).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        send_signal(child.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait vpnd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.id, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself (e.g. after a fatal error).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait vpnd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} kept running for {timeout:?}; log:\n{}", self.id, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines the node logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal through the `kill` command (the workspace forbids unsafe code).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed");
+}

@@ -1,0 +1,102 @@
+//! What was made durable is there after the store is dropped and reopened.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{blank, log_id, membership, normal, state_of};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, Vote};
+use vpn_storage::command::Command;
+use vpn_storage::model::User;
+
+fn user(name: &str) -> User {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    User::new(name.to_owned(), now)
+}
+
+#[tokio::test]
+async fn log_vote_and_committed_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=5).map(blank)).await.expect("append");
+        log.save_vote(&Vote::new(3, 1)).await.expect("vote");
+        log.save_committed(Some(log_id(1, 4))).await.expect("committed");
+    }
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    let entries = log.try_get_log_entries(..).await.expect("entries");
+    let ids: Vec<_> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(3, 1)));
+    assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 4)));
+}
+
+#[tokio::test]
+async fn truncate_and_purge_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=10).map(blank)).await.expect("append");
+        log.truncate(log_id(1, 8)).await.expect("truncate");
+        log.purge(log_id(1, 3)).await.expect("purge");
+    }
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 7)));
+    let entries = log.try_get_log_entries(..).await.expect("entries");
+    let ids: Vec<_> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(ids, [4, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn applied_state_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = {
+        let (_log, mut sm) = vpn_storage::open(dir.path()).expect("open");
+        sm.apply([
+            membership(1, &[1, 2, 3]),
+            normal(2, Command::CreateUser(user("alice"))),
+            normal(3, Command::CreateUser(user("bob"))),
+        ])
+        .await
+        .expect("apply");
+        sm.apply([normal(4, Command::DeleteUser { name: "alice".into() }), blank(5)])
+            .await
+            .expect("apply");
+        state_of(&sm)
+    };
+    assert_eq!(before.last_applied, Some(log_id(1, 5)));
+    assert_eq!(before.users.keys().collect::<Vec<_>>(), ["bob"]);
+    let (_log, mut sm) = vpn_storage::open(dir.path()).expect("reopen");
+    assert_eq!(state_of(&sm), before);
+    let (applied, members) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied, Some(log_id(1, 5)));
+    assert_eq!(members.log_id(), &Some(log_id(1, 1)));
+}
+
+/// An install that crashed after persisting the snapshot file but before
+/// rewriting the `sm` tree: the snapshot is newer, so open loads it.
+#[tokio::test]
+async fn newer_snapshot_wins_over_stale_tree_on_open() {
+    let leader = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = vpn_storage::open(leader.path()).expect("open leader");
+    sm.apply([membership(1, &[1]), normal(2, Command::CreateUser(user("carol")))])
+        .await
+        .expect("apply");
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+    let follower = tempfile::tempdir().expect("tempdir");
+    {
+        let (_log, mut sm) = vpn_storage::open(follower.path()).expect("open follower");
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+    }
+    {
+        let db = sled::open(follower.path().join("raft")).expect("sled");
+        db.open_tree("sm").expect("sm tree").clear().expect("clear");
+        db.flush().expect("flush");
+    }
+    let (_log, sm_f) = vpn_storage::open(follower.path()).expect("reopen follower");
+    assert_eq!(state_of(&sm_f), state_of(&sm));
+}

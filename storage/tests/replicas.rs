@@ -1,0 +1,152 @@
+//! Replicas that apply the same log hold the same state, however the entries
+//! are batched, through a snapshot transfer and across a reopen.
+
+mod common;
+
+use base64::Engine as _;
+use common::{blank, membership, normal, state_of};
+use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
+use proptest::prelude::*;
+use uuid::Uuid;
+use vpn_storage::command::{self, Command};
+use vpn_storage::model::{Credentials, MemberRecord, User, UserStatus};
+use vpn_storage::state::State;
+use vpn_storage::types::{Entry, NodeId};
+
+fn name() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["alice", "bob", "carol", "dave"]).prop_map(String::from)
+}
+
+fn status() -> impl Strategy<Value = UserStatus> {
+    prop_oneof![Just(UserStatus::Active), Just(UserStatus::Disabled)]
+}
+
+fn user() -> impl Strategy<Value = User> {
+    (name(), any::<u128>(), any::<u128>(), any::<[u8; 16]>(), 0i64..4_000_000_000_000, status())
+        .prop_map(|(name, id, vless, key, created_at_ms, status)| User {
+            id: Uuid::from_u128(id),
+            name,
+            status,
+            created_at_ms,
+            credentials: Credentials {
+                vless_uuid: Uuid::from_u128(vless),
+                ss2022_key: base64::engine::general_purpose::STANDARD.encode(key),
+            },
+        })
+}
+
+fn member() -> impl Strategy<Value = MemberRecord> {
+    (1u64..4, 0u128..2).prop_map(|(id, incarnation)| MemberRecord {
+        id,
+        addr: format!("10.0.0.{id}:7000"),
+        incarnation: Uuid::from_u128(incarnation),
+    })
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        user().prop_map(Command::CreateUser),
+        (name(), proptest::option::of(status()))
+            .prop_map(|(name, status)| Command::UpdateUser { name, status }),
+        name().prop_map(|name| Command::DeleteUser { name }),
+        member().prop_map(Command::RegisterMember),
+        (1u64..4).prop_map(|id| Command::ForgetMember { id }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Command(Command),
+    Blank,
+    Membership(Vec<NodeId>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => command().prop_map(Step::Command),
+        1 => Just(Step::Blank),
+        1 => prop::collection::vec(1u64..5, 1..4).prop_map(Step::Membership),
+    ]
+}
+
+/// The steps as log entries with consecutive indexes from 1.
+fn entries(steps: &[Step]) -> Vec<Entry> {
+    (1u64..)
+        .zip(steps)
+        .map(|(index, step)| match step {
+            Step::Command(cmd) => normal(index, cmd.clone()),
+            Step::Blank => blank(index),
+            Step::Membership(voters) => membership(index, voters),
+        })
+        .collect()
+}
+
+/// The users and members that applying `steps` to an empty state must give.
+fn model(steps: &[Step]) -> State {
+    let mut state = State::default();
+    for step in steps {
+        if let Step::Command(cmd) = step {
+            command::apply(&mut state, cmd);
+        }
+    }
+    state
+}
+
+async fn check(steps: Vec<Step>, chunk: usize) {
+    let log = entries(&steps);
+    let (dir_a, dir_b, dir_c) = (tempdir(), tempdir(), tempdir());
+
+    // Two replicas, one applying in batches of `chunk`, one entry at a time.
+    let (log_a, mut sm_a) = vpn_storage::open(dir_a.path()).expect("open a");
+    let (log_b, mut sm_b) = vpn_storage::open(dir_b.path()).expect("open b");
+    let mut responses_a = Vec::new();
+    for batch in log.chunks(chunk) {
+        responses_a.extend(sm_a.apply(batch.to_vec()).await.expect("apply a"));
+    }
+    let mut responses_b = Vec::new();
+    for entry in &log {
+        responses_b.extend(sm_b.apply([entry.clone()]).await.expect("apply b"));
+    }
+    let state = state_of(&sm_a);
+    assert_eq!(responses_a, responses_b);
+    assert_eq!(responses_a.len(), log.len());
+    assert_eq!(state, state_of(&sm_b));
+    assert_eq!(state.last_applied, log.last().map(|e| e.log_id));
+    let expected = model(&steps);
+    assert_eq!((&state.users, &state.members), (&expected.users, &expected.members));
+
+    // A snapshot of one installed into a fresh third store.
+    let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let (log_c, mut sm_c) = vpn_storage::open(dir_c.path()).expect("open c");
+    let mut received = sm_c.begin_receiving_snapshot().await.expect("begin");
+    *received = *snapshot.snapshot;
+    sm_c.install_snapshot(&snapshot.meta, received).await.expect("install");
+    assert_eq!(state_of(&sm_c), state);
+    let current = sm_c.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(current.meta, snapshot.meta);
+
+    // Every store reopened from its dir.
+    drop((log_a, sm_a, log_b, sm_b, log_c, sm_c));
+    for dir in [&dir_a, &dir_b, &dir_c] {
+        let (_log, sm) = vpn_storage::open(dir.path()).expect("reopen");
+        assert_eq!(state_of(&sm), state, "reopened {}", dir.path().display());
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn replicas_agree(steps in prop::collection::vec(step(), 0..48), chunk in 1usize..8) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(check(steps, chunk));
+    }
+}
