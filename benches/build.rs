@@ -5,8 +5,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build finds protoc through PROTOC.
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure()
-        .build_server(false)
-        .compile_protos(&["proto/etcd_kv.proto"], &["proto"])?;
+    tonic_prost_build::configure().build_server(false).compile_protos(&["proto/etcd_kv.proto"], &["proto"])?;
     Ok(())
 }

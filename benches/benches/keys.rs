@@ -23,21 +23,15 @@ fn credentials(c: &mut Criterion) {
     let mut g = c.benchmark_group("credentials");
     g.bench_function("credentials_generate", |b| b.iter(Credentials::generate));
     g.bench_function("baseline_uuid_v4", |b| b.iter(Uuid::new_v4));
-    g.bench_function("baseline_16_random_bytes_base64", |b| {
-        b.iter(random_key_b64)
-    });
+    g.bench_function("baseline_16_random_bytes_base64", |b| b.iter(random_key_b64));
     g.finish();
 }
 
 fn user_new(c: &mut Criterion) {
     let name = String::from("alice-0001");
     let mut g = c.benchmark_group("user_new");
-    g.bench_function("user_new", |b| {
-        b.iter(|| User::new(black_box(name.clone()), 1_700_000_000_000))
-    });
-    g.bench_function("baseline_randomness_only", |b| {
-        b.iter(|| (Uuid::new_v4(), Uuid::new_v4(), random_key_b64()))
-    });
+    g.bench_function("user_new", |b| b.iter(|| User::new(black_box(name.clone()), 1_700_000_000_000)));
+    g.bench_function("baseline_randomness_only", |b| b.iter(|| (Uuid::new_v4(), Uuid::new_v4(), random_key_b64())));
     g.finish();
 }
 

@@ -35,35 +35,20 @@ fn targets(endpoints: &[String], leader: usize, spread: bool) -> Vec<String> {
 
 /// Runs every level against both systems (etcd only when given) and prints
 /// the table; returns the JSON section.
-pub async fn run(
-    cfg: &CompareConfig,
-    ours: &[String],
-    theirs: Option<&[String]>,
-    run_id: &str,
-) -> Result<Value> {
+pub async fn run(cfg: &CompareConfig, ours: &[String], theirs: Option<&[String]>, run_id: &str) -> Result<Value> {
     let before = vpnd::wait_leader(ours, Duration::from_secs(10)).await?;
     let ours_targets = targets(ours, before.index, cfg.spread);
-    let ours_w = Arc::new(VpndWriter::new(
-        connect_all(&ours_targets).await?,
-        cfg.request_timeout,
-    ));
+    let ours_w = Arc::new(VpndWriter::new(connect_all(&ours_targets).await?, cfg.request_timeout));
     let etcd_w = match theirs {
         Some(eps) => {
             let leader = etcd::find_leader(eps).await?;
             let t = targets(eps, leader, cfg.spread);
-            Some((
-                Arc::new(EtcdWriter::new(connect_all(&t).await?, cfg.request_timeout)),
-                t,
-            ))
+            Some((Arc::new(EtcdWriter::new(connect_all(&t).await?, cfg.request_timeout)), t))
         }
         None => None,
     };
 
-    let warmup = Level {
-        concurrency: 4,
-        duration: Duration::from_secs(10),
-        max_ops: cfg.warmup_ops,
-    };
+    let warmup = Level { concurrency: 4, duration: Duration::from_secs(10), max_ops: cfg.warmup_ops };
     let w = run_level(ours_w.clone(), &format!("{run_id}-v-warm"), &warmup).await;
     report::warn_errors("vpnd warm-up", &w);
     if let Some((ew, _)) = &etcd_w {
@@ -74,11 +59,7 @@ pub async fn run(
     let mut rows: Vec<(LevelResult, Option<LevelResult>)> = Vec::new();
     report::compare_header();
     for &c in &cfg.concurrency {
-        let level = Level {
-            concurrency: c,
-            duration: cfg.duration,
-            max_ops: cfg.max_ops,
-        };
+        let level = Level { concurrency: c, duration: cfg.duration, max_ops: cfg.max_ops };
         let o = run_level(ours_w.clone(), &format!("{run_id}-v"), &level).await;
         let e = match &etcd_w {
             Some((ew, _)) => Some(run_level(ew.clone(), &format!("{run_id}-e"), &level).await),

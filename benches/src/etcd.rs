@@ -35,17 +35,12 @@ impl EtcdCluster {
             .tempdir_in(work_dir)
             .with_context(|| format!("temp dir in {}", work_dir.display()))?;
         let log_dir = log_dir.join("etcd");
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("log dir {}", log_dir.display()))?;
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("log dir {}", log_dir.display()))?;
         let ports = free_ports(2 * n)?;
         let (clients, peers): (Vec<SocketAddr>, Vec<SocketAddr>) =
             (0..n).map(|i| (ports[2 * i], ports[2 * i + 1])).unzip();
-        let initial_cluster = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{}=http://{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial_cluster =
+            peers.iter().enumerate().map(|(i, p)| format!("m{}=http://{p}", i + 1)).collect::<Vec<_>>().join(",");
         let token = format!("loadgen-{}", std::process::id());
         let mut procs = Vec::new();
         for i in 0..n {
@@ -66,11 +61,7 @@ impl EtcdCluster {
             let log = log_dir.join(format!("m{}.log", i + 1));
             procs.push(Proc::spawn(&format!("etcd m{}", i + 1), bin, &args, &log)?);
         }
-        let mut cluster = Self {
-            clients,
-            procs,
-            _data: data,
-        };
+        let mut cluster = Self { clients, procs, _data: data };
         cluster.wait_healthy(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
@@ -86,11 +77,7 @@ impl EtcdCluster {
                     }
                 }
                 if Instant::now() >= until {
-                    bail!(
-                        "{} not healthy within {deadline:?}:\n{}",
-                        proc.name,
-                        log_tail(&proc.log, 20)
-                    );
+                    bail!("{} not healthy within {deadline:?}:\n{}", proc.name, log_tail(&proc.log, 20));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -122,11 +109,8 @@ pub async fn find_leader(endpoints: &[String]) -> Result<usize> {
         let mut client = MaintenanceClient::new(lazy_channel(ep)?);
         let mut req = tonic::Request::new(StatusRequest {});
         req.set_timeout(Duration::from_secs(2));
-        let status = client
-            .status(req)
-            .await
-            .map_err(|e| anyhow!("etcd status on {ep}: {}", e.message()))?
-            .into_inner();
+        let status =
+            client.status(req).await.map_err(|e| anyhow!("etcd status on {ep}: {}", e.message()))?.into_inner();
         let member = status.header.map(|h| h.member_id).unwrap_or_default();
         ids.push(member);
         if status.leader != 0 {
@@ -134,7 +118,5 @@ pub async fn find_leader(endpoints: &[String]) -> Result<usize> {
         }
     }
     let leader = leader.ok_or_else(|| anyhow!("no etcd member knows a leader"))?;
-    ids.iter()
-        .position(|id| *id == leader)
-        .ok_or_else(|| anyhow!("etcd leader {leader:x} is not one of the endpoints"))
+    ids.iter().position(|id| *id == leader).ok_or_else(|| anyhow!("etcd leader {leader:x} is not one of the endpoints"))
 }

@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::CreateUserRequest;
 
-use crate::vpnd::{lazy_channel, wait_leader, VpndCluster};
+use crate::vpnd::{lazy_channel, wait_caught_up, wait_leader, VpndCluster};
 use crate::{median, ms};
 
 #[derive(Clone, Debug)]
@@ -55,47 +55,29 @@ impl Shared {
     fn acks_sent_after(&self, t: Instant) -> (usize, Option<Instant>) {
         let log = self.log();
         let from = log.acks.partition_point(|(sent, _)| *sent < t);
-        (
-            log.acks.len() - from,
-            log.acks.get(from).map(|(_, acked)| *acked),
-        )
+        (log.acks.len() - from, log.acks.get(from).map(|(_, acked)| *acked))
     }
 }
 
-async fn writer(
-    shared: Arc<Shared>,
-    prefix: String,
-    timeout: Duration,
-    pause: Duration,
-    hard_stop: Instant,
-) {
+async fn writer(shared: Arc<Shared>, prefix: String, timeout: Duration, pause: Duration, hard_stop: Instant) {
     let n = shared.clients.len();
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
         let idx = shared.current.load(Ordering::Relaxed);
         let mut client = shared.clients[idx].clone();
-        let mut req = Request::new(CreateUserRequest {
-            name: format!("{prefix}-{seq}"),
-        });
+        let mut req = Request::new(CreateUserRequest { name: format!("{prefix}-{seq}") });
         req.set_timeout(timeout);
         seq += 1;
         let sent = Instant::now();
         match client.create_user(req).await {
             // ALREADY_EXISTS cannot happen with fresh names, but it would mean committed.
             Ok(_) => shared.log().acks.push((sent, Instant::now())),
-            Err(s) if s.code() == Code::AlreadyExists => {
-                shared.log().acks.push((sent, Instant::now()))
-            }
+            Err(s) if s.code() == Code::AlreadyExists => shared.log().acks.push((sent, Instant::now())),
             Err(s) => {
                 let mut msg = format!("{:?}: {}", s.code(), s.message());
                 msg.truncate(160);
                 shared.log().errors.push((sent, idx, msg));
-                let _ = shared.current.compare_exchange(
-                    idx,
-                    (idx + 1) % n,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ = shared.current.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
                 tokio::time::sleep(pause).await;
             }
         }
@@ -105,10 +87,7 @@ async fn writer(
 /// Runs the rounds on `cluster` (which must be ready); returns the JSON section.
 pub async fn run(cluster: &mut VpndCluster, cfg: &FailoverConfig, run_id: &str) -> Result<Value> {
     let endpoints = cluster.endpoints();
-    let clients = endpoints
-        .iter()
-        .map(|e| lazy_channel(e).map(UsersClient::new))
-        .collect::<Result<Vec<_>>>()?;
+    let clients = endpoints.iter().map(|e| lazy_channel(e).map(UsersClient::new)).collect::<Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
         clients,
         current: AtomicUsize::new(0),
@@ -116,27 +95,24 @@ pub async fn run(cluster: &mut VpndCluster, cfg: &FailoverConfig, run_id: &str) 
         log: Mutex::new(Log::default()),
     });
     let hard_stop = Instant::now() + ROUND_DEADLINE * (cfg.rounds as u32 + 1);
-    let task = tokio::spawn(writer(
-        shared.clone(),
-        format!("{run_id}-fo"),
-        cfg.request_timeout,
-        cfg.retry_pause,
-        hard_stop,
-    ));
+    let task =
+        tokio::spawn(writer(shared.clone(), format!("{run_id}-fo"), cfg.request_timeout, cfg.retry_pause, hard_stop));
     let result = rounds(cluster, cfg, &endpoints, &shared).await;
     shared.stop.store(true, Ordering::Relaxed);
     let _ = task.await;
     let rounds = result?;
 
-    let gaps: Vec<f64> = rounds
-        .iter()
-        .filter_map(|r| r["kill_to_ack_ms"].as_f64())
-        .collect();
+    let gaps: Vec<f64> = rounds.iter().filter_map(|r| r["kill_to_ack_ms"].as_f64()).collect();
     println!("\nfailover (kill -9 of the leader -> next acknowledged write):");
     for r in &rounds {
         println!(
             "  round {}: killed node {} -> new leader {} (term {}): {:.1} ms, {} failed writes meanwhile",
-            r["round"], r["killed"], r["new_leader"], r["new_term"], r["kill_to_ack_ms"].as_f64().unwrap_or(f64::NAN), r["failed_writes"]
+            r["round"],
+            r["killed"],
+            r["new_leader"],
+            r["new_term"],
+            r["kill_to_ack_ms"].as_f64().unwrap_or(f64::NAN),
+            r["failed_writes"]
         );
     }
     println!("  median {:.1} ms", median(&gaps));
@@ -160,6 +136,8 @@ async fn rounds(
     let mut out = Vec::new();
     for round in 1..=cfg.rounds {
         cluster.wait_all_ready(ROUND_DEADLINE).await?;
+        // Kill only a steady cluster: the node restarted last round has caught up.
+        let catch_up = wait_caught_up(endpoints, ROUND_DEADLINE).await?;
         let leader = wait_leader(endpoints, Duration::from_secs(10)).await?;
         shared.current.store(leader.index, Ordering::Relaxed);
         // Let the writer settle on the leader: some acknowledged writes first.
@@ -182,20 +160,11 @@ async fn rounds(
         };
         let gap = ack.duration_since(killed_at);
         let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-        for (_, idx, msg) in shared
-            .log()
-            .errors
-            .iter()
-            .filter(|(s, _, _)| *s >= killed_at && *s <= ack)
-        {
+        for (_, idx, msg) in shared.log().errors.iter().filter(|(s, _, _)| *s >= killed_at && *s <= ack) {
             *kinds.entry(format!("node {}: {msg}", idx + 1)).or_default() += 1;
         }
-        let survivors: Vec<String> = endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != leader.index)
-            .map(|(_, e)| e.clone())
-            .collect();
+        let survivors: Vec<String> =
+            endpoints.iter().enumerate().filter(|(i, _)| *i != leader.index).map(|(_, e)| e.clone()).collect();
         let new_leader = wait_leader(&survivors, Duration::from_secs(10)).await?;
         cluster.spawn(leader.index)?;
         let restart_ready = cluster.wait_ready(leader.index, ROUND_DEADLINE).await?;
@@ -209,6 +178,7 @@ async fn rounds(
             "failed_writes": kinds.values().sum::<u64>(),
             "errors_until_ack": kinds,
             "killed_node_restart_to_ready_ms": ms(restart_ready),
+            "wait_for_caught_up_before_kill_ms": ms(catch_up),
         }));
     }
     Ok(out)

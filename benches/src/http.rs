@@ -24,10 +24,7 @@ pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .ok_or_else(|| anyhow!("not an HTTP response from {addr}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         Ok((code, body))
     })
     .await

@@ -136,11 +136,7 @@ pub async fn run_level<W: Writer>(writer: Arc<W>, prefix: &str, level: &Level) -
                     *errors.entry(k).or_default() += v;
                 }
             }
-            Err(e) => {
-                *errors
-                    .entry(format!("worker task failed: {e}"))
-                    .or_default() += 1
-            }
+            Err(e) => *errors.entry(format!("worker task failed: {e}")).or_default() += 1,
         }
     }
     let elapsed = start.elapsed();
@@ -160,10 +156,7 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let l = Latency::from_samples((1..=100).rev().collect());
-        assert_eq!(
-            (l.p50_us, l.p90_us, l.p99_us, l.max_us, l.mean_us),
-            (50, 90, 99, 100, 50)
-        );
+        assert_eq!((l.p50_us, l.p90_us, l.p99_us, l.max_us, l.mean_us), (50, 90, 99, 100, 50));
         assert_eq!(Latency::from_samples(vec![7]).p99_us, 7);
         assert_eq!(Latency::from_samples(Vec::new()).count, 0);
     }
@@ -182,11 +175,7 @@ mod tests {
     #[tokio::test]
     async fn a_level_stops_at_max_ops() {
         let w = Arc::new(Counting(AtomicU64::new(0)));
-        let level = Level {
-            concurrency: 4,
-            duration: Duration::from_secs(10),
-            max_ops: 100,
-        };
+        let level = Level { concurrency: 4, duration: Duration::from_secs(10), max_ops: 100 };
         let r = run_level(w, "t", &level).await;
         assert_eq!(r.ok + r.error_count(), 100);
         assert_eq!(r.error_count(), 10);

@@ -23,9 +23,7 @@ impl Proc {
     /// Spawns `program args`, appending its output to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
         let out = open_log(log)?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("log file {}", log.display()))?;
+        let err = out.try_clone().with_context(|| format!("log file {}", log.display()))?;
         let started = Instant::now();
         let child = Command::new(program)
             .args(args)
@@ -35,37 +33,24 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {} ({name})", program.display()))?;
-        Ok(Self {
-            name: name.to_owned(),
-            log: log.to_owned(),
-            started,
-            child,
-        })
+        Ok(Self { name: name.to_owned(), log: log.to_owned(), started, child })
     }
 
     pub fn pid(&self) -> Result<u32> {
-        self.child
-            .id()
-            .ok_or_else(|| anyhow!("{} has already exited", self.name))
+        self.child.id().ok_or_else(|| anyhow!("{} has already exited", self.name))
     }
 
     /// Fails with the log's tail when the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited with {status}; last log lines:\n{}",
-                self.name,
-                log_tail(&self.log, 20)
-            );
+            bail!("{} exited with {status}; last log lines:\n{}", self.name, log_tail(&self.log, 20));
         }
         Ok(())
     }
 
     /// kill -9, then reap.
     pub async fn kill9(&mut self) -> Result<()> {
-        self.child
-            .start_kill()
-            .with_context(|| format!("kill -9 {}", self.name))?;
+        self.child.start_kill().with_context(|| format!("kill -9 {}", self.name))?;
         self.child.wait().await?;
         Ok(())
     }
@@ -78,10 +63,7 @@ impl Proc {
             Ok(status) => Ok(status?),
             Err(_) => {
                 self.kill9().await?;
-                bail!(
-                    "{} did not exit within {deadline:?} of SIGTERM (killed)",
-                    self.name
-                )
+                bail!("{} did not exit within {deadline:?} of SIGTERM (killed)", self.name)
             }
         }
     }
@@ -128,8 +110,5 @@ pub fn free_ports(n: usize) -> Result<Vec<SocketAddr>> {
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
         .context("bind 127.0.0.1:0")?;
-    Ok(listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<std::io::Result<Vec<_>>>()?)
+    Ok(listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<Vec<_>>>()?)
 }

@@ -31,23 +31,14 @@ pub struct SingleConfig {
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
-pub async fn run(
-    bin: &Path,
-    work_dir: &Path,
-    log_dir: &Path,
-    cfg: &SingleConfig,
-    run_id: &str,
-) -> Result<Value> {
+pub async fn run(bin: &Path, work_dir: &Path, log_dir: &Path, cfg: &SingleConfig, run_id: &str) -> Result<Value> {
     let empty = measure(bin, work_dir, log_dir, cfg, 0, run_id).await?;
     let full = measure(bin, work_dir, log_dir, cfg, cfg.users, run_id).await?;
-    println!(
-        "\nsingle node: spawn -> /readyz = 200 after SIGTERM restart (median of {}), idle VmRSS:",
-        cfg.restarts
-    );
+    println!("\nsingle node: spawn -> /readyz = 200 after SIGTERM restart (median of {}), idle VmRSS:", cfg.restarts);
     for r in [&empty, &full] {
         println!(
             "  {:>6} users: startup median {:.1} ms (runs {:?}), RSS fresh {} KiB, after load {} KiB, after restart {} KiB",
-            r["users"],
+            r["users"].as_u64().unwrap_or_default(),
             r["startup_median_ms"].as_f64().unwrap_or(f64::NAN),
             r["startup_ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()).unwrap_or_default(),
             r["rss_kib_fresh"],
@@ -75,15 +66,8 @@ async fn measure(
 
     let mut created = json!(null);
     if users > 0 {
-        let writer = Arc::new(VpndWriter::new(
-            vec![channel(&endpoint).await?],
-            cfg.request_timeout,
-        ));
-        let level = Level {
-            concurrency: cfg.create_concurrency,
-            duration: Duration::from_secs(600),
-            max_ops: users,
-        };
+        let writer = Arc::new(VpndWriter::new(vec![channel(&endpoint).await?], cfg.request_timeout));
+        let level = Level { concurrency: cfg.create_concurrency, duration: Duration::from_secs(600), max_ops: users };
         let r = run_level(writer, &format!("{run_id}-s"), &level).await;
         warn_errors("single-node create", &r);
         if r.ok != users {
@@ -133,11 +117,7 @@ async fn count_users(endpoint: &str) -> Result<u64> {
     let (mut total, mut token) = (0u64, String::new());
     // Bounded: 1,000 pages of 1,000 is far more than any run creates.
     for _ in 0..1000 {
-        let mut req = Request::new(ListUsersRequest {
-            page_size: 1000,
-            page_token: token,
-            consistency: 0,
-        });
+        let mut req = Request::new(ListUsersRequest { page_size: 1000, page_token: token, consistency: 0 });
         req.set_timeout(Duration::from_secs(10));
         let page = client.list_users(req).await?.into_inner();
         total += page.users.len() as u64;

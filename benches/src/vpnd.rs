@@ -41,15 +41,12 @@ pub struct VpndCluster {
 impl VpndCluster {
     /// Lays out `n` members (data under `work_dir`, logs in `log_dir`) and
     /// spawns them; call [`Self::wait_all_ready`] next.
-    pub fn start(
-        bin: &Path,
-        n: usize,
-        work_dir: &Path,
-        log_dir: &Path,
-        label: &str,
-    ) -> Result<Self> {
+    pub fn start(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path, label: &str) -> Result<Self> {
         if !bin.is_file() {
-            bail!("no vpnd binary at {}: build it with `cargo build --release -p vpn-node` or pass --vpnd", bin.display());
+            bail!(
+                "no vpnd binary at {}: build it with `cargo build --release -p vpn-node` or pass --vpnd",
+                bin.display()
+            );
         }
         let data = tempfile::Builder::new()
             .prefix(&format!("loadgen-{label}-"))
@@ -64,11 +61,7 @@ impl VpndCluster {
                 data_dir: data.path().join(format!("node{}", i + 1)),
             })
             .collect();
-        let initial_members = specs
-            .iter()
-            .map(|s| format!("{}={}", s.id, s.grpc))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial_members = specs.iter().map(|s| format!("{}={}", s.id, s.grpc)).collect::<Vec<_>>().join(",");
         let mut cluster = Self {
             bin: bin.to_owned(),
             procs: specs.iter().map(|_| None).collect(),
@@ -77,8 +70,7 @@ impl VpndCluster {
             log_dir: log_dir.join(label),
             _data: data,
         };
-        std::fs::create_dir_all(&cluster.log_dir)
-            .with_context(|| format!("log dir {}", cluster.log_dir.display()))?;
+        std::fs::create_dir_all(&cluster.log_dir).with_context(|| format!("log dir {}", cluster.log_dir.display()))?;
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -101,34 +93,22 @@ impl VpndCluster {
             self.initial_members.clone(),
         ];
         let log = self.log_dir.join(format!("node{}.log", s.id));
-        self.procs[i] = Some(Proc::spawn(
-            &format!("vpnd node {}", s.id),
-            &self.bin,
-            &args,
-            &log,
-        )?);
+        self.procs[i] = Some(Proc::spawn(&format!("vpnd node {}", s.id), &self.bin, &args, &log)?);
         Ok(())
     }
 
     pub fn proc(&self, i: usize) -> Result<&Proc> {
-        self.procs[i]
-            .as_ref()
-            .ok_or_else(|| anyhow!("node {} is not running", self.specs[i].id))
+        self.procs[i].as_ref().ok_or_else(|| anyhow!("node {} is not running", self.specs[i].id))
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.specs
-            .iter()
-            .map(|s| format!("http://{}", s.grpc))
-            .collect()
+        self.specs.iter().map(|s| format!("http://{}", s.grpc)).collect()
     }
 
     /// Waits for `/readyz` = 200 on member `i`; returns the time since its spawn.
     pub async fn wait_ready(&mut self, i: usize, deadline: Duration) -> Result<Duration> {
         let http = self.specs[i].http;
-        let proc = self.procs[i]
-            .as_mut()
-            .ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
+        let proc = self.procs[i].as_mut().ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
         wait_ready(proc, http, deadline).await
     }
 
@@ -143,9 +123,7 @@ impl VpndCluster {
 
     /// kill -9 member `i`; returns the instant just before the signal.
     pub async fn kill9(&mut self, i: usize) -> Result<Instant> {
-        let mut proc = self.procs[i]
-            .take()
-            .ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
+        let mut proc = self.procs[i].take().ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
         let at = Instant::now();
         proc.kill9().await?;
         Ok(at)
@@ -153,9 +131,7 @@ impl VpndCluster {
 
     /// SIGTERM member `i` and wait for its exit.
     pub async fn terminate(&mut self, i: usize, deadline: Duration) -> Result<ExitStatus> {
-        let mut proc = self.procs[i]
-            .take()
-            .ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
+        let mut proc = self.procs[i].take().ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
         proc.terminate(deadline).await
     }
 
@@ -173,11 +149,7 @@ pub async fn wait_ready(proc: &mut Proc, http: SocketAddr, deadline: Duration) -
             return Ok(proc.started.elapsed());
         }
         if Instant::now() >= until {
-            bail!(
-                "{} not ready within {deadline:?}; last log lines:\n{}",
-                proc.name,
-                log_tail(&proc.log, 20)
-            );
+            bail!("{} not ready within {deadline:?}; last log lines:\n{}", proc.name, log_tail(&proc.log, 20));
         }
         tokio::time::sleep(READY_POLL).await;
     }
@@ -242,14 +214,8 @@ pub async fn find_leader(endpoints: &[String]) -> Result<Leader> {
                 let idx = endpoints
                     .iter()
                     .position(|e| url(e) == url(&addr))
-                    .ok_or_else(|| {
-                        anyhow!("leader {leader} at {addr} is not one of the endpoints")
-                    })?;
-                return Ok(Leader {
-                    id: leader,
-                    index: idx,
-                    term: status.term,
-                });
+                    .ok_or_else(|| anyhow!("leader {leader} at {addr} is not one of the endpoints"))?;
+                return Ok(Leader { id: leader, index: idx, term: status.term });
             }
             Err(e) => last_err = anyhow!("{ep}: {}", e.message()),
         }
@@ -278,4 +244,40 @@ impl VpndCluster {
             let _ = proc.kill9().await;
         }
     }
+}
+
+/// Waits until every endpoint reports the same leader and has applied at
+/// least what the leader had committed when the wait began (a restarted node
+/// can answer `/readyz` = 200 before it has caught up). Returns the time taken.
+pub async fn wait_caught_up(endpoints: &[String], deadline: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let leader = wait_leader(endpoints, deadline).await?;
+    let target = status(&endpoints[leader.index]).await?.commit_index;
+    loop {
+        let mut behind = Vec::new();
+        for ep in endpoints {
+            match status(ep).await {
+                Ok(s) if s.leader_id == Some(leader.id) && s.applied_index >= target => {}
+                Ok(s) => {
+                    behind.push(format!("{ep}: leader {:?}, applied {} of {target}", s.leader_id, s.applied_index))
+                }
+                Err(e) => behind.push(format!("{ep}: {e}")),
+            }
+        }
+        if behind.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= deadline {
+            bail!("not caught up within {deadline:?}: {}", behind.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `Cluster/Status` of one endpoint.
+pub async fn status(endpoint: &str) -> Result<vpn_proto::v1::ClusterStatus> {
+    let mut client = ClusterClient::new(lazy_channel(endpoint)?);
+    let mut req = tonic::Request::new(StatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    Ok(client.status(req).await.map_err(|e| anyhow!("{endpoint}: {}", e.message()))?.into_inner())
 }

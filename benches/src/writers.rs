@@ -37,10 +37,7 @@ pub struct VpndWriter {
 
 impl VpndWriter {
     pub fn new(channels: Vec<Channel>, timeout: Duration) -> Self {
-        Self {
-            clients: channels.into_iter().map(UsersClient::new).collect(),
-            timeout,
-        }
+        Self { clients: channels.into_iter().map(UsersClient::new).collect(), timeout }
     }
 }
 
@@ -49,11 +46,7 @@ impl Writer for VpndWriter {
         let mut client = self.clients[worker % self.clients.len()].clone();
         let mut req = Request::new(CreateUserRequest { name: key });
         req.set_timeout(self.timeout);
-        client
-            .create_user(req)
-            .await
-            .map(drop)
-            .map_err(|s| describe(&s))
+        client.create_user(req).await.map(drop).map_err(|s| describe(&s))
     }
 }
 
@@ -67,21 +60,14 @@ pub struct EtcdWriter {
 impl EtcdWriter {
     pub fn new(channels: Vec<Channel>, timeout: Duration) -> Self {
         let value = (0..ETCD_VALUE_LEN).map(|i| b'a' + (i % 26) as u8).collect();
-        Self {
-            clients: channels.into_iter().map(KvClient::new).collect(),
-            value,
-            timeout,
-        }
+        Self { clients: channels.into_iter().map(KvClient::new).collect(), value, timeout }
     }
 }
 
 impl Writer for EtcdWriter {
     async fn write(&self, worker: usize, key: String) -> Result<(), String> {
         let mut client = self.clients[worker % self.clients.len()].clone();
-        let mut req = Request::new(PutRequest {
-            key: key.into_bytes(),
-            value: self.value.clone(),
-        });
+        let mut req = Request::new(PutRequest { key: key.into_bytes(), value: self.value.clone() });
         req.set_timeout(self.timeout);
         client.put(req).await.map(drop).map_err(|s| describe(&s))
     }

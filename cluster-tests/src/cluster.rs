@@ -11,9 +11,9 @@ use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{ClusterStatus, StatusRequest};
 
+use crate::eventually;
 use crate::net::{free_addr, random_loopback_ip};
 use crate::process::NodeProcess;
-use crate::eventually;
 
 /// Generous bound for elections and catch-up on a loaded 2-core machine.
 pub const CONVERGE: Duration = Duration::from_secs(20);
@@ -87,7 +87,11 @@ impl Cluster {
     pub async fn status(&self, id: u64) -> Result<ClusterStatus, String> {
         let mut req = tonic::Request::new(StatusRequest {});
         req.set_timeout(Duration::from_secs(2));
-        self.cluster_client(id).status(req).await.map(|r| r.into_inner()).map_err(|s| format!("node {id}: {}", s.message()))
+        self.cluster_client(id)
+            .status(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("node {id}: {}", s.message()))
     }
 
     /// Waits until every running node names the same running leader and is ready.
@@ -141,7 +145,9 @@ pub fn channel(addr: SocketAddr) -> Channel {
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let io = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)

@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 /// A random loopback IP (127.0.0.0/8, never 127.0.0.1 itself).
 pub fn random_loopback_ip() -> Ipv4Addr {
-    let n = std::process::id() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
+    let n = std::process::id()
+        ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
     Ipv4Addr::new(127, ((n >> 8) % 250 + 2) as u8, (n % 250 + 2) as u8, 1)
 }
 

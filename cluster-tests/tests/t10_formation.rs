@@ -40,7 +40,8 @@ async fn grpc_health_reports_serving_on_every_node() {
         let status = cluster_tests::eventually("health SERVING", cluster_tests::cluster::CONVERGE, || {
             let mut client = client.clone();
             async move {
-                let reply = client.check(HealthCheckRequest { service: String::new() }).await.map_err(|s| s.to_string())?;
+                let reply =
+                    client.check(HealthCheckRequest { service: String::new() }).await.map_err(|s| s.to_string())?;
                 match reply.into_inner().status {
                     1 => Ok(1),
                     other => Err(format!("status {other}")),

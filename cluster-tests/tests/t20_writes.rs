@@ -70,11 +70,7 @@ async fn local_reads_work_without_a_leader() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.users(1).create_user(CreateUserRequest { name: "bob".into() }).await.expect("create");
     // Make sure node 3 has applied it before the quorum goes away.
-    cluster
-        .users(3)
-        .get_user(GetUserRequest { name: "bob".into(), consistency: 0 })
-        .await
-        .expect("linearizable read");
+    cluster.users(3).get_user(GetUserRequest { name: "bob".into(), consistency: 0 }).await.expect("linearizable read");
     cluster.node_mut(1).kill9();
     cluster.node_mut(2).kill9();
     let local = GetUserRequest { name: "bob".into(), consistency: ReadConsistency::Local as i32 };

@@ -60,20 +60,27 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let endpoints: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(writer(endpoints.clone(), w, acked.clone(), stop.clone())))
-        .collect();
+    let tasks: Vec<_> =
+        (0..WRITERS).map(|w| tokio::spawn(writer(endpoints.clone(), w, acked.clone(), stop.clone()))).collect();
 
     eventually("writes before the crash", CONVERGE, || async {
         let n = acked.lock().await.len();
-        if n >= 40 { Ok(()) } else { Err(format!("{n} acked")) }
+        if n >= 40 {
+            Ok(())
+        } else {
+            Err(format!("{n} acked"))
+        }
     })
     .await;
     cluster.node_mut(old_leader).kill9();
     let acked_at_kill = acked.lock().await.len();
     eventually("writes acknowledged by a new leader", CONVERGE, || async {
         let n = acked.lock().await.len();
-        if n >= acked_at_kill + 40 { Ok(()) } else { Err(format!("{} acked since the kill", n - acked_at_kill)) }
+        if n >= acked_at_kill + 40 {
+            Ok(())
+        } else {
+            Err(format!("{} acked since the kill", n - acked_at_kill))
+        }
     })
     .await;
     stop.store(true, Ordering::Relaxed);

@@ -21,14 +21,22 @@ async fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     let leader = cluster.wait_leader().await;
     eventually("the leader compacted its log", CONVERGE, || async {
         let snap = cluster.metric(leader, "vpn_raft_snapshot_index").await?;
-        if snap >= 100.0 { Ok(()) } else { Err(format!("snapshot index {snap}")) }
+        if snap >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("snapshot index {snap}"))
+        }
     })
     .await;
 
     cluster.node_mut(lagging).start();
     eventually("the lagging node installed a snapshot", CONVERGE, || async {
         let n = cluster.metric(lagging, "vpn_raft_snapshots_received_total").await?;
-        if n >= 1.0 { Ok(()) } else { Err(format!("{n} snapshots received")) }
+        if n >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} snapshots received"))
+        }
     })
     .await;
     cluster.wait_leader().await;

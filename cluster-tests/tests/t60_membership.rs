@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use cluster_tests::cluster::CONVERGE;
 use cluster_tests::{eventually, Cluster};
-use vpn_proto::v1::{ClusterStatus, CreateUserRequest, GetUserRequest, MemberRole, ReadConsistency, RemoveMemberRequest};
+use vpn_proto::v1::{
+    ClusterStatus, CreateUserRequest, GetUserRequest, MemberRole, ReadConsistency, RemoveMemberRequest,
+};
 
 fn role(status: &ClusterStatus, id: u64) -> Option<MemberRole> {
     status.members.iter().find(|m| m.id == id).and_then(|m| MemberRole::try_from(m.role).ok())
@@ -33,7 +35,8 @@ async fn a_joining_node_becomes_a_voter_and_a_removed_one_is_gone() {
     }
 
     // Remove node 2 through node 4 (forwarded to the leader); stop it afterwards.
-    let after = cluster.cluster_client(4).remove_member(RemoveMemberRequest { id: 2 }).await.expect("remove").into_inner();
+    let after =
+        cluster.cluster_client(4).remove_member(RemoveMemberRequest { id: 2 }).await.expect("remove").into_inner();
     assert_eq!(role(&after, 2), None, "node 2 still listed: {after:?}");
     cluster.node_mut(2).terminate(Duration::from_secs(10));
     cluster.wait_leader().await;
@@ -54,7 +57,11 @@ async fn a_wiped_node_rejoining_under_its_old_id_is_refused() {
     cluster.add_joining_node(4, &[]).start();
     eventually("node 4 is a voter", CONVERGE, || async {
         let s = cluster.status(1).await?;
-        if role(&s, 4) == Some(MemberRole::Voter) { Ok(()) } else { Err(format!("{s:?}")) }
+        if role(&s, 4) == Some(MemberRole::Voter) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     let node = cluster.node_mut(4);

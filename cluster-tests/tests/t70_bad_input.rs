@@ -22,7 +22,9 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
     cluster.users(2).create_user(CreateUserRequest { name: "alice".into() }).await.expect("create");
     let before = user_count(&cluster).await;
 
-    for (name, why) in [("", "empty"), ("Alice", "uppercase"), ("-x", "bad start"), ("a b", "space"), (&"x".repeat(65), "65 chars")] {
+    for (name, why) in
+        [("", "empty"), ("Alice", "uppercase"), ("-x", "bad start"), ("a b", "space"), (&"x".repeat(65), "65 chars")]
+    {
         for node in 1..=3 {
             let err = cluster.users(node).create_user(CreateUserRequest { name: name.into() }).await.expect_err(why);
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err}");
@@ -31,7 +33,8 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
     }
     let err = cluster.users(3).create_user(CreateUserRequest { name: "alice".into() }).await.expect_err("duplicate");
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
-    let err = cluster.users(1).get_user(GetUserRequest { name: "nobody".into(), consistency: 0 }).await.expect_err("missing");
+    let err =
+        cluster.users(1).get_user(GetUserRequest { name: "nobody".into(), consistency: 0 }).await.expect_err("missing");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     let err = cluster.users(2).delete_user(DeleteUserRequest { name: "nobody".into() }).await.expect_err("missing");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
@@ -55,7 +58,8 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
         .expect_err("bad token");
     assert!(err.message().starts_with("page_token:"), "{}", err.message());
 
-    let err = cluster.cluster_client(2).remove_member(RemoveMemberRequest { id: 99 }).await.expect_err("unknown member");
+    let err =
+        cluster.cluster_client(2).remove_member(RemoveMemberRequest { id: 99 }).await.expect_err("unknown member");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     for (req, field) in [
         (AddMemberRequest { id: 0, addr: "127.0.0.1:1".into(), voter: false, incarnation: String::new() }, "id:"),
@@ -118,7 +122,18 @@ async fn an_unwritable_or_corrupt_data_dir_is_reported_not_reset() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").expect("write");
     let bad = file.join("data");
-    let (code, err) = vpnd(&["--id", "1", "--listen", &listen, "--http", &http, "--data-dir", bad.to_str().expect("utf8"), "--initial-members", &members]);
+    let (code, err) = vpnd(&[
+        "--id",
+        "1",
+        "--listen",
+        &listen,
+        "--http",
+        &http,
+        "--data-dir",
+        bad.to_str().expect("utf8"),
+        "--initial-members",
+        &members,
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--data-dir"), "{err}");
 
@@ -141,7 +156,8 @@ async fn an_unwritable_or_corrupt_data_dir_is_reported_not_reset() {
     let _ = node.kill();
     let _ = node.wait();
     std::fs::write(data.join("raft").join("db"), vec![0xAB; 4096]).expect("corrupt");
-    let (code, err) = vpnd(&["--id", "1", "--listen", &listen, "--http", &http, "--data-dir", data_s, "--initial-members", &members]);
+    let (code, err) =
+        vpnd(&["--id", "1", "--listen", &listen, "--http", &http, "--data-dir", data_s, "--initial-members", &members]);
     assert_ne!(code, 0, "vpnd started on a corrupt data dir: {err}");
     assert!(err.contains("corrupt") || err.contains("cannot open"), "{err}");
 }

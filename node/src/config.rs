@@ -108,12 +108,7 @@ pub struct RaftTimings {
 
 impl Default for RaftTimings {
     fn default() -> Self {
-        Self {
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
-            snapshot_every: 10_000,
-        }
+        Self { heartbeat_ms: 50, election_timeout_min_ms: 300, election_timeout_max_ms: 600, snapshot_every: 10_000 }
     }
 }
 
@@ -167,12 +162,10 @@ impl Config {
                 parse_host_port("--advertise", &a)?;
                 a
             }
-            None if listen.ip().is_unspecified() => {
-                return Err(Error::invalid(
-                    "--advertise",
-                    "--listen binds all interfaces, so give the address peers should dial, e.g. --advertise 10.0.0.1:7000",
-                ))
-            }
+            None if listen.ip().is_unspecified() => return Err(Error::invalid(
+                "--advertise",
+                "--listen binds all interfaces, so give the address peers should dial, e.g. --advertise 10.0.0.1:7000",
+            )),
             None => listen.to_string(),
         };
         let data_dir = args.data_dir.or(file.data_dir).ok_or(Error::MissingFlag("--data-dir"))?;
@@ -226,10 +219,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::ConfigFile { path: path.to_owned(), detail: e.to_string() })?;
     toml::from_str(&text).map_err(|e| Error::ConfigFile { path: path.to_owned(), detail: e.to_string() })
 }
 
@@ -256,9 +247,7 @@ fn validate_timings(t: &RaftTimings) -> Result<(), Error> {
 }
 
 fn parse_socket_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, Error> {
-    raw.parse().map_err(|_| {
-        Error::invalid(flag, &format!("{raw:?} is not an ip:port address, e.g. 127.0.0.1:7000"))
-    })
+    raw.parse().map_err(|_| Error::invalid(flag, &format!("{raw:?} is not an ip:port address, e.g. 127.0.0.1:7000")))
 }
 
 /// Checks `host:port` (a name or an IP; the port a number in 1..=65535).
@@ -275,9 +264,9 @@ fn parse_initial_members(raw: &str) -> Result<BTreeMap<u64, String>, Error> {
     const FLAG: &str = "--initial-members";
     let mut members = BTreeMap::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item.split_once('=').ok_or_else(|| {
-            Error::invalid(FLAG, &format!("{item:?} is not id=host:port, e.g. 1=10.0.0.1:7000"))
-        })?;
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(FLAG, &format!("{item:?} is not id=host:port, e.g. 1=10.0.0.1:7000")))?;
         let id: u64 = id
             .trim()
             .parse()
@@ -312,7 +301,8 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Args {
-        let mut argv = vec!["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/tmp/x"];
+        let mut argv =
+            vec!["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/tmp/x"];
         argv.extend_from_slice(extra);
         Args::parse_from(argv)
     }
@@ -335,7 +325,16 @@ mod tests {
 
     #[test]
     fn malformed_initial_members_name_the_flag() {
-        for bad in ["", "1", "x=127.0.0.1:7000", "1=127.0.0.1", "1=127.0.0.1:0", "1=127.0.0.1:7000,1=127.0.0.1:7001", "2=127.0.0.1:7000", "1=127.0.0.1:7001"] {
+        for bad in [
+            "",
+            "1",
+            "x=127.0.0.1:7000",
+            "1=127.0.0.1",
+            "1=127.0.0.1:0",
+            "1=127.0.0.1:7000,1=127.0.0.1:7001",
+            "2=127.0.0.1:7000",
+            "1=127.0.0.1:7001",
+        ] {
             let e = err(&["--initial-members", bad]);
             assert!(e.contains("--initial-members"), "{bad:?}: {e}");
         }
@@ -346,11 +345,31 @@ mod tests {
         assert!(err(&["--join", "a:1", "--initial-members", "1=127.0.0.1:7000"]).contains("--join"));
         assert!(err(&["--heartbeat-ms", "500"]).contains("--election-timeout-min-ms"));
         assert!(Config::from_args(Args::parse_from(["vpnd", "--id", "1"])).is_err());
-        let e = Config::from_args(Args::parse_from(["vpnd", "--id", "0", "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", "d"]))
-            .expect_err("id 0");
+        let e = Config::from_args(Args::parse_from([
+            "vpnd",
+            "--id",
+            "0",
+            "--listen",
+            "127.0.0.1:1",
+            "--http",
+            "127.0.0.1:2",
+            "--data-dir",
+            "d",
+        ]))
+        .expect_err("id 0");
         assert!(e.to_string().contains("--id"));
-        let e = Config::from_args(Args::parse_from(["vpnd", "--id", "1", "--listen", "0.0.0.0:1", "--http", "127.0.0.1:2", "--data-dir", "d"]))
-            .expect_err("unspecified listen");
+        let e = Config::from_args(Args::parse_from([
+            "vpnd",
+            "--id",
+            "1",
+            "--listen",
+            "0.0.0.0:1",
+            "--http",
+            "127.0.0.1:2",
+            "--data-dir",
+            "d",
+        ]))
+        .expect_err("unspecified listen");
         assert!(e.to_string().contains("--advertise"));
     }
 
@@ -360,12 +379,14 @@ mod tests {
         let path = dir.path().join("vpnd.toml");
         std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:7100\"\nhttp = \"127.0.0.1:7180\"\ndata-dir = \"/d\"\nheartbeat-ms = 20\njoin = \"127.0.0.1:7000\"\n")
             .expect("write");
-        let c = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8"), "--id", "3"])).expect("valid");
+        let c = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8"), "--id", "3"]))
+            .expect("valid");
         assert_eq!(c.id, 3);
         assert_eq!(c.raft.heartbeat_ms, 20);
         assert_eq!(c.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7000".into()], voter: true });
         std::fs::write(&path, "idd = 2\n").expect("write");
-        let e = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8")])).expect_err("unknown key");
+        let e = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8")]))
+            .expect_err("unknown key");
         assert!(e.to_string().contains("idd"), "{e}");
     }
 }

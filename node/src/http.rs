@@ -44,14 +44,10 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, S
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     // Counted at scrape time: a pass over the users is cheap next to a scrape,
     // and too costly to repeat on every applied entry.
-    let (active, total) = node.state.read(|s| {
-        (s.users.values().filter(|u| u.status == UserStatus::Active).count(), s.users.len())
-    });
+    let (active, total) =
+        node.state.read(|s| (s.users.values().filter(|u| u.status == UserStatus::Active).count(), s.users.len()));
     let users = &node.metrics.users;
     users.get_or_create(&StatusLabel { status: "active" }).set(as_i64(active as u64));
     users.get_or_create(&StatusLabel { status: "disabled" }).set(as_i64((total - active) as u64));
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        node.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.render())
 }

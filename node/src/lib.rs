@@ -68,7 +68,11 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, Error> {
         let bind = |what, addr: std::net::SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|e| Error::Bind { what, addr: addr.to_string(), detail: e.to_string() })
+            TcpListener::bind(addr).await.map_err(|e| Error::Bind {
+                what,
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })
         };
         Ok(Self { grpc: bind("--listen", config.listen).await?, http: bind("--http", config.http).await? })
     }
@@ -76,11 +80,7 @@ impl Listeners {
 
 /// Runs a node until `shutdown` resolves (then stops gracefully, handing off
 /// leadership) or a fatal error occurs.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let identity = Identity::load_or_create(&config.data_dir, config.id)?;
     let (log, sm) = vpn_storage::open(&config.data_dir)?;
     let state = sm.reader();
@@ -150,7 +150,8 @@ async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender
             if !initialized {
                 return Err(Error::DataDir {
                     path: config.data_dir.clone(),
-                    detail: "holds no cluster state: give --initial-members to form a cluster or --join to join one".into(),
+                    detail: "holds no cluster state: give --initial-members to form a cluster or --join to join one"
+                        .into(),
                 });
             }
         }

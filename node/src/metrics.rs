@@ -73,7 +73,11 @@ impl Default for Metrics {
         registry.register("raft_leader_id", "Id of the known leader, 0 when none", m.leader_id.clone());
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
         registry.register("raft_commit_index", "Highest log index known committed", m.commit_index.clone());
-        registry.register("raft_applied_index", "Highest log index applied to the state machine", m.applied_index.clone());
+        registry.register(
+            "raft_applied_index",
+            "Highest log index applied to the state machine",
+            m.applied_index.clone(),
+        );
         registry.register("raft_last_log_index", "Highest log index in the local log", m.last_log_index.clone());
         registry.register("raft_snapshot_index", "Log index covered by the current snapshot", m.snapshot_index.clone());
         registry.register("raft_snapshots", "Snapshots taken or installed by this node", m.snapshots.clone());

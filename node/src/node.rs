@@ -124,7 +124,11 @@ impl Node {
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map(|_| ())
-            .map_err(|e| Error::unavailable(format!("this node has not caught up with the leader: {e}; retry or read from another node")))
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "this node has not caught up with the leader: {e}; retry or read from another node"
+                ))
+            })
     }
 
     /// The leader's read index: the log index a linearizable read must wait

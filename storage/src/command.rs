@@ -11,12 +11,19 @@ use crate::types::NodeId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     CreateUser(User),
-    UpdateUser { name: String, status: Option<UserStatus> },
-    DeleteUser { name: String },
+    UpdateUser {
+        name: String,
+        status: Option<UserStatus>,
+    },
+    DeleteUser {
+        name: String,
+    },
     /// Records the data-dir identity of a member; the first record for an id wins.
     RegisterMember(MemberRecord),
     /// Forgets a removed member's identity so its id may be used again on purpose.
-    ForgetMember { id: NodeId },
+    ForgetMember {
+        id: NodeId,
+    },
 }
 
 /// The result of applying a [`Command`]. Refusals are results, not errors: the
@@ -67,10 +74,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         },
         Command::RegisterMember(record) => match state.members.get(&record.id) {
             Some(existing) if existing.incarnation != record.incarnation => {
-                CommandResponse::Refused(Refusal::IncarnationConflict {
-                    id: record.id,
-                    existing: existing.incarnation,
-                })
+                CommandResponse::Refused(Refusal::IncarnationConflict { id: record.id, existing: existing.incarnation })
             }
             _ => {
                 state.members.insert(record.id, record.clone());

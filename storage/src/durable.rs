@@ -47,8 +47,7 @@ impl DurableDb {
         probe_writable(&path)?;
 
         let db = open_sled(&path)?;
-        let data_file =
-            File::open(path.join("db")).map_err(|e| OpenError::from_io(&path, e))?;
+        let data_file = File::open(path.join("db")).map_err(|e| OpenError::from_io(&path, e))?;
         // Make the files sled just created (and their directory entries) durable.
         let made_durable = data_file
             .sync_all()
@@ -83,10 +82,7 @@ impl DurableDb {
     pub(crate) fn sync(&self) -> io::Result<()> {
         #[cfg(test)]
         let _gate = self.0.gate.lock().unwrap_or_else(PoisonError::into_inner);
-        self.0
-            .db
-            .flush()
-            .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
+        self.0.db.flush().map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
         self.0.data_file.sync_data()?;
         self.sync_new_blobs()?;
         self.0.syncs.fetch_add(1, Ordering::Relaxed);
@@ -107,11 +103,7 @@ impl DurableDb {
     /// and only writes them; sync the ones we have not synced yet.
     fn sync_new_blobs(&self) -> io::Result<()> {
         let blobs = self.0.dir.join("blobs");
-        let mut synced = self
-            .0
-            .synced_blobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut synced = self.0.synced_blobs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut present = HashSet::new();
         let mut any_new = false;
         for entry in fs::read_dir(&blobs)? {
@@ -138,9 +130,7 @@ impl DurableDb {
 /// Fails early, with a clear message, on a dir we cannot create files in.
 fn probe_writable(path: &Path) -> Result<(), OpenError> {
     let probe = path.join(".write-probe");
-    File::create(&probe)
-        .and_then(|_| fs::remove_file(&probe))
-        .map_err(|e| OpenError::from_io(path, e))
+    File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(|e| OpenError::from_io(path, e))
 }
 
 /// Opens sled, turning its errors and the panics it raises on some corrupt
@@ -157,10 +147,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
     })?;
     opened.map_err(|e| match e {
         sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            OpenError::InUse {
-                path: path.to_owned(),
-                reason: io.to_string(),
-            }
+            OpenError::InUse { path: path.to_owned(), reason: io.to_string() }
         }
         sled::Error::Io(io) => OpenError::from_io(path, io),
         other => OpenError::corrupt(path, other),
@@ -177,16 +164,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
 /// Reads and decodes one JSON value; a value that does not decode is an error.
-pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &[u8],
-) -> io::Result<Option<T>> {
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
     match tree.get(key)? {
         None => Ok(None),
         Some(bytes) => decode(&bytes).map(Some),
@@ -211,20 +193,12 @@ pub(crate) struct Flusher {
 impl Flusher {
     pub(crate) fn start(db: DurableDb) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("raft-log-flusher".into())
-            .spawn(move || flush_loop(&db, &rx))?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+        let thread = thread::Builder::new().name("raft-log-flusher".into()).spawn(move || flush_loop(&db, &rx))?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
     /// Queues `callback` for the next sync; gives it back if the flusher is gone.
-    pub(crate) fn submit(
-        &self,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), LogFlushed<TypeConfig>> {
+    pub(crate) fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
         match &self.tx {
             Some(tx) => tx.send(callback).map_err(|e| e.0),
             None => Err(callback),
@@ -258,5 +232,22 @@ fn flush_loop(db: &DurableDb, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled writes a value this large to its own blob file, which `sync`
+    /// must find and fdatasync.
+    #[test]
+    fn sync_covers_blob_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = DurableDb::open(dir.path()).expect("open");
+        db.db().insert("big", vec![7u8; 300 * 1024]).expect("insert");
+        db.sync().expect("sync");
+        let synced = db.0.synced_blobs.lock().expect("lock").len();
+        assert!(synced >= 1, "no blob file was synced");
     }
 }

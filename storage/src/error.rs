@@ -9,7 +9,9 @@ pub enum OpenError {
     #[error("data dir {path} is not writable: {source}: fix permissions or choose another --data-dir")]
     NotWritable { path: PathBuf, source: io::Error },
 
-    #[error("data dir {path} is in use by another process: {reason}: stop the other vpnd or choose another --data-dir")]
+    #[error(
+        "data dir {path} is in use by another process: {reason}: stop the other vpnd or choose another --data-dir"
+    )]
     InUse { path: PathBuf, reason: String },
 
     #[error("data dir {path} is corrupt: {reason}: restore it from a backup or remove the node and re-add it under a new id")]
@@ -21,19 +23,14 @@ pub enum OpenError {
 
 impl OpenError {
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
-        Self::Corrupt {
-            path: path.into(),
-            reason: reason.to_string(),
-        }
+        Self::Corrupt { path: path.into(), reason: reason.to_string() }
     }
 
     /// Classifies an IO error by what the operator has to do about it.
     pub(crate) fn from_io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.kind() {
-            io::ErrorKind::PermissionDenied
-            | io::ErrorKind::ReadOnlyFilesystem
-            | io::ErrorKind::NotADirectory => {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::NotADirectory => {
                 Self::NotWritable { path, source }
             }
             _ => Self::Io { path, source },

@@ -34,20 +34,12 @@ impl LogStore {
         // Refuse to start on unreadable metadata rather than fail at first use.
         get_json::<Vote>(&meta, VOTE).map_err(|e| corrupt(&format!("vote: {e}")))?;
         get_json::<LogId>(&meta, COMMITTED).map_err(|e| corrupt(&format!("committed: {e}")))?;
-        get_json::<LogId>(&meta, LAST_PURGED)
-            .map_err(|e| corrupt(&format!("last purged log id: {e}")))?;
+        get_json::<LogId>(&meta, LAST_PURGED).map_err(|e| corrupt(&format!("last purged log id: {e}")))?;
         last_entry_id(&log).map_err(|e| corrupt(&format!("last log entry: {e}")))?;
 
-        let flusher = Flusher::start(db.clone()).map_err(|source| OpenError::Io {
-            path: db.path().to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            db,
-            log,
-            meta,
-            flusher: Arc::new(flusher),
-        })
+        let flusher =
+            Flusher::start(db.clone()).map_err(|source| OpenError::Io { path: db.path().to_owned(), source })?;
+        Ok(Self { db, log, meta, flusher: Arc::new(flusher) })
     }
 
     /// How many fdatasyncs the store has done: a metric; appends per fsync
@@ -101,10 +93,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let bounds = (key_bound(range.start_bound()), key_bound(range.end_bound()));
         let log = self.log.clone();
         let read = blocking(move || {
-            log.range(bounds)
-                .values()
-                .map(|value| decode::<Entry>(&value?))
-                .collect::<io::Result<Vec<_>>>()
+            log.range(bounds).values().map(|value| decode::<Entry>(&value?)).collect::<io::Result<Vec<_>>>()
         });
         read.await.map_err(|e| StorageIOError::read_logs(&e).into())
     }
@@ -114,18 +103,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self
-            .read_meta::<LogId>(LAST_PURGED)
-            .await
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_purged_log_id =
+            self.read_meta::<LogId>(LAST_PURGED).await.map_err(|e| StorageIOError::read_logs(&e))?;
         let log = self.log.clone();
-        let last = blocking(move || last_entry_id(&log))
-            .await
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(LogState {
-            last_log_id: last.or(last_purged_log_id),
-            last_purged_log_id,
-        })
+        let last = blocking(move || last_entry_id(&log)).await.map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(LogState { last_log_id: last.or(last_purged_log_id), last_purged_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -170,11 +152,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Writes the entries (readable once this returns) and hands `callback`
     /// to the flusher, which calls it after the next fdatasync.
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -185,9 +163,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         let log = self.log.clone();
-        blocking(move || Ok(log.apply_batch(batch)?))
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        blocking(move || Ok(log.apply_batch(batch)?)).await.map_err(|e| StorageIOError::write_logs(&e))?;
 
         if let Err(callback) = self.flusher.submit(callback) {
             let e = io::Error::other("the raft log flusher has stopped");
@@ -229,16 +205,16 @@ mod tests {
     use super::*;
 
     fn blank(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Blank,
-        }
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Blank }
     }
 
     /// Holds the flusher inside its sync: appends must become readable, but no
     /// callback may fire; once released, all of them share at most two syncs
     /// (the one already started and one for everything queued behind it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    // Holding the sync gate across awaits is the point; only this test's own
+    // future holds it, and the appends run on other tasks.
+    #[allow(clippy::await_holding_lock)]
     async fn callbacks_wait_for_fdatasync_and_share_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _sm) = crate::open(dir.path()).expect("open");

@@ -33,10 +33,7 @@ impl Credentials {
     pub fn generate() -> Self {
         let mut key = [0u8; 16];
         rand::rng().fill_bytes(&mut key);
-        Self {
-            vless_uuid: Uuid::new_v4(),
-            ss2022_key: base64::engine::general_purpose::STANDARD.encode(key),
-        }
+        Self { vless_uuid: Uuid::new_v4(), ss2022_key: base64::engine::general_purpose::STANDARD.encode(key) }
     }
 }
 
@@ -95,9 +92,8 @@ pub fn validate_user_name(name: &str) -> Result<(), NameError> {
     if len > MAX_USER_NAME_LEN {
         return Err(NameError::TooLong(len));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    if let Some(bad) =
+        name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         return Err(NameError::BadChar(bad));
     }
@@ -130,9 +126,7 @@ mod tests {
         let a = Credentials::generate();
         let b = Credentials::generate();
         assert_ne!(a, b);
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(&a.ss2022_key)
-            .expect("base64");
+        let key = base64::engine::general_purpose::STANDARD.decode(&a.ss2022_key).expect("base64");
         assert_eq!(key.len(), 16);
         assert_eq!(a.vless_uuid.get_version_num(), 4);
     }

@@ -36,10 +36,7 @@ impl SnapshotFile {
             io::ErrorKind::InvalidData => OpenError::corrupt(dir.join(CURRENT), e),
             _ => OpenError::from_io(dir, e),
         })?;
-        let file = Self {
-            dir: dir.to_owned(),
-            current: Mutex::new(current.as_ref().map(|(meta, _)| meta.clone())),
-        };
+        let file = Self { dir: dir.to_owned(), current: Mutex::new(current.as_ref().map(|(meta, _)| meta.clone())) };
         Ok((file, current))
     }
 

@@ -25,10 +25,6 @@ impl State {
             Some(name) => Bound::Excluded(name.to_owned()),
             None => Bound::Unbounded,
         };
-        self.users
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, u)| u.clone())
-            .collect()
+        self.users.range((start, Bound::Unbounded)).take(limit).map(|(_, u)| u.clone()).collect()
     }
 }

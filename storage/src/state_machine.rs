@@ -19,9 +19,7 @@ use crate::error::OpenError;
 use crate::model::{MemberRecord, User};
 use crate::snapshot_file::SnapshotFile;
 use crate::state::State;
-use crate::types::{
-    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const APPLIED: &[u8] = b"meta/applied";
 const MEMBERSHIP: &[u8] = b"meta/membership";
@@ -66,27 +64,17 @@ impl StateMachineStore {
     /// Loads the `sm` tree, or the current snapshot if that is newer (an
     /// install that crashed before rewriting the tree).
     pub(crate) fn open(db: DurableDb, dir: &Path) -> Result<Self, OpenError> {
-        let tree = db
-            .db()
-            .open_tree("sm")
-            .map_err(|e| OpenError::corrupt(db.path(), e))?;
-        let mut state =
-            load_tree(&tree).map_err(|e| OpenError::corrupt(db.path(), format!("state machine: {e}")))?;
+        let tree = db.db().open_tree("sm").map_err(|e| OpenError::corrupt(db.path(), e))?;
+        let mut state = load_tree(&tree).map_err(|e| OpenError::corrupt(db.path(), format!("state machine: {e}")))?;
         let snapshot_dir = dir.join("snapshots");
         let (snapshot, current) = SnapshotFile::open(&snapshot_dir)?;
         if let Some((meta, data)) = current {
             if meta.last_log_id > state.last_applied {
-                state = state_from_snapshot(&meta, &data)
-                    .map_err(|e| OpenError::corrupt(&snapshot_dir, e))?;
+                state = state_from_snapshot(&meta, &data).map_err(|e| OpenError::corrupt(&snapshot_dir, e))?;
                 rewrite_tree(&tree, &state).map_err(|e| OpenError::from_io(db.path(), e))?;
             }
         }
-        Ok(Self {
-            db,
-            tree,
-            state: StateReader(Arc::new(RwLock::new(state))),
-            snapshot: Arc::new(snapshot),
-        })
+        Ok(Self { db, tree, state: StateReader(Arc::new(RwLock::new(state))), snapshot: Arc::new(snapshot) })
     }
 
     /// A handle that reads the applied state; it follows every apply.
@@ -156,9 +144,7 @@ impl Touched {
     fn note(&mut self, cmd: &Command) {
         match cmd {
             Command::CreateUser(user) => self.users.insert(user.name.clone()),
-            Command::UpdateUser { name, .. } | Command::DeleteUser { name } => {
-                self.users.insert(name.clone())
-            }
+            Command::UpdateUser { name, .. } | Command::DeleteUser { name } => self.users.insert(name.clone()),
             Command::RegisterMember(record) => self.members.insert(record.id),
             Command::ForgetMember { id } => self.members.insert(*id),
         };
@@ -218,9 +204,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let batch = batch.map_err(|e| StorageIOError::write_state_machine(&e))?;
         let tree = self.tree.clone();
-        blocking(move || Ok(tree.apply_batch(batch)?))
-            .await
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        blocking(move || Ok(tree.apply_batch(batch)?)).await.map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(responses)
     }
 
@@ -240,8 +224,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state = state_from_snapshot(meta, &data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let state =
+            state_from_snapshot(meta, &data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let (file, tree, meta_owned) = (self.snapshot.clone(), self.tree.clone(), meta.clone());
         let state = blocking(move || {
             file.save(&meta_owned, &data)?;
@@ -256,13 +240,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let file = self.snapshot.clone();
-        let current = blocking(move || file.load())
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let current = blocking(move || file.load()).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -272,9 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     /// is written durably too.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
-        blocking(move || db.sync())
-            .await
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        blocking(move || db.sync()).await.map_err(|e| StorageIOError::write_state_machine(&e))?;
 
         let (data, last_log_id, last_membership) = self
             .state
@@ -284,19 +261,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Some(id) => format!("{}-{}-{:08x}", id.leader_id.term, id.index, rand::random::<u32>()),
             None => format!("none-{:08x}", rand::random::<u32>()),
         };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
 
         let (file, meta_owned) = (self.snapshot.clone(), meta.clone());
         let data = blocking(move || file.save(&meta_owned, &data).map(|()| data))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

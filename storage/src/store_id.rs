@@ -24,11 +24,8 @@ pub(crate) fn check(db: &DurableDb) -> Result<(), OpenError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(OpenError::from_io(path, e)),
     };
-    let in_db = db
-        .db()
-        .get(KEY)
-        .map_err(|e| OpenError::corrupt(path, e))?
-        .map(|id| String::from_utf8_lossy(&id).into_owned());
+    let in_db =
+        db.db().get(KEY).map_err(|e| OpenError::corrupt(path, e))?.map(|id| String::from_utf8_lossy(&id).into_owned());
 
     match (in_file, in_db) {
         (Some(file), Some(stored)) if file == stored => Ok(()),

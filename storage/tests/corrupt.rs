@@ -9,10 +9,7 @@ use vpn_storage::types::TypeConfig;
 use vpn_storage::OpenError;
 
 fn blank(index: u64) -> Entry<TypeConfig> {
-    Entry {
-        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Blank }
 }
 
 /// A data dir holding a few log entries and a vote.
@@ -51,11 +48,7 @@ async fn truncated_db_file_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path()).await;
     let db = dir.path().join("raft").join("db");
-    fs::File::options()
-        .write(true)
-        .open(&db)
-        .and_then(|f| f.set_len(0))
-        .expect("truncate");
+    fs::File::options().write(true).open(&db).and_then(|f| f.set_len(0)).expect("truncate");
     expect_corrupt(&dir.path().join("raft"), dir.path());
 }
 

@@ -62,9 +62,7 @@ async fn applied_state_survives_reopen() {
         ])
         .await
         .expect("apply");
-        sm.apply([normal(4, Command::DeleteUser { name: "alice".into() }), blank(5)])
-            .await
-            .expect("apply");
+        sm.apply([normal(4, Command::DeleteUser { name: "alice".into() }), blank(5)]).await.expect("apply");
         state_of(&sm)
     };
     assert_eq!(before.last_applied, Some(log_id(1, 5)));
@@ -82,9 +80,7 @@ async fn applied_state_survives_reopen() {
 async fn newer_snapshot_wins_over_stale_tree_on_open() {
     let leader = tempfile::tempdir().expect("tempdir");
     let (_log, mut sm) = vpn_storage::open(leader.path()).expect("open leader");
-    sm.apply([membership(1, &[1]), normal(2, Command::CreateUser(user("carol")))])
-        .await
-        .expect("apply");
+    sm.apply([membership(1, &[1]), normal(2, Command::CreateUser(user("carol")))]).await.expect("apply");
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
 
     let follower = tempfile::tempdir().expect("tempdir");

@@ -11,13 +11,14 @@ struct TempStore;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempStore {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
-        let (log, sm) = vpn_storage::open(dir.path())
-            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        let (log, sm) = vpn_storage::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(TempStore)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(TempStore) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

@@ -23,8 +23,8 @@ fn status() -> impl Strategy<Value = UserStatus> {
 }
 
 fn user() -> impl Strategy<Value = User> {
-    (name(), any::<u128>(), any::<u128>(), any::<[u8; 16]>(), 0i64..4_000_000_000_000, status())
-        .prop_map(|(name, id, vless, key, created_at_ms, status)| User {
+    (name(), any::<u128>(), any::<u128>(), any::<[u8; 16]>(), 0i64..4_000_000_000_000, status()).prop_map(
+        |(name, id, vless, key, created_at_ms, status)| User {
             id: Uuid::from_u128(id),
             name,
             status,
@@ -33,7 +33,8 @@ fn user() -> impl Strategy<Value = User> {
                 vless_uuid: Uuid::from_u128(vless),
                 ss2022_key: base64::engine::general_purpose::STANDARD.encode(key),
             },
-        })
+        },
+    )
 }
 
 fn member() -> impl Strategy<Value = MemberRecord> {
@@ -47,8 +48,7 @@ fn member() -> impl Strategy<Value = MemberRecord> {
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         user().prop_map(Command::CreateUser),
-        (name(), proptest::option::of(status()))
-            .prop_map(|(name, status)| Command::UpdateUser { name, status }),
+        (name(), proptest::option::of(status())).prop_map(|(name, status)| Command::UpdateUser { name, status }),
         name().prop_map(|name| Command::DeleteUser { name }),
         member().prop_map(Command::RegisterMember),
         (1u64..4).prop_map(|id| Command::ForgetMember { id }),

@@ -30,11 +30,7 @@ Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 
 /// `vpnctl [--endpoints <url,...>] [-o table|json] <command>`
 #[derive(Debug, Parser)]
-#[command(
-    name = "vpnctl",
-    version,
-    about = "Admin CLI for the clustered VPN control plane"
-)]
+#[command(name = "vpnctl", version, about = "Admin CLI for the clustered VPN control plane")]
 #[command(long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
     /// Nodes to talk to, comma-separated: host:port or http(s)://host:port. Any node works.
@@ -95,12 +91,10 @@ pub enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
     /// Add a node (already running vpnd) to the cluster; waits until it has caught up.
-    #[command(
-        long_about = "Add a node (already running vpnd) to the cluster.\n\nThe node joins as a \
+    #[command(long_about = "Add a node (already running vpnd) to the cluster.\n\nThe node joins as a \
         learner, the call waits until it has caught up with the log, and with --voter it is \
         then promoted to voter. Raise --timeout for a large state. Running it again for the \
-        same id and address is harmless."
-    )]
+        same id and address is harmless.")]
     Add {
         /// The node's id (its `vpnd --id`).
         id: u64,
@@ -144,13 +138,9 @@ pub struct NameArg {
 /// Parses `500ms`, `10s`, `2m` or a bare number of seconds.
 fn parse_duration(input: &str) -> Result<Duration, String> {
     let input = input.trim();
-    let split = input
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(input.len());
+    let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());
     let (number, unit) = input.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{input}' is not a duration; use e.g. 500ms, 10s or 2m"))?;
+    let number: u64 = number.parse().map_err(|_| format!("'{input}' is not a duration; use e.g. 500ms, 10s or 2m"))?;
     let duration = match unit {
         "ms" => Duration::from_millis(number),
         "" | "s" => Duration::from_secs(number),
@@ -187,21 +177,10 @@ mod tests {
 
     #[test]
     fn global_options_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from([
-            "vpnctl",
-            "user",
-            "list",
-            "-o",
-            "json",
-            "--endpoints",
-            "a:1,b:2",
-        ]);
+        let cli = Cli::try_parse_from(["vpnctl", "user", "list", "-o", "json", "--endpoints", "a:1,b:2"]);
         let cli = cli.map_err(|e| e.to_string());
         assert_eq!(cli.as_ref().map(|c| c.output), Ok(Format::Json));
-        assert_eq!(
-            cli.map(|c| c.endpoints),
-            Ok(vec!["a:1".into(), "b:2".into()])
-        );
+        assert_eq!(cli.map(|c| c.endpoints), Ok(vec!["a:1".into(), "b:2".into()]));
     }
 
     #[test]

@@ -42,13 +42,7 @@ pub struct Client {
 impl Client {
     /// `timeout` bounds each call including its retries; `ca_pem` adds a CA for https endpoints.
     pub fn new(endpoints: Vec<Endpoint>, timeout: Duration, ca_pem: Option<Vec<u8>>) -> Self {
-        Self {
-            endpoints,
-            timeout,
-            ca_pem,
-            active: None,
-            leader_hint: None,
-        }
+        Self { endpoints, timeout, ca_pem, active: None, leader_hint: None }
     }
 
     /// Calls a `vpn.v1.Users` method with failover.
@@ -58,8 +52,7 @@ impl Client {
         F: Fn(UsersClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(req, |channel, req| rpc(UsersClient::new(channel), req))
-            .await
+        self.call(req, |channel, req| rpc(UsersClient::new(channel), req)).await
     }
 
     /// Calls a `vpn.v1.Cluster` method with failover.
@@ -69,8 +62,7 @@ impl Client {
         F: Fn(ClusterClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(req, |channel, req| rpc(ClusterClient::new(channel), req))
-            .await
+        self.call(req, |channel, req| rpc(ClusterClient::new(channel), req)).await
     }
 
     async fn call<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
@@ -144,11 +136,7 @@ impl Client {
     /// The endpoint that answered last, then the leader hint, then the configured order.
     fn sweep_order(&self) -> VecDeque<Endpoint> {
         let active = self.active.as_ref().map(|(endpoint, _)| endpoint.clone());
-        active
-            .into_iter()
-            .chain(self.leader_hint.clone())
-            .chain(self.endpoints.iter().cloned())
-            .collect()
+        active.into_iter().chain(self.leader_hint.clone()).chain(self.endpoints.iter().cloned()).collect()
     }
 
     async fn channel(&self, endpoint: &Endpoint, deadline: Instant) -> Result<Channel, String> {
@@ -235,27 +223,14 @@ mod tests {
     #[test]
     fn leader_hint_is_read_from_the_message() {
         let cases = [
-            (
-                "not the leader; leader at 10.0.0.2:7000.",
-                Some("10.0.0.2:7000"),
-            ),
-            (
-                "forwarding failed (leader=node-2:7000)",
-                Some("node-2:7000"),
-            ),
-            (
-                "leader is http://[fd00::2]:7000, retry",
-                Some("[fd00::2]:7000"),
-            ),
+            ("not the leader; leader at 10.0.0.2:7000.", Some("10.0.0.2:7000")),
+            ("forwarding failed (leader=node-2:7000)", Some("node-2:7000")),
+            ("leader is http://[fd00::2]:7000, retry", Some("[fd00::2]:7000")),
             ("no leader elected yet", None),
             ("connection refused", None),
         ];
         for (message, expected) in cases {
-            assert_eq!(
-                hint(Status::unavailable(message)).as_deref(),
-                expected,
-                "{message}"
-            );
+            assert_eq!(hint(Status::unavailable(message)).as_deref(), expected, "{message}");
         }
     }
 
@@ -274,20 +249,16 @@ mod tests {
         for _ in 0..2 {
             let listener = std::net::TcpListener::bind("127.0.0.1:0");
             let port = listener.and_then(|l| l.local_addr()).map(|a| a.port());
-            let endpoint = port
-                .map_err(|e| e.to_string())
-                .and_then(|port| Endpoint::parse(&format!("127.0.0.1:{port}")));
+            let endpoint =
+                port.map_err(|e| e.to_string()).and_then(|port| Endpoint::parse(&format!("127.0.0.1:{port}")));
             endpoints.extend(endpoint);
         }
         assert_eq!(endpoints.len(), 2);
         let shown: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
         let mut client = Client::new(endpoints, Duration::from_millis(300), None);
         let started = Instant::now();
-        let result = client
-            .cluster(vpn_proto::v1::StatusRequest {}, |mut c, req| async move {
-                c.status(req).await
-            })
-            .await;
+        let result =
+            client.cluster(vpn_proto::v1::StatusRequest {}, |mut c, req| async move { c.status(req).await }).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         match result {
             Err(CliError::Unavailable { tried, last }) => {

@@ -82,8 +82,7 @@ pub fn parse_endpoints(values: &[String]) -> Result<Vec<Endpoint>, CliError> {
     }
     if endpoints.is_empty() {
         return Err(CliError::InvalidInput(
-            "--endpoints is empty; give at least one host:port, e.g. --endpoints 127.0.0.1:7000"
-                .into(),
+            "--endpoints is empty; give at least one host:port, e.g. --endpoints 127.0.0.1:7000".into(),
         ));
     }
     Ok(endpoints)
@@ -92,11 +91,8 @@ pub fn parse_endpoints(values: &[String]) -> Result<Vec<Endpoint>, CliError> {
 /// Splits and checks `host:port`; the host is a DNS name, an IPv4 address or `[IPv6]`.
 pub fn parse_host_port(input: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(bracketed) = input.strip_prefix('[') {
-        let (addr, after) = bracketed
-            .split_once(']')
-            .ok_or("missing ']' after the IPv6 address")?;
-        addr.parse::<Ipv6Addr>()
-            .map_err(|_| format!("'{addr}' is not an IPv6 address"))?;
+        let (addr, after) = bracketed.split_once(']').ok_or("missing ']' after the IPv6 address")?;
+        addr.parse::<Ipv6Addr>().map_err(|_| format!("'{addr}' is not an IPv6 address"))?;
         let port = after.strip_prefix(':').ok_or("missing port after ']'")?;
         (format!("[{addr}]"), port)
     } else {
@@ -107,10 +103,7 @@ pub fn parse_host_port(input: &str) -> Result<(String, u16), String> {
         if host.is_empty() {
             return Err("missing host".into());
         }
-        if let Some(bad) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-        {
+        if let Some(bad) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
             return Err(format!("'{bad}' is not allowed in a host name"));
         }
         (host.to_string(), port)
@@ -143,14 +136,8 @@ mod tests {
     #[test]
     fn accepts_the_three_forms() {
         assert_eq!(ok("127.0.0.1:7000").uri(), "http://127.0.0.1:7000");
-        assert_eq!(
-            ok("http://node-1.example:7000").uri(),
-            "http://node-1.example:7000"
-        );
-        assert_eq!(
-            ok("HTTPS://vpn.example.com:443/").uri(),
-            "https://vpn.example.com:443"
-        );
+        assert_eq!(ok("http://node-1.example:7000").uri(), "http://node-1.example:7000");
+        assert_eq!(ok("HTTPS://vpn.example.com:443/").uri(), "https://vpn.example.com:443");
         assert!(ok("https://a:1").is_tls());
         assert!(!ok(" a:1 ").is_tls());
     }
@@ -158,10 +145,7 @@ mod tests {
     #[test]
     fn accepts_bracketed_ipv6() {
         assert_eq!(ok("[::1]:7000").uri(), "http://[::1]:7000");
-        assert_eq!(
-            ok("https://[fd00::2]:7000").to_string(),
-            "https://[fd00::2]:7000"
-        );
+        assert_eq!(ok("https://[fd00::2]:7000").to_string(), "https://[fd00::2]:7000");
     }
 
     #[test]
@@ -188,21 +172,14 @@ mod tests {
 
     #[test]
     fn endpoint_list_names_the_flag_and_drops_duplicates() {
-        let list = |items: &[&str]| {
-            parse_endpoints(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        };
+        let list = |items: &[&str]| parse_endpoints(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let parsed = list(&["a:1", "", "http://a:1", "b:2"]).map_err(|e| e.to_string());
         assert_eq!(parsed.map(|v| v.len()), Ok(2));
-        let err = list(&["a:1", "b"])
-            .err()
-            .map(|e| (e.exit_code(), e.to_string()));
+        let err = list(&["a:1", "b"]).err().map(|e| (e.exit_code(), e.to_string()));
         let (code, message) = err.unwrap_or_default();
         assert_eq!(code, 2);
         assert!(message.starts_with("invalid --endpoints entry 'b': missing port"));
-        let err = list(&[" "])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = list(&[" "]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("--endpoints is empty"));
     }
 }

@@ -67,10 +67,7 @@ impl CliError {
             Code::InvalidArgument => Self::InvalidInput(format!("the server refused: {message}")),
             Code::NotFound => Self::NotFound(message),
             Code::AlreadyExists => Self::AlreadyExists(message),
-            Code::Unavailable => Self::Unavailable {
-                tried: Vec::new(),
-                last: message,
-            },
+            Code::Unavailable => Self::Unavailable { tried: Vec::new(), last: message },
             Code::DeadlineExceeded => Self::Timeout(message),
             code => Self::Server { code, message },
         }
@@ -98,10 +95,7 @@ fn unavailable_message(tried: &[String], last: &str) -> String {
     if tried.is_empty() {
         format!("cluster unavailable: {last}; {hint}")
     } else {
-        format!(
-            "cluster unavailable: tried {}: {last}; {hint}",
-            tried.join(", ")
-        )
+        format!("cluster unavailable: tried {}: {last}; {hint}", tried.join(", "))
     }
 }
 
@@ -175,10 +169,7 @@ mod tests {
 
     #[test]
     fn unavailable_lists_the_endpoints_tried() {
-        let err = CliError::Unavailable {
-            tried: vec!["a:1".into(), "b:2".into()],
-            last: "connection refused".into(),
-        };
+        let err = CliError::Unavailable { tried: vec!["a:1".into(), "b:2".into()], last: "connection refused".into() };
         assert_eq!(
             err.to_string(),
             "cluster unavailable: tried a:1, b:2: connection refused; \

@@ -71,9 +71,7 @@ where
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_BAD_INPUT));
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(err) => {
@@ -101,17 +99,14 @@ fn report(message: &str) {
     let _ = writeln!(std::io::stderr(), "vpnctl: {line}");
 }
 
-fn client(
-    endpoints: &[String],
-    timeout: Duration,
-    ca_cert: Option<&Path>,
-) -> Result<Client, CliError> {
+fn client(endpoints: &[String], timeout: Duration, ca_cert: Option<&Path>) -> Result<Client, CliError> {
     let endpoints = endpoint::parse_endpoints(endpoints)?;
     let ca_pem = match ca_cert {
         None => None,
-        Some(path) => Some(std::fs::read(path).map_err(|err| {
-            CliError::InvalidInput(format!("cannot read --ca-cert {}: {err}", path.display()))
-        })?),
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|err| CliError::InvalidInput(format!("cannot read --ca-cert {}: {err}", path.display())))?,
+        ),
     };
     Ok(Client::new(endpoints, timeout, ca_pem))
 }

@@ -56,9 +56,7 @@ impl Output {
     /// Writes to stdout; a reader that went away (`| head`) is not an error.
     pub fn print(&self, format: Format) -> Result<(), CliError> {
         let mut stdout = std::io::stdout().lock();
-        let written = stdout
-            .write_all(self.render(format).as_bytes())
-            .and_then(|()| stdout.flush());
+        let written = stdout.write_all(self.render(format).as_bytes()).and_then(|()| stdout.flush());
         match written {
             Err(err) if err.kind() != ErrorKind::BrokenPipe => Err(CliError::Output(err)),
             _ => Ok(()),
@@ -85,10 +83,8 @@ fn role_name(role: MemberRole) -> &'static str {
 
 /// A user object as scripts see it.
 pub fn user_json(user: &User) -> Value {
-    let credentials = user
-        .credentials
-        .as_ref()
-        .map(|c| json!({ "vless_uuid": c.vless_uuid, "ss2022_key": c.ss2022_key }));
+    let credentials =
+        user.credentials.as_ref().map(|c| json!({ "vless_uuid": c.vless_uuid, "ss2022_key": c.ss2022_key }));
     json!({
         "name": user.name,
         "id": user.id,
@@ -100,11 +96,8 @@ pub fn user_json(user: &User) -> Value {
 
 /// The `cluster status` document (also what member add/remove print).
 pub fn status_json(status: &ClusterStatus) -> Value {
-    let members: Vec<Value> = status
-        .members
-        .iter()
-        .map(|m| json!({ "id": m.id, "addr": m.addr, "role": role_name(m.role()) }))
-        .collect();
+    let members: Vec<Value> =
+        status.members.iter().map(|m| json!({ "id": m.id, "addr": m.addr, "role": role_name(m.role()) })).collect();
     json!({
         "leader_id": status.leader_id,
         "term": status.term,
@@ -119,10 +112,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
 pub fn status_table(status: &ClusterStatus) -> String {
     let leader = match status.leader_id {
         Some(id) => format!("node {id} (term {})", status.term),
-        None => format!(
-            "none in term {}; writes fail until one is elected",
-            status.term
-        ),
+        None => format!("none in term {}; writes fail until one is elected", status.term),
     };
     let answered = format!(
         "node {}, commit index {}, applied index {}",
@@ -158,17 +148,10 @@ pub fn users_table(users: &[User]) -> String {
     if users.is_empty() {
         return "no users yet; add one with `vpnctl user add <name>`".into();
     }
-    let header = ["NAME", "STATUS", "CREATED", "ID"]
-        .map(String::from)
-        .to_vec();
-    let rows = std::iter::once(header).chain(users.iter().map(|u| {
-        vec![
-            u.name.clone(),
-            status_name(u.status()).into(),
-            u.created_at.clone(),
-            u.id.clone(),
-        ]
-    }));
+    let header = ["NAME", "STATUS", "CREATED", "ID"].map(String::from).to_vec();
+    let rows = std::iter::once(header).chain(
+        users.iter().map(|u| vec![u.name.clone(), status_name(u.status()).into(), u.created_at.clone(), u.id.clone()]),
+    );
     table(&rows.collect::<Vec<_>>())
 }
 
@@ -194,15 +177,9 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 /// `Key:  value` lines with the values aligned.
 fn fields(pairs: &[(&str, String)]) -> String {
-    let width = pairs
-        .iter()
-        .map(|(key, _)| key.len() + 1)
-        .max()
-        .unwrap_or(0);
-    let lines: Vec<String> = pairs
-        .iter()
-        .map(|(key, value)| format!("{:<width$}  {value}", format!("{key}:")))
-        .collect();
+    let width = pairs.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
+    let lines: Vec<String> =
+        pairs.iter().map(|(key, value)| format!("{:<width$}  {value}", format!("{key}:"))).collect();
     lines.join("\n")
 }
 
@@ -226,19 +203,11 @@ mod tests {
     }
 
     fn three_nodes(leader: Option<u64>) -> ClusterStatus {
-        let member = |id: u64, role: MemberRole| Member {
-            id,
-            addr: format!("10.0.0.{id}:7000"),
-            role: role as i32,
-        };
+        let member = |id: u64, role: MemberRole| Member { id, addr: format!("10.0.0.{id}:7000"), role: role as i32 };
         ClusterStatus {
             leader_id: leader,
             term: 7,
-            members: vec![
-                member(1, MemberRole::Voter),
-                member(2, MemberRole::Voter),
-                member(13, MemberRole::Learner),
-            ],
+            members: vec![member(1, MemberRole::Voter), member(2, MemberRole::Voter), member(13, MemberRole::Learner)],
             node_id: 1,
             commit_index: 42,
             applied_index: 41,
@@ -280,16 +249,10 @@ mod tests {
 
     #[test]
     fn json_output_is_one_document() {
-        let doc = Output::Document(Document {
-            json: json!({"users": [user_json(&alice())]}),
-            table: String::new(),
-        });
+        let doc = Output::Document(Document { json: json!({"users": [user_json(&alice())]}), table: String::new() });
         let text = doc.render(Format::Json);
         let parsed: Result<Value, _> = serde_json::from_str(&text);
-        assert_eq!(
-            parsed.ok().map(|v| v["users"][0]["name"].clone()),
-            Some(json!("alice"))
-        );
+        assert_eq!(parsed.ok().map(|v| v["users"][0]["name"].clone()), Some(json!("alice")));
         assert!(text.ends_with("}\n"));
     }
 

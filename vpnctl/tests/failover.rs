@@ -60,16 +60,10 @@ impl Cluster for FakeNode {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
         FakeNode::status(self)
     }
-    async fn add_member(
-        &self,
-        _: Request<AddMemberRequest>,
-    ) -> Result<Response<ClusterStatus>, Status> {
+    async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         FakeNode::status(self)
     }
-    async fn remove_member(
-        &self,
-        _: Request<RemoveMemberRequest>,
-    ) -> Result<Response<ClusterStatus>, Status> {
+    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         FakeNode::status(self)
     }
 }
@@ -85,10 +79,7 @@ impl Users for FakeNode {
         Err(Status::unimplemented("fake"))
     }
     /// Pages of two users whatever the page size asked for, to exercise the paging loop.
-    async fn list_users(
-        &self,
-        request: Request<ListUsersRequest>,
-    ) -> Result<Response<ListUsersResponse>, Status> {
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         self.check()?;
         let request = request.into_inner();
         if let Ok(mut sizes) = self.page_sizes.lock() {
@@ -97,30 +88,16 @@ impl Users for FakeNode {
         let start: usize = request.page_token.parse().unwrap_or(0);
         let end = (start + 2).min(self.users);
         let users = (start..end)
-            .map(|i| User {
-                name: format!("user{i}"),
-                status: UserStatus::Active as i32,
-                ..Default::default()
-            })
+            .map(|i| User { name: format!("user{i}"), status: UserStatus::Active as i32, ..Default::default() })
             .collect();
-        let next_page_token = if end < self.users {
-            end.to_string()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(ListUsersResponse {
-            users,
-            next_page_token,
-        }))
+        let next_page_token = if end < self.users { end.to_string() } else { String::new() };
+        Ok(Response::new(ListUsersResponse { users, next_page_token }))
     }
     async fn update_user(&self, _: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
         self.check()?;
         Err(Status::unimplemented("fake"))
     }
-    async fn delete_user(
-        &self,
-        _: Request<DeleteUserRequest>,
-    ) -> Result<Response<DeleteUserResponse>, Status> {
+    async fn delete_user(&self, _: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
         self.check()?;
         Err(Status::unimplemented("fake"))
     }
@@ -128,9 +105,7 @@ impl Users for FakeNode {
 
 /// Serves `node` on a fresh port and returns its `host:port`.
 async fn serve(node: FakeNode) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr").to_string();
     let node = Arc::new(node);
     let server = Server::builder()
@@ -148,8 +123,7 @@ fn dead_endpoint() -> String {
 }
 
 async fn vpnctl(args: &[&str]) -> Result<Value, CliError> {
-    let cli = Cli::try_parse_from(std::iter::once("vpnctl").chain(args.iter().copied()))
-        .expect("valid command line");
+    let cli = Cli::try_parse_from(std::iter::once("vpnctl").chain(args.iter().copied())).expect("valid command line");
     match vpnctl::execute(cli).await? {
         Output::Document(document) => Ok(document.json),
         Output::Raw(text) => panic!("expected a document, got {text}"),
@@ -158,11 +132,7 @@ async fn vpnctl(args: &[&str]) -> Result<Value, CliError> {
 
 #[tokio::test]
 async fn skips_a_dead_endpoint() {
-    let live = serve(FakeNode {
-        node_id: 7,
-        ..Default::default()
-    })
-    .await;
+    let live = serve(FakeNode { node_id: 7, ..Default::default() }).await;
     let endpoints = format!("{},http://{live}", dead_endpoint());
     let json = vpnctl(&["--endpoints", &endpoints, "cluster", "status"]).await;
     assert_eq!(json.ok().map(|j| j["node_id"].clone()), Some(7.into()));
@@ -170,18 +140,10 @@ async fn skips_a_dead_endpoint() {
 
 #[tokio::test]
 async fn follows_the_leader_hint_to_a_node_not_in_the_list() {
-    let leader = serve(FakeNode {
-        node_id: 2,
-        ..Default::default()
-    })
-    .await;
-    let follower = serve(FakeNode {
-        node_id: 1,
-        unavailable_first: usize::MAX,
-        leader_hint: Some(leader),
-        ..Default::default()
-    })
-    .await;
+    let leader = serve(FakeNode { node_id: 2, ..Default::default() }).await;
+    let follower =
+        serve(FakeNode { node_id: 1, unavailable_first: usize::MAX, leader_hint: Some(leader), ..Default::default() })
+            .await;
     let json = vpnctl(&["--endpoints", &follower, "cluster", "status"]).await;
     assert_eq!(json.ok().map(|j| j["node_id"].clone()), Some(2.into()));
 }
@@ -189,13 +151,7 @@ async fn follows_the_leader_hint_to_a_node_not_in_the_list() {
 #[tokio::test]
 async fn retries_unavailable_with_backoff_until_it_answers() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let node = serve(FakeNode {
-        node_id: 1,
-        unavailable_first: 3,
-        calls: calls.clone(),
-        ..Default::default()
-    })
-    .await;
+    let node = serve(FakeNode { node_id: 1, unavailable_first: 3, calls: calls.clone(), ..Default::default() }).await;
     let json = vpnctl(&["--endpoints", &node, "cluster", "status"]).await;
     assert_eq!(json.ok().map(|j| j["term"].clone()), Some(3.into()));
     assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -203,26 +159,12 @@ async fn retries_unavailable_with_backoff_until_it_answers() {
 
 #[tokio::test]
 async fn gives_up_after_the_timeout_with_exit_4() {
-    let node = serve(FakeNode {
-        unavailable_first: usize::MAX,
-        ..Default::default()
-    })
-    .await;
-    let args = [
-        "--endpoints",
-        &node,
-        "--timeout",
-        "300ms",
-        "cluster",
-        "status",
-    ];
-    let err = vpnctl(&args).await.err().expect("unavailable");
+    let node = serve(FakeNode { unavailable_first: usize::MAX, ..Default::default() }).await;
+    let args = ["--endpoints", &node, "--timeout", "300ms", "cluster", "status"];
+    let err = vpnctl(&args).await.expect_err("unavailable");
     assert_eq!(err.exit_code(), 4);
     let message = err.to_string();
-    assert!(
-        message.contains(&format!("tried {node}: not the leader")),
-        "{message}"
-    );
+    assert!(message.contains(&format!("tried {node}: not the leader")), "{message}");
 }
 
 #[tokio::test]
@@ -235,15 +177,8 @@ async fn other_errors_are_not_retried_and_keep_their_exit_code() {
         (Code::DeadlineExceeded, 4),
     ] {
         let calls = Arc::new(AtomicUsize::new(0));
-        let node = serve(FakeNode {
-            error: Some(code),
-            calls: calls.clone(),
-            ..Default::default()
-        })
-        .await;
-        let err = vpnctl(&["--endpoints", &node, "member", "remove", "9"])
-            .await
-            .err();
+        let node = serve(FakeNode { error: Some(code), calls: calls.clone(), ..Default::default() }).await;
+        let err = vpnctl(&["--endpoints", &node, "member", "remove", "9"]).await.err();
         assert_eq!(err.map(|e| e.exit_code()), Some(exit), "{code:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{code:?}");
     }
@@ -252,17 +187,9 @@ async fn other_errors_are_not_retried_and_keep_their_exit_code() {
 #[tokio::test]
 async fn user_list_fetches_every_page() {
     let page_sizes = Arc::new(Mutex::new(Vec::new()));
-    let node = serve(FakeNode {
-        users: 5,
-        page_sizes: page_sizes.clone(),
-        ..Default::default()
-    })
-    .await;
+    let node = serve(FakeNode { users: 5, page_sizes: page_sizes.clone(), ..Default::default() }).await;
     let json = vpnctl(&["--endpoints", &node, "user", "list"]).await;
-    let names: Vec<Value> = json
-        .ok()
-        .and_then(|j| j["users"].as_array().cloned())
-        .unwrap_or_default();
+    let names: Vec<Value> = json.ok().and_then(|j| j["users"].as_array().cloned()).unwrap_or_default();
     let names: Vec<&str> = names.iter().filter_map(|u| u["name"].as_str()).collect();
     assert_eq!(names, ["user0", "user1", "user2", "user3", "user4"]);
     let sizes = page_sizes.lock().map(|s| s.clone()).unwrap_or_default();
@@ -272,14 +199,8 @@ async fn user_list_fetches_every_page() {
 #[tokio::test]
 async fn a_bad_user_name_fails_before_any_call() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let node = serve(FakeNode {
-        calls: calls.clone(),
-        ..Default::default()
-    })
-    .await;
-    let err = vpnctl(&["--endpoints", &node, "user", "show", "Bob"])
-        .await
-        .err();
+    let node = serve(FakeNode { calls: calls.clone(), ..Default::default() }).await;
+    let err = vpnctl(&["--endpoints", &node, "user", "show", "Bob"]).await.err();
     assert_eq!(err.map(|e| e.exit_code()), Some(2));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }

@@ -17,10 +17,7 @@ use vpn_benches::single::{self, SingleConfig};
 use vpn_benches::vpnd::VpndCluster;
 
 #[derive(Parser)]
-#[command(
-    name = "loadgen",
-    about = "Load generator and cluster measurements for vpnd (compared with etcd)"
-)]
+#[command(name = "loadgen", about = "Load generator and cluster measurements for vpnd (compared with etcd)")]
 struct Cli {
     /// The vpnd binary to spawn.
     #[arg(long, default_value = "target/release/vpnd", global = true)]
@@ -121,9 +118,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -143,13 +138,8 @@ struct Ctx {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let run_id = format!(
-        "lg{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-            % 0xffff_ffff
-    );
+    let run_id =
+        format!("lg{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 0xffff_ffff);
     let log_dir = cli.log_dir.join(&run_id);
     std::fs::create_dir_all(&log_dir).with_context(|| format!("log dir {}", log_dir.display()))?;
     let ctx = Ctx {
@@ -230,17 +220,10 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
     };
     // Idle RSS of the freshly started members, before any load.
     let rss_ours = match &ours_cluster {
-        Some(c) => Some(
-            (0..3)
-                .map(|i| c.proc(i).and_then(|p| p.rss_kib()))
-                .collect::<Result<Vec<_>>>()?,
-        ),
+        Some(c) => Some((0..3).map(|i| c.proc(i).and_then(|p| p.rss_kib())).collect::<Result<Vec<_>>>()?),
         None => None,
     };
-    let rss_etcd = etcd_cluster
-        .as_ref()
-        .map(EtcdCluster::rss_kib)
-        .transpose()?;
+    let rss_etcd = etcd_cluster.as_ref().map(EtcdCluster::rss_kib).transpose()?;
     let mut section = compare::run(&cfg, &ours, theirs.as_deref(), &ctx.run_id).await?;
     section["idle_rss_kib_vpnd_members"] = json!(rss_ours);
     section["idle_rss_kib_etcd_members"] = json!(rss_etcd);
@@ -257,11 +240,8 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
 }
 
 async fn failover_cmd(f: &FailoverOpts, ctx: &Ctx) -> Result<Value> {
-    let cfg = FailoverConfig {
-        rounds: f.rounds,
-        request_timeout: f.failover_request_timeout,
-        retry_pause: f.retry_pause,
-    };
+    let cfg =
+        FailoverConfig { rounds: f.rounds, request_timeout: f.failover_request_timeout, retry_pause: f.retry_pause };
     let mut c = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "failover")?;
     c.wait_all_ready(Duration::from_secs(60)).await?;
     let r = failover::run(&mut c, &cfg, &ctx.run_id).await;
@@ -313,10 +293,7 @@ fn node_log_problems(dir: &Path) -> Value {
         for file in files.flatten() {
             let (warns, errors, samples) = log_problems(&file.path());
             if warns + errors > 0 {
-                eprintln!(
-                    "loadgen: {}: {warns} warnings, {errors} errors",
-                    file.path().display()
-                );
+                eprintln!("loadgen: {}: {warns} warnings, {errors} errors", file.path().display());
             }
             out.insert(
                 file.path().display().to_string(),

@@ -77,19 +77,13 @@ impl ClusterApi {
             }
         }
         if self.member_addr(req.id).is_none() {
-            let added = tokio::time::timeout(
-                CATCH_UP_TIMEOUT,
-                self.node.raft.add_learner(req.id, BasicNode::new(&req.addr), true),
-            )
-            .await
-            .map_err(|_| {
-                Error::unavailable(format!(
-                    "node {} was added as a learner but has not caught up within {CATCH_UP_TIMEOUT:?}: check that it runs at {}, then retry",
-                    req.id, req.addr
-                ))
-            })?;
-            added.map_err(Node::membership_error)?;
+            self.node
+                .raft
+                .add_learner(req.id, BasicNode::new(&req.addr), false)
+                .await
+                .map_err(Node::membership_error)?;
         }
+        self.wait_caught_up(req.id, &req.addr).await?;
         if req.voter && !self.is_voter(req.id) {
             let ids = BTreeSet::from([req.id]);
             self.node
@@ -99,6 +93,30 @@ impl ClusterApi {
                 .map_err(Node::membership_error)?;
         }
         Ok(())
+    }
+
+    /// Waits until the leader has replicated its whole log (as of now) to `id`.
+    /// openraft's own blocking `add_learner` counts a node within 5000 entries
+    /// as caught up, even one that never answered.
+    async fn wait_caught_up(&self, id: u64, addr: &str) -> Result<(), Error> {
+        let target = self.node.raft.metrics().borrow().last_log_index;
+        self.node
+            .raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.map(|l| l.index));
+                    matched.is_some() && matched >= target
+                },
+                "new member caught up",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Error::unavailable(format!(
+                    "node {id} is a learner but has not caught up within {CATCH_UP_TIMEOUT:?}: check that vpnd runs at {addr}, then retry"
+                ))
+            })
     }
 
     async fn remove_member_here(&self, id: u64) -> Result<(), Error> {

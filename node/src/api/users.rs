@@ -105,7 +105,9 @@ impl Users for UsersApi {
         check_name("name", &req.get_ref().name)?;
         let status = match req.get_ref().status {
             None => {
-                return Err(Error::InvalidArgument { field: "status", detail: "nothing to update: set status".into() }.into())
+                return Err(
+                    Error::InvalidArgument { field: "status", detail: "nothing to update: set status".into() }.into()
+                )
             }
             Some(raw) => convert::status_from_wire(raw).ok_or(Error::InvalidArgument {
                 field: "status",

@@ -21,11 +21,8 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(60);
 /// Static bootstrap: every member calls this with the same list; a node that
 /// already holds state ignores it.
 pub async fn initialize(node: &Node, members: &BTreeMap<u64, String>) -> Result<(), Error> {
-    let initialized = node
-        .raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Internal(format!("raft stopped during startup: {e}")))?;
+    let initialized =
+        node.raft.is_initialized().await.map_err(|e| Error::Internal(format!("raft stopped during startup: {e}")))?;
     if initialized {
         return Ok(());
     }
@@ -61,7 +58,12 @@ pub async fn join(node: &Node, advertise: &str, seeds: &[String], voter: bool) -
                     return Ok(());
                 }
                 // Refusals are final: retrying cannot change them.
-                Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::AlreadyExists) => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+                    ) =>
+                {
                     return Err(Error::Join { seeds: seeds.join(","), detail: s.message().to_owned() });
                 }
                 Err(s) => last_error = format!("{seed}: {}", s.message()),
@@ -70,7 +72,10 @@ pub async fn join(node: &Node, advertise: &str, seeds: &[String], voter: bool) -
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    Err(Error::Join { seeds: seeds.join(","), detail: format!("no member accepted within {JOIN_DEADLINE:?}; last error: {last_error}") })
+    Err(Error::Join {
+        seeds: seeds.join(","),
+        detail: format!("no member accepted within {JOIN_DEADLINE:?}; last error: {last_error}"),
+    })
 }
 
 /// Records this data dir's incarnation under our id once a leader exists.

@@ -110,11 +110,13 @@ impl PeerClient {
         })?;
         let decoded: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&payload.into_inner().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new_with_node(
-            self.target,
-            BasicNode::new(self.addr.clone()),
-            e,
-        )))
+        decoded.map_err(|e| {
+            RPCError::RemoteError(openraft::error::RemoteError::new_with_node(
+                self.target,
+                BasicNode::new(self.addr.clone()),
+                e,
+            ))
+        })
     }
 
     /// Says who sends, and which data dir the sender expects at the target.

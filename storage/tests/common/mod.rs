@@ -13,25 +13,16 @@ pub fn log_id(term: u64, index: u64) -> LogId<NodeId> {
 }
 
 pub fn blank(index: u64) -> Entry {
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Blank }
 }
 
 pub fn normal(index: u64, cmd: Command) -> Entry {
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Normal(cmd),
-    }
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(cmd) }
 }
 
 pub fn membership(index: u64, voters: &[NodeId]) -> Entry {
     let voters = voters.iter().copied().collect();
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Membership(Membership::new(vec![voters], None)),
-    }
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
 }
 
 pub fn state_of(sm: &StateMachineStore) -> State {

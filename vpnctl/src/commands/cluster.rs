@@ -11,16 +11,8 @@ use crate::output::{status_json, status_table, Document};
 pub async fn run(command: ClusterCommand, client: &mut Client) -> Result<Document, CliError> {
     match command {
         ClusterCommand::Status => {
-            let status = client
-                .cluster(
-                    StatusRequest {},
-                    |mut c, req| async move { c.status(req).await },
-                )
-                .await?;
-            Ok(Document {
-                json: status_json(&status),
-                table: status_table(&status),
-            })
+            let status = client.cluster(StatusRequest {}, |mut c, req| async move { c.status(req).await }).await?;
+            Ok(Document { json: status_json(&status), table: status_table(&status) })
         }
     }
 }

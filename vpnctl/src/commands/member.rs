@@ -26,25 +26,20 @@ pub async fn run(command: MemberCommand, client: &mut Client) -> Result<Document
                 // Empty: an operator adding a node by hand has no incarnation to give.
                 incarnation: String::new(),
             };
-            let status = client
-                .cluster(req, |mut c, req| async move { c.add_member(req).await })
-                .await?;
+            let status = client.cluster(req, |mut c, req| async move { c.add_member(req).await }).await?;
             let role = if voter { "voter" } else { "learner" };
-            Ok(document(
-                &status,
-                format!("added member {id} ({addr}) as {role}"),
-            ))
+            Ok(document(&status, format!("added member {id} ({addr}) as {role}")))
         }
         MemberCommand::Remove { id } => {
             let req = RemoveMemberRequest { id };
-            let status = client
-                .cluster(req, |mut c, req| async move { c.remove_member(req).await })
-                .await
-                .map_err(|err| match err {
-                    CliError::NotFound(_) => CliError::NotFound(format!(
-                        "member {id} is not in the cluster; `vpnctl cluster status` lists them"
-                    )),
-                    other => other,
+            let status =
+                client.cluster(req, |mut c, req| async move { c.remove_member(req).await }).await.map_err(|err| {
+                    match err {
+                        CliError::NotFound(_) => CliError::NotFound(format!(
+                            "member {id} is not in the cluster; `vpnctl cluster status` lists them"
+                        )),
+                        other => other,
+                    }
                 })?;
             Ok(document(&status, format!("removed member {id}")))
         }
@@ -52,8 +47,5 @@ pub async fn run(command: MemberCommand, client: &mut Client) -> Result<Document
 }
 
 fn document(status: &ClusterStatus, headline: String) -> Document {
-    Document {
-        json: status_json(status),
-        table: format!("{headline}\n\n{}", status_table(status)),
-    }
+    Document { json: status_json(status), table: format!("{headline}\n\n{}", status_table(status)) }
 }

@@ -6,8 +6,7 @@
 use serde_json::json;
 use tonic::Code;
 use vpn_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
-    User, UserStatus,
+    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User, UserStatus,
 };
 
 use crate::cli::UserCommand;
@@ -35,14 +34,8 @@ pub fn validate_name(name: &str) -> Result<(), CliError> {
     let problem = if name.is_empty() {
         Some("it is empty".to_string())
     } else if name.chars().count() > 64 {
-        Some(format!(
-            "it has {} characters, at most 64 are allowed",
-            name.chars().count()
-        ))
-    } else if let Some(bad) = name
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
-    {
+        Some(format!("it has {} characters, at most 64 are allowed", name.chars().count()))
+    } else if let Some(bad) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-')) {
         Some(format!("'{bad}' is not allowed"))
     } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         Some("it must start with a letter or digit".to_string())
@@ -61,13 +54,11 @@ pub fn validate_name(name: &str) -> Result<(), CliError> {
 async fn add(client: &mut Client, name: &str) -> Result<Document, CliError> {
     validate_name(name)?;
     let req = CreateUserRequest { name: name.into() };
-    let user = client
-        .users(req, |mut c, req| async move { c.create_user(req).await })
-        .await
-        .map_err(|err| match err {
-            CliError::AlreadyExists(_) => CliError::AlreadyExists(format!(
-                "user '{name}' already exists; `vpnctl user show {name}` shows it"
-            )),
+    let user =
+        client.users(req, |mut c, req| async move { c.create_user(req).await }).await.map_err(|err| match err {
+            CliError::AlreadyExists(_) => {
+                CliError::AlreadyExists(format!("user '{name}' already exists; `vpnctl user show {name}` shows it"))
+            }
             other => other,
         })?;
     Ok(user_document(&user))
@@ -77,14 +68,8 @@ async fn list(client: &mut Client) -> Result<Document, CliError> {
     let mut users: Vec<User> = Vec::new();
     let mut page_token = String::new();
     loop {
-        let req = ListUsersRequest {
-            page_size: PAGE_SIZE,
-            page_token: page_token.clone(),
-            ..Default::default()
-        };
-        let page = client
-            .users(req, |mut c, req| async move { c.list_users(req).await })
-            .await?;
+        let req = ListUsersRequest { page_size: PAGE_SIZE, page_token: page_token.clone(), ..Default::default() };
+        let page = client.users(req, |mut c, req| async move { c.list_users(req).await }).await?;
         users.extend(page.users);
         if page.next_page_token.is_empty() {
             break;
@@ -106,10 +91,7 @@ async fn list(client: &mut Client) -> Result<Document, CliError> {
 
 async fn show(client: &mut Client, name: &str) -> Result<Document, CliError> {
     validate_name(name)?;
-    let req = GetUserRequest {
-        name: name.into(),
-        ..Default::default()
-    };
+    let req = GetUserRequest { name: name.into(), ..Default::default() };
     let user = client
         .users(req, |mut c, req| async move { c.get_user(req).await })
         .await
@@ -124,45 +106,29 @@ async fn delete(client: &mut Client, name: &str) -> Result<Document, CliError> {
         .users(req, |mut c, req| async move { c.delete_user(req).await })
         .await
         .map_err(|err| no_such_user(err, name))?;
-    Ok(Document {
-        json: json!({ "deleted": name }),
-        table: format!("deleted user '{name}'"),
-    })
+    Ok(Document { json: json!({ "deleted": name }), table: format!("deleted user '{name}'") })
 }
 
-async fn set_status(
-    client: &mut Client,
-    name: &str,
-    status: UserStatus,
-) -> Result<Document, CliError> {
+async fn set_status(client: &mut Client, name: &str, status: UserStatus) -> Result<Document, CliError> {
     validate_name(name)?;
-    let req = UpdateUserRequest {
-        name: name.into(),
-        status: Some(status as i32),
-    };
+    let req = UpdateUserRequest { name: name.into(), status: Some(status as i32) };
     let user = client
         .users(req, |mut c, req| async move { c.update_user(req).await })
         .await
         .map_err(|err| no_such_user(err, name))?;
-    Ok(Document {
-        json: user_json(&user),
-        table: format!("user '{name}' is now {}", status_name(user.status())),
-    })
+    Ok(Document { json: user_json(&user), table: format!("user '{name}' is now {}", status_name(user.status())) })
 }
 
 fn user_document(user: &User) -> Document {
-    Document {
-        json: user_json(user),
-        table: user_table(user),
-    }
+    Document { json: user_json(user), table: user_table(user) }
 }
 
 /// Replaces the server's NOT_FOUND text with one that says what to do.
 fn no_such_user(err: CliError, name: &str) -> CliError {
     match err {
-        CliError::NotFound(_) => CliError::NotFound(format!(
-            "user '{name}' does not exist; `vpnctl user list` shows all users"
-        )),
+        CliError::NotFound(_) => {
+            CliError::NotFound(format!("user '{name}' does not exist; `vpnctl user list` shows all users"))
+        }
         other => other,
     }
 }
