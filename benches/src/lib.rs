@@ -13,8 +13,10 @@
 //! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
 //! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
 //! - [`report`]: the printed tables.
+//! - [`criterion_summary`]: criterion's saved results as ratios to their baselines.
 
 pub mod compare;
+pub mod criterion_summary;
 pub mod etcd;
 pub mod failover;
 pub mod http;

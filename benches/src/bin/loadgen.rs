@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use vpn_benches::compare::{self, CompareConfig};
+use vpn_benches::criterion_summary;
 use vpn_benches::etcd::EtcdCluster;
 use vpn_benches::failover::{self, FailoverConfig};
 use vpn_benches::report::log_problems;
@@ -55,6 +56,11 @@ enum Cmd {
     Failover(FailoverOpts),
     /// One node: spawn -> /readyz after SIGTERM restarts, with 0 and N users; idle RSS.
     SingleNode(SingleOpts),
+    /// Criterion's saved results (after `cargo bench`) as ratios to their baselines.
+    CriterionSummary {
+        #[arg(long, default_value = "target/criterion")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -75,7 +81,7 @@ struct ThroughputOpts {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
     /// Count bound of each level.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 100_000)]
     max_ops: u64,
     /// Unmeasured writes before the first level, per system.
     #[arg(long, default_value_t = 200)]
@@ -182,6 +188,7 @@ async fn run(cmd: &Cmd, ctx: &Ctx) -> Result<Value> {
         Cmd::Throughput(t) => json!({ "throughput": throughput(t, ctx).await? }),
         Cmd::Failover(f) => json!({ "failover": failover_cmd(f, ctx).await? }),
         Cmd::SingleNode(s) => json!({ "single_node": single_cmd(s, ctx).await? }),
+        Cmd::CriterionSummary { dir } => json!({ "criterion": criterion_summary::summarize(dir)? }),
     })
 }
 
