@@ -91,23 +91,13 @@ impl NodeProcess {
 
     /// SIGTERM, then waits for exit (at most `timeout`, then kill -9 and panic).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("node is running");
-        send_signal(child.id(), "TERM");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait vpnd") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.id, self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = &self.child {
+            send_signal(child.id(), "TERM");
         }
+        self.wait_exit(timeout)
     }
 
-    /// Waits for the process to exit by itself (e.g. after a fatal error).
+    /// Waits for the process to exit (at most `timeout`, then kill -9 and panic).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("node is running");
         let deadline = Instant::now() + timeout;
@@ -118,7 +108,7 @@ impl NodeProcess {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("node {} kept running for {timeout:?}; log:\n{}", self.id, self.log_tail());
+                panic!("node {} still ran {timeout:?} later; log:\n{}", self.id, self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -51,8 +51,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("vpn");
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("vpn"),
             term: Gauge::default(),
             leader_id: Gauge::default(),
             is_leader: Gauge::default(),
@@ -67,8 +67,8 @@ impl Default for Metrics {
             forwarded: Family::default(),
             rpc_errors: Family::default(),
             users: Family::default(),
-            registry: Registry::default(),
         };
+        let registry = &mut m.registry;
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_leader_id", "Id of the known leader, 0 when none", m.leader_id.clone());
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
@@ -95,7 +95,7 @@ impl Default for Metrics {
         registry.register("forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
         registry.register("raft_rpc_errors", "Failed Raft RPCs to peers", m.rpc_errors.clone());
         registry.register("users", "Users by status", m.users.clone());
-        Self { registry, ..m }
+        m
     }
 }
 

@@ -15,7 +15,8 @@ const HEALTH_TICK: Duration = Duration::from_millis(200);
 pub async fn run(node: Arc<Node>, health: HealthReporter, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut changes = node.raft.metrics();
     let mut tick = tokio::time::interval(HEALTH_TICK);
-    let mut last_snapshot = None;
+    // Snapshots already on disk at startup are not new.
+    let mut last_snapshot = changes.borrow().snapshot;
     let mut serving = None;
     loop {
         tokio::select! {
@@ -32,10 +33,7 @@ pub async fn run(node: Arc<Node>, health: HealthReporter, mut shutdown: tokio::s
                 metrics.applied_index.set(m.last_applied.map_or(0, |l| as_i64(l.index)));
                 metrics.snapshot_index.set(m.snapshot.map_or(0, |l| as_i64(l.index)));
                 if m.snapshot != last_snapshot {
-                    // The first value seen is the snapshot loaded at startup.
-                    if last_snapshot.is_some() || m.snapshot.is_some_and(|s| Some(s.index) > m.purged.map(|p| p.index)) {
-                        metrics.snapshots.inc();
-                    }
+                    metrics.snapshots.inc();
                     last_snapshot = m.snapshot;
                 }
             }
