@@ -33,6 +33,11 @@ impl Protocol {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// Shadowsocks also serves UDP on its port; the VLESS inbounds are TCP only.
+    pub fn uses_udp(self) -> bool {
+        self == Protocol::Shadowsocks2022
+    }
 }
 
 /// TLS material on the node's disk (the key never leaves the node).
@@ -77,6 +82,17 @@ pub struct EngineUser {
     pub vless_uuid: Uuid,
     /// Shadowsocks-2022 per-user key (16 bytes, base64).
     pub ss2022_key: String,
+}
+
+impl EngineUser {
+    /// The credential an inbound of `protocol` checks: the user's key for
+    /// Shadowsocks-2022, the UUID for VLESS. A change of it is a change of the user.
+    pub fn credential(&self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::Shadowsocks2022 => self.ss2022_key.clone(),
+            Protocol::VlessTls | Protocol::VlessReality => self.vless_uuid.to_string(),
+        }
+    }
 }
 
 /// Everything one node should run. `generation` grows with every change of

@@ -1,7 +1,52 @@
 //! The data plane of a node: engines (sing-box first), their configuration,
 //! and level-triggered reconciliation of engine containers through Docker.
 //!
+//! The node builds a [`DesiredState`] from the replicated state and hands it
+//! over through a `watch` channel; [`Reconciler::start`] runs the loop and
+//! reports an [`ApplyStatus`]. This crate never sees the Raft store.
+//!
+//! ```text
+//! let (desired_tx, desired_rx) = watch::channel(None);
+//! let handle = Reconciler::start(RuntimeConfig::new(id, image, data_dir.join("engines")), desired_rx, shutdown_rx).await?;
+//! handle.metrics.register(&mut registry);
+//! desired_tx.send_replace(Some(state));          // on every change that affects this node
+//! handle.status.borrow().applied_generation;     // for heartbeats
+//! ```
+//!
+//! One container per protocol inbound (`vpn-<node>-<protocol>`), host
+//! networking, restart `unless-stopped`, labels `vpn.owner-node`,
+//! `vpn.engine`, `vpn.protocol`, `vpn.config-hash` (plus the allocated API
+//! ports, see [`ports`]). Engines keep running when the node exits.
+//!
 //! Layout:
 //! - [`desired`]: what the node should serve (built by `vpn-node`).
+//! - [`validate`](validate()): our own checks before anything is applied.
+//! - [`engine`]: the [`engine::Engine`] trait; [`engine::singbox`] renders
+//!   configs and talks to sing-box's `ssm-api` and clash API.
+//! - [`reconcile`]: observe, the pure [`reconcile::plan::plan`], the executor.
+//! - `reconciler`: the loop ([`Reconciler`], [`RuntimeConfig`], [`ApplyStatus`]).
+//! - [`docker`]: the bollard calls and labels; [`ports`]: the port checks and API port scheme.
+//! - [`keys`], [`tls`]: Reality x25519 keys, Shadowsocks keys, self-signed certificates.
+//! - [`metrics`]: Prometheus series; `error`: [`RuntimeError`].
 
 pub mod desired;
+pub mod docker;
+pub mod engine;
+mod error;
+mod fsutil;
+pub mod keys;
+pub mod metrics;
+pub mod ports;
+pub mod reconcile;
+mod reconciler;
+pub mod tls;
+mod validate;
+
+#[cfg(test)]
+mod testutil;
+
+pub use desired::{DesiredState, EngineUser, InboundSpec, Protocol, RealitySettings, TlsFiles};
+pub use error::RuntimeError;
+pub use metrics::Metrics;
+pub use reconciler::{ApplyStatus, Reconciler, ReconcilerHandle, RuntimeConfig};
+pub use validate::validate;

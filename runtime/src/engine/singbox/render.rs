@@ -1,0 +1,141 @@
+//! sing-box 1.14 configuration, one document per inbound (one engine
+//! container per protocol inbound). Pure: the tests compare the output with
+//! the checked templates in `shared/reference/sing-box` and sing-box's
+//! documented schema.
+//!
+//! VLESS users are attributed through the routing: each user's sessions go
+//! through a rule `auth_user: [name] -> u-<name>`, where `u-<name>` is a
+//! selector over `direct` and `deny`. The clash API lists a session's
+//! outbound chain (`chains` holds `u-<name>`), so a user's sessions can be
+//! found and closed, and switching the selector to `deny` refuses the user's
+//! new sessions live, without the reload that would cut everyone.
+
+use serde_json::{json, Value};
+
+use crate::engine::ApiAccess;
+use crate::{EngineUser, InboundSpec, Protocol, RuntimeError};
+
+/// Where the config dir is mounted in the container.
+pub const CONTAINER_DIR: &str = "/etc/sing-box";
+/// The main config file in the config dir.
+pub const CONFIG_FILE: &str = "config.json";
+/// TLS material, copied into the config dir so one read-only mount carries everything.
+pub const TLS_CERT: &str = "tls/cert.pem";
+pub const TLS_KEY: &str = "tls/key.pem";
+/// Outbound a refused user's selector points at.
+pub const DENY: &str = "deny";
+pub const DIRECT: &str = "direct";
+/// The only method the contract offers (16-byte keys).
+pub const SS_METHOD: &str = "2022-blake3-aes-128-gcm";
+
+/// The per-user selector a VLESS user's sessions are routed through.
+pub fn user_outbound(name: &str) -> String {
+    format!("u-{name}")
+}
+
+pub fn inbound_tag(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Shadowsocks2022 => "ss-in",
+        Protocol::VlessTls => "vless-tls-in",
+        Protocol::VlessReality => "vless-reality-in",
+    }
+}
+
+/// The clash API port (every protocol) and the ssm-api port (Shadowsocks-2022).
+pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeError> {
+    api.ports.get(index).copied().ok_or_else(|| RuntimeError::EngineApi {
+        api: "engine API",
+        addr: format!("port #{index}"),
+        reason: format!("not allocated (have {:?}); the container's vpn.api-ports label is damaged", api.ports),
+    })
+}
+pub(crate) const CLASH: usize = 0;
+pub(crate) const SSM: usize = 1;
+
+/// The whole config document for `inbound` serving `users`.
+pub fn config(inbound: &InboundSpec, users: &[EngineUser], api: &ApiAccess) -> Result<Value, RuntimeError> {
+    let clash = json!({
+        "external_controller": format!("127.0.0.1:{}", api_port(api, CLASH)?),
+        "secret": api.secret,
+    });
+    let log = json!({"level": "warn", "timestamp": true});
+    let tag = inbound_tag(inbound.protocol);
+    let missing = |what: &str| RuntimeError::invalid(inbound.protocol.as_str(), format!("{what} missing"));
+    if inbound.protocol == Protocol::Shadowsocks2022 {
+        let key = inbound.ss2022_server_key.as_deref().ok_or_else(|| missing("ss2022_server_key"))?;
+        return Ok(json!({
+            "log": log,
+            "inbounds": [{
+                "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": inbound.listen_port,
+                "method": SS_METHOD, "password": key, "users": [], "managed": true,
+            }],
+            "services": [{
+                "type": "ssm-api", "listen": "127.0.0.1", "listen_port": api_port(api, SSM)?,
+                "servers": {"/": tag},
+            }],
+            "experimental": {"clash_api": clash},
+        }));
+    }
+    let tls = match inbound.protocol {
+        Protocol::VlessReality => {
+            let r = inbound.reality.as_ref().ok_or_else(|| missing("reality"))?;
+            json!({
+                "enabled": true,
+                "server_name": r.server_name,
+                "reality": {
+                    "enabled": true,
+                    "handshake": {"server": r.handshake_server, "server_port": r.handshake_port},
+                    "private_key": r.private_key,
+                    "short_id": [r.short_id],
+                },
+            })
+        }
+        _ => {
+            let t = inbound.tls.as_ref().ok_or_else(|| missing("tls"))?;
+            json!({
+                "enabled": true,
+                "server_name": t.server_name,
+                "certificate_path": format!("{CONTAINER_DIR}/{TLS_CERT}"),
+                "key_path": format!("{CONTAINER_DIR}/{TLS_KEY}"),
+            })
+        }
+    };
+    let vless_users: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"name": u.name, "uuid": u.vless_uuid.to_string(), "flow": "xtls-rprx-vision"}))
+        .collect();
+    let mut outbounds = vec![json!({"type": "direct", "tag": DIRECT}), json!({"type": "block", "tag": DENY})];
+    outbounds.extend(users.iter().map(|u| {
+        json!({
+            "type": "selector", "tag": user_outbound(&u.name), "outbounds": [DIRECT, DENY],
+            "default": DIRECT, "interrupt_exist_connections": false,
+        })
+    }));
+    let rules: Vec<Value> =
+        users.iter().map(|u| json!({"auth_user": [u.name], "outbound": user_outbound(&u.name)})).collect();
+    Ok(json!({
+        "log": log,
+        "inbounds": [{
+            "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": inbound.listen_port,
+            "users": vless_users, "tls": tls,
+        }],
+        "outbounds": outbounds,
+        // Sessions no user rule claims go nowhere.
+        "route": {"rules": rules, "final": DENY},
+        "experimental": {"clash_api": clash},
+    }))
+}
+
+/// The VLESS users (name -> UUID) a config document serves; empty for managed Shadowsocks.
+pub fn users_in(config: &Value) -> std::collections::BTreeMap<String, String> {
+    config["inbounds"][0]["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| Some((u["name"].as_str()?.to_string(), u["uuid"].as_str()?.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;

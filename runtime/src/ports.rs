@@ -1,0 +1,111 @@
+//! Host ports. With host networking every engine shares the host's ports, so
+//! two things are checked here:
+//!
+//! - An inbound's port must be free before its container is created (a bind
+//!   test on 0.0.0.0, TCP and, for Shadowsocks, UDP), so a taken port is a
+//!   clear error instead of a container that crash-loops.
+//! - Each engine also listens on loopback API ports (clash API; ssm-api for
+//!   Shadowsocks-2022). The port scheme: these are **allocated, not derived**.
+//!   At container creation the kernel hands out free ports on 127.0.0.1 (bind
+//!   to port 0; the listeners are held until just before the container starts),
+//!   skipping every port recorded in the `vpn.api-ports` label of any engine
+//!   container on this host (any node's, running or not). The ports are then
+//!   recorded in the new container's `vpn.api-ports` label, so a restarted
+//!   vpnd adopts them. Derived ports (say listen port + 10000) can hit another
+//!   inbound's port or another node's API; allocated ones cannot. If a port is
+//!   taken while an engine is down (e.g. across a host reboot), sing-box fails
+//!   to start, Docker shows the container not running, and the reconciler
+//!   recreates it with fresh ports.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+
+use crate::{Protocol, RuntimeError};
+
+/// Fails with [`RuntimeError::PortInUse`] when something already listens on `port`.
+pub fn ensure_free(protocol: Protocol, port: u16) -> Result<(), RuntimeError> {
+    let in_use = |transport| RuntimeError::PortInUse { port, transport, protocol: protocol.as_str().to_string() };
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|_| in_use("tcp"))?;
+    if protocol.uses_udp() {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|_| in_use("udp"))?;
+    }
+    Ok(())
+}
+
+/// Loopback ports held open until [`release`](Reserved::release) so nothing else takes them meanwhile.
+#[derive(Debug)]
+pub struct Reserved {
+    listeners: Vec<TcpListener>,
+}
+
+impl Reserved {
+    pub fn ports(&self) -> Vec<u16> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect()
+    }
+
+    /// Frees the ports for the engine about to bind them.
+    pub fn release(self) {
+        drop(self.listeners);
+    }
+}
+
+/// `count` free loopback ports, none of them in `exclude` (ports recorded by other engines).
+pub fn reserve_loopback(count: usize, exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
+    let mut listeners = Vec::with_capacity(count);
+    // Rejected picks stay bound until the end so the kernel does not hand them out again.
+    let mut rejected = Vec::new();
+    while listeners.len() < count {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| RuntimeError::io("bind a loopback API port on", "127.0.0.1:0", e))?;
+        let port = listener.local_addr().map_err(|e| RuntimeError::io("read address of", "127.0.0.1:0", e))?.port();
+        if exclude.contains(&port) {
+            rejected.push(listener);
+            if rejected.len() > 1000 {
+                return Err(RuntimeError::io(
+                    "find a free loopback API port on",
+                    "127.0.0.1",
+                    std::io::Error::other("every port offered is recorded by another engine"),
+                ));
+            }
+        } else {
+            listeners.push(listener);
+        }
+    }
+    Ok(Reserved { listeners })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_reported_with_its_transport() {
+        let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let err = ensure_free(Protocol::VlessTls, port).expect_err("taken").to_string();
+        assert!(err.contains(&format!("port {port}/tcp")) && err.contains("--inbound vless-tls="), "{err}");
+        drop(taken);
+        ensure_free(Protocol::VlessTls, port).expect("free again");
+
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        let err = ensure_free(Protocol::Shadowsocks2022, port).expect_err("udp taken").to_string();
+        assert!(err.contains("/udp"), "{err}");
+    }
+
+    #[test]
+    fn reserved_ports_are_distinct_held_and_avoid_recorded_ones() {
+        let first = reserve_loopback(2, &BTreeSet::new()).expect("reserve");
+        let ports = first.ports();
+        assert_eq!(ports.len(), 2);
+        assert_ne!(ports[0], ports[1]);
+        // Held: binding them again fails until released.
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, ports[0])).is_err());
+        let exclude: BTreeSet<u16> = ports.iter().copied().collect();
+        first.release();
+        for _ in 0..20 {
+            let next = reserve_loopback(2, &exclude).expect("reserve");
+            assert!(next.ports().iter().all(|p| !exclude.contains(p)));
+        }
+    }
+}

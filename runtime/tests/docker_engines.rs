@@ -1,0 +1,167 @@
+//! Real engines on the machine's Docker, real sing-box clients: users move
+//! 1 MiB intact over Shadowsocks-2022 and VLESS over TLS, user changes apply
+//! live without disturbing other sessions, and a removed VLESS user's
+//! running session is closed while another user's continues.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::client::{split_body, Client, Download};
+use common::http::{is_pattern, HttpServer};
+use common::{docker_ready, free_port, wait_for, Node};
+use uuid::Uuid;
+use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol, TlsFiles};
+
+fn user(name: &str) -> EngineUser {
+    EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
+}
+
+fn ss_inbound(port: u16) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::Shadowsocks2022,
+        listen_port: port,
+        ss2022_server_key: Some(keys::generate_ss2022_key()),
+        tls: None,
+        reality: None,
+    }
+}
+
+fn vless_inbound(port: u16, tls: TlsFiles) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::VlessTls,
+        listen_port: port,
+        ss2022_server_key: None,
+        tls: Some(tls),
+        reality: None,
+    }
+}
+
+const SHORT: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions() {
+    if !docker_ready() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let port = free_port();
+    let inbound = ss_inbound(port);
+    let key = inbound.ss2022_server_key.clone().unwrap_or_default();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let started = Instant::now();
+    let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone()]);
+    node.wait_applied(g).await;
+    eprintln!("ss2022: engine created and 2 users added in {:?}", started.elapsed());
+    let id = node.container_id("shadowsocks-2022").expect("engine running");
+
+    let alice_client = Client::ss2022(port, &key, &alice.ss2022_key).await;
+    let bob_client = Client::ss2022(port, &key, &bob.ss2022_key).await;
+    let carol_client = Client::ss2022(port, &key, &carol.ss2022_key).await;
+    alice_client.fetch_1mib(http.port).await.expect("alice moves 1 MiB intact");
+    bob_client.fetch_1mib(http.port).await.expect("bob moves 1 MiB intact");
+    assert!(carol_client.get(http.port, "/bytes/1024", SHORT).await.is_err(), "carol is not a user yet");
+
+    // While alice downloads (~2.6 s), carol is added and bob removed.
+    let len = 2 << 20;
+    let download = Download::spawn(alice_client.request(http.port, &format!("/slow/{len}")).await.expect("request"));
+    wait_for("alice's download to start", SHORT, async || (download.received() > 0).then_some(())).await;
+    let changed = Instant::now();
+    let g = node.set(vec![inbound.clone()], vec![alice.clone(), carol.clone()]);
+    wait_for("carol's first connection", Duration::from_secs(5), async || {
+        carol_client.get(http.port, "/bytes/1024", Duration::from_millis(300)).await.ok()
+    })
+    .await;
+    eprintln!("ss2022: desired change -> carol's first connection served: {:?}", changed.elapsed());
+    node.wait_applied(g).await;
+    let applied = changed.elapsed();
+    eprintln!("ss2022: desired change -> applied (carol added, bob removed): {applied:?}");
+    assert!(applied < Duration::from_secs(1), "applied within 1 s, took {applied:?}");
+    assert!(bob_client.get(http.port, "/bytes/1024", SHORT).await.is_err(), "bob's new sessions are refused");
+    assert!(!download.is_finished(), "the changes overlapped alice's download");
+
+    let (all, _) = download.end(Duration::from_secs(30)).await;
+    let body = split_body(&all).expect("alice's download finished whole");
+    assert!(body.len() == len && is_pattern(&body), "alice's download is intact");
+    carol_client.fetch_1mib(http.port).await.expect("carol moves 1 MiB intact");
+
+    assert_eq!(node.container_id("shadowsocks-2022"), Some(id), "user changes never restart the engine");
+    let metrics = &node.handle().metrics;
+    assert_eq!(metrics.containers_created(Protocol::Shadowsocks2022), 1);
+    assert_eq!(metrics.engine_reloads(Protocol::Shadowsocks2022), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
+    if !docker_ready() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
+    let cert = files.cert_path.clone();
+    let port = free_port();
+    let inbound = vless_inbound(port, files);
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone()]);
+    node.wait_applied(g).await;
+    let id = node.container_id("vless-tls").expect("engine running");
+
+    let client = async |u: &EngineUser| Client::vless_tls(port, &u.vless_uuid.to_string(), &cert, "vpn.test").await;
+    let (alice_client, bob_client, carol_client) = (client(&alice).await, client(&bob).await, client(&carol).await);
+    alice_client.fetch_1mib(http.port).await.expect("alice moves 1 MiB intact");
+    bob_client.fetch_1mib(http.port).await.expect("bob moves 1 MiB intact");
+
+    // Both hold a long session (~26 s); then bob is disabled.
+    let path = format!("/slow/{}", 20 << 20);
+    let alice_dl = Download::spawn(alice_client.request(http.port, &path).await.expect("request"));
+    let bob_dl = Download::spawn(bob_client.request(http.port, &path).await.expect("request"));
+    wait_for("both downloads to start", SHORT, async || {
+        (alice_dl.received() > 0 && bob_dl.received() > 0).then_some(())
+    })
+    .await;
+    let disabled = Instant::now();
+    let g = node.set(vec![inbound.clone()], vec![alice.clone()]);
+    wait_for("bob's new sessions to be refused", SHORT, async || {
+        bob_client.get(http.port, "/bytes/1024", Duration::from_millis(500)).await.is_err().then_some(())
+    })
+    .await;
+    let refused = disabled.elapsed();
+    let (_, bob_end) = bob_dl.end(Duration::from_secs(5)).await;
+    let closed = bob_end.duration_since(disabled);
+    eprintln!("vless: disable -> new sessions refused {refused:?}, live session closed {closed:?}");
+    assert!(refused < Duration::from_secs(1), "refused within 1 s, took {refused:?}");
+    assert!(closed < Duration::from_secs(5), "bob's session ended within 5 s, took {closed:?}");
+    let before = alice_dl.received();
+    wait_for("alice's session to keep moving", SHORT, async || (alice_dl.received() > before).then_some(())).await;
+    assert!(!alice_dl.is_finished(), "alice's session continues");
+    node.wait_applied(g).await;
+    let metrics = node.handle().metrics.clone();
+    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 0, "disabling needs no reload");
+    assert!(metrics.sessions_closed(Protocol::VlessTls) >= 1);
+
+    // Enabled again: served at once, still without a reload.
+    let enabled = Instant::now();
+    let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone()]);
+    wait_for("bob to be served again", SHORT, async || bob_client.get(http.port, "/bytes/1024", SHORT).await.ok())
+        .await;
+    eprintln!("vless: enable -> bob served again in {:?}", enabled.elapsed());
+    node.wait_applied(g).await;
+    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 0);
+    assert!(!alice_dl.is_finished(), "alice's session still continues");
+    drop(alice_dl);
+
+    // A new user needs the one reload sing-box offers.
+    let added = Instant::now();
+    let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone(), carol.clone()]);
+    wait_for("carol to be served", Duration::from_secs(5), async || {
+        carol_client.get(http.port, "/bytes/1024", Duration::from_millis(500)).await.ok()
+    })
+    .await;
+    eprintln!("vless: add -> carol served in {:?} (debounce + check + reload)", added.elapsed());
+    node.wait_applied(g).await;
+    carol_client.fetch_1mib(http.port).await.expect("carol moves 1 MiB intact");
+    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 1);
+    assert_eq!(node.container_id("vless-tls"), Some(id), "user changes never recreate the engine");
+}

@@ -1,0 +1,110 @@
+//! (g) Bad input: each a clear error that names the fix, and nothing left half-applied.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{docker_ready, free_port, Node, IMAGE};
+use tokio::sync::watch;
+use uuid::Uuid;
+use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol, Reconciler, RuntimeConfig};
+
+fn ss_inbound(port: u16) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::Shadowsocks2022,
+        listen_port: port,
+        ss2022_server_key: Some(keys::generate_ss2022_key()),
+        tls: None,
+        reality: None,
+    }
+}
+
+fn alice() -> EngineUser {
+    EngineUser { name: "alice".into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
+}
+
+async fn start_error(config: RuntimeConfig) -> String {
+    let (_desired, desired_rx) = watch::channel(None);
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    match Reconciler::start(config, desired_rx, shutdown_rx).await {
+        Ok(_) => panic!("start should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
+    if !docker_ready() {
+        return;
+    }
+    let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
+    let vless = InboundSpec {
+        protocol: Protocol::VlessTls,
+        listen_port: port,
+        ss2022_server_key: None,
+        tls: Some(files),
+        reality: None,
+    };
+    let inbounds = vec![ss_inbound(free_port()), vless];
+    node.set(inbounds.clone(), vec![alice()]);
+    let error = node.wait_error().await;
+    eprintln!("port in use: {error}");
+    assert!(error.contains(&format!("port {port}/tcp")) && error.contains("already in use"), "{error}");
+    assert!(error.contains("--inbound vless-tls=<port>"), "names the fix: {error}");
+    // The other inbound is not held back; the failed one left nothing behind.
+    let names: Vec<String> = node.containers().into_iter().map(|(_, name, _)| name).collect();
+    assert_eq!(names, vec![format!("vpn-{}-shadowsocks-2022", node.id)], "only the good inbound runs");
+
+    // Once the port is free the same desired state applies.
+    drop(taken);
+    let g = node.set(inbounds, vec![alice()]);
+    node.wait_applied(g).await;
+    assert!(node.container_id("vless-tls").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_unreachable_socket_is_a_clear_error() {
+    let node = Node::unstarted(Duration::from_secs(10));
+    for host in ["unix:///nonexistent/docker.sock", &format!("tcp://127.0.0.1:{}", free_port())] {
+        let mut config = node.config();
+        config.docker_host = Some(host.to_string());
+        let error = start_error(config).await;
+        eprintln!("unreachable Docker: {error}");
+        assert!(error.contains(&format!("cannot reach Docker at {host}")), "{error}");
+        assert!(error.contains("start the Docker daemon") && error.contains("DOCKER_HOST"), "names the fix: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_missing_image_is_a_clear_error_naming_the_build_script() {
+    if !docker_ready() {
+        return;
+    }
+    // At start: fail fast.
+    let mut node = Node::unstarted(Duration::from_secs(10));
+    let mut config = node.config();
+    config.engine_image = "vpn-local/no-such-engine:0".into();
+    let error = start_error(config).await;
+    eprintln!("missing image at start: {error}");
+    assert!(error.contains("ops/images/build-sing-box.sh vpn-local/no-such-engine:0"), "{error}");
+
+    // Gone after start (someone pruned it): the reconcile fails the same way, creating nothing.
+    let tag = format!("vpn-local/sing-box-tmp:{}", node.id);
+    let docker = |args: &[&str]| Command::new("docker").args(args).output().expect("docker CLI");
+    assert!(docker(&["tag", IMAGE, &tag]).status.success());
+    let mut config = node.config();
+    config.engine_image = tag.clone();
+    let (desired_rx, shutdown_rx) = (node.desired.subscribe(), node.shutdown.subscribe());
+    node.handle = Some(Reconciler::start(config, desired_rx, shutdown_rx).await.expect("image present at start"));
+    assert!(docker(&["rmi", &tag]).status.success());
+    node.set(vec![ss_inbound(free_port())], vec![alice()]);
+    let error = node.wait_error().await;
+    eprintln!("missing image at reconcile: {error}");
+    assert!(error.contains(&format!("ops/images/build-sing-box.sh {tag}")), "{error}");
+    assert!(node.containers().is_empty(), "no container left behind: {:?}", node.containers());
+}

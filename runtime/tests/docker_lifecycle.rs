@@ -1,0 +1,165 @@
+//! Engine containers against the world: removed or stopped behind the
+//! reconciler's back, outliving it, adopted by a new one, replaced when their
+//! static config changes, and kept when a change is refused.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::client::Client;
+use common::http::HttpServer;
+use common::{docker_ready, free_port, wait_for, Node};
+use uuid::Uuid;
+use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol};
+
+fn user(name: &str) -> EngineUser {
+    EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
+}
+
+fn ss_inbound(port: u16, key: &str) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::Shadowsocks2022,
+        listen_port: port,
+        ss2022_server_key: Some(key.to_string()),
+        tls: None,
+        reality: None,
+    }
+}
+
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// (d) Removed or stopped behind the reconciler's back: back within one resync, users included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_engine_removed_or_stopped_behind_our_back_is_back_within_one_resync() {
+    if !docker_ready() {
+        return;
+    }
+    let resync = Duration::from_secs(3);
+    let http = HttpServer::start().await;
+    let mut node = Node::start(resync).await;
+    let (port, key, alice) = (free_port(), keys::generate_ss2022_key(), user("alice"));
+    let g = node.set(vec![ss_inbound(port, &key)], vec![alice.clone()]);
+    node.wait_applied(g).await;
+    let client = Client::ss2022(port, &key, &alice.ss2022_key).await;
+
+    for (how, args) in [("removed", ["rm", "-f"]), ("stopped", ["stop", "-t1"])] {
+        let old = node.container_id("shadowsocks-2022").expect("engine running");
+        docker(&[args[0], args[1], &old]);
+        let gone = Instant::now();
+        // One resync plus the time a recreation takes.
+        let back = wait_for("the engine to come back", resync + Duration::from_secs(5), async || {
+            node.container_id("shadowsocks-2022").filter(|id| *id != old)
+        })
+        .await;
+        wait_for("alice to be served again", Duration::from_secs(5), async || {
+            client.get(http.port, "/bytes/1024", Duration::from_millis(500)).await.ok()
+        })
+        .await;
+        eprintln!(
+            "engine {how} behind our back: back as {} after {:?} (resync {resync:?})",
+            &back[..12],
+            gone.elapsed()
+        );
+        assert!(gone.elapsed() < resync + Duration::from_secs(5));
+    }
+    client.fetch_1mib(http.port).await.expect("alice moves 1 MiB after the recoveries");
+    assert_eq!(node.containers().len(), 1, "nothing left over: {:?}", node.containers());
+}
+
+/// (e) The reconciler (vpnd) exits: engines keep serving; a new one adopts them unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_engines_outlive_the_reconciler_and_are_adopted_unchanged() {
+    if !docker_ready() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
+    let cert = files.cert_path.clone();
+    let (ss_port, vless_port, key, alice) = (free_port(), free_port(), keys::generate_ss2022_key(), user("alice"));
+    let vless = InboundSpec {
+        protocol: Protocol::VlessTls,
+        listen_port: vless_port,
+        ss2022_server_key: None,
+        tls: Some(files),
+        reality: None,
+    };
+    let inbounds = vec![ss_inbound(ss_port, &key), vless];
+    let g = node.set(inbounds.clone(), vec![alice.clone()]);
+    node.wait_applied(g).await;
+    let ids = (node.container_id("shadowsocks-2022"), node.container_id("vless-tls"));
+    assert!(ids.0.is_some() && ids.1.is_some(), "{:?}", node.containers());
+
+    node.stop().await;
+    let ss_client = Client::ss2022(ss_port, &key, &alice.ss2022_key).await;
+    let vless_client = Client::vless_tls(vless_port, &alice.vless_uuid.to_string(), &cert, "vpn.test").await;
+    ss_client.fetch_1mib(http.port).await.expect("ss2022 serves with no reconciler");
+    vless_client.fetch_1mib(http.port).await.expect("vless serves with no reconciler");
+
+    let restarted = Instant::now();
+    node.restart().await;
+    node.wait_applied(g).await;
+    eprintln!("new reconciler adopted both engines in {:?}", restarted.elapsed());
+    assert_eq!((node.container_id("shadowsocks-2022"), node.container_id("vless-tls")), ids, "same containers");
+    let metrics = node.handle().metrics.clone();
+    for p in [Protocol::Shadowsocks2022, Protocol::VlessTls] {
+        assert_eq!(metrics.containers_created(p), 0, "{p:?} recreated");
+        assert_eq!(metrics.engine_reloads(p), 0, "{p:?} reloaded");
+    }
+    ss_client.fetch_1mib(http.port).await.expect("ss2022 serves after adoption");
+    vless_client.fetch_1mib(http.port).await.expect("vless serves after adoption");
+}
+
+/// A static change (the port) replaces the engine; a change sing-box refuses
+/// leaves the working engine alone; an inbound no longer desired is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_config_changes_replace_refused_changes_keep_undesired_engines_go() {
+    if !docker_ready() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let (key, alice) = (keys::generate_ss2022_key(), user("alice"));
+    let g = node.set(vec![ss_inbound(free_port(), &key)], vec![alice.clone()]);
+    node.wait_applied(g).await;
+    let first = node.container_id("shadowsocks-2022").expect("engine");
+
+    let new_port = free_port();
+    let g = node.set(vec![ss_inbound(new_port, &key)], vec![alice.clone()]);
+    node.wait_applied(g).await;
+    let second = node.container_id("shadowsocks-2022").expect("engine");
+    assert_ne!(first, second, "a new port needs a new container");
+    Client::ss2022(new_port, &key, &alice.ss2022_key)
+        .await
+        .fetch_1mib(http.port)
+        .await
+        .expect("served on the new port");
+
+    // A certificate sing-box cannot load passes our checks but not `sing-box check`.
+    let tls_dir = node.dir.path().join("bad-tls");
+    let mut files = tls::write_self_signed(&tls_dir, "vpn.test").expect("certificate");
+    std::fs::write(&files.cert_path, "not a certificate").expect("write");
+    files.key_path = tls_dir.join("key.pem");
+    let vless = InboundSpec {
+        protocol: Protocol::VlessTls,
+        listen_port: free_port(),
+        ss2022_server_key: None,
+        tls: Some(files),
+        reality: None,
+    };
+    node.set(vec![ss_inbound(new_port, &key), vless], vec![alice.clone()]);
+    let error = node.wait_error().await;
+    eprintln!("refused change: {error}");
+    assert!(error.contains("sing-box rejected the vless-tls configuration"), "{error}");
+    assert_eq!(node.container_id("shadowsocks-2022"), Some(second.clone()), "the working engine is untouched");
+    let names: Vec<String> = node.containers().into_iter().map(|(_, name, _)| name).collect();
+    assert_eq!(names, vec![format!("vpn-{}-shadowsocks-2022", node.id)], "nothing half-applied");
+
+    let g = node.set(vec![], vec![alice]);
+    node.wait_applied(g).await;
+    assert!(node.containers().is_empty(), "undesired engine removed: {:?}", node.containers());
+}
