@@ -5,10 +5,16 @@
 //! - [`process`]: one `vpnd` process ([`NodeProcess`]): start, SIGTERM, kill -9.
 //! - [`cluster`]: a [`Cluster`] of processes formed by `--initial-members`,
 //!   with clients and waits on conditions (never fixed sleeps).
+//! - [`cli`]: the real `vpnctl` as a process.
+//! - [`docker`]: whether `docker_*` tests can run, and engine cleanup.
+//! - [`traffic`]: a byte source, a real sing-box client, SOCKS5 fetches through it.
 
+pub mod cli;
 pub mod cluster;
+pub mod docker;
 pub mod net;
 pub mod process;
+pub mod traffic;
 
 pub use cluster::Cluster;
 pub use process::NodeProcess;

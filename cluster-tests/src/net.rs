@@ -16,3 +16,10 @@ pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).expect("bind a loopback port");
     listener.local_addr().expect("local addr")
 }
+
+/// A port free on every interface a moment ago (engines use host networking
+/// and listen on all interfaces).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a port");
+    listener.local_addr().expect("local addr").port()
+}

@@ -99,6 +99,10 @@ fn bad_flags_stop_vpnd_with_a_message_naming_the_flag() {
         (vec!["--initial-members", "2=127.0.0.1:1"], "--initial-members"),
         (vec!["--initial-members", "1=127.0.0.1:1", "--join", "127.0.0.1:5"], "--join"),
         (vec!["--heartbeat-ms", "0"], "--heartbeat-ms"),
+        (vec!["--dataplane", "--inbound", "vless-tls=443"], "--public-host"),
+        (vec!["--dataplane", "--public-host", "h.example", "--inbound", "wireguard=51820"], "--inbound"),
+        (vec!["--dataplane", "--public-host", "h.example", "--inbound", "vless-tls=0"], "--inbound"),
+        (vec!["--inbound", "vless-tls=443"], "--dataplane"),
     ] {
         let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
         let (code, err) = vpnd(&args);

@@ -1,38 +1,8 @@
 //! vpnctl against a real cluster: JSON output, exit codes, endpoint failover.
 
-use std::process::Command;
-
-use cluster_tests::process::own_binary;
+use cluster_tests::cli::vpnctl;
 use cluster_tests::Cluster;
-use serde_json::Value;
 use vpn_proto::v1::CreateUserRequest;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", self.stdout))
-    }
-}
-
-fn vpnctl(endpoints: &str, args: &[&str]) -> Run {
-    let out = Command::new(own_binary("cluster-vpnctl"))
-        .arg("--endpoints")
-        .arg(endpoints)
-        .args(args)
-        .env_remove("VPNCTL_ENDPOINTS")
-        .output()
-        .expect("run vpnctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_lifecycle_through_vpnctl() {

@@ -22,6 +22,8 @@ pub enum Error {
     Join { seeds: String, detail: String },
     #[error("the cluster refused this node's identity: {0}")]
     Identity(String),
+    #[error("data plane: {0}")]
+    Runtime(#[from] vpn_runtime::RuntimeError),
 
     // --- requests
     #[error("{field}: {detail}")]

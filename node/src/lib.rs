@@ -7,10 +7,12 @@
 //!
 //! Layout:
 //! - [`config`]: flags, TOML file, `--dev`; all validation of settings.
+//! - `agent`: on a `--dataplane` node, secrets, registration, and the desired
+//!   state handed to the runtime's reconciler (`vpn-runtime`).
 //! - `identity`: the data dir's node id and incarnation.
 //! - [`node`]: the shared handle: propose, linearizable reads, leader routing.
 //! - `raft`: openraft wiring: network, internal service, bootstrap/join, leadership transfer.
-//! - `api`: the public `Users` and `Cluster` services.
+//! - `api`: the public `Users`, `Cluster` and `Nodes` services, client links.
 //! - `http`: `/livez`, `/readyz`, `/metrics`.
 //! - `observer`: Raft gauges and gRPC health from openraft's metrics.
 //! - `metrics`, `peers`, [`error`].
@@ -18,6 +20,7 @@
 //! [`run`] takes bound listeners and a shutdown future, so tests start nodes
 //! in-process on port 0.
 
+mod agent;
 mod api;
 pub mod config;
 pub mod error;
@@ -39,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use vpn_proto::internal::raft_server::RaftServer;
 use vpn_proto::v1::cluster_server::ClusterServer;
+use vpn_proto::v1::nodes_server::NodesServer;
 use vpn_proto::v1::users_server::UsersServer;
 use vpn_storage::types::Raft;
 
@@ -46,6 +50,7 @@ pub use config::{Args, Bootstrap, Config};
 pub use error::Error;
 
 use crate::api::cluster::ClusterApi;
+use crate::api::nodes::NodesApi;
 use crate::api::users::UsersApi;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -93,6 +98,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let node = Arc::new(Node { id: config.id, identity, raft, state, metrics, peers });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let agent = match &config.dataplane {
+        None => None,
+        Some(dataplane) => match agent::start(&node, dataplane, &config.data_dir, stop_rx.clone()).await {
+            Ok(agent) => Some(agent),
+            Err(e) => {
+                let _ = node.raft.shutdown().await;
+                return Err(e);
+            }
+        },
+    };
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -101,6 +116,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         .add_service(health_service)
         .add_service(UsersServer::new(UsersApi { node: node.clone() }))
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
+        .add_service(NodesServer::new(NodesApi { node: node.clone() }))
         .add_service(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -126,16 +142,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
+    if let Some(agent) = agent {
+        agent.stopped().await;
+    }
     for task in [http_task.abort_handle(), observer_task.abort_handle(), grpc_task.abort_handle()] {
         task.abort();
     }
     outcome
 }
 
-/// Static bootstrap, join, or restart; then record this data dir's identity.
+/// Static bootstrap, join (unless already a member), or restart; then record
+/// this data dir's identity.
 async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender<Error>) -> Result<(), Error> {
     match &config.bootstrap {
         Bootstrap::Initial(members) => raft::bootstrap::initialize(node, members).await?,
+        // Already a member in the role asked for: a restart, which must not
+        // depend on a seed being up (a data-plane node keeps serving while
+        // the voters are away).
+        Bootstrap::Join { voter, .. } if joined(node, *voter) => {}
         Bootstrap::Join { seeds, voter } => {
             let (node, advertise, seeds, voter, fatal) =
                 (node.clone(), config.advertise.clone(), seeds.clone(), *voter, fatal.clone());
@@ -163,6 +187,14 @@ async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender
         }
     });
     Ok(())
+}
+
+/// Whether the membership this node applied already lists it (as a voter when `voter`).
+fn joined(node: &Node, voter: bool) -> bool {
+    node.state.read(|s| {
+        let membership = s.last_membership.membership();
+        membership.get_node(&node.id).is_some() && (!voter || membership.voter_ids().any(|v| v == node.id))
+    })
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

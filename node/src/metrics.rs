@@ -1,6 +1,8 @@
 //! Prometheus metrics of a node (`GET /metrics`). Names follow Prometheus
 //! conventions: a `vpn_` prefix, base units, `_total` on counters.
 
+use std::sync::{Mutex, PoisonError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,8 +33,10 @@ pub struct StatusLabel {
 
 /// Every metric of the node. Raft gauges are refreshed by a watcher on
 /// openraft's metrics channel; counters are bumped where things happen.
+/// Components that start later (the data-plane agent and its reconciler)
+/// add theirs through [`Metrics::register_with`].
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
     pub term: Gauge,
     pub leader_id: Gauge,
     pub is_leader: Gauge,
@@ -52,7 +56,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut m = Self {
-            registry: Registry::with_prefix("vpn"),
+            registry: Mutex::new(Registry::with_prefix("vpn")),
             term: Gauge::default(),
             leader_id: Gauge::default(),
             is_leader: Gauge::default(),
@@ -68,7 +72,7 @@ impl Default for Metrics {
             rpc_errors: Family::default(),
             users: Family::default(),
         };
-        let registry = &mut m.registry;
+        let registry = m.registry.get_mut().unwrap_or_else(PoisonError::into_inner);
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_leader_id", "Id of the known leader, 0 when none", m.leader_id.clone());
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
@@ -100,11 +104,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds metrics to the node's registry (names get the `vpn_` prefix).
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

@@ -9,7 +9,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tonic::transport::Channel;
 use vpn_proto::internal::raft_client::RaftClient;
-use vpn_proto::internal::ReadIndexRequest;
+use vpn_proto::internal::{RaftPayload, ReadIndexRequest};
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::types::{NodeId, Raft};
 use vpn_storage::StateReader;
@@ -21,6 +21,8 @@ use crate::peers::Peers;
 
 /// How long a follower waits to apply up to the leader's read index.
 const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+/// How long a forwarded proposal may take (commit and apply on the leader).
+const PROPOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
     pub id: NodeId,
@@ -95,6 +97,27 @@ impl Node {
         };
         self.metrics.proposals.get_or_create(&OutcomeLabel { outcome }).inc();
         result.map(|r| r.data).map_err(write_error)
+    }
+
+    /// Proposes `cmd` here when this node leads, else once through the
+    /// leader's internal `Propose` RPC. For the node's own components (agent,
+    /// identity); the public API forwards its own requests instead.
+    pub async fn propose_anywhere(&self, cmd: Command) -> Result<CommandResponse, Error> {
+        let channel = match self.route_write(false)? {
+            Route::Local => return self.propose(cmd).await,
+            Route::Leader(channel) => channel,
+        };
+        let json = serde_json::to_vec(&cmd).map_err(|e| Error::Internal(format!("encoding a command: {e}")))?;
+        let mut req = tonic::Request::new(RaftPayload { json });
+        req.set_timeout(PROPOSE_WAIT);
+        let reply = RaftClient::new(channel).propose(req).await.map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Error::unavailable(format!("the leader did not take the proposal: {}; retry", s.message()))
+            }
+            _ => Error::Internal(format!("the leader refused a forwarded proposal: {}", s.message())),
+        })?;
+        serde_json::from_slice(&reply.into_inner().json)
+            .map_err(|e| Error::Internal(format!("the leader's reply to a proposal is not a command response: {e}")))
     }
 
     /// Membership changes go through openraft's own API but fail the same way.

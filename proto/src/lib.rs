@@ -1,9 +1,9 @@
 //! The gRPC protocol of the VPN control plane, generated from `proto/`.
 //!
 //! Layout:
-//! - [`v1`]: the public API (`vpn.v1`): `Users` and `Cluster` services.
+//! - [`v1`]: the public API (`vpn.v1`): `Users`, `Cluster` and `Nodes` services.
 //! - [`internal`]: node-to-node traffic (`vpn.internal.v1`): Raft RPCs,
-//!   read-index and leadership transfer. Not a stable interface.
+//!   read-index, leadership transfer and forwarded proposals. Not a stable interface.
 
 /// The public API, package `vpn.v1`.
 pub mod v1 {

@@ -9,7 +9,7 @@
 //!
 //! Layout:
 //! - [`types`]: the openraft type configuration.
-//! - [`model`]: users, credentials, member identities, name validation.
+//! - [`model`]: users, credentials, member identities, data-plane nodes, name validation.
 //! - [`command`]: replicated commands and the pure `apply`.
 //! - [`state`]: the applied state (what a snapshot carries).
 //! - `log_store`: [`LogStore`], the Raft log, vote and committed index.

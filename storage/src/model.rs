@@ -1,8 +1,12 @@
-//! The replicated domain model: users and the members' data-dir identities.
+//! The replicated domain model: users, the members' data-dir identities, and
+//! the data-plane nodes with the public parameters clients need.
 //!
 //! Everything here is plain data. Values that need randomness (ids, keys) are
 //! made by [`User::new`] on the proposing node, before the command enters the
 //! log, so every replica applies identical bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
 
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -68,6 +72,110 @@ pub struct MemberRecord {
     pub id: NodeId,
     pub addr: String,
     pub incarnation: Uuid,
+}
+
+/// A protocol a data-plane node serves. The runtime crate has its own
+/// equivalent; storage stays independent of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "shadowsocks-2022")]
+    Shadowsocks2022,
+    #[serde(rename = "vless-tls")]
+    VlessTls,
+    #[serde(rename = "vless-reality")]
+    VlessReality,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Shadowsocks2022, Protocol::VlessTls, Protocol::VlessReality];
+
+    /// The contract's name, as in `--inbound vless-tls=443`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Shadowsocks2022 => "shadowsocks-2022",
+            Protocol::VlessTls => "vless-tls",
+            Protocol::VlessReality => "vless-reality",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One inbound of a data-plane node with the public parameters a client
+/// needs to connect. Secrets (TLS and Reality private keys) stay on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundRecord {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Shadowsocks-2022: the inbound's server key (16 bytes, standard
+    /// base64); clients send `<server key>:<user key>` as their password.
+    pub ss2022_server_key: Option<String>,
+    /// VLESS over TLS: the SNI clients send (the certificate's name).
+    pub tls_server_name: Option<String>,
+    /// VLESS over TLS: SHA-256 of the leaf certificate (DER), lowercase hex.
+    pub tls_cert_sha256: Option<String>,
+    /// VLESS over TLS: the node made its own certificate, so clients pin it
+    /// (by `tls_cert_sha256`) instead of checking it against a CA.
+    #[serde(default)]
+    pub tls_self_signed: bool,
+    /// VLESS+Reality: the x25519 public key, base64url without padding.
+    pub reality_public_key: Option<String>,
+    /// VLESS+Reality: the short id, hex.
+    pub reality_short_id: Option<String>,
+    /// VLESS+Reality: the camouflage server name clients send.
+    pub reality_server_name: Option<String>,
+}
+
+impl InboundRecord {
+    /// An inbound with no public parameters yet.
+    pub fn new(protocol: Protocol, port: u16) -> Self {
+        Self {
+            protocol,
+            port,
+            ss2022_server_key: None,
+            tls_server_name: None,
+            tls_cert_sha256: None,
+            tls_self_signed: false,
+            reality_public_key: None,
+            reality_short_id: None,
+            reality_server_name: None,
+        }
+    }
+}
+
+/// A node that serves users: what it offers, as registered by its agent, and
+/// the last state generation it reported applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneNode {
+    pub id: NodeId,
+    /// Host name or IP address clients connect to.
+    pub public_host: String,
+    pub inbounds: Vec<InboundRecord>,
+    pub labels: BTreeMap<String, String>,
+    /// How many users the operator wants on this node at most; 0: no limit.
+    pub capacity: u32,
+    /// The last [`State::generation`](crate::state::State::generation) this
+    /// node's engines applied, as the node reported it.
+    pub applied_generation: u64,
+}
+
+impl DataplaneNode {
+    /// Whether `other` describes the same offer (everything but the applied generation).
+    pub fn same_offer(&self, other: &DataplaneNode) -> bool {
+        self.id == other.id
+            && self.public_host == other.public_host
+            && self.inbounds == other.inbounds
+            && self.labels == other.labels
+            && self.capacity == other.capacity
+    }
 }
 
 /// Why a user name was refused; the message says what a valid name looks like.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MemberRecord, User};
+use crate::model::{DataplaneNode, MemberRecord, User, UserStatus};
 use crate::types::{LogId, NodeId, StoredMembership};
 
 /// The applied state. Users are keyed by name (names are unique), so listing
@@ -15,6 +15,12 @@ pub struct State {
     pub last_membership: StoredMembership,
     pub users: BTreeMap<String, User>,
     pub members: BTreeMap<NodeId, MemberRecord>,
+    #[serde(default)]
+    pub dataplane_nodes: BTreeMap<NodeId, DataplaneNode>,
+    /// Grows with every applied change to what any data-plane node should
+    /// serve (users, node offers); nodes report the generation they applied.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl State {
@@ -26,5 +32,18 @@ impl State {
             None => Bound::Unbounded,
         };
         self.users.range((start, Bound::Unbounded)).take(limit).map(|(_, u)| u.clone()).collect()
+    }
+
+    /// The users a data-plane node serves. Until placement exists every
+    /// active user is placed on every data-plane node.
+    pub fn users_on(&self, node: NodeId) -> impl Iterator<Item = &User> {
+        let placed = self.dataplane_nodes.contains_key(&node);
+        self.users.values().filter(move |u| placed && u.status == UserStatus::Active)
+    }
+
+    /// The data-plane nodes that serve `user` (the same rule as [`State::users_on`]).
+    pub fn nodes_serving<'a>(&'a self, user: &User) -> impl Iterator<Item = &'a DataplaneNode> {
+        let active = user.status == UserStatus::Active;
+        self.dataplane_nodes.values().filter(move |_| active)
     }
 }

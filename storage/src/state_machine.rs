@@ -16,15 +16,17 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use crate::command::{self, Command, CommandResponse};
 use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
-use crate::model::{MemberRecord, User};
+use crate::model::{DataplaneNode, MemberRecord, User};
 use crate::snapshot_file::SnapshotFile;
 use crate::state::State;
 use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const APPLIED: &[u8] = b"meta/applied";
 const MEMBERSHIP: &[u8] = b"meta/membership";
+const GENERATION: &[u8] = b"meta/generation";
 const USERS: &str = "u/";
 const MEMBERS: &str = "m/";
+const DATAPLANE: &str = "d/";
 
 fn user_key(name: &str) -> String {
     format!("{USERS}{name}")
@@ -32,6 +34,10 @@ fn user_key(name: &str) -> String {
 
 fn member_key(id: NodeId) -> String {
     format!("{MEMBERS}{id}")
+}
+
+fn dataplane_key(id: NodeId) -> String {
+    format!("{DATAPLANE}{id}")
 }
 
 /// A shared, read-only view of the applied state for the API and the agent.
@@ -87,6 +93,7 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
     let mut state = State {
         last_applied: get_json(tree, APPLIED)?,
         last_membership: get_json(tree, MEMBERSHIP)?.unwrap_or_default(),
+        generation: get_json(tree, GENERATION)?.unwrap_or_default(),
         ..State::default()
     };
     for item in tree.scan_prefix(USERS) {
@@ -97,6 +104,10 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         let member: MemberRecord = decode(&item?.1)?;
         state.members.insert(member.id, member);
     }
+    for item in tree.scan_prefix(DATAPLANE) {
+        let node: DataplaneNode = decode(&item?.1)?;
+        state.dataplane_nodes.insert(node.id, node);
+    }
     Ok(state)
 }
 
@@ -106,6 +117,7 @@ fn put_meta(batch: &mut sled::Batch, state: &State) -> io::Result<()> {
         None => batch.remove(APPLIED),
     }
     batch.insert(MEMBERSHIP, encode(&state.last_membership)?);
+    batch.insert(GENERATION, encode(&state.generation)?);
     Ok(())
 }
 
@@ -120,6 +132,9 @@ fn rewrite_tree(tree: &sled::Tree, state: &State) -> io::Result<()> {
     }
     for member in state.members.values() {
         batch.insert(member_key(member.id).as_bytes(), encode(member)?);
+    }
+    for node in state.dataplane_nodes.values() {
+        batch.insert(dataplane_key(node.id).as_bytes(), encode(node)?);
     }
     put_meta(&mut batch, state)?;
     Ok(tree.apply_batch(batch)?)
@@ -138,6 +153,7 @@ fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
 struct Touched {
     users: BTreeSet<String>,
     members: BTreeSet<NodeId>,
+    dataplane: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -146,7 +162,12 @@ impl Touched {
             Command::CreateUser(user) => self.users.insert(user.name.clone()),
             Command::UpdateUser { name, .. } | Command::DeleteUser { name } => self.users.insert(name.clone()),
             Command::RegisterMember(record) => self.members.insert(record.id),
-            Command::ForgetMember { id } => self.members.insert(*id),
+            Command::ForgetMember { id } => {
+                self.members.insert(*id);
+                self.dataplane.insert(*id)
+            }
+            Command::RegisterDataplaneNode(node) => self.dataplane.insert(node.id),
+            Command::ReportApplied { node, .. } => self.dataplane.insert(*node),
         };
     }
 
@@ -162,6 +183,12 @@ impl Touched {
             match state.members.get(id) {
                 Some(member) => batch.insert(member_key(*id).as_bytes(), encode(member)?),
                 None => batch.remove(member_key(*id).as_bytes()),
+            }
+        }
+        for id in &self.dataplane {
+            match state.dataplane_nodes.get(id) {
+                Some(node) => batch.insert(dataplane_key(*id).as_bytes(), encode(node)?),
+                None => batch.remove(dataplane_key(*id).as_bytes()),
             }
         }
         put_meta(&mut batch, state)?;

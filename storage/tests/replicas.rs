@@ -10,7 +10,7 @@ use openraft::RaftSnapshotBuilder;
 use proptest::prelude::*;
 use uuid::Uuid;
 use vpn_storage::command::{self, Command};
-use vpn_storage::model::{Credentials, MemberRecord, User, UserStatus};
+use vpn_storage::model::{Credentials, DataplaneNode, InboundRecord, MemberRecord, Protocol, User, UserStatus};
 use vpn_storage::state::State;
 use vpn_storage::types::{Entry, NodeId};
 
@@ -45,6 +45,37 @@ fn member() -> impl Strategy<Value = MemberRecord> {
     })
 }
 
+fn inbound() -> impl Strategy<Value = InboundRecord> {
+    (prop::sample::select(Protocol::ALL.to_vec()), 1u16..4, proptest::option::of("[a-z]{1,3}")).prop_map(
+        |(protocol, port, param)| {
+            let mut inbound = InboundRecord::new(protocol, 440 + port);
+            match protocol {
+                Protocol::Shadowsocks2022 => inbound.ss2022_server_key = param,
+                Protocol::VlessTls => {
+                    inbound.tls_self_signed = param.is_some();
+                    inbound.tls_cert_sha256 = param;
+                }
+                Protocol::VlessReality => inbound.reality_public_key = param,
+            }
+            inbound
+        },
+    )
+}
+
+/// Few ids and few distinct offers, so re-registrations repeat and change offers.
+fn dataplane_node() -> impl Strategy<Value = DataplaneNode> {
+    (1u64..4, prop::collection::vec(inbound(), 0..3), 0u32..2, any::<u64>(), any::<bool>()).prop_map(
+        |(id, inbounds, capacity, applied_generation, labelled)| DataplaneNode {
+            id,
+            public_host: format!("n{id}.example.com"),
+            inbounds,
+            labels: labelled.then(|| ("region".to_owned(), "eu".to_owned())).into_iter().collect(),
+            capacity,
+            applied_generation,
+        },
+    )
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         user().prop_map(Command::CreateUser),
@@ -52,6 +83,8 @@ fn command() -> impl Strategy<Value = Command> {
         name().prop_map(|name| Command::DeleteUser { name }),
         member().prop_map(Command::RegisterMember),
         (1u64..4).prop_map(|id| Command::ForgetMember { id }),
+        dataplane_node().prop_map(Command::RegisterDataplaneNode),
+        (1u64..4, 0u64..64).prop_map(|(node, generation)| Command::ReportApplied { node, generation }),
     ]
 }
 
@@ -82,7 +115,7 @@ fn entries(steps: &[Step]) -> Vec<Entry> {
         .collect()
 }
 
-/// The users and members that applying `steps` to an empty state must give.
+/// The users, members and data-plane nodes that applying `steps` to an empty state must give.
 fn model(steps: &[Step]) -> State {
     let mut state = State::default();
     for step in steps {
@@ -115,6 +148,7 @@ async fn check(steps: Vec<Step>, chunk: usize) {
     assert_eq!(state.last_applied, log.last().map(|e| e.log_id));
     let expected = model(&steps);
     assert_eq!((&state.users, &state.members), (&expected.users, &expected.members));
+    assert_eq!((&state.dataplane_nodes, state.generation), (&expected.dataplane_nodes, expected.generation));
 
     // A snapshot of one installed into a fresh third store.
     let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.expect("build");

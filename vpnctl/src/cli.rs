@@ -24,6 +24,8 @@ Examples:
   vpnctl user add alice            # prints alice's credentials
   vpnctl user list -o json | jq -r '.users[] | select(.status == \"disabled\") | .name'
   vpnctl member add 4 10.0.0.4:7000 --voter
+  vpnctl node list
+  vpnctl user qr alice             # scan a link with the phone's client
 
 Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 4 cluster unavailable.";
@@ -70,9 +72,12 @@ pub enum Command {
     /// Add or remove control-plane members (Raft nodes).
     #[command(subcommand)]
     Member(MemberCommand),
-    /// Create, inspect, disable and delete VPN users.
+    /// Create, inspect, disable and delete VPN users; print their client links.
     #[command(subcommand)]
     User(UserCommand),
+    /// Inspect the data-plane nodes (the nodes that serve users).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Print a shell completion script, e.g. `vpnctl completions bash > /etc/bash_completion.d/vpnctl`.
     Completions {
         /// The shell to generate for.
@@ -126,6 +131,22 @@ pub enum UserCommand {
     Disable(NameArg),
     /// Let a disabled user connect again.
     Enable(NameArg),
+    /// Print the user's client links (ss://, vless://), one per node and inbound.
+    Links(NameArg),
+    /// Print each of the user's links as a QR code for a phone to scan (dark terminal background).
+    Qr(NameArg),
+}
+
+/// `vpnctl node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the data-plane nodes with their status, users and generations.
+    List,
+    /// Show one data-plane node: inbounds, labels, capacity, generations.
+    Show {
+        /// The node's id (its `vpnd --id`).
+        id: u64,
+    },
 }
 
 /// The `<name>` argument of the user commands.

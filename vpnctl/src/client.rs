@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Response, Status};
 use vpn_proto::v1::cluster_client::ClusterClient;
+use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::users_client::UsersClient;
 
 use crate::endpoint::Endpoint;
@@ -63,6 +64,16 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(req, |channel, req| rpc(ClusterClient::new(channel), req)).await
+    }
+
+    /// Calls a `vpn.v1.Nodes` method with failover.
+    pub async fn nodes<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
+    where
+        Req: Clone,
+        F: Fn(NodesClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(req, |channel, req| rpc(NodesClient::new(channel), req)).await
     }
 
     async fn call<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>

@@ -9,7 +9,8 @@
 //! - [`endpoint`]: parsing `host:port` and `http(s)://host:port`.
 //! - [`client`]: failover, retry with backoff, leader hints.
 //! - [`output`]: table and JSON rendering.
-//! - [`commands`]: one module per command group (`cluster`, `member`, `user`, `completions`).
+//! - [`commands`]: one module per command group (`cluster`, `member`, `user`, `node`, `completions`).
+//! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
 //! Other crates (cluster tests) call [`execute`] to get a command's result without a process,
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod endpoint;
 pub mod error;
 pub mod output;
+pub mod qr;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -35,7 +37,7 @@ pub use error::CliError;
 pub use output::{Document, Format, Output};
 
 use client::Client;
-use commands::{cluster, completions, member, user};
+use commands::{cluster, completions, member, node, user};
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
@@ -46,6 +48,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
         Command::Cluster(command) => cluster::run(command, &mut connect()?).await?,
         Command::Member(command) => member::run(command, &mut connect()?).await?,
         Command::User(command) => user::run(command, &mut connect()?).await?,
+        Command::Node(command) => node::run(command, &mut connect()?).await?,
     };
     Ok(Output::Document(document))
 }

@@ -176,7 +176,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// `Key:  value` lines with the values aligned.
-fn fields(pairs: &[(&str, String)]) -> String {
+pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
     let lines: Vec<String> =
         pairs.iter().map(|(key, value)| format!("{:<width$}  {value}", format!("{key}:"))).collect();

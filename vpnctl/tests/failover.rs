@@ -101,6 +101,16 @@ impl Users for FakeNode {
         self.check()?;
         Err(Status::unimplemented("fake"))
     }
+    async fn get_user_links(
+        &self,
+        req: Request<GetUserLinksRequest>,
+    ) -> Result<Response<GetUserLinksResponse>, Status> {
+        self.check()?;
+        let url = format!("vless://u@h:443#{}", req.into_inner().name);
+        Ok(Response::new(GetUserLinksResponse {
+            links: vec![UserLink { node_id: self.node_id, protocol: "vless-tls".into(), url }],
+        }))
+    }
 }
 
 /// Serves `node` on a fresh port and returns its `host:port`.
@@ -203,4 +213,16 @@ async fn a_bad_user_name_fails_before_any_call() {
     let err = vpnctl(&["--endpoints", &node, "user", "show", "Bob"]).await.err();
     assert_eq!(err.map(|e| e.exit_code()), Some(2));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn user_links_print_the_servers_links() {
+    let live = serve(FakeNode { node_id: 5, unavailable_first: 1, ..Default::default() }).await;
+    for command in ["links", "qr"] {
+        let json =
+            vpnctl(&["--endpoints", &live, "-o", "json", "user", command, "alice"]).await.map_err(|e| e.to_string());
+        let expected =
+            serde_json::json!({"links": [{"node_id": 5, "protocol": "vless-tls", "url": "vless://u@h:443#alice"}]});
+        assert_eq!(json, Ok(expected), "user {command}");
+    }
 }

@@ -3,7 +3,8 @@
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use vpn_proto::v1;
-use vpn_storage::model::{User, UserStatus};
+use vpn_storage::model::{DataplaneNode, User, UserStatus};
+use vpn_storage::state::State;
 
 pub fn user(u: &User) -> v1::User {
     v1::User {
@@ -15,6 +16,26 @@ pub fn user(u: &User) -> v1::User {
             vless_uuid: u.credentials.vless_uuid.to_string(),
             ss2022_key: u.credentials.ss2022_key.clone(),
         }),
+    }
+}
+
+/// A data-plane node as the API shows it. Every registered node is "ready"
+/// until node health exists.
+pub fn node(state: &State, n: &DataplaneNode) -> v1::Node {
+    v1::Node {
+        id: n.id,
+        public_host: n.public_host.clone(),
+        status: "ready".to_owned(),
+        users: state.users_on(n.id).count() as u64,
+        applied_generation: n.applied_generation,
+        desired_generation: state.generation,
+        inbounds: n
+            .inbounds
+            .iter()
+            .map(|i| v1::Inbound { protocol: i.protocol.to_string(), port: u32::from(i.port) })
+            .collect(),
+        labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        capacity: n.capacity,
     }
 }
 

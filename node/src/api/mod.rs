@@ -2,8 +2,10 @@
 //! to the leader (one hop) or run it here, convert at the edge.
 //!
 //! Layout:
-//! - `users`: the `Users` service.
+//! - `users`: the `Users` service (and a user's client links).
+//! - `nodes`: the `Nodes` service (data-plane nodes).
 //! - `cluster`: the `Cluster` service (status and membership).
+//! - `links`: `ss://` and `vless://` links for a user on an inbound.
 //! - `convert`: domain <-> proto.
 //! - `status`: our `Error` -> `tonic::Status`, in one place.
 //! - `forward`: the one-hop forwarding of writes to the leader.
@@ -11,5 +13,24 @@
 pub mod cluster;
 mod convert;
 mod forward;
+mod links;
+pub mod nodes;
 mod status;
 pub mod users;
+
+use vpn_proto::v1::ReadConsistency;
+
+use crate::error::Error;
+use crate::node::Node;
+
+/// Waits as long as the requested read consistency needs.
+async fn read_barrier(node: &Node, consistency: i32) -> Result<(), Error> {
+    match ReadConsistency::try_from(consistency) {
+        Ok(ReadConsistency::Linearizable) => node.linearizable_barrier().await,
+        Ok(ReadConsistency::Local) => Ok(()),
+        Err(_) => Err(Error::InvalidArgument {
+            field: "consistency",
+            detail: format!("unknown value {consistency}: use LINEARIZABLE (0) or LOCAL (1)"),
+        }),
+    }
+}

@@ -21,7 +21,8 @@ impl From<Error> for Status {
             | Error::ConfigFile { .. }
             | Error::Storage(_)
             | Error::DataDir { .. }
-            | Error::Bind { .. } => Code::Internal,
+            | Error::Bind { .. }
+            | Error::Runtime(_) => Code::Internal,
         };
         match code {
             Code::Internal => tracing::error!("request failed: {e}"),
@@ -43,7 +44,9 @@ impl From<Refusal> for Error {
         match r {
             Refusal::UserExists(_) => Error::AlreadyExists(r.to_string()),
             Refusal::UserNotFound(_) => Error::NotFound(r.to_string()),
-            Refusal::IncarnationConflict { .. } => Error::FailedPrecondition(r.to_string()),
+            Refusal::IncarnationConflict { .. } | Refusal::NotADataplaneNode(_) => {
+                Error::FailedPrecondition(r.to_string())
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The `Users` service.
+//! The `Users` service, and a user's client links.
 
 use std::sync::Arc;
 
@@ -6,13 +6,14 @@ use tonic::{Request, Response, Status};
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::users_server::Users;
 use vpn_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserRequest, ListUsersRequest, ListUsersResponse,
-    ReadConsistency, UpdateUserRequest, User,
+    CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserLinksRequest, GetUserLinksResponse,
+    GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest, User, UserLink,
 };
 use vpn_storage::command::{Command, CommandResponse};
-use vpn_storage::model::{self, validate_user_name};
+use vpn_storage::model::{self, validate_user_name, UserStatus};
+use vpn_storage::state::State;
 
-use super::{convert, forward};
+use super::{convert, forward, links};
 use crate::error::Error;
 use crate::node::{Node, Route};
 
@@ -29,14 +30,7 @@ fn check_name(field: &'static str, name: &str) -> Result<(), Error> {
 
 impl UsersApi {
     async fn read_barrier(&self, consistency: i32) -> Result<(), Error> {
-        match ReadConsistency::try_from(consistency) {
-            Ok(ReadConsistency::Linearizable) => self.node.linearizable_barrier().await,
-            Ok(ReadConsistency::Local) => Ok(()),
-            Err(_) => Err(Error::InvalidArgument {
-                field: "consistency",
-                detail: format!("unknown value {consistency}: use LINEARIZABLE (0) or LOCAL (1)"),
-            }),
-        }
+        super::read_barrier(&self.node, consistency).await
     }
 
     /// Proposes `cmd` here and expects a user back.
@@ -121,6 +115,17 @@ impl Users for UsersApi {
         self.write_user(Command::UpdateUser { name: req.into_inner().name, status: Some(status) }).await
     }
 
+    async fn get_user_links(
+        &self,
+        req: Request<GetUserLinksRequest>,
+    ) -> Result<Response<GetUserLinksResponse>, Status> {
+        let req = req.into_inner();
+        check_name("name", &req.name)?;
+        self.read_barrier(req.consistency).await?;
+        let links = self.node.state.read(|s| user_links(s, &req.name))?;
+        Ok(Response::new(GetUserLinksResponse { links }))
+    }
+
     async fn delete_user(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
         check_name("name", &req.get_ref().name)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
@@ -132,5 +137,78 @@ impl Users for UsersApi {
             CommandResponse::Refused(r) => Err(Error::from(r).into()),
             other => Err(Error::Internal(format!("unexpected apply result {other:?}")).into()),
         }
+    }
+}
+
+/// Every link of `name`: each serving node x each inbound, in node then
+/// inbound order. A disabled user has none, which is an error rather than an
+/// empty list so an operator learns why.
+fn user_links(state: &State, name: &str) -> Result<Vec<UserLink>, Error> {
+    let user = state.users.get(name).ok_or_else(|| Error::NotFound(format!("user {name:?} not found")))?;
+    if user.status != UserStatus::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "user {name:?} is disabled and has no links: enable it first (vpnctl user enable {name})"
+        )));
+    }
+    let mut out = Vec::new();
+    for node in state.nodes_serving(user) {
+        for inbound in &node.inbounds {
+            match links::link(user, node, inbound) {
+                Some(url) => out.push(UserLink { node_id: node.id, protocol: inbound.protocol.to_string(), url }),
+                None => {
+                    tracing::warn!(node = node.id, protocol = %inbound.protocol, "inbound record lacks its public parameters; no link")
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vpn_storage::command::apply;
+    use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol};
+
+    use super::*;
+
+    fn node(id: u64) -> DataplaneNode {
+        let mut ss = InboundRecord::new(Protocol::Shadowsocks2022, 8388);
+        ss.ss2022_server_key = Some("c2VydmVyLWtleS0xNmJ5dA==".into());
+        let mut tls = InboundRecord::new(Protocol::VlessTls, 443);
+        tls.tls_server_name = Some("vpn.example.com".into());
+        DataplaneNode {
+            id,
+            public_host: format!("n{id}.example.com"),
+            inbounds: vec![ss, tls],
+            labels: BTreeMap::new(),
+            capacity: 0,
+            applied_generation: 0,
+        }
+    }
+
+    #[test]
+    fn links_cover_every_node_and_inbound_of_an_active_user() {
+        let mut state = State::default();
+        apply(&mut state, &Command::CreateUser(model::User::new("alice".into(), 0)));
+        assert!(user_links(&state, "alice").is_ok_and(|l| l.is_empty()), "no data-plane node yet");
+        for id in [2, 1] {
+            apply(&mut state, &Command::RegisterDataplaneNode(node(id)));
+        }
+        let links = user_links(&state, "alice").expect("links");
+        let shown: Vec<(u64, &str)> = links.iter().map(|l| (l.node_id, l.protocol.as_str())).collect();
+        assert_eq!(shown, [(1, "shadowsocks-2022"), (1, "vless-tls"), (2, "shadowsocks-2022"), (2, "vless-tls")]);
+        assert!(links[0].url.starts_with("ss://") && links[1].url.starts_with("vless://"));
+    }
+
+    #[test]
+    fn a_disabled_or_missing_user_has_no_links() {
+        let mut state = State::default();
+        apply(&mut state, &Command::RegisterDataplaneNode(node(1)));
+        apply(&mut state, &Command::CreateUser(model::User::new("bob".into(), 0)));
+        apply(&mut state, &Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Disabled) });
+        assert!(matches!(user_links(&state, "bob"), Err(Error::FailedPrecondition(m)) if m.contains("enable")));
+        assert!(matches!(user_links(&state, "nobody"), Err(Error::NotFound(_))));
     }
 }

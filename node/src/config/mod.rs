@@ -1,6 +1,11 @@
 //! Settings of a node: from flags, from a TOML file (`--config`), or `--dev`.
 //! Flags win over the file. Everything is validated here, before anything on
 //! disk or on the network is touched, and errors name the flag to fix.
+//!
+//! Layout: this file holds the flags, the file and the control-plane
+//! settings; [`dataplane`] the `--dataplane` settings.
+
+pub mod dataplane;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+pub use self::dataplane::DataplaneConfig;
 use crate::error::Error;
 
 /// `vpnd`: one node of the replicated VPN control plane.
@@ -21,7 +27,11 @@ use crate::error::Error;
         Start three nodes with the same --initial-members to form a cluster:\n  \
         vpnd --id 1 --listen 10.0.0.1:7000 --http 10.0.0.1:7080 --data-dir /var/lib/vpnd \\\n       \
         --initial-members 1=10.0.0.1:7000,2=10.0.0.2:7000,3=10.0.0.3:7000\n\n\
-        Add a node to a running cluster with --join <any member>. Try it locally with `vpnd --dev`."
+        Add a node to a running cluster with --join <any member>. Try it locally with `vpnd --dev`.\n\n\
+        A data-plane node also runs engines that serve users:\n  \
+        vpnd ... --join 10.0.0.1:7000 --dataplane --public-host vpn4.example.com \\\n       \
+        --inbound vless-tls=443 --inbound shadowsocks-2022=8388\n\
+        It joins as a learner (no vote) unless --voter is given."
 )]
 pub struct Args {
     /// This node's id (a positive integer, unique in the cluster, never reused).
@@ -48,6 +58,9 @@ pub struct Args {
     /// With --join: stay a learner (replicates, never votes) instead of becoming a voter.
     #[arg(long)]
     pub learner: bool,
+    /// With --join --dataplane: become a voter (data-plane nodes join as learners by default).
+    #[arg(long)]
+    pub voter: bool,
     /// TOML file with any of these settings (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -66,6 +79,9 @@ pub struct Args {
     /// Build a snapshot (and purge the log behind it) every this many entries (default 10000).
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+
+    #[command(flatten)]
+    pub data_plane: dataplane::DataplaneArgs,
 }
 
 /// The `--config` file: the same settings as the flags, in kebab-case.
@@ -80,10 +96,25 @@ struct FileSettings {
     initial_members: Option<String>,
     join: Option<String>,
     learner: Option<bool>,
+    voter: Option<bool>,
     heartbeat_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_every: Option<u64>,
+    dataplane: Option<bool>,
+    public_host: Option<String>,
+    /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
+    inbound: Option<Vec<String>>,
+    engine_image: Option<String>,
+    labels: Option<String>,
+    capacity: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_server_name: Option<String>,
+    reality_server_name: Option<String>,
+    reality_handshake: Option<String>,
+    resync_secs: Option<u64>,
+    docker_host: Option<String>,
 }
 
 /// How this node finds its cluster.
@@ -123,6 +154,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
     pub raft: RaftTimings,
+    /// Set on a data-plane node (`--dataplane`).
+    pub dataplane: Option<DataplaneConfig>,
 }
 
 impl Config {
@@ -137,6 +170,7 @@ impl Config {
             data_dir: PathBuf::from("vpn-data"),
             bootstrap: Bootstrap::Initial(BTreeMap::from([(1, listen.to_string())])),
             raft: RaftTimings::default(),
+            dataplane: None,
         }
     }
 
@@ -169,9 +203,34 @@ impl Config {
             None => listen.to_string(),
         };
         let data_dir = args.data_dir.or(file.data_dir).ok_or(Error::MissingFlag("--data-dir"))?;
+        let dp = args.data_plane;
+        let dataplane = dataplane::parse(
+            dataplane::DataplaneArgs {
+                dataplane: dp.dataplane || file.dataplane.unwrap_or(false),
+                public_host: dp.public_host.or(file.public_host),
+                inbounds: if dp.inbounds.is_empty() { file.inbound.unwrap_or_default() } else { dp.inbounds },
+                engine_image: dp.engine_image.or(file.engine_image),
+                labels: dp.labels.or(file.labels),
+                capacity: dp.capacity.or(file.capacity),
+                tls_cert: dp.tls_cert.or(file.tls_cert),
+                tls_key: dp.tls_key.or(file.tls_key),
+                tls_server_name: dp.tls_server_name.or(file.tls_server_name),
+                reality_server_name: dp.reality_server_name.or(file.reality_server_name),
+                reality_handshake: dp.reality_handshake.or(file.reality_handshake),
+                resync_secs: dp.resync_secs.or(file.resync_secs),
+                docker_host: dp.docker_host.or(file.docker_host),
+            },
+            &[("--listen", listen.port()), ("--http", http.port())],
+        )?;
         let initial = args.initial_members.or(file.initial_members);
         let join = args.join.or(file.join);
-        let voter = !(args.learner || file.learner.unwrap_or(false));
+        let learner = args.learner || file.learner.unwrap_or(false);
+        let wants_vote = args.voter || file.voter.unwrap_or(false);
+        if learner && wants_vote {
+            return Err(Error::invalid("--voter", "give either --voter or --learner, not both"));
+        }
+        // Voters stay few (3 or 5) while data-plane nodes grow: those join as learners.
+        let voter = wants_vote || (!learner && dataplane.is_none());
         let bootstrap = match (initial, join) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(
@@ -214,7 +273,7 @@ impl Config {
             snapshot_every: args.snapshot_every.or(file.snapshot_every).unwrap_or(defaults.snapshot_every),
         };
         validate_timings(&raft)?;
-        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft })
+        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane })
     }
 }
 

@@ -13,7 +13,7 @@ use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::MemberRecord;
 
 use crate::error::Error;
-use crate::node::{Node, Route};
+use crate::node::Node;
 
 /// How long `--join` keeps trying before vpnd gives up and exits.
 const JOIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -91,27 +91,12 @@ pub async fn register_identity(node: Arc<Node>, advertise: String) -> Result<(),
             Some(k) => return Err(conflict(node.id, &k)),
             None => {}
         }
-        // Only the leader proposes; a follower waits until the record arrives
-        // through the log (the leader registers it when it adds us) or asks.
-        if let Ok(Route::Local) = node.route_write(true) {
-            match node.propose(Command::RegisterMember(record.clone())).await {
-                Ok(CommandResponse::MemberRegistered) => return Ok(()),
-                Ok(CommandResponse::Refused(_)) => continue,
-                _ => {}
-            }
-        } else if let Some((_, addr)) = node.leader() {
-            let channel = node.peers.channel(&addr)?;
-            let req = AddMemberRequest {
-                id: node.id,
-                addr: record.addr.clone(),
-                voter: node.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == node.id),
-                incarnation: record.incarnation.to_string(),
-            };
-            if let Err(s) = ClusterClient::new(channel).add_member(req).await {
-                if s.code() == tonic::Code::FailedPrecondition {
-                    return Err(Error::Identity(s.message().to_owned()));
-                }
-            }
+        match node.propose_anywhere(Command::RegisterMember(record.clone())).await {
+            Ok(CommandResponse::MemberRegistered) => return Ok(()),
+            Ok(CommandResponse::Refused(r)) => return Err(Error::Identity(r.to_string())),
+            Ok(other) => return Err(Error::Internal(format!("unexpected apply result {other:?}"))),
+            // No leader yet, or it moved: try again.
+            Err(e) => tracing::debug!("recording this node's identity: {e}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -1,6 +1,7 @@
 //! The internal Raft gRPC service: feeds peers' RPCs into openraft, answers
-//! read-index requests and leadership-transfer nudges. Refuses traffic whose
-//! identity headers do not match what the cluster knows.
+//! read-index requests, leadership-transfer nudges and proposals forwarded by
+//! other nodes' components. Refuses traffic whose identity headers do not
+//! match what the cluster knows.
 
 use std::sync::Arc;
 
@@ -9,8 +10,10 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vpn_proto::internal::raft_server::Raft as RaftRpc;
 use vpn_proto::internal::{RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest};
+use vpn_storage::command::Command;
 
 use super::network::{HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
+use crate::error::Error;
 use crate::node::Node;
 
 pub struct RaftService {
@@ -92,6 +95,21 @@ impl RaftRpc for RaftService {
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let index = self.node.read_index().await?;
         Ok(Response::new(ReadIndexReply { index: index.unwrap_or(0) }))
+    }
+
+    /// Only the leader proposes; a follower says where the leader is, so a
+    /// proposal is never forwarded twice.
+    async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = decode(req)?;
+        if !self.node.is_leader() {
+            let leader = self.node.leader().map(|(_, addr)| addr);
+            return Err(Error::Unavailable {
+                detail: "this node is not the leader; retry".into(),
+                leader_addr: leader,
+            }
+            .into());
+        }
+        encode(&self.node.propose(cmd).await?)
     }
 
     async fn timeout_now(&self, _req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {

@@ -3,4 +3,5 @@
 pub mod cluster;
 pub mod completions;
 pub mod member;
+pub mod node;
 pub mod user;

@@ -6,13 +6,14 @@
 use serde_json::json;
 use tonic::Code;
 use vpn_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User, UserStatus,
+    CreateUserRequest, DeleteUserRequest, GetUserLinksRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
+    User, UserLink, UserStatus,
 };
 
 use crate::cli::UserCommand;
 use crate::client::Client;
 use crate::error::CliError;
-use crate::output::{status_name, user_json, user_table, users_table, Document};
+use crate::output::{status_name, table, user_json, user_table, users_table, Document};
 
 /// The largest page the server allows; fewer round trips for big lists.
 const PAGE_SIZE: u32 = 1000;
@@ -26,6 +27,14 @@ pub async fn run(command: UserCommand, client: &mut Client) -> Result<Document, 
         UserCommand::Delete(arg) => delete(client, &arg.name).await,
         UserCommand::Disable(arg) => set_status(client, &arg.name, UserStatus::Disabled).await,
         UserCommand::Enable(arg) => set_status(client, &arg.name, UserStatus::Active).await,
+        UserCommand::Links(arg) => {
+            let links = links(client, &arg.name).await?;
+            Ok(Document { json: links_json(&links), table: links_table(&arg.name, &links) })
+        }
+        UserCommand::Qr(arg) => {
+            let links = links(client, &arg.name).await?;
+            Ok(Document { json: links_json(&links), table: qr_text(&arg.name, &links)? })
+        }
     }
 }
 
@@ -119,6 +128,46 @@ async fn set_status(client: &mut Client, name: &str, status: UserStatus) -> Resu
     Ok(Document { json: user_json(&user), table: format!("user '{name}' is now {}", status_name(user.status())) })
 }
 
+async fn links(client: &mut Client, name: &str) -> Result<Vec<UserLink>, CliError> {
+    validate_name(name)?;
+    let req = GetUserLinksRequest { name: name.into(), ..Default::default() };
+    let reply = client.users(req, |mut c, req| async move { c.get_user_links(req).await }).await;
+    Ok(reply.map_err(|err| no_such_user(err, name))?.links)
+}
+
+/// `{"links": [{"node_id", "protocol", "url"}]}`, as the contract fixes it.
+pub fn links_json(links: &[UserLink]) -> serde_json::Value {
+    let links: Vec<_> =
+        links.iter().map(|l| json!({ "node_id": l.node_id, "protocol": l.protocol, "url": l.url })).collect();
+    json!({ "links": links })
+}
+
+fn links_table(name: &str, links: &[UserLink]) -> String {
+    if links.is_empty() {
+        return no_links(name);
+    }
+    let header = ["NODE", "PROTOCOL", "URL"].map(String::from).to_vec();
+    let rows = links.iter().map(|l| vec![l.node_id.to_string(), l.protocol.clone(), l.url.clone()]);
+    table(&std::iter::once(header).chain(rows).collect::<Vec<_>>())
+}
+
+/// One QR code per link, each under a line naming node and protocol.
+fn qr_text(name: &str, links: &[UserLink]) -> Result<String, CliError> {
+    if links.is_empty() {
+        return Ok(no_links(name));
+    }
+    let mut out = Vec::new();
+    for link in links {
+        let code = crate::qr::render(&link.url).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+        out.push(format!("node {} {}:\n{code}\n{}", link.node_id, link.protocol, link.url));
+    }
+    Ok(out.join("\n\n"))
+}
+
+fn no_links(name: &str) -> String {
+    format!("user '{name}' has no links yet: no data-plane node serves it (see `vpnctl node list`)")
+}
+
 fn user_document(user: &User) -> Document {
     Document { json: user_json(user), table: user_table(user) }
 }
@@ -136,6 +185,34 @@ fn no_such_user(err: CliError, name: &str) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn link(node_id: u64, protocol: &str, url: &str) -> UserLink {
+        UserLink { node_id, protocol: protocol.into(), url: url.into() }
+    }
+
+    #[test]
+    fn links_json_has_the_contract_shape() {
+        let links = [link(1, "vless-tls", "vless://u@h:443#a"), link(2, "shadowsocks-2022", "ss://m:p@h:8388#a")];
+        assert_eq!(
+            links_json(&links),
+            json!({"links": [
+                {"node_id": 1, "protocol": "vless-tls", "url": "vless://u@h:443#a"},
+                {"node_id": 2, "protocol": "shadowsocks-2022", "url": "ss://m:p@h:8388#a"},
+            ]})
+        );
+        assert_eq!(links_json(&[]), json!({"links": []}));
+    }
+
+    #[test]
+    fn link_tables_and_qr_codes_name_node_and_protocol() {
+        let links = [link(3, "vless-tls", "vless://u@h:443#a")];
+        assert_eq!(links_table("alice", &links), "NODE  PROTOCOL   URL\n3     vless-tls  vless://u@h:443#a");
+        let qr = qr_text("alice", &links).expect("qr");
+        assert!(qr.starts_with("node 3 vless-tls:\n"), "{qr}");
+        assert!(qr.ends_with("vless://u@h:443#a"), "{qr}");
+        assert!(qr.contains('█'));
+        assert!(links_table("alice", &[]).contains("no links yet"));
+    }
 
     #[test]
     fn valid_names_pass() {

@@ -1,0 +1,153 @@
+//! A data-plane node against the machine's real Docker engine: it joins as a
+//! learner, registers its inbounds, its engines catch up with the cluster's
+//! state, `vpnctl node list` shows it and `vpnctl user links` gives links a
+//! URL parser reads back with the right keys. (Traffic through the engines is
+//! the end-to-end tests' job.)
+
+use std::time::Duration;
+
+use cluster_tests::cli::{vpnctl, Run};
+use cluster_tests::docker::{self, Engines, ENGINE_IMAGE};
+use cluster_tests::net::free_port;
+use cluster_tests::{eventually, Cluster};
+use serde_json::Value;
+use url::Url;
+
+/// First start pulls nothing but runs `sing-box check` containers: allow time.
+const ENGINES_UP: Duration = Duration::from_secs(120);
+
+fn ok(run: Run, what: &str) -> Run {
+    assert_eq!(run.code, 0, "{what}: {}", run.stderr);
+    run
+}
+
+/// The node `id` from `node list -o json`, once its engines applied the
+/// cluster's current generation and it serves `users` users.
+async fn caught_up(eps: &str, id: u64, users: u64) -> Value {
+    eventually("the data-plane node caught up", ENGINES_UP, || async {
+        let list = vpnctl(eps, &["-o", "json", "node", "list"]);
+        if list.code != 0 {
+            return Err(list.stderr);
+        }
+        let doc = list.json();
+        let node = doc["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == id).cloned());
+        let node = node.ok_or(format!("node {id} not listed: {doc}"))?;
+        let (applied, desired) = (node["applied_generation"].as_u64(), node["desired_generation"].as_u64());
+        if node["users"] == users && applied.is_some() && applied == desired {
+            Ok(node)
+        } else {
+            Err(format!("not there yet: {node}"))
+        }
+    })
+    .await
+}
+
+fn query(url: &Url, key: &str) -> Option<String> {
+    url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_node_list_and_user_links() {
+    if !docker::available("docker_node_list_and_user_links") {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]).await;
+    let id = docker::unique_node_id();
+    let engines = Engines { owner: id };
+    let (tls_port, ss_port) = (free_port(), free_port());
+    let (tls, ss) = (format!("vless-tls={tls_port}"), format!("shadowsocks-2022={ss_port}"));
+    let flags = ["--dataplane", "--public-host", "127.0.0.1", "--inbound", &tls, "--inbound", &ss];
+    let extra =
+        [&flags[..], &["--engine-image", ENGINE_IMAGE, "--tls-server-name", "vpn.test", "--labels", "region=test"]];
+    cluster.add_joining_node(id, &extra.concat()).start();
+    let eps = cluster.endpoints();
+    ok(vpnctl(&eps, &["user", "add", "alice"]), "add alice");
+
+    let node = caught_up(&eps, id, 1).await;
+    assert_eq!(node["public_host"], "127.0.0.1");
+    assert_eq!(node["status"], "ready");
+    assert_eq!(node["labels"]["region"], "test");
+    let inbounds: Vec<(String, u64)> = node["inbounds"]
+        .as_array()
+        .expect("inbounds")
+        .iter()
+        .map(|i| (i["protocol"].as_str().unwrap_or_default().to_owned(), i["port"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(inbounds, [("vless-tls".into(), u64::from(tls_port)), ("shadowsocks-2022".into(), u64::from(ss_port))]);
+    let status = ok(vpnctl(&eps, &["-o", "json", "cluster", "status"]), "cluster status").json();
+    let role = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id).map(|m| m["role"].clone()));
+    assert_eq!(role, Some("learner".into()), "a data-plane node joins as a learner: {status}");
+    assert_eq!(engines.running().len(), 2, "one engine container per inbound");
+
+    // Every link parses back, with alice's own keys and the node's public parameters.
+    let alice = ok(vpnctl(&eps, &["-o", "json", "user", "show", "alice"]), "show alice").json();
+    let links = ok(vpnctl(&eps, &["-o", "json", "user", "links", "alice"]), "links").json()["links"].clone();
+    let links = links.as_array().expect("links array");
+    assert_eq!(links.len(), 2, "one link per node and inbound: {links:?}");
+    for link in links {
+        assert_eq!(link["node_id"], id);
+        let url = Url::parse(link["url"].as_str().expect("url")).expect("a parseable link");
+        assert_eq!(url.host_str(), Some("127.0.0.1"));
+        match link["protocol"].as_str() {
+            Some("shadowsocks-2022") => {
+                assert_eq!(
+                    (url.scheme(), url.username(), url.port()),
+                    ("ss", "2022-blake3-aes-128-gcm", Some(ss_port))
+                );
+                let password = percent_decode(url.password().expect("password"));
+                let (server_key, user_key) = password.split_once(':').expect("<server key>:<user key>");
+                assert_eq!(user_key, alice["credentials"]["ss2022_key"]);
+                assert_eq!(server_key.len(), 24, "16 bytes of base64: {server_key}");
+            }
+            Some("vless-tls") => {
+                assert_eq!((url.scheme(), url.port()), ("vless", Some(tls_port)));
+                assert_eq!(url.username(), alice["credentials"]["vless_uuid"]);
+                assert_eq!(query(&url, "sni").as_deref(), Some("vpn.test"));
+                assert_eq!(query(&url, "security").as_deref(), Some("tls"));
+                assert_eq!(query(&url, "flow").as_deref(), Some("xtls-rprx-vision"));
+                assert_eq!(query(&url, "pcs").map(|p| p.len()), Some(64), "the self-signed certificate is pinned");
+            }
+            other => panic!("unexpected protocol {other:?}"),
+        }
+    }
+    let qr = vpnctl(&eps, &["user", "qr", "alice"]);
+    assert_eq!(qr.code, 0, "{}", qr.stderr);
+    assert!(qr.stdout.contains('█') && qr.stdout.contains("vless://"), "{}", qr.stdout);
+
+    // A disabled user has no links, and the node stops serving it.
+    ok(vpnctl(&eps, &["user", "add", "bob"]), "add bob");
+    ok(vpnctl(&eps, &["user", "disable", "alice"]), "disable");
+    let refused = vpnctl(&eps, &["user", "links", "alice"]);
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(refused.stderr.contains("disabled"), "{}", refused.stderr);
+    caught_up(&eps, id, 1).await;
+    let applied = cluster.metric(id, "vpn_dataplane_applied_generation").await.expect("metric");
+    let desired = cluster.metric(id, "vpn_dataplane_desired_generation").await.expect("metric");
+    assert!(applied >= 1.0 && applied == desired, "applied {applied}, desired {desired}");
+
+    // vpnd exiting never stops the engines; restarted while every voter is
+    // down, the node serves its last state again (no leader needed).
+    let exit = cluster.node_mut(id).terminate(Duration::from_secs(20));
+    assert!(exit.success(), "{exit:?}");
+    let containers = engines.running();
+    assert_eq!(containers.len(), 2, "the engines outlive vpnd");
+    for voter in 1..=3 {
+        cluster.node_mut(voter).kill9();
+    }
+    cluster.node_mut(id).start();
+    eventually("the restarted node serves its last state", ENGINES_UP, || async {
+        let now = cluster.metric(id, "vpn_dataplane_applied_generation").await?;
+        let users = cluster.metric(id, "vpn_runtime_engine_users").await?;
+        if now == desired && users == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("applied {now}, engine users {users}"))
+        }
+    })
+    .await;
+    assert_eq!(engines.running(), containers, "adopted, not recreated");
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}

@@ -1,0 +1,144 @@
+//! The node agent of a data-plane node (`vpnd --dataplane`): makes the
+//! node's secrets, registers its offer through the cluster, turns the local
+//! replicated state into the runtime's [`DesiredState`] and hands it to the
+//! reconciler, and reports back what the engines applied.
+//!
+//! The desired state is built from this node's own copy of the replicated
+//! state, so when the leader (or every other node) is away the engines keep
+//! serving the last state this node applied: nothing here clears it. Until
+//! this node's registration is in that copy the reconciler is given no state
+//! at all (it then touches nothing).
+//! Stopping vpnd stops the reconciler, never the engine containers.
+//!
+//! Layout:
+//! - `secrets`: the node's keys and certificate in `<data-dir>/dataplane/`.
+//! - `desired`: pure builders of the offer and the desired state.
+//! - `report`: registration and applied-generation reports through the leader.
+
+mod desired;
+mod report;
+mod secrets;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vpn_runtime::desired::{DesiredState, InboundSpec};
+use vpn_runtime::{Reconciler, ReconcilerHandle, RuntimeConfig};
+
+use self::secrets::Secrets;
+use crate::config::DataplaneConfig;
+use crate::error::Error;
+use crate::node::Node;
+use crate::observer::as_i64;
+
+/// Where the agent keeps its files, under the data dir.
+const DIR: &str = "dataplane";
+
+/// A running agent: its reconciler and its tasks.
+pub struct Agent {
+    reconciler: ReconcilerHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// After `shutdown` turned true: lets a reconcile in flight finish (the
+    /// runtime bounds that), then ends the agent's tasks. Engines keep running.
+    pub async fn stopped(self) {
+        self.reconciler.stopped().await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the agent: secrets, the reconciler (a Docker it cannot reach is an
+/// error here, at startup), registration, the state follower and the
+/// reporter. Everything stops when `shutdown` turns true.
+pub async fn start(
+    node: &Arc<Node>,
+    config: &DataplaneConfig,
+    data_dir: &Path,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Agent, Error> {
+    let dir = data_dir.join(DIR);
+    let secrets = Secrets::load_or_create(&dir, config)?;
+    let inbounds = desired::inbound_specs(config, &secrets);
+    let (desired_gauge, applied_gauge) = (Gauge::default(), Gauge::default());
+    node.metrics.register_with(|r| {
+        r.register(
+            "dataplane_desired_generation",
+            "Generation of the replicated state this node's engines should serve",
+            desired_gauge.clone(),
+        );
+        r.register(
+            "dataplane_applied_generation",
+            "Generation this node's engines last applied",
+            applied_gauge.clone(),
+        );
+    });
+    let initial = node.state.read(|s| desired::desired(s, node.id, &inbounds));
+    desired_gauge.set(initial.as_ref().map_or(0, |d| as_i64(d.generation)));
+    let (desired_tx, desired_rx) = watch::channel(initial);
+
+    let mut runtime = RuntimeConfig::new(node.id, &config.engine_image, dir.join("engines"));
+    runtime.resync = config.resync;
+    runtime.docker_host = config.docker_host.clone();
+    let reconciler = Reconciler::start(runtime, desired_rx, shutdown.clone()).await?;
+    node.metrics.register_with(|r| reconciler.metrics.register(r));
+    tracing::info!(image = %config.engine_image, inbounds = inbounds.len(), "data-plane agent started");
+
+    let offer = desired::offer(node.id, config, &secrets);
+    let status = reconciler.status.clone();
+    let tasks = vec![
+        tokio::spawn(report::register(node.clone(), offer, shutdown.clone())),
+        tokio::spawn(follow(node.clone(), inbounds, desired_tx, desired_gauge, config.resync, shutdown.clone())),
+        tokio::spawn(report::report_applied(node.clone(), status, applied_gauge, shutdown)),
+    ];
+    Ok(Agent { reconciler, tasks })
+}
+
+/// Rebuilds the desired state whenever this node applied new log entries,
+/// and on every resync tick, publishing it only when it changed.
+async fn follow(
+    node: Arc<Node>,
+    inbounds: Vec<InboundSpec>,
+    desired_tx: watch::Sender<Option<DesiredState>>,
+    desired_gauge: Gauge,
+    resync: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut raft = node.raft.metrics();
+    let mut applied = raft.borrow().last_applied;
+    let mut tick = tokio::time::interval(resync);
+    loop {
+        tokio::select! {
+            changed = raft.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = raft.borrow_and_update().last_applied;
+                if now == applied {
+                    continue;
+                }
+                applied = now;
+            }
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let next = node.state.read(|s| desired::desired(s, node.id, &inbounds));
+        if let Some(d) = &next {
+            desired_gauge.set(as_i64(d.generation));
+        }
+        desired_tx.send_if_modified(|current| {
+            let changed = *current != next;
+            if changed {
+                *current = next;
+            }
+            changed
+        });
+    }
+}
