@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use vpn_proto::internal::raft_server::RaftServer;
 use vpn_proto::v1::cluster_server::ClusterServer;
 use vpn_proto::v1::nodes_server::NodesServer;
@@ -122,7 +122,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stop_rx.clone()));
+        // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms tails).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
     let mut grpc_task = tokio::spawn(grpc);
     let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let http_task = tokio::spawn(async move { http.await });
@@ -201,19 +205,25 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
+/// A future that resolves on SIGTERM or Ctrl-C. The SIGTERM handler is
+/// installed by this call, not when the future is first polled: a SIGTERM that
+/// arrives while the node is still starting must stop it gracefully too.
+/// Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -243,8 +253,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result: Result<(), Error> = runtime.block_on(async {
+        let stop = shutdown_signal();
         let listeners = Listeners::bind(&config).await?;
-        run(config, listeners, shutdown_signal()).await
+        run(config, listeners, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

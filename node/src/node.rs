@@ -166,10 +166,15 @@ impl Node {
     }
 
     pub async fn readiness(&self) -> Readiness {
+        let lease = self.raft.config().election_timeout_max;
         let (leader, applied) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            (m.current_leader, m.last_applied.map_or(0, |l| l.index))
+            // A node that believes it leads counts as a known leader only while
+            // a quorum keeps acknowledging it: a restarted old leader restores
+            // its vote and claims leadership until it hears the new term.
+            let confirmed = m.current_leader != Some(self.id) || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease);
+            (m.current_leader.filter(|_| confirmed), m.last_applied.map_or(0, |l| l.index))
         };
         let committed = self.raft.with_raft_state(|s| s.committed.map_or(0, |l| l.index)).await.unwrap_or(u64::MAX);
         Readiness { leader, applied, committed }

@@ -67,7 +67,7 @@ pub struct Args {
     /// One self-bootstrapping node on 127.0.0.1:7000 (HTTP :7080), data in ./vpn-data.
     #[arg(long)]
     pub dev: bool,
-    /// Raft heartbeat interval in milliseconds (default 50).
+    /// Raft heartbeat interval in milliseconds (default 100; also the AppendEntries timeout).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
     /// Lower bound of the randomized election timeout in ms (default 300).
@@ -139,7 +139,7 @@ pub struct RaftTimings {
 
 impl Default for RaftTimings {
     fn default() -> Self {
-        Self { heartbeat_ms: 50, election_timeout_min_ms: 300, election_timeout_max_ms: 600, snapshot_every: 10_000 }
+        Self { heartbeat_ms: 100, election_timeout_min_ms: 300, election_timeout_max_ms: 600, snapshot_every: 10_000 }
     }
 }
 
