@@ -101,8 +101,9 @@ pub async fn start(
     Ok(Agent { reconciler, tasks })
 }
 
-/// Rebuilds the desired state whenever this node applied new log entries,
-/// and on every resync tick, publishing it only when it changed.
+/// Rebuilds the desired state whenever the replicated state's generation
+/// moved (the cheap check runs on every applied entry; the rebuild walks every
+/// user) and on every resync tick, publishing it only when it changed.
 async fn follow(
     node: Arc<Node>,
     inbounds: Vec<InboundSpec>,
@@ -112,7 +113,7 @@ async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut raft = node.raft.metrics();
-    let mut applied = raft.borrow().last_applied;
+    let mut built = None;
     let mut tick = tokio::time::interval(resync);
     loop {
         tokio::select! {
@@ -120,15 +121,15 @@ async fn follow(
                 if changed.is_err() {
                     return;
                 }
-                let now = raft.borrow_and_update().last_applied;
-                if now == applied {
+                raft.borrow_and_update();
+                if built == Some(node.state.read(|s| s.generation)) {
                     continue;
                 }
-                applied = now;
             }
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        built = Some(node.state.read(|s| s.generation));
         let next = node.state.read(|s| desired::desired(s, node.id, &inbounds));
         if let Some(d) = &next {
             desired_gauge.set(as_i64(d.generation));
