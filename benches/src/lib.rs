@@ -14,6 +14,8 @@
 //! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
 //! - [`report`]: the printed tables.
 //! - [`criterion_summary`]: criterion's saved results as ratios to their baselines.
+//! - [`propagation`], [`reconcile_scale`]: the `propagation` binary: CreateUser
+//!   ack -> first connection through a real engine, and a node with 10,000 users.
 
 pub mod compare;
 pub mod criterion_summary;
@@ -22,6 +24,8 @@ pub mod failover;
 pub mod http;
 pub mod load;
 pub mod proc;
+pub mod propagation;
+pub mod reconcile_scale;
 pub mod report;
 pub mod single;
 pub mod vpnd;

@@ -7,10 +7,14 @@
 //!   with clients and waits on conditions (never fixed sleeps).
 //! - [`cli`]: the real `vpnctl` as a process.
 //! - [`docker`]: whether `docker_*` tests can run, and engine cleanup.
-//! - [`traffic`]: a byte source, a real sing-box client, SOCKS5 fetches through it.
+//! - [`traffic`]: a byte source, a real sing-box client, SOCKS5 fetches and
+//!   downloads through it, client outbounds from users' links.
+//! - [`dataplane`]: a cluster with data-plane nodes on real Docker, their
+//!   catch-up, users' links and clients made from them.
 
 pub mod cli;
 pub mod cluster;
+pub mod dataplane;
 pub mod docker;
 pub mod net;
 pub mod process;

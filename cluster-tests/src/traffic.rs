@@ -1,11 +1,14 @@
 //! Real traffic through the data plane: a local HTTP source of known bytes, a
-//! real sing-box client configured from a user's link, and a SOCKS5 fetch
-//! through that client.
+//! real sing-box client, its outbound made from a user's `ss://` or `vless://`
+//! link ([`outbound_from_link`]), SOCKS5 fetches through it and downloads
+//! observed while they run ([`Download`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,31 +81,55 @@ async fn serve(mut stream: TcpStream) {
 /// Fetches `http://{target}{path}` through the SOCKS5 proxy at `proxy` and
 /// checks the body: `Ok(bytes)` only when every byte is the expected one.
 pub async fn fetch_via_socks(proxy: SocketAddr, target: SocketAddr, path: &str, size: usize) -> Result<usize, String> {
+    fetch_via_socks_within(proxy, target, path, size, Duration::from_secs(60)).await
+}
+
+/// [`fetch_via_socks`] bounded by `timeout`: a server that holds a refused
+/// connection open (instead of closing it) fails the fetch at the deadline.
+pub async fn fetch_via_socks_within(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    path: &str,
+    size: usize,
+    timeout: Duration,
+) -> Result<usize, String> {
     let io = async {
-        let mut s = TcpStream::connect(proxy).await.map_err(|e| format!("connect proxy: {e}"))?;
-        s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
-        let mut greet = [0u8; 2];
-        s.read_exact(&mut greet).await.map_err(|e| format!("socks greeting: {e}"))?;
-        let ip = match target.ip() {
-            std::net::IpAddr::V4(ip) => ip.octets(),
-            std::net::IpAddr::V6(_) => return Err("IPv6 target".to_owned()),
-        };
-        let mut req = vec![5, 1, 0, 1];
-        req.extend_from_slice(&ip);
-        req.extend_from_slice(&target.port().to_be_bytes());
-        s.write_all(&req).await.map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 10];
-        s.read_exact(&mut reply).await.map_err(|e| format!("socks reply: {e}"))?;
-        if reply[1] != 0 {
-            return Err(format!("socks connect refused with code {}", reply[1]));
-        }
-        let get = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
-        s.write_all(get.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut s = request_via_socks(proxy, target, path).await?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| format!("read body: {e}"))?;
-        Ok(raw)
+        Ok::<_, String>(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(60), io).await.map_err(|_| "fetch timed out".to_owned())??;
+    let raw = tokio::time::timeout(timeout, io).await.map_err(|_| format!("fetch timed out after {timeout:?}"))??;
+    check_reply(&raw, size)
+}
+
+/// Opens a SOCKS5 tunnel through `proxy` to `target` and sends `GET path`.
+pub async fn request_via_socks(proxy: SocketAddr, target: SocketAddr, path: &str) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(proxy).await.map_err(|e| format!("connect proxy: {e}"))?;
+    s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
+    let mut greet = [0u8; 2];
+    s.read_exact(&mut greet).await.map_err(|e| format!("socks greeting: {e}"))?;
+    let ip = match target.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets(),
+        std::net::IpAddr::V6(_) => return Err("IPv6 target".to_owned()),
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&ip);
+    req.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&req).await.map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.map_err(|e| format!("socks reply: {e}"))?;
+    if reply[1] != 0 {
+        return Err(format!("socks connect refused with code {}", reply[1]));
+    }
+    let get = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    s.write_all(get.as_bytes()).await.map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Checks a raw HTTP reply from [`HttpSource`]: `Ok(size)` only when the
+/// body is exactly the `size` pattern bytes.
+fn check_reply(raw: &[u8], size: usize) -> Result<usize, String> {
     let split =
         raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP reply (connection refused by the proxy?)")?;
     let body = &raw[split + 4..];
@@ -112,6 +139,75 @@ pub async fn fetch_via_socks(proxy: SocketAddr, target: SocketAddr, path: &str, 
     match body.iter().enumerate().find(|(i, b)| **b != pattern(*i)) {
         Some((i, _)) => Err(format!("byte {i} differs")),
         None => Ok(body.len()),
+    }
+}
+
+/// A download running in the background (a live session), observable while
+/// it runs: bytes so far, whether and when it ended, and whether it was whole.
+pub struct Download {
+    size: usize,
+    received: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<Ended>>,
+}
+
+/// What a [`Download`] read (or why it stopped early), and when it ended.
+type Ended = (Result<Vec<u8>, String>, Instant);
+
+impl Download {
+    /// Starts `GET path` (`size` body bytes) through the SOCKS5 proxy at `proxy`.
+    pub fn start(proxy: SocketAddr, target: SocketAddr, path: &str, size: usize) -> Self {
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
+        let path = path.to_owned();
+        let task = tokio::spawn(async move {
+            let mut s = match request_via_socks(proxy, target, &path).await {
+                Ok(s) => s,
+                Err(e) => return (Err(e), Instant::now()),
+            };
+            let mut raw = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            // Ends on EOF or on a cut (reset): either way the session is over.
+            let end = loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        raw.extend_from_slice(&buf[..n]);
+                        counter.store(raw.len(), Ordering::Relaxed);
+                    }
+                    Err(e) => break Err(format!("cut after {} bytes: {e}", raw.len())),
+                }
+            };
+            (end.map(|()| raw), Instant::now())
+        });
+        Self { size, received, task: Some(task) }
+    }
+
+    /// Bytes received so far (header included).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// Waits (at most `timeout`) for the session to end; returns when it
+    /// ended and `Ok(size)` only when the whole body arrived intact.
+    pub async fn end(mut self, timeout: Duration) -> (Result<usize, String>, Instant) {
+        let task = self.task.take().expect("a download ends once");
+        let (raw, at) = tokio::time::timeout(timeout, task)
+            .await
+            .unwrap_or_else(|_| panic!("the download did not end within {timeout:?}"))
+            .expect("download task");
+        (raw.and_then(|raw| check_reply(&raw, self.size)), at)
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -163,5 +259,166 @@ impl Drop for SingBoxClient {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Where a data-plane node keeps the self-signed certificate of its
+/// vless-tls inbound (made on first start, see `node/src/agent/secrets.rs`).
+pub fn dataplane_cert(data_dir: &Path) -> PathBuf {
+    data_dir.join("dataplane/tls/cert.pem")
+}
+
+/// A sing-box client outbound for one link of `vpnctl user links -o json`.
+///
+/// - `ss://method:password@host:port` (SIP002, plain userinfo): method and
+///   password (`<server key>:<user key>` for Shadowsocks-2022) as given.
+/// - `vless://uuid@host:port?...`: uuid, `flow`, and `security=tls` (server
+///   name from `sni`) or `security=reality` (`pbk`, `sid`, uTLS `fp`).
+///   sing-box cannot pin a certificate's hash (its pin is of the public key),
+///   so a self-signed certificate is trusted through `tls_cert` (the node's
+///   [`dataplane_cert`]); without it the link's `allowInsecure=1` is obeyed.
+///
+/// Panics with the link when it is not one of these forms (a test fixture).
+pub fn outbound_from_link(url: &str, tls_cert: Option<&Path>) -> serde_json::Value {
+    use serde_json::json;
+    let link = url::Url::parse(url).unwrap_or_else(|e| panic!("not a link ({e}): {url}"));
+    let server = match link.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => panic!("no host in {url}"),
+    };
+    let port = link.port().unwrap_or_else(|| panic!("no port in {url}"));
+    let query: std::collections::HashMap<String, String> = link.query_pairs().into_owned().collect();
+    let param = |key: &str| query.get(key).cloned();
+    let tag = link.fragment().map(decode).unwrap_or_else(|| "proxy".to_owned());
+    match link.scheme() {
+        "ss" => {
+            let password = link.password().unwrap_or_else(|| {
+                panic!("only the plain SIP002 form (ss://method:password@host:port) is supported: {url}")
+            });
+            json!({
+                "type": "shadowsocks", "tag": tag, "server": server, "server_port": port,
+                "method": decode(link.username()), "password": decode(password),
+            })
+        }
+        "vless" => {
+            let mut out = json!({
+                "type": "vless", "tag": tag, "server": server, "server_port": port,
+                "uuid": decode(link.username()),
+            });
+            if let Some(flow) = param("flow").filter(|f| !f.is_empty()) {
+                out["flow"] = json!(flow);
+            }
+            match param("type").as_deref() {
+                None | Some("tcp") => {}
+                Some(other) => panic!("transport {other:?} is not supported: {url}"),
+            }
+            let sni = param("sni").unwrap_or_else(|| server.clone());
+            match param("security").as_deref() {
+                None | Some("none") => {}
+                Some("tls") => {
+                    let mut tls = json!({"enabled": true, "server_name": sni});
+                    match tls_cert {
+                        Some(cert) => tls["certificate_path"] = json!(cert),
+                        None if param("allowInsecure").as_deref() == Some("1") => tls["insecure"] = json!(true),
+                        None => {}
+                    }
+                    out["tls"] = tls;
+                }
+                Some("reality") => {
+                    let need = |key: &str| param(key).unwrap_or_else(|| panic!("reality link without {key}: {url}"));
+                    out["tls"] = json!({
+                        "enabled": true, "server_name": sni,
+                        "utls": {"enabled": true, "fingerprint": param("fp").unwrap_or_else(|| "chrome".to_owned())},
+                        "reality": {"enabled": true, "public_key": need("pbk"), "short_id": param("sid").unwrap_or_default()},
+                    });
+                }
+                Some(other) => panic!("security {other:?} is not supported: {url}"),
+            }
+            out
+        }
+        other => panic!("scheme {other:?} is not supported: {url}"),
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_shadowsocks_2022_link_gives_method_and_both_keys() {
+        let link = "ss://2022-blake3-aes-128-gcm:c2VydmVyLWtleS0xNmJ5dA%3D%3D%3Aab%2B%2Fcd%2B%2Fef%2B%2Fgh%2B%2Fij%2B%2Fkw%3D%3D\
+                    @127.0.0.1:8388#alice-node3-shadowsocks-2022";
+        assert_eq!(
+            outbound_from_link(link, None),
+            json!({
+                "type": "shadowsocks", "tag": "alice-node3-shadowsocks-2022",
+                "server": "127.0.0.1", "server_port": 8388,
+                "method": "2022-blake3-aes-128-gcm",
+                "password": "c2VydmVyLWtleS0xNmJ5dA==:ab+/cd+/ef+/gh+/ij+/kw==",
+            })
+        );
+    }
+
+    const VLESS_TLS: &str = "vless://0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10@203.0.113.7:443?encryption=none\
+                             &flow=xtls-rprx-vision&security=tls&sni=vpn.example.com&type=tcp&allowInsecure=1\
+                             &pcs=abab#alice-node3-vless-tls";
+
+    #[test]
+    fn a_vless_tls_link_trusts_the_nodes_certificate_file() {
+        let cert = Path::new("/data/node-3/dataplane/tls/cert.pem");
+        assert_eq!(
+            outbound_from_link(VLESS_TLS, Some(cert)),
+            json!({
+                "type": "vless", "tag": "alice-node3-vless-tls",
+                "server": "203.0.113.7", "server_port": 443,
+                "uuid": "0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10", "flow": "xtls-rprx-vision",
+                "tls": {"enabled": true, "server_name": "vpn.example.com", "certificate_path": cert},
+            })
+        );
+        assert_eq!(dataplane_cert(Path::new("/data/node-3")), cert);
+    }
+
+    #[test]
+    fn without_the_certificate_file_the_links_allow_insecure_is_obeyed() {
+        let tls = &outbound_from_link(VLESS_TLS, None)["tls"];
+        assert_eq!(tls, &json!({"enabled": true, "server_name": "vpn.example.com", "insecure": true}));
+        let ca_signed = VLESS_TLS.replace("&allowInsecure=1", "");
+        let tls = &outbound_from_link(&ca_signed, None)["tls"];
+        assert_eq!(
+            tls,
+            &json!({"enabled": true, "server_name": "vpn.example.com"}),
+            "checked against the system roots"
+        );
+    }
+
+    #[test]
+    fn a_vless_reality_link_on_ipv6_gives_key_short_id_and_fingerprint() {
+        let link = "vless://0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10@[2001:db8::1]:8443?encryption=none\
+                    &flow=xtls-rprx-vision&security=reality&sni=www.example.org&fp=chrome\
+                    &pbk=jNXHt1yRo0vDuchQlIP6Z0ZvjT3KtzVI-T4E7RoLJS0&sid=0123abcd&type=tcp#a";
+        let out = outbound_from_link(link, None);
+        assert_eq!((&out["server"], &out["server_port"]), (&json!("2001:db8::1"), &json!(8443)));
+        assert_eq!(
+            out["tls"],
+            json!({
+                "enabled": true, "server_name": "www.example.org",
+                "utls": {"enabled": true, "fingerprint": "chrome"},
+                "reality": {"enabled": true, "public_key": "jNXHt1yRo0vDuchQlIP6Z0ZvjT3KtzVI-T4E7RoLJS0", "short_id": "0123abcd"},
+            })
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not supported")]
+    fn an_unknown_scheme_is_refused_loudly() {
+        outbound_from_link("trojan://secret@127.0.0.1:443#t", None);
     }
 }

@@ -1,0 +1,209 @@
+//! A cluster with data-plane nodes on the machine's real Docker engine, for
+//! the end-to-end traffic tests: voters formed by `--initial-members`,
+//! data-plane nodes that join as learners with inbounds on free ports, waits
+//! until their engines applied the cluster's state, users' links, and real
+//! sing-box clients built from those links.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::{vpnctl, Run};
+use crate::cluster::{http_get, CONVERGE};
+use crate::docker::{unique_node_id, Engines, ENGINE_IMAGE};
+use crate::net::free_port;
+use crate::traffic::{dataplane_cert, outbound_from_link, SingBoxClient};
+use crate::{eventually, Cluster};
+
+/// First start runs `sing-box check` containers and creates the engines:
+/// generous on a loaded 2-core machine.
+pub const ENGINES_UP: Duration = Duration::from_secs(120);
+/// The TLS server name the data-plane nodes' certificates are made for.
+pub const SERVER_NAME: &str = "vpn.test";
+
+/// One data-plane node: its id and the port of each inbound.
+#[derive(Clone, Debug)]
+pub struct DataplaneNode {
+    pub id: u64,
+    pub inbounds: Vec<(String, u16)>,
+}
+
+/// One entry of `vpnctl -o json user links`.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub node_id: u64,
+    pub protocol: String,
+    pub url: String,
+}
+
+/// A [`Cluster`] plus data-plane nodes. Dropping it kills every vpnd first
+/// and then removes the nodes' engine containers (so no vpnd recreates one).
+pub struct DataplaneCluster {
+    pub cluster: Cluster,
+    engines: Vec<Engines>,
+}
+
+impl DataplaneCluster {
+    /// `voters` voters that agree on a leader, no data-plane node yet.
+    pub async fn start(voters: u64) -> Self {
+        let mut cluster = Cluster::new(voters, &[]);
+        for node in cluster.nodes.values_mut() {
+            node.start();
+        }
+        // As `Cluster::start`, but a node that never gets ready fails the test with its log.
+        let ready = tokio::time::timeout(CONVERGE, async {
+            for node in cluster.nodes.values() {
+                while !matches!(http_get(node.http, "/readyz").await, Ok((200, _))) {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        })
+        .await;
+        if ready.is_err() {
+            let logs: Vec<String> =
+                cluster.nodes.values().map(|n| format!("--- node {} log\n{}", n.id, n.log_tail())).collect();
+            panic!("the voters were not ready within {CONVERGE:?}:\n{}", logs.join("\n"));
+        }
+        cluster.wait_leader().await;
+        Self { cluster, engines: Vec::new() }
+    }
+
+    /// Starts a data-plane node (a learner joining through the voters) with
+    /// one inbound per protocol in `protocols`, each on a free port, public
+    /// host 127.0.0.1 and the engine image the tests build.
+    pub fn add_node(&mut self, protocols: &[&str]) -> DataplaneNode {
+        let id = loop {
+            let id = unique_node_id();
+            if !self.cluster.nodes.contains_key(&id) {
+                break id;
+            }
+        };
+        self.engines.push(Engines { owner: id });
+        let inbounds: Vec<(String, u16)> = protocols.iter().map(|p| ((*p).to_owned(), free_port())).collect();
+        let mut flags: Vec<String> =
+            ["--dataplane", "--public-host", "127.0.0.1", "--engine-image", ENGINE_IMAGE].map(String::from).to_vec();
+        for (protocol, port) in &inbounds {
+            flags.extend(["--inbound".to_owned(), format!("{protocol}={port}")]);
+        }
+        if protocols.contains(&"vless-tls") {
+            flags.extend(["--tls-server-name".to_owned(), SERVER_NAME.to_owned()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.cluster.add_joining_node(id, &flags).start();
+        DataplaneNode { id, inbounds }
+    }
+
+    /// Ids of node `id`'s running engine containers.
+    pub fn engines(&self, id: u64) -> Vec<String> {
+        let guard = self.engines.iter().find(|e| e.owner == id);
+        guard.unwrap_or_else(|| panic!("{id} is not a data-plane node of this cluster")).running()
+    }
+
+    /// Comma-separated gRPC addresses of every node (for vpnctl --endpoints).
+    pub fn endpoints(&self) -> String {
+        self.cluster.endpoints()
+    }
+
+    /// `vpnctl <args>` against this cluster, off the async workers (it blocks).
+    pub async fn vpnctl(&self, args: &[&str]) -> Run {
+        let eps = self.endpoints();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || vpnctl(&eps, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .expect("vpnctl task")
+    }
+
+    /// `vpnctl <args>` that must succeed.
+    pub async fn ok(&self, args: &[&str]) -> Run {
+        let run = self.vpnctl(args).await;
+        assert_eq!(run.code, 0, "vpnctl {}: {}", args.join(" "), run.stderr);
+        run
+    }
+
+    /// Waits until node `id` serves `users` users and its engines applied the
+    /// generation the cluster wants them to (as `vpnctl node list` reports).
+    pub async fn caught_up(&self, id: u64, users: u64) -> Value {
+        eventually(&format!("data-plane node {id} to serve {users} users"), ENGINES_UP, || async {
+            let list = self.vpnctl(&["-o", "json", "node", "list"]).await;
+            if list.code != 0 {
+                return Err(list.stderr);
+            }
+            let doc = list.json();
+            let node = doc["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == id).cloned());
+            let node = node.ok_or(format!("node {id} not listed: {doc}"))?;
+            let (applied, desired) = (node["applied_generation"].as_u64(), node["desired_generation"].as_u64());
+            if node["users"] == users && applied.is_some() && applied == desired {
+                Ok(node)
+            } else {
+                Err(format!("not there yet: {node}"))
+            }
+        })
+        .await
+    }
+
+    /// The user's links, from `vpnctl -o json user links <name>`.
+    pub async fn links(&self, name: &str) -> Vec<Link> {
+        let doc = self.ok(&["-o", "json", "user", "links", name]).await.json();
+        let links = doc["links"].as_array().unwrap_or_else(|| panic!("no links array: {doc}"));
+        links
+            .iter()
+            .map(|l| Link {
+                node_id: l["node_id"].as_u64().unwrap_or_else(|| panic!("node_id in {l}")),
+                protocol: l["protocol"].as_str().unwrap_or_else(|| panic!("protocol in {l}")).to_owned(),
+                url: l["url"].as_str().unwrap_or_else(|| panic!("url in {l}")).to_owned(),
+            })
+            .collect()
+    }
+
+    /// The user's one link for `protocol` on node `id`.
+    pub async fn link(&self, name: &str, id: u64, protocol: &str) -> Link {
+        let links = self.links(name).await;
+        let found = links.iter().find(|l| l.node_id == id && l.protocol == protocol).cloned();
+        found.unwrap_or_else(|| panic!("{name} has no {protocol} link on node {id}: {links:?}"))
+    }
+
+    /// A real sing-box client configured from `link` alone, trusting the
+    /// node's self-signed certificate through its file.
+    pub async fn client(&self, link: &Link) -> SingBoxClient {
+        let cert = dataplane_cert(&self.cluster.node(link.node_id).data_dir);
+        SingBoxClient::start(outbound_from_link(&link.url, Some(&cert))).await
+    }
+
+    /// A metric of node `id` (see [`Cluster::metric`]).
+    pub async fn metric(&self, id: u64, name: &str) -> Result<f64, String> {
+        self.cluster.metric(id, name).await
+    }
+
+    /// The last log lines of node `id`, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        self.cluster.node(id).log_tail()
+    }
+
+    /// For failure messages: node `id`'s log tail, its engine containers and
+    /// their last log lines.
+    pub fn diagnose(&self, id: u64) -> String {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker").args(args).output().map_or_else(
+                |e| format!("(docker {}: {e})", args.join(" ")),
+                |o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            )
+        };
+        let filter = format!("label=vpn.owner-node={id}");
+        let names = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
+        let mut out = format!("--- node {id} log\n{}\n--- engines\n", self.log_tail(id));
+        out.push_str(&docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}} {{.Status}}"]));
+        for name in names.lines() {
+            out.push_str(&format!("--- {name} log\n{}", docker(&["logs", "--tail", "20", name])));
+        }
+        out
+    }
+}
+
+impl Drop for DataplaneCluster {
+    fn drop(&mut self) {
+        for node in self.cluster.nodes.values_mut() {
+            node.kill9();
+        }
+        self.engines.clear();
+    }
+}
