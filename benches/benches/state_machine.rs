@@ -3,8 +3,9 @@
 //! - `apply_create_user_1000`: the pure `command::apply` on a `State`, against
 //!   a plain `BTreeMap` insert of the same users (the floor for this layout).
 //! - `sm_apply_sled`: openraft's `RaftStateMachine::apply` on the real store
-//!   (`vpn_storage::open` in a temp dir: in-memory state + one sled batch per
-//!   call), against a bare sled `apply_batch` of the same JSON-encoded users.
+//!   (`vpn_storage::open` in a temp dir: in-memory state, changes queued to
+//!   the thread that writes them to sled in coalesced batches), against a
+//!   bare sled `apply_batch` of the same JSON-encoded users.
 //! - `command_codec`: the JSON encoding a CreateUser entry carries in the log.
 
 use std::collections::BTreeMap;

@@ -95,7 +95,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let raft = Raft::new(config.id, raft::raft_config(&config.raft)?, network, log, sm)
         .await
         .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
-    let node = Arc::new(Node { id: config.id, identity, raft, state, metrics, peers });
+    let proposer = vpn_storage::Proposer::new(raft.clone());
+    let node = Arc::new(Node { id: config.id, identity, raft, proposer, state, metrics, peers });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = match &config.dataplane {

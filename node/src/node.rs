@@ -12,7 +12,7 @@ use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{RaftPayload, ReadIndexRequest};
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::types::{NodeId, Raft};
-use vpn_storage::StateReader;
+use vpn_storage::{Proposer, StateReader};
 
 use crate::error::Error;
 use crate::identity::Identity;
@@ -28,6 +28,8 @@ pub struct Node {
     pub id: NodeId,
     pub identity: Identity,
     pub raft: Raft,
+    /// Batches concurrent proposals into one log entry (group commit above the log).
+    pub proposer: Proposer,
     pub state: StateReader,
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Peers>,
@@ -88,7 +90,7 @@ impl Node {
     /// Proposes `cmd` on this node (the leader) and waits for commit and apply.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Error> {
         let started = Instant::now();
-        let result = self.raft.client_write(cmd).await;
+        let result = self.proposer.client_write(cmd).await;
         self.metrics.proposal_duration.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(r) if matches!(r.data, CommandResponse::Refused(_)) => "refused",

@@ -33,6 +33,9 @@ pub enum Command {
         node: NodeId,
         generation: u64,
     },
+    /// Several independent proposals in one log entry (see `proposer`): each
+    /// is applied in order, as if it had its own entry.
+    Batch(Vec<Command>),
 }
 
 /// The result of applying a [`Command`]. Refusals are results, not errors: the
@@ -48,6 +51,8 @@ pub enum CommandResponse {
     Refused(Refusal),
     /// The response of a blank or membership entry.
     None,
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -126,6 +131,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 CommandResponse::AppliedRecorded
             }
         },
+        Command::Batch(cmds) => CommandResponse::Batch(cmds.iter().map(|c| apply(state, c)).collect()),
     }
 }
 
@@ -212,6 +218,20 @@ mod tests {
         apply(&mut state, &Command::ReportApplied { node: 9, generation: 5 });
         apply(&mut state, &Command::ReportApplied { node: 9, generation: 2 });
         assert_eq!(state.dataplane_nodes[&9].applied_generation, 5);
+    }
+
+    #[test]
+    fn a_batch_applies_like_its_commands_one_by_one() {
+        let cmds = vec![
+            Command::CreateUser(User::new("ann".into(), 1)),
+            Command::CreateUser(User::new("ann".into(), 2)),
+            Command::UpdateUser { name: "ann".into(), status: Some(UserStatus::Disabled) },
+            Command::DeleteUser { name: "zed".into() },
+        ];
+        let (mut one_by_one, mut batched) = (State::default(), State::default());
+        let expected = apply_all(&mut one_by_one, &cmds);
+        assert_eq!(apply(&mut batched, &Command::Batch(cmds)), CommandResponse::Batch(expected));
+        assert_eq!(batched, one_by_one);
     }
 
     #[test]

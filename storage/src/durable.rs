@@ -1,5 +1,5 @@
-//! The sled database with a real durability point, and the group-commit
-//! flusher that acknowledges appended log entries only after it.
+//! The sled database (the state machine's tree and the store id) with a real
+//! durability point.
 //!
 //! sled's `flush()` ends in `sync_file_range`, which does not flush the disk's
 //! write cache. [`DurableDb::sync`] follows it with `fdatasync` on sled's data
@@ -12,15 +12,11 @@ use std::fs::{self, File};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
-
-use openraft::storage::LogFlushed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::OpenError;
 use crate::store_id;
-use crate::types::TypeConfig;
 
 /// A cheap handle to the one sled database of a data dir.
 #[derive(Clone)]
@@ -33,10 +29,6 @@ struct Inner {
     dir: PathBuf,
     /// Blob files already synced; sled creates each once and never rewrites it.
     synced_blobs: Mutex<HashSet<OsString>>,
-    syncs: AtomicU64,
-    /// Lets unit tests hold the flusher in the middle of a sync.
-    #[cfg(test)]
-    gate: Mutex<()>,
 }
 
 impl DurableDb {
@@ -56,15 +48,7 @@ impl DurableDb {
             .and_then(|()| sync_dir(dir));
         made_durable.map_err(|e| OpenError::from_io(&path, e))?;
 
-        let db = Self(Arc::new(Inner {
-            db,
-            data_file,
-            dir: path,
-            synced_blobs: Mutex::new(HashSet::new()),
-            syncs: AtomicU64::new(0),
-            #[cfg(test)]
-            gate: Mutex::new(()),
-        }));
+        let db = Self(Arc::new(Inner { db, data_file, dir: path, synced_blobs: Mutex::new(HashSet::new()) }));
         store_id::check(&db)?;
         Ok(db)
     }
@@ -80,23 +64,9 @@ impl DurableDb {
 
     /// Makes every write before this call durable: sled flush, then fdatasync.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        #[cfg(test)]
-        let _gate = self.0.gate.lock().unwrap_or_else(PoisonError::into_inner);
         self.0.db.flush().map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
         self.0.data_file.sync_data()?;
-        self.sync_new_blobs()?;
-        self.0.syncs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// How many `sync` calls completed.
-    pub(crate) fn sync_count(&self) -> u64 {
-        self.0.syncs.load(Ordering::Relaxed)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn hold_syncs(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0.gate.lock().unwrap_or_else(PoisonError::into_inner)
+        self.sync_new_blobs()
     }
 
     /// sled stores values over segment_size/4 (128 KiB) as separate blob files
@@ -133,10 +103,29 @@ fn probe_writable(path: &Path) -> Result<(), OpenError> {
     File::create(&probe).and_then(|_| fs::remove_file(&probe)).map_err(|e| OpenError::from_io(path, e))
 }
 
+/// How long opening waits for sled's lock file. sled releases it lazily when
+/// a `Db` is dropped (its background threads let go of the file a moment
+/// later), so reopening a dir this process just closed can briefly find it
+/// locked; another live process keeps it locked and is reported after this.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Opens sled, turning its errors and the panics it raises on some corrupt
 /// files into an [`OpenError`].
 fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
-    let config = sled::Config::new().path(path);
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match open_sled_once(path) {
+            Err(OpenError::InUse { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(path: &Path) -> Result<sled::Db, OpenError> {
+    // No periodic flush: nothing relies on it (the log is not in sled, and
+    // where the state machine needs a durability point, `sync` flushes), and
+    // its background `sync_file_range`s compete with the log's fdatasyncs.
+    let config = sled::Config::new().path(path).flush_every_ms(None);
     let opened = panic::catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|panic| {
         let what = panic
             .downcast_ref::<String>()
@@ -181,58 +170,6 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// The group-commit flusher: a thread that acknowledges appended entries once
-/// they are durable, one `sync` for everything queued meanwhile.
-pub(crate) struct Flusher {
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Flusher {
-    pub(crate) fn start(db: DurableDb) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new().name("raft-log-flusher".into()).spawn(move || flush_loop(&db, &rx))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
-    }
-
-    /// Queues `callback` for the next sync; gives it back if the flusher is gone.
-    pub(crate) fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
-        match &self.tx {
-            Some(tx) => tx.send(callback).map_err(|e| e.0),
-            None => Err(callback),
-        }
-    }
-}
-
-impl Drop for Flusher {
-    // Closing the channel lets the thread finish what is queued; joining it
-    // releases its handle on the db, so the dir can be reopened right away.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("raft log flusher thread panicked");
-            }
-        }
-    }
-}
-
-fn flush_loop(db: &DurableDb, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        match db.sync() {
-            Ok(()) => batch.into_iter().for_each(|cb| cb.log_io_completed(Ok(()))),
-            Err(e) => {
-                tracing::error!(path = %db.path().display(), "fdatasync of the raft log failed: {e}");
-                for cb in batch {
-                    cb.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

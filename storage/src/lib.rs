@@ -1,37 +1,53 @@
 //! Durable Raft storage for the VPN control plane: openraft's v2 log storage
-//! and state machine, both on one sled database.
+//! in append-only segment files, and the state machine in sled.
 //!
-//! Durability: sled's `flush()` does not reach the disk (it uses
-//! `sync_file_range`), so every durability point is a `flush()` followed by
-//! `fdatasync` on sled's data file. Appended entries are acknowledged to
-//! openraft only after that, and appends that arrive while a sync runs share
-//! the next one (group commit).
+//! Durability: the log is written by one thread that follows each write with
+//! `fdatasync`; appended entries are acknowledged to openraft only after it,
+//! and appends that arrive while a sync runs share the next one (group
+//! commit). sled's `flush()` does not reach the disk (it uses
+//! `sync_file_range`), so where the state machine needs a durability point it
+//! is a `flush()` followed by `fdatasync` on sled's data file.
 //!
 //! Layout:
 //! - [`types`]: the openraft type configuration.
 //! - [`model`]: users, credentials, member identities, data-plane nodes, name validation.
 //! - [`command`]: replicated commands and the pure `apply`.
 //! - [`state`]: the applied state (what a snapshot carries).
-//! - `log_store`: [`LogStore`], the Raft log, vote and committed index.
+//! - [`proposer`]: [`Proposer`], concurrent writes batched into shared log entries.
+//! - [`wire`]: the binary encoding of the bulky Raft RPCs (used by `vpn-node`).
+//! - `log_store`: [`LogStore`], the Raft log, vote and committed index (in memory and on disk).
+//! - `wal`: the log's segment files: frames, records, replay, torn tails.
+//! - `wal_writer`: the thread that writes and fdatasyncs the log (group commit).
+//! - `log_dir`: finds or creates `raft-log/`; imports a log kept in sled by earlier versions.
+//! - `codec`: binary encoding of log ids, votes and entries.
 //! - `state_machine`: [`StateMachineStore`], the applied state persisted in sled, snapshots.
+//! - `sm_writer`: the thread that writes applied changes to sled, many applies per batch.
 //! - `snapshot_file`: the current snapshot as one atomically replaced file.
-//! - `durable`: the sled handle with real `fdatasync`, and the group-commit flusher.
+//! - `durable`: the sled handle with real `fdatasync`.
 //! - `store_id`: catches a db that sled opened empty although it held data.
 //! - `error`: [`OpenError`], what can go wrong when opening a data dir.
 
+mod codec;
 pub mod command;
 mod durable;
 mod error;
+mod log_dir;
 mod log_store;
 pub mod model;
+pub mod proposer;
+mod sm_writer;
 mod snapshot_file;
 pub mod state;
 mod state_machine;
 mod store_id;
 pub mod types;
+mod wal;
+mod wal_writer;
+pub mod wire;
 
 pub use error::OpenError;
 pub use log_store::LogStore;
+pub use proposer::Proposer;
 pub use state_machine::{StateMachineStore, StateReader};
 
 use std::path::Path;
@@ -40,7 +56,8 @@ use std::path::Path;
 /// store is reported, never silently reset.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = durable::DurableDb::open(dir)?;
-    let log = LogStore::open(db.clone())?;
+    let (log_dir, replayed) = log_dir::open(&db, dir)?;
+    let log = LogStore::open(&log_dir, replayed)?;
     let sm = StateMachineStore::open(db, dir)?;
     Ok((log, sm))
 }

@@ -1,88 +1,181 @@
-//! The Raft log, vote and committed index in two sled trees: `log` (big-endian
-//! index -> JSON entry, so key order is index order) and `raft_meta`.
+//! The Raft log, vote and committed id: on disk in the segment files of
+//! `wal` (written by the thread in `wal_writer`), indexed in memory.
+//!
+//! Every operation updates memory first and then queues its record for the
+//! writer, under one lock, so the file sees them in the order openraft made
+//! them. Appends return at once (the entries are readable from memory) and
+//! openraft's callback fires after the `fdatasync` that covers them; votes
+//! wait for theirs. Memory holds every entry's id and, once written, where
+//! its frame is; only the newest [`CACHE`] entries (and any not written yet)
+//! stay decoded, older ones are read back from their segment.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use tokio::sync::oneshot;
 
-use crate::durable::{blocking, decode, encode, get_json, DurableDb, Flusher};
 use crate::error::OpenError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::{self, Location, Replayed};
+use crate::wal_writer::{Carried, Op, WalWriter};
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+/// How many of the newest entries stay decoded in memory: replication and
+/// apply read just behind the head of the log.
+pub(crate) const CACHE: usize = 1024;
 
 /// The Raft log storage. Clones share everything; a clone is the log reader.
 #[derive(Clone)]
-pub struct LogStore {
-    db: DurableDb,
-    log: sled::Tree,
-    meta: sled::Tree,
-    flusher: Arc<Flusher>,
+pub struct LogStore(Arc<Shared>);
+
+struct Shared {
+    mem: Arc<Mutex<Mem>>,
+    writer: WalWriter,
+    dir: PathBuf,
+}
+
+struct Mem {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+    /// Every entry: contiguous (each index one more than the one before),
+    /// with where it is on disk once the writer wrote it.
+    ids: VecDeque<(LogId, Option<Location>)>,
+    /// The newest entries, decoded: `cache[i]` belongs to
+    /// `ids[ids.len() - cache.len() + i]`.
+    cache: VecDeque<Entry>,
+}
+
+/// An entry as a read finds it.
+enum Found {
+    Cached(Entry),
+    OnDisk(LogId, Location),
+}
+
+impl Mem {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.ids.back().map(|(id, _)| *id).or(self.purged)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.ids.push_back((entry.log_id, None));
+        self.cache.push_back(entry);
+    }
+
+    /// Drops the entries from index `from` on.
+    fn truncate(&mut self, from: u64) {
+        while self.ids.back().is_some_and(|(id, _)| id.index >= from) {
+            self.ids.pop_back();
+            self.cache.pop_back();
+        }
+    }
+
+    /// Drops the entries up to index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.ids.front().is_some_and(|(id, _)| id.index <= upto) {
+            self.ids.pop_front();
+        }
+        while self.cache.len() > self.ids.len() {
+            self.cache.pop_front();
+        }
+    }
+
+    /// Records where the writer put entries, then lets decoded entries
+    /// beyond the newest [`CACHE`] go once they can be read back.
+    fn located(&mut self, located: Vec<(LogId, Location)>) {
+        let Some(first) = self.ids.front().map(|(id, _)| id.index) else { return };
+        for (log_id, at) in located {
+            let slot = log_id.index.checked_sub(first).and_then(|i| self.ids.get_mut(i as usize));
+            // A truncate may have replaced the entry at that index meanwhile.
+            if let Some(slot) = slot.filter(|(id, _)| *id == log_id) {
+                slot.1 = Some(at);
+            }
+        }
+        while self.cache.len() > CACHE && self.ids[self.ids.len() - self.cache.len()].1.is_some() {
+            self.cache.pop_front();
+        }
+    }
+
+    fn find(&self, pos: usize) -> Option<Found> {
+        let uncached = self.ids.len() - self.cache.len();
+        match pos.checked_sub(uncached) {
+            Some(i) => self.cache.get(i).cloned().map(Found::Cached),
+            None => {
+                let (id, at) = self.ids.get(pos)?;
+                // Uncached entries always have a location.
+                at.clone().map(|at| Found::OnDisk(*id, at))
+            }
+        }
+    }
+
+    /// Positions in `ids` of the indexes in `range`.
+    fn positions(&self, range: &impl RangeBounds<u64>) -> std::ops::Range<usize> {
+        let Some(first) = self.ids.front().map(|(id, _)| id.index) else { return 0..0 };
+        let len = self.ids.len() as u64;
+        let pos = |i: u64| i.saturating_sub(first).min(len) as usize;
+        let start = match range.start_bound() {
+            Bound::Included(i) => pos(*i),
+            Bound::Excluded(i) => pos(i.saturating_add(1)),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => pos(i.saturating_add(1)),
+            Bound::Excluded(i) => pos(*i),
+            Bound::Unbounded => len as usize,
+        };
+        start..end.max(start)
+    }
 }
 
 impl LogStore {
-    pub(crate) fn open(db: DurableDb) -> Result<Self, OpenError> {
-        let corrupt = |e: &dyn std::fmt::Display| OpenError::corrupt(db.path(), e);
-        let log = db.db().open_tree("log").map_err(|e| corrupt(&e))?;
-        let meta = db.db().open_tree("raft_meta").map_err(|e| corrupt(&e))?;
-        // Refuse to start on unreadable metadata rather than fail at first use.
-        get_json::<Vote>(&meta, VOTE).map_err(|e| corrupt(&format!("vote: {e}")))?;
-        get_json::<LogId>(&meta, COMMITTED).map_err(|e| corrupt(&format!("committed: {e}")))?;
-        get_json::<LogId>(&meta, LAST_PURGED).map_err(|e| corrupt(&format!("last purged log id: {e}")))?;
-        last_entry_id(&log).map_err(|e| corrupt(&format!("last log entry: {e}")))?;
-
-        let flusher =
-            Flusher::start(db.clone()).map_err(|source| OpenError::Io { path: db.path().to_owned(), source })?;
-        Ok(Self { db, log, meta, flusher: Arc::new(flusher) })
+    /// Opens the log under `dir` (see `wal`), replaying what is there.
+    pub(crate) fn open(dir: &Path, replayed: Replayed) -> Result<Self, OpenError> {
+        let Replayed { vote, committed, purged, entries, cached, segments, active } = replayed;
+        let ids = entries.into_iter().map(|(id, at)| (id, Some(at))).collect();
+        let mem = Arc::new(Mutex::new(Mem { vote, committed, purged, ids, cache: cached }));
+        let carried = Carried { vote, committed, purged };
+        let on_written = {
+            let mem = mem.clone();
+            Box::new(move |located| lock(&mem).located(located))
+        };
+        let writer = WalWriter::start(dir.to_owned(), segments, active, carried, on_written)
+            .map_err(|e| OpenError::from_io(dir, e))?;
+        Ok(Self(Arc::new(Shared { mem, writer, dir: dir.to_owned() })))
     }
 
-    /// How many fdatasyncs the store has done: a metric; appends per fsync
-    /// show group commit at work.
+    /// How many fdatasyncs the log has done: appends per fsync show group
+    /// commit at work.
     pub fn fsync_count(&self) -> u64 {
-        self.db.sync_count()
+        self.0.writer.sync_count()
     }
 
-    async fn read_meta<T>(&self, key: &'static [u8]) -> io::Result<Option<T>>
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let meta = self.meta.clone();
-        blocking(move || get_json(&meta, key)).await
+    fn mem(&self) -> MutexGuard<'_, Mem> {
+        lock(&self.0.mem)
     }
-}
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
+    fn submit(&self, op: Op) -> io::Result<()> {
+        self.0.writer.submit(op).map_err(|_| self.writer_gone())
+    }
 
-fn key_bound(bound: Bound<&u64>) -> Bound<[u8; 8]> {
-    match bound {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
+    fn writer_gone(&self) -> io::Error {
+        io::Error::other(format!("the raft log writer for {} has stopped", self.0.dir.display()))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.writer.hold()
     }
 }
 
-fn last_entry_id(log: &sled::Tree) -> io::Result<Option<LogId>> {
-    match log.last()? {
-        None => Ok(None),
-        Some((_, bytes)) => Ok(Some(decode::<Entry>(&bytes)?.log_id)),
-    }
-}
-
-/// Removes every key of `log` in `range` in one batch.
-fn remove_range(log: &sled::Tree, range: (Bound<[u8; 8]>, Bound<[u8; 8]>)) -> io::Result<()> {
-    let mut batch = sled::Batch::default();
-    for key in log.range(range).keys() {
-        batch.remove(key?);
-    }
-    Ok(log.apply_batch(batch)?)
+fn lock(mem: &Mutex<Mem>) -> MutexGuard<'_, Mem> {
+    // Every update to `Mem` is a few pushes and pops that cannot panic
+    // halfway in a way that breaks its invariants.
+    mem.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -90,12 +183,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let bounds = (key_bound(range.start_bound()), key_bound(range.end_bound()));
-        let log = self.log.clone();
-        let read = blocking(move || {
-            log.range(bounds).values().map(|value| decode::<Entry>(&value?)).collect::<io::Result<Vec<_>>>()
+        let found: Vec<Found> = {
+            let mem = self.mem();
+            mem.positions(&range).filter_map(|pos| mem.find(pos)).collect()
+        };
+        if found.iter().all(|f| matches!(f, Found::Cached(_))) {
+            return Ok(found
+                .into_iter()
+                .filter_map(|f| if let Found::Cached(e) = f { Some(e) } else { None })
+                .collect());
+        }
+        // Older entries come from their segments, off the async workers.
+        let read = tokio::task::spawn_blocking(move || {
+            let read_one = |f: Found| match f {
+                Found::Cached(entry) => Ok(entry),
+                Found::OnDisk(id, at) => match at.read() {
+                    Ok(entry) if entry.log_id == id => Ok(entry),
+                    Ok(entry) => Err(io::Error::other(format!("entry {id} reads back as {}", entry.log_id))),
+                    Err(e) => Err(io::Error::new(e.kind(), format!("reading entry {id}: {e}"))),
+                },
+            };
+            found.into_iter().map(read_one).collect::<io::Result<Vec<Entry>>>()
         });
-        read.await.map_err(|e| StorageIOError::read_logs(&e).into())
+        let entries = read.await.map_err(|e| io::Error::other(format!("log read task failed: {e}")));
+        entries.and_then(|r| r).map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
@@ -103,11 +214,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id =
-            self.read_meta::<LogId>(LAST_PURGED).await.map_err(|e| StorageIOError::read_logs(&e))?;
-        let log = self.log.clone();
-        let last = blocking(move || last_entry_id(&log)).await.map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(LogState { last_log_id: last.or(last_purged_log_id), last_purged_log_id })
+        let mem = self.mem();
+        Ok(LogState { last_purged_log_id: mem.purged, last_log_id: mem.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -116,82 +224,95 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Durable before it returns: a vote must never be forgotten.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let (meta, db) = (self.meta.clone(), self.db.clone());
-        blocking(move || {
-            meta.insert(VOTE, bytes)?;
-            db.sync()
-        })
-        .await
-        .map_err(|e| StorageIOError::write_vote(&e).into())
+        let (done, wait) = oneshot::channel();
+        let saved = async {
+            self.submit(Op::Vote { vote: *vote, done })?;
+            wait.await.map_err(|_| self.writer_gone())?
+        };
+        saved.await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.mem().vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote = self.read_meta(VOTE).await;
-        vote.map_err(|e| StorageIOError::read_vote(&e).into())
+        Ok(self.mem().vote)
     }
 
-    // Not synced: a lost committed index only means re-applying from the
-    // state machine's last applied id, which the log still holds.
+    // Written with the next synced write, not synced for its own sake: a lost
+    // committed id only means re-applying from the state machine's last
+    // applied id, which the log still holds.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let meta = self.meta.clone();
-        let saved = blocking(move || {
-            match committed {
-                Some(id) => meta.insert(COMMITTED, encode(&id)?)?,
-                None => meta.remove(COMMITTED)?,
-            };
-            Ok(())
-        });
-        saved.await.map_err(|e| StorageIOError::write(&e).into())
+        let mut mem = self.mem();
+        mem.committed = committed;
+        self.submit(Op::Committed(committed)).map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self.read_meta(COMMITTED).await;
-        committed.map_err(|e| StorageIOError::read(&e).into())
+        Ok(self.mem().committed)
     }
 
-    /// Writes the entries (readable once this returns) and hands `callback`
-    /// to the flusher, which calls it after the next fdatasync.
+    /// Makes the entries readable and queues them; the writer calls
+    /// `callback` after the fdatasync that covers them.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+        let mut mem = self.mem();
+        // Entries at or below the purge point are already in the state
+        // machine; keeping them would leave a hole (openraft's suite appends
+        // such entries after a purge; replay skips them the same way).
+        let purged = mem.purged.map(|p| p.index);
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| purged.is_none_or(|p| e.log_id.index > p)).collect();
+        let mut frames = Vec::with_capacity(entries.len() * 320);
+        let mut layout = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let start = frames.len();
+            wal::put_entry(&mut frames, entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            layout.push((entry.log_id, start as u32, (frames.len() - start) as u32));
         }
-        let log = self.log.clone();
-        blocking(move || Ok(log.apply_batch(batch)?)).await.map_err(|e| StorageIOError::write_logs(&e))?;
-
-        if let Err(callback) = self.flusher.submit(callback) {
-            let e = io::Error::other("the raft log flusher has stopped");
-            let err = StorageIOError::write_logs(&e);
-            callback.log_io_completed(Err(e));
-            return Err(err.into());
+        let last_index = entries.last().map(|e| e.log_id.index);
+        if let Some(first) = entries.first().map(|e| e.log_id.index) {
+            // Entries at or below the last one replace it and what follows
+            // (replay does the same, so the file needs no truncate record).
+            mem.truncate(first);
+            if let Some(expected) = mem.last_log_id().map(|id| id.index + 1) {
+                if first != expected {
+                    let e = io::Error::other(format!(
+                        "append of entry {first} would leave a hole: the log ends at {}",
+                        expected - 1
+                    ));
+                    return Err(StorageIOError::write_logs(&e).into());
+                }
+            }
+        }
+        entries.into_iter().for_each(|e| mem.push(e));
+        if let Err(op) = self.0.writer.submit(Op::Append { frames, layout, last_index, callback }) {
+            let e = self.writer_gone();
+            if let Op::Append { callback, .. } = op {
+                callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            return Err(StorageIOError::write_logs(&e).into());
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let log = self.log.clone();
-        let from = (Bound::Included(index_key(log_id.index)), Bound::Unbounded);
-        let removed = blocking(move || remove_range(&log, from));
-        removed.await.map_err(|e| StorageIOError::write_logs(&e).into())
+        let mut mem = self.mem();
+        mem.truncate(log_id.index);
+        self.submit(Op::Truncate { from_index: log_id.index }).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
-    /// Records the purge point first, so a crash midway leaves extra entries
-    /// below it, never a hole above it.
+    /// The writer syncs the purge record before it unlinks any segment, so a
+    /// crash leaves extra entries below the purge point, never a hole.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        let (log, meta) = (self.log.clone(), self.meta.clone());
-        let upto = (Bound::Unbounded, Bound::Included(index_key(log_id.index)));
-        let purged = blocking(move || {
-            meta.insert(LAST_PURGED, bytes)?;
-            remove_range(&log, upto)
-        });
-        purged.await.map_err(|e| StorageIOError::write_logs(&e).into())
+        let mut mem = self.mem();
+        if mem.purged.is_some_and(|p| p >= log_id) {
+            return Ok(());
+        }
+        mem.purged = Some(log_id);
+        mem.purge(log_id.index);
+        self.submit(Op::Purge { upto: log_id }).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -208,31 +329,31 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Blank }
     }
 
-    /// Holds the flusher inside its sync: appends must become readable, but no
-    /// callback may fire; once released, all of them share at most two syncs
-    /// (the one already started and one for everything queued behind it).
+    /// Holds the writer before its write: appends must become readable, but
+    /// no callback may fire; once released, all of them share at most two
+    /// syncs (the batch already taken and one for everything queued behind it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    // Holding the sync gate across awaits is the point; only this test's own
+    // Holding the gate across awaits is the point; only this test's own
     // future holds it, and the appends run on other tasks.
     #[allow(clippy::await_holding_lock)]
     async fn callbacks_wait_for_fdatasync_and_share_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _sm) = crate::open(dir.path()).expect("open");
         let before = log.fsync_count();
-        let gate = log.db.hold_syncs();
+        let gate = log.hold_writes();
 
-        let appends: Vec<_> = (1..=10)
-            .map(|i| {
-                let mut store = log.clone();
-                tokio::spawn(async move { store.blocking_append([blank(i)]).await })
-            })
-            .collect();
-
+        // One after another, as openraft appends: each must be readable
+        // before its sync, so the next can follow it.
         let mut reader = log.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while reader.try_get_log_entries(1..=10).await.expect("read").len() < 10 {
-            assert!(Instant::now() < deadline, "appends did not become readable");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut appends = Vec::new();
+        for i in 1..=10 {
+            let mut store = log.clone();
+            appends.push(tokio::spawn(async move { store.blocking_append([blank(i)]).await }));
+            while reader.try_get_log_entries(i..=i).await.expect("read").is_empty() {
+                assert!(Instant::now() < deadline, "append {i} did not become readable");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         // A grace period for a wrongly early callback to show up.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -245,5 +366,48 @@ mod tests {
         }
         let used = log.fsync_count() - before;
         assert!((1..=2).contains(&used), "10 queued appends used {used} syncs");
+    }
+
+    /// Past the cache, entries are read back from their segment; they read
+    /// the same before and after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_beyond_the_cache_read_back_from_disk() {
+        use crate::command::Command;
+        use crate::model::User;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = (CACHE * 3) as u64;
+        let entry = |i: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), i),
+            payload: EntryPayload::Normal(Command::CreateUser(User::new(format!("u{i}"), i as i64))),
+        };
+        let written: Vec<Entry> = (1..=n).map(entry).collect();
+        {
+            let (mut log, _sm) = crate::open(dir.path()).expect("open");
+            for chunk in written.chunks(100) {
+                log.blocking_append(chunk.to_vec()).await.expect("append");
+            }
+            assert_eq!(log.mem().cache.len(), CACHE, "written entries stayed decoded");
+            assert_eq!(log.try_get_log_entries(..).await.expect("read"), written);
+            assert_eq!(log.try_get_log_entries(5..8).await.expect("read"), written[4..7]);
+            log.purge(LogId::new(CommittedLeaderId::new(2, 1), 10)).await.expect("purge");
+            assert_eq!(log.try_get_log_entries(..=12).await.expect("read"), written[10..12]);
+        }
+        let (mut log, _sm) = crate::open(dir.path()).expect("reopen");
+        assert_eq!(log.mem().cache.len(), CACHE);
+        assert_eq!(log.try_get_log_entries(..).await.expect("read"), written[10..]);
+    }
+
+    #[test]
+    fn positions_follow_range_bounds() {
+        let mut mem = Mem { vote: None, committed: None, purged: None, ids: VecDeque::new(), cache: VecDeque::new() };
+        (5..=9).map(blank).for_each(|e| mem.push(e));
+        assert_eq!(mem.positions(&(..)), 0..5);
+        assert_eq!(mem.positions(&(6..8)), 1..3);
+        assert_eq!(mem.positions(&(6..=8)), 1..4);
+        assert_eq!(mem.positions(&(0..=4)), 0..0);
+        assert_eq!(mem.positions(&(0..5)), 0..0);
+        assert_eq!(mem.positions(&(9..)), 4..5);
+        assert_eq!(mem.positions(&(10..20)), 5..5);
+        assert_eq!(mem.positions(&(3..=6)), 0..2);
     }
 }

@@ -1,5 +1,6 @@
 //! The state machine: the applied [`State`] in memory, written through to the
-//! sled tree `sm` (one atomic batch per `apply` call), and snapshots.
+//! sled tree `sm` by the `sm_writer` thread (changes of many `apply` calls
+//! per atomic batch), and snapshots.
 //!
 //! The `sm` tree is not fsynced: the log is durable, and a lost batch is
 //! re-applied from it. A batch carries `meta/applied` with the data it
@@ -17,6 +18,7 @@ use crate::command::{self, Command, CommandResponse};
 use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
 use crate::model::{DataplaneNode, MemberRecord, User};
+use crate::sm_writer::{Changes, SmOp, SmWriter};
 use crate::snapshot_file::SnapshotFile;
 use crate::state::State;
 use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -61,7 +63,7 @@ impl StateReader {
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: DurableDb,
-    tree: sled::Tree,
+    writer: Arc<SmWriter>,
     state: StateReader,
     snapshot: Arc<SnapshotFile>,
 }
@@ -80,7 +82,13 @@ impl StateMachineStore {
                 rewrite_tree(&tree, &state).map_err(|e| OpenError::from_io(db.path(), e))?;
             }
         }
-        Ok(Self { db, tree, state: StateReader(Arc::new(RwLock::new(state))), snapshot: Arc::new(snapshot) })
+        let writer = SmWriter::start(tree).map_err(|e| OpenError::from_io(db.path(), e))?;
+        Ok(Self {
+            db,
+            writer: Arc::new(writer),
+            state: StateReader(Arc::new(RwLock::new(state))),
+            snapshot: Arc::new(snapshot),
+        })
     }
 
     /// A handle that reads the applied state; it follows every apply.
@@ -111,14 +119,27 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
     Ok(state)
 }
 
-fn put_meta(batch: &mut sled::Batch, state: &State) -> io::Result<()> {
-    match &state.last_applied {
-        Some(id) => batch.insert(APPLIED, encode(id)?),
-        None => batch.remove(APPLIED),
-    }
-    batch.insert(MEMBERSHIP, encode(&state.last_membership)?);
-    batch.insert(GENERATION, encode(&state.generation)?);
+fn put_meta(changes: &mut Changes, state: &State) -> io::Result<()> {
+    changes.push((APPLIED.to_vec(), state.last_applied.as_ref().map(encode).transpose()?));
+    changes.push((MEMBERSHIP.to_vec(), Some(encode(&state.last_membership)?)));
+    changes.push((GENERATION.to_vec(), Some(encode(&state.generation)?)));
     Ok(())
+}
+
+/// Every key of `state`, for a tree that holds nothing else.
+fn all_pairs(state: &State) -> io::Result<Changes> {
+    let mut pairs = Changes::new();
+    for user in state.users.values() {
+        pairs.push((user_key(&user.name).into_bytes(), Some(encode(user)?)));
+    }
+    for member in state.members.values() {
+        pairs.push((member_key(member.id).into_bytes(), Some(encode(member)?)));
+    }
+    for node in state.dataplane_nodes.values() {
+        pairs.push((dataplane_key(node.id).into_bytes(), Some(encode(node)?)));
+    }
+    put_meta(&mut pairs, state)?;
+    Ok(pairs)
 }
 
 /// Replaces the whole tree with `state` in one atomic batch.
@@ -127,16 +148,11 @@ fn rewrite_tree(tree: &sled::Tree, state: &State) -> io::Result<()> {
     for key in tree.iter().keys() {
         batch.remove(key?);
     }
-    for user in state.users.values() {
-        batch.insert(user_key(&user.name).as_bytes(), encode(user)?);
+    for (key, value) in all_pairs(state)? {
+        if let Some(value) = value {
+            batch.insert(key, value);
+        }
     }
-    for member in state.members.values() {
-        batch.insert(member_key(member.id).as_bytes(), encode(member)?);
-    }
-    for node in state.dataplane_nodes.values() {
-        batch.insert(dataplane_key(node.id).as_bytes(), encode(node)?);
-    }
-    put_meta(&mut batch, state)?;
     Ok(tree.apply_batch(batch)?)
 }
 
@@ -168,31 +184,29 @@ impl Touched {
             }
             Command::RegisterDataplaneNode(node) => self.dataplane.insert(node.id),
             Command::ReportApplied { node, .. } => self.dataplane.insert(*node),
+            Command::Batch(cmds) => {
+                cmds.iter().for_each(|c| self.note(c));
+                true
+            }
         };
     }
 
-    fn batch(&self, state: &State) -> io::Result<sled::Batch> {
-        let mut batch = sled::Batch::default();
+    fn changes(&self, state: &State) -> io::Result<Changes> {
+        let mut changes = Changes::new();
         for name in &self.users {
-            match state.users.get(name) {
-                Some(user) => batch.insert(user_key(name).as_bytes(), encode(user)?),
-                None => batch.remove(user_key(name).as_bytes()),
-            }
+            let value = state.users.get(name).map(encode).transpose()?;
+            changes.push((user_key(name).into_bytes(), value));
         }
         for id in &self.members {
-            match state.members.get(id) {
-                Some(member) => batch.insert(member_key(*id).as_bytes(), encode(member)?),
-                None => batch.remove(member_key(*id).as_bytes()),
-            }
+            let value = state.members.get(id).map(encode).transpose()?;
+            changes.push((member_key(*id).into_bytes(), value));
         }
         for id in &self.dataplane {
-            match state.dataplane_nodes.get(id) {
-                Some(node) => batch.insert(dataplane_key(*id).as_bytes(), encode(node)?),
-                None => batch.remove(dataplane_key(*id).as_bytes()),
-            }
+            let value = state.dataplane_nodes.get(id).map(encode).transpose()?;
+            changes.push((dataplane_key(*id).into_bytes(), value));
         }
-        put_meta(&mut batch, state)?;
-        Ok(batch)
+        put_meta(&mut changes, state)?;
+        Ok(changes)
     }
 }
 
@@ -210,7 +224,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let mut touched = Touched::default();
-        let batch = {
+        let changes = {
             let mut state = self.state.write();
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
@@ -227,11 +241,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(response);
             }
-            touched.batch(&state)
+            touched.changes(&state)
         };
-        let batch = batch.map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let tree = self.tree.clone();
-        blocking(move || Ok(tree.apply_batch(batch)?)).await.map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let written = changes.and_then(|changes| self.writer.submit(SmOp::Apply(changes)));
+        written.map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(responses)
     }
 
@@ -253,14 +266,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state =
             state_from_snapshot(meta, &data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let (file, tree, meta_owned) = (self.snapshot.clone(), self.tree.clone(), meta.clone());
-        let state = blocking(move || {
-            file.save(&meta_owned, &data)?;
-            rewrite_tree(&tree, &state)?;
-            Ok(state)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let (file, meta_owned) = (self.snapshot.clone(), meta.clone());
+        let saved = async {
+            blocking(move || file.save(&meta_owned, &data)).await?;
+            self.writer.submit(SmOp::Rewrite(all_pairs(&state)?))
+        };
+        saved.await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *self.state.write() = state;
         Ok(())
     }
@@ -273,12 +284,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    /// Syncs the db first, so the `sm` tree is durable up to here before
-    /// openraft purges the log behind the snapshot; the snapshot file itself
-    /// is written durably too.
+    /// Makes the `sm` tree durable up to here first (fewer entries to
+    /// re-apply after a restart; the snapshot file alone would do for
+    /// correctness), then writes the snapshot file durably.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
-        blocking(move || db.sync()).await.map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let synced = async {
+            self.writer.flush().await?;
+            blocking(move || db.sync()).await
+        };
+        synced.await.map_err(|e| StorageIOError::write_state_machine(&e))?;
 
         let (data, last_log_id, last_membership) = self
             .state

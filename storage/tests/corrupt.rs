@@ -1,5 +1,7 @@
 //! A damaged data dir is reported, never silently reset.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
@@ -52,32 +54,109 @@ async fn truncated_db_file_is_an_error() {
     expect_corrupt(&dir.path().join("raft"), dir.path());
 }
 
+/// The one segment file a small log lives in.
+fn segment(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = fs::read_dir(dir.join("raft-log"))
+        .expect("raft-log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.remove(0)
+}
+
+/// Where the frames of a segment end (the zero fill ahead of them starts):
+/// after the 8-byte magic, each frame is a 12-byte header led by its length.
+fn frames_end(path: &Path) -> usize {
+    let bytes = fs::read(path).expect("read segment");
+    let mut pos = 8;
+    while pos + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        pos += 12 + len;
+    }
+    pos
+}
+
+fn write_at(path: &Path, offset: usize, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let file = fs::OpenOptions::new().write(true).open(path).expect("open segment");
+    file.write_all_at(bytes, offset as u64).expect("write");
+}
+
+/// A crash in the middle of a write leaves part of a frame at the end: it
+/// was never acknowledged, so it is cut off and the log before it is intact.
 #[tokio::test]
-async fn undecodable_log_entry_is_a_read_error() {
+async fn torn_tail_of_the_log_is_cut_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path()).await;
+    let seg = segment(dir.path());
+    let good_len = frames_end(&seg);
+    // A valid header announcing 100 bytes, then only 10 of them.
+    let len: u32 = 100;
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&len.to_le_bytes());
+    torn.extend_from_slice(&(!len).to_le_bytes());
+    torn.extend_from_slice(&[0xab; 14]);
+    write_at(&seg, good_len, &torn);
     {
-        let db = sled::open(dir.path().join("raft")).expect("sled");
-        let log = db.open_tree("log").expect("log tree");
-        log.insert(2u64.to_be_bytes(), &b"{not json"[..]).expect("insert");
-        db.flush().expect("flush");
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("a torn tail opens");
+        assert_eq!(fs::metadata(&seg).expect("segment").len(), good_len as u64, "the torn tail was not cut off");
+        let ids: Vec<_> = log.try_get_log_entries(..).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(1, 0)));
+        log.blocking_append([blank(4)]).await.expect("append after the cut");
     }
-    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("the last entry still decodes");
-    assert!(log.try_get_log_entries(1..4).await.is_err());
-    assert_eq!(log.try_get_log_entries(3..4).await.expect("entry 3").len(), 1);
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    assert_eq!(log.try_get_log_entries(..).await.expect("entries").len(), 4);
+}
+
+/// A frame that fails its checksum with more log after it is not a torn
+/// write: the store refuses to open and names the segment.
+#[tokio::test]
+async fn bad_frame_in_the_middle_of_the_log_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path()).await;
+    let seg = segment(dir.path());
+    let mut bytes = fs::read(&seg).expect("read");
+    // The magic (8) and the first frame's header (12) and kind (1): inside its body.
+    bytes[8 + 12 + 3] ^= 0x20;
+    fs::write(&seg, &bytes).expect("write");
+    expect_corrupt(&seg, dir.path());
 }
 
 #[tokio::test]
-async fn undecodable_vote_is_reported_at_open() {
+async fn missing_log_dir_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path()).await;
+    fs::remove_dir_all(dir.path().join("raft-log")).expect("remove");
+    expect_corrupt(&dir.path().join("raft-log"), dir.path());
+}
+
+/// A data dir written when the log lived in sled (trees `log` and
+/// `raft_meta`, JSON values) opens with its log and vote.
+#[tokio::test]
+async fn log_kept_in_sled_by_an_earlier_version_is_imported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(vpn_storage::open(dir.path()).expect("create"));
+    fs::remove_dir_all(dir.path().join("raft-log")).expect("remove");
     {
-        let db = sled::open(dir.path().join("raft")).expect("sled");
+        let db = common::reopen_sled(dir.path());
+        db.remove("raft_log_dir").expect("unmark");
+        let log = db.open_tree("log").expect("log tree");
+        for i in 1..=3u64 {
+            log.insert(i.to_be_bytes(), serde_json::to_vec(&blank(i)).expect("json")).expect("insert");
+        }
         let meta = db.open_tree("raft_meta").expect("meta tree");
-        meta.insert("vote", &b"\xff"[..]).expect("insert");
+        meta.insert("vote", serde_json::to_vec(&openraft::Vote::<u64>::new(5, 2)).expect("json")).expect("vote");
         db.flush().expect("flush");
     }
-    expect_corrupt(&dir.path().join("raft"), dir.path());
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open the old layout");
+    let ids: Vec<_> = log.try_get_log_entries(..).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(5, 2)));
 }
 
 #[test]

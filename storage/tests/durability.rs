@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{blank, log_id, membership, normal, state_of};
+use common::{blank, log_id, membership, normal, reopen_sled, state_of};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder, Vote};
 use vpn_storage::command::Command;
@@ -74,6 +74,45 @@ async fn applied_state_survives_reopen() {
     assert_eq!(members.log_id(), &Some(log_id(1, 1)));
 }
 
+/// A log that outgrows its segment moves on to a new one, which restates
+/// the vote; a purge past every entry of the old segment removes its file.
+#[tokio::test]
+async fn log_moves_to_a_new_segment_and_purge_removes_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segments = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("raft-log"))
+            .expect("raft-log")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        names.sort();
+        names
+    };
+    // Blank entries take 38 bytes on disk: this overfills one 8 MiB segment.
+    const N: u64 = 230_000;
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        log.blocking_append((1..=N).map(blank)).await.expect("append");
+        log.blocking_append([blank(N + 1)]).await.expect("append into a new segment");
+        assert_eq!(segments().len(), 2, "{:?}", segments());
+        log.purge(log_id(1, N)).await.expect("purge");
+        log.blocking_append([blank(N + 2)]).await.expect("append after the purge");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while segments().len() > 1 {
+            assert!(std::time::Instant::now() < deadline, "the purged segment is still there: {:?}", segments());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, N)));
+    assert_eq!(state.last_log_id, Some(log_id(1, N + 2)));
+    let ids: Vec<_> = log.try_get_log_entries(..).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+    assert_eq!(ids, [N + 1, N + 2]);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+}
+
 /// An install that crashed after persisting the snapshot file but before
 /// rewriting the `sm` tree: the snapshot is newer, so open loads it.
 #[tokio::test]
@@ -89,7 +128,7 @@ async fn newer_snapshot_wins_over_stale_tree_on_open() {
         sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
     }
     {
-        let db = sled::open(follower.path().join("raft")).expect("sled");
+        let db = reopen_sled(follower.path());
         db.open_tree("sm").expect("sm tree").clear().expect("clear");
         db.flush().expect("flush");
     }

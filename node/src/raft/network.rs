@@ -1,6 +1,8 @@
-//! openraft's network over tonic: one [`PeerClient`] per target, JSON
-//! payloads in a bytes field, and identity headers on every request so a
-//! wiped node that reuses an old id is refused (see `identity.rs`).
+//! openraft's network over tonic: one [`PeerClient`] per target, requests
+//! in bytes fields (AppendEntries and InstallSnapshot in the binary encoding
+//! of `vpn_storage::wire`, votes and replies as JSON), and identity headers
+//! on every request so a wiped node that reuses an old id is refused (see
+//! `identity.rs`).
 
 use std::sync::Arc;
 
@@ -12,11 +14,10 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use vpn_proto::internal::raft_client::RaftClient;
-use vpn_proto::internal::RaftPayload;
+use vpn_proto::internal::{RaftBinary, RaftPayload};
 use vpn_storage::types::{NodeId, TypeConfig};
-use vpn_storage::StateReader;
+use vpn_storage::{wire, StateReader};
 
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerRpcLabels};
@@ -69,13 +70,15 @@ impl Rpc {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn call<Resp, E>(&mut self, rpc: Rpc, req: std::io::Result<Vec<u8>>, option: &RPCOption) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result = self.send(rpc, req, option).await;
+        let result = match req {
+            Ok(bytes) => self.send(rpc, bytes, option).await,
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        };
         if result.is_err() {
             let labels = PeerRpcLabels { peer: self.target.to_string(), rpc: rpc.name() };
             self.net.metrics.rpc_errors.get_or_create(&labels).inc();
@@ -83,22 +86,17 @@ impl PeerClient {
         result
     }
 
-    async fn send<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn send<Resp, E>(&mut self, rpc: Rpc, bytes: Vec<u8>, option: &RPCOption) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self.net.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
-        let mut request = tonic::Request::new(RaftPayload { json });
-        request.set_timeout(option.hard_ttl());
-        self.stamp(request.metadata_mut());
         let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::AppendEntries => client.append_entries(self.request(RaftBinary { data: bytes }, option)).await,
+            Rpc::Vote => client.vote(self.request(RaftPayload { json: bytes }, option)).await,
+            Rpc::InstallSnapshot => client.install_snapshot(self.request(RaftBinary { data: bytes }, option)).await,
         };
         let payload = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
@@ -117,6 +115,13 @@ impl PeerClient {
                 e,
             ))
         })
+    }
+
+    fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        self.stamp(request.metadata_mut());
+        request
     }
 
     /// Says who sends, and which data dir the sender expects at the target.
@@ -142,7 +147,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        self.call(Rpc::AppendEntries, wire::encode_append_entries(&rpc), &option).await
     }
 
     async fn install_snapshot(
@@ -150,7 +155,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+        self.call(Rpc::InstallSnapshot, wire::encode_install_snapshot(&rpc), &option).await
     }
 
     async fn vote(
@@ -158,6 +163,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, Infallible> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        let json = serde_json::to_vec(&rpc).map_err(std::io::Error::other);
+        self.call(Rpc::Vote, json, &option).await
     }
 }

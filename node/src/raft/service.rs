@@ -9,8 +9,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vpn_proto::internal::raft_server::Raft as RaftRpc;
-use vpn_proto::internal::{RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest};
+use vpn_proto::internal::{
+    RaftBinary, RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest,
+};
 use vpn_storage::command::Command;
+use vpn_storage::wire;
 
 use super::network::{HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
 use crate::error::Error;
@@ -31,14 +34,19 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("encoding the Raft reply failed: {e}")))
 }
 
-fn header<'a>(req: &'a Request<RaftPayload>, key: &str) -> Option<&'a str> {
+/// A binary request (see `vpn_storage::wire`) decoded by `decode`.
+fn decode_binary<T>(req: Request<RaftBinary>, decode: fn(&[u8]) -> std::io::Result<T>) -> Result<T, Status> {
+    decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("data: not a valid Raft message: {e}")))
+}
+
+fn header<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
     req.metadata().get(key).and_then(|v| v.to_str().ok())
 }
 
 impl RaftService {
     /// Refuses a peer that expects another data dir here, or that presents an
     /// incarnation other than the one the cluster recorded for its id.
-    fn check_identity(&self, req: &Request<RaftPayload>) -> Result<(), Status> {
+    fn check_identity<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let me = &self.node.identity;
         if let Some(expected) = header(req, HEADER_TO_INCARNATION) {
             if expected != me.incarnation.to_string() {
@@ -69,9 +77,9 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, req: Request<RaftBinary>) -> Result<Response<RaftPayload>, Status> {
         self.check_identity(&req)?;
-        let rpc = decode(req)?;
+        let rpc = decode_binary(req, wire::decode_append_entries)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
@@ -81,9 +89,9 @@ impl RaftRpc for RaftService {
         encode(&self.node.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(&self, req: Request<RaftBinary>) -> Result<Response<RaftPayload>, Status> {
         self.check_identity(&req)?;
-        let rpc: openraft::raft::InstallSnapshotRequest<vpn_storage::types::TypeConfig> = decode(req)?;
+        let rpc = decode_binary(req, wire::decode_install_snapshot)?;
         let done = rpc.done;
         let result = self.node.raft.install_snapshot(rpc).await;
         if done && result.is_ok() {

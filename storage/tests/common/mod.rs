@@ -28,3 +28,18 @@ pub fn membership(index: u64, voters: &[NodeId]) -> Entry {
 pub fn state_of(sm: &StateMachineStore) -> State {
     sm.reader().read(State::clone)
 }
+
+/// Opens the sled db of a data dir the test just closed. sled lets go of its
+/// lock file a moment after the last handle drops, so retry briefly.
+pub fn reopen_sled(data_dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(data_dir.join("raft")) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("sled: {e}"),
+        }
+    }
+}
