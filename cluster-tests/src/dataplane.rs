@@ -123,22 +123,7 @@ impl DataplaneCluster {
     /// Waits until node `id` serves `users` users and its engines applied the
     /// generation the cluster wants them to (as `vpnctl node list` reports).
     pub async fn caught_up(&self, id: u64, users: u64) -> Value {
-        eventually(&format!("data-plane node {id} to serve {users} users"), ENGINES_UP, || async {
-            let list = self.vpnctl(&["-o", "json", "node", "list"]).await;
-            if list.code != 0 {
-                return Err(list.stderr);
-            }
-            let doc = list.json();
-            let node = doc["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == id).cloned());
-            let node = node.ok_or(format!("node {id} not listed: {doc}"))?;
-            let (applied, desired) = (node["applied_generation"].as_u64(), node["desired_generation"].as_u64());
-            if node["users"] == users && applied.is_some() && applied == desired {
-                Ok(node)
-            } else {
-                Err(format!("not there yet: {node}"))
-            }
-        })
-        .await
+        node_caught_up(&self.endpoints(), id, users).await
     }
 
     /// The user's links, from `vpnctl -o json user links <name>`.
@@ -206,4 +191,29 @@ impl Drop for DataplaneCluster {
         }
         self.engines.clear();
     }
+}
+
+/// Waits until data-plane node `id` serves `users` users and its engines
+/// applied the generation the cluster wants (as `vpnctl node list` on
+/// `endpoints` reports); returns that node's entry.
+pub async fn node_caught_up(endpoints: &str, id: u64, users: u64) -> Value {
+    eventually(&format!("data-plane node {id} to serve {users} users"), ENGINES_UP, || async {
+        let eps = endpoints.to_owned();
+        let list = tokio::task::spawn_blocking(move || vpnctl(&eps, &["-o", "json", "node", "list"]))
+            .await
+            .expect("vpnctl task");
+        if list.code != 0 {
+            return Err(list.stderr);
+        }
+        let doc = list.json();
+        let node = doc["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == id).cloned());
+        let node = node.ok_or(format!("node {id} not listed: {doc}"))?;
+        let (applied, desired) = (node["applied_generation"].as_u64(), node["desired_generation"].as_u64());
+        if node["users"] == users && applied.is_some() && applied == desired {
+            Ok(node)
+        } else {
+            Err(format!("not there yet: {node}"))
+        }
+    })
+    .await
 }

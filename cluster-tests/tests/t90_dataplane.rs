@@ -7,39 +7,15 @@
 use std::time::Duration;
 
 use cluster_tests::cli::{vpnctl, Run};
+use cluster_tests::dataplane::{node_caught_up, ENGINES_UP};
 use cluster_tests::docker::{self, Engines, ENGINE_IMAGE};
 use cluster_tests::net::free_port;
 use cluster_tests::{eventually, Cluster};
-use serde_json::Value;
 use url::Url;
-
-/// First start pulls nothing but runs `sing-box check` containers: allow time.
-const ENGINES_UP: Duration = Duration::from_secs(120);
 
 fn ok(run: Run, what: &str) -> Run {
     assert_eq!(run.code, 0, "{what}: {}", run.stderr);
     run
-}
-
-/// The node `id` from `node list -o json`, once its engines applied the
-/// cluster's current generation and it serves `users` users.
-async fn caught_up(eps: &str, id: u64, users: u64) -> Value {
-    eventually("the data-plane node caught up", ENGINES_UP, || async {
-        let list = vpnctl(eps, &["-o", "json", "node", "list"]);
-        if list.code != 0 {
-            return Err(list.stderr);
-        }
-        let doc = list.json();
-        let node = doc["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == id).cloned());
-        let node = node.ok_or(format!("node {id} not listed: {doc}"))?;
-        let (applied, desired) = (node["applied_generation"].as_u64(), node["desired_generation"].as_u64());
-        if node["users"] == users && applied.is_some() && applied == desired {
-            Ok(node)
-        } else {
-            Err(format!("not there yet: {node}"))
-        }
-    })
-    .await
 }
 
 fn query(url: &Url, key: &str) -> Option<String> {
@@ -63,7 +39,7 @@ async fn docker_node_list_and_user_links() {
     let eps = cluster.endpoints();
     ok(vpnctl(&eps, &["user", "add", "alice"]), "add alice");
 
-    let node = caught_up(&eps, id, 1).await;
+    let node = node_caught_up(&eps, id, 1).await;
     assert_eq!(node["public_host"], "127.0.0.1");
     assert_eq!(node["status"], "ready");
     assert_eq!(node["labels"]["region"], "test");
@@ -120,7 +96,7 @@ async fn docker_node_list_and_user_links() {
     let refused = vpnctl(&eps, &["user", "links", "alice"]);
     assert_eq!(refused.code, 1, "{}", refused.stdout);
     assert!(refused.stderr.contains("disabled"), "{}", refused.stderr);
-    caught_up(&eps, id, 1).await;
+    node_caught_up(&eps, id, 1).await;
     let applied = cluster.metric(id, "vpn_dataplane_applied_generation").await.expect("metric");
     let desired = cluster.metric(id, "vpn_dataplane_desired_generation").await.expect("metric");
     assert!(applied >= 1.0 && applied == desired, "applied {applied}, desired {desired}");
