@@ -9,23 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
-use common::{docker_ready, free_port, wait_for, Node};
-use uuid::Uuid;
+use common::{docker_ready, free_port, ss_inbound, user, wait_for, Node};
 use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol, TlsFiles};
-
-fn user(name: &str) -> EngineUser {
-    EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
-}
-
-fn ss_inbound(port: u16) -> InboundSpec {
-    InboundSpec {
-        protocol: Protocol::Shadowsocks2022,
-        listen_port: port,
-        ss2022_server_key: Some(keys::generate_ss2022_key()),
-        tls: None,
-        reality: None,
-    }
-}
 
 fn vless_inbound(port: u16, tls: TlsFiles) -> InboundSpec {
     InboundSpec {
@@ -47,7 +32,7 @@ async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions()
     let http = HttpServer::start().await;
     let mut node = Node::start(Duration::from_secs(10)).await;
     let port = free_port();
-    let inbound = ss_inbound(port);
+    let inbound = ss_inbound(port, &keys::generate_ss2022_key());
     let key = inbound.ss2022_server_key.clone().unwrap_or_default();
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
     let started = Instant::now();

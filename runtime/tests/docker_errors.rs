@@ -6,24 +6,9 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{docker_ready, free_port, Node, IMAGE};
+use common::{docker_ready, free_port, ss_inbound, user, Node, IMAGE};
 use tokio::sync::watch;
-use uuid::Uuid;
-use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol, Reconciler, RuntimeConfig};
-
-fn ss_inbound(port: u16) -> InboundSpec {
-    InboundSpec {
-        protocol: Protocol::Shadowsocks2022,
-        listen_port: port,
-        ss2022_server_key: Some(keys::generate_ss2022_key()),
-        tls: None,
-        reality: None,
-    }
-}
-
-fn alice() -> EngineUser {
-    EngineUser { name: "alice".into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
-}
+use vpn_runtime::{keys, tls, InboundSpec, Protocol, Reconciler, RuntimeConfig};
 
 async fn start_error(config: RuntimeConfig) -> String {
     let (_desired, desired_rx) = watch::channel(None);
@@ -50,8 +35,8 @@ async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
         tls: Some(files),
         reality: None,
     };
-    let inbounds = vec![ss_inbound(free_port()), vless];
-    node.set(inbounds.clone(), vec![alice()]);
+    let inbounds = vec![ss_inbound(free_port(), &keys::generate_ss2022_key()), vless];
+    node.set(inbounds.clone(), vec![user("alice")]);
     let error = node.wait_error().await;
     eprintln!("port in use: {error}");
     assert!(error.contains(&format!("port {port}/tcp")) && error.contains("already in use"), "{error}");
@@ -62,7 +47,7 @@ async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
 
     // Once the port is free the same desired state applies.
     drop(taken);
-    let g = node.set(inbounds, vec![alice()]);
+    let g = node.set(inbounds, vec![user("alice")]);
     node.wait_applied(g).await;
     assert!(node.container_id("vless-tls").is_some());
 }
@@ -102,7 +87,7 @@ async fn docker_missing_image_is_a_clear_error_naming_the_build_script() {
     let (desired_rx, shutdown_rx) = (node.desired.subscribe(), node.shutdown.subscribe());
     node.handle = Some(Reconciler::start(config, desired_rx, shutdown_rx).await.expect("image present at start"));
     assert!(docker(&["rmi", &tag]).status.success());
-    node.set(vec![ss_inbound(free_port())], vec![alice()]);
+    node.set(vec![ss_inbound(free_port(), &keys::generate_ss2022_key())], vec![user("alice")]);
     let error = node.wait_error().await;
     eprintln!("missing image at reconcile: {error}");
     assert!(error.contains(&format!("ops/images/build-sing-box.sh {tag}")), "{error}");

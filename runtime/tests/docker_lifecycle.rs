@@ -9,23 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::client::Client;
 use common::http::HttpServer;
-use common::{docker_ready, free_port, wait_for, Node};
-use uuid::Uuid;
-use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol};
-
-fn user(name: &str) -> EngineUser {
-    EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
-}
-
-fn ss_inbound(port: u16, key: &str) -> InboundSpec {
-    InboundSpec {
-        protocol: Protocol::Shadowsocks2022,
-        listen_port: port,
-        ss2022_server_key: Some(key.to_string()),
-        tls: None,
-        reality: None,
-    }
-}
+use common::{docker_ready, free_port, ss_inbound, user, wait_for, Node};
+use vpn_runtime::{keys, tls, InboundSpec, Protocol};
 
 fn docker(args: &[&str]) {
     let out = Command::new("docker").args(args).output().expect("docker CLI");

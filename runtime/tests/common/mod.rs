@@ -14,10 +14,29 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use vpn_runtime::{ApplyStatus, DesiredState, EngineUser, InboundSpec, Reconciler, ReconcilerHandle, RuntimeConfig};
+use uuid::Uuid;
+use vpn_runtime::{
+    keys, ApplyStatus, DesiredState, EngineUser, InboundSpec, Protocol, Reconciler, ReconcilerHandle, RuntimeConfig,
+};
 
 /// The image the build script makes locally (no registry here).
 pub const IMAGE: &str = "vpn-local/sing-box:1.14.4";
+
+/// A user with fresh credentials.
+pub fn user(name: &str) -> EngineUser {
+    EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
+}
+
+/// A Shadowsocks-2022 inbound on `port` with server key `key`.
+pub fn ss_inbound(port: u16, key: &str) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::Shadowsocks2022,
+        listen_port: port,
+        ss2022_server_key: Some(key.to_string()),
+        tls: None,
+        reality: None,
+    }
+}
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
