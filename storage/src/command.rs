@@ -1,9 +1,13 @@
 //! Commands replicated through the log, their responses, and the pure,
 //! deterministic function that applies one to the state.
+//!
+//! Anything time-dependent carries the proposer's clock (`at_ms`): `apply`
+//! never reads a clock, so every replica reaches the same state.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::model::{DataplaneNode, MemberRecord, User, UserStatus};
+use crate::model::{DataplaneNode, Limits, MemberRecord, NodeHealth, Placement, Schedule, User, UserStatus};
 use crate::state::State;
 use crate::types::NodeId;
 
@@ -11,31 +15,127 @@ use crate::types::NodeId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     CreateUser(User),
+    /// Changes the fields that are set, then re-evaluates the status at
+    /// `at_ms`. Enabling a user whose limits still hold it back is refused.
     UpdateUser {
         name: String,
         status: Option<UserStatus>,
+        #[serde(default)]
+        limits: LimitsChange,
+        #[serde(default)]
+        at_ms: i64,
     },
     DeleteUser {
         name: String,
     },
+    /// Starts a new accounting period at `at_ms` (used bytes back to zero).
+    ResetTraffic {
+        name: String,
+        at_ms: i64,
+    },
+    /// Replaces the user's subscription token (the old one stops working).
+    RotateToken {
+        name: String,
+        token: String,
+    },
+    /// Re-evaluates these users at `at_ms`: a period that ended is reset,
+    /// then expiry and the data limit decide the status. The leader's
+    /// lifecycle loop proposes it for the users whose status is due to change.
+    Reevaluate {
+        names: Vec<String>,
+        at_ms: i64,
+    },
+    /// The scheduler's moves. Moves naming a user or node that is gone are skipped.
+    Place(Vec<Move>),
     /// Records the data-dir identity of a member; the first record for an id wins.
     RegisterMember(MemberRecord),
     /// Forgets a removed member's identity (so its id may be used again on
-    /// purpose) and its data-plane record, if it had one.
+    /// purpose), its data-plane record, and every placement on it.
     ForgetMember {
         id: NodeId,
     },
-    /// Records what a data-plane node offers (upsert). The stored applied
-    /// generation is kept: only the node's reports move it.
+    /// Records what a data-plane node offers (upsert). Health, maintenance,
+    /// applied generation and traffic sequence of a known node are kept.
     RegisterDataplaneNode(DataplaneNode),
     /// A data-plane node's engines applied the state up to `generation`.
     ReportApplied {
         node: NodeId,
         generation: u64,
     },
+    /// The leader's judgement of a node's liveness, written only on change.
+    SetNodeHealth {
+        node: NodeId,
+        health: NodeHealth,
+        #[serde(default)]
+        engine_error: Option<String>,
+    },
+    /// Cordon, drain or uncordon a node.
+    SetNodeSchedule {
+        node: NodeId,
+        schedule: Schedule,
+    },
+    /// Per-user traffic a node measured. Reports with a sequence number at or
+    /// below the node's last applied one are duplicates and skipped, so a
+    /// retry after a crash or a leader change never counts twice.
+    RecordTraffic {
+        node: NodeId,
+        reports: Vec<TrafficReport>,
+        #[serde(default)]
+        at_ms: i64,
+    },
     /// Several independent proposals in one log entry (see `proposer`): each
     /// is applied in order, as if it had its own entry.
     Batch(Vec<Command>),
+}
+
+/// Limit fields to change; `None` keeps the current value (0 means "none").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsChange {
+    pub expires_at_ms: Option<i64>,
+    pub data_limit_bytes: Option<u64>,
+    pub reset: Option<crate::model::ResetPeriod>,
+}
+
+impl LimitsChange {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn apply_to(&self, limits: &mut Limits) {
+        if let Some(v) = self.expires_at_ms {
+            limits.expires_at_ms = v;
+        }
+        if let Some(v) = self.data_limit_bytes {
+            limits.data_limit_bytes = v;
+        }
+        if let Some(v) = self.reset {
+            limits.reset = v;
+        }
+    }
+}
+
+/// One scheduler move for one user: placements to add, then to remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub user: String,
+    pub add: Vec<NodeId>,
+    pub remove: Vec<NodeId>,
+}
+
+/// The traffic a node measured between two reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    pub seq: u64,
+    pub usage: Vec<UserUsage>,
+}
+
+/// Bytes (up + down) one user moved. The id guards against a user that was
+/// deleted and created again under the same name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    pub name: String,
+    pub id: Uuid,
+    pub bytes: u64,
 }
 
 /// The result of applying a [`Command`]. Refusals are results, not errors: the
@@ -48,6 +148,14 @@ pub enum CommandResponse {
     MemberForgotten,
     DataplaneNode(DataplaneNode),
     AppliedRecorded,
+    /// Moves applied (those naming a gone user or node are not counted).
+    Placed(usize),
+    /// Reports up to this sequence number are recorded for the node.
+    TrafficRecorded {
+        through_seq: u64,
+    },
+    /// Users whose status changed.
+    Reevaluated(usize),
     Refused(Refusal),
     /// The response of a blank or membership entry.
     None,
@@ -65,10 +173,15 @@ pub enum Refusal {
     IncarnationConflict { id: NodeId, existing: uuid::Uuid },
     #[error("node {0} is not registered as a data-plane node: start it with --dataplane")]
     NotADataplaneNode(NodeId),
+    #[error("user {name:?} expired at its expiry date: give a later one (vpnctl user enable {name} --expires 30d)")]
+    StillExpired { name: String },
+    #[error("user {name:?} has used its data limit: reset its traffic (vpnctl user reset-traffic {name}) or raise --data-limit")]
+    StillLimited { name: String },
 }
 
 /// Applies one command. Pure: the outcome depends only on `state` and `cmd`.
-/// Every change to what a data-plane node should serve bumps the generation.
+/// Every change to what a data-plane node should serve (users that are
+/// active, credentials, placements, node offers) bumps the generation.
 pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
     match cmd {
         Command::CreateUser(user) => {
@@ -79,16 +192,34 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             state.generation += 1;
             CommandResponse::User(user.clone())
         }
-        Command::UpdateUser { name, status } => match state.users.get_mut(name) {
-            None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
-            Some(user) => {
-                if let Some(status) = status.filter(|s| *s != user.status) {
-                    user.status = status;
-                    state.generation += 1;
+        Command::UpdateUser { name, status, limits, at_ms } => {
+            let Some(user) = state.users.get_mut(name) else {
+                return CommandResponse::Refused(Refusal::UserNotFound(name.clone()));
+            };
+            let mut next = user.clone();
+            limits.apply_to(&mut next.limits);
+            match status {
+                Some(UserStatus::Disabled) => next.status = UserStatus::Disabled,
+                // Enabling asks for Active; the limits may still say otherwise.
+                Some(_) => {
+                    next.status = UserStatus::Active;
+                    match next.status_at(*at_ms) {
+                        UserStatus::Expired => return CommandResponse::Refused(Refusal::StillExpired { name: name.clone() }),
+                        UserStatus::Limited => return CommandResponse::Refused(Refusal::StillLimited { name: name.clone() }),
+                        _ => {}
+                    }
                 }
-                CommandResponse::User(user.clone())
+                None => next.status = next.status_at(*at_ms),
             }
-        },
+            let served_before = user.status == UserStatus::Active;
+            let changed_service = served_before != (next.status == UserStatus::Active);
+            *user = next;
+            let reply = CommandResponse::User(user.clone());
+            if changed_service {
+                state.generation += 1;
+            }
+            reply
+        }
         Command::DeleteUser { name } => match state.users.remove(name) {
             None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
             Some(_) => {
@@ -96,6 +227,63 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 CommandResponse::Deleted
             }
         },
+        Command::ResetTraffic { name, at_ms } => {
+            let Some(user) = state.users.get_mut(name) else {
+                return CommandResponse::Refused(Refusal::UserNotFound(name.clone()));
+            };
+            user.used_bytes = 0;
+            user.period_start_ms = *at_ms;
+            let changed = settle_status(user, *at_ms);
+            let reply = CommandResponse::User(user.clone());
+            if changed {
+                state.generation += 1;
+            }
+            reply
+        }
+        Command::RotateToken { name, token } => match state.users.get_mut(name) {
+            None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
+            Some(user) => {
+                user.sub_token = token.clone();
+                CommandResponse::User(user.clone())
+            }
+        },
+        Command::Reevaluate { names, at_ms } => {
+            let mut changed = 0;
+            for name in names {
+                let Some(user) = state.users.get_mut(name) else { continue };
+                if roll_period(user, *at_ms) {
+                    user.used_bytes = 0;
+                }
+                if settle_status(user, *at_ms) {
+                    changed += 1;
+                }
+            }
+            if changed > 0 {
+                state.generation += 1;
+            }
+            CommandResponse::Reevaluated(changed)
+        }
+        Command::Place(moves) => {
+            let mut placed = 0;
+            let since_generation = state.generation + 1;
+            for m in moves {
+                let Some(user) = state.users.get_mut(&m.user) else { continue };
+                let before = user.placements.clone();
+                for node in &m.add {
+                    if state.dataplane_nodes.contains_key(node) && !user.placed_on(*node) {
+                        user.placements.push(Placement { node: *node, since_generation });
+                    }
+                }
+                user.placements.retain(|p| !m.remove.contains(&p.node));
+                if user.placements != before {
+                    placed += 1;
+                }
+            }
+            if placed > 0 {
+                state.generation += 1;
+            }
+            CommandResponse::Placed(placed)
+        }
         Command::RegisterMember(record) => match state.members.get(&record.id) {
             Some(existing) if existing.incarnation != record.incarnation => {
                 CommandResponse::Refused(Refusal::IncarnationConflict { id: record.id, existing: existing.incarnation })
@@ -108,6 +296,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         Command::ForgetMember { id } => {
             state.members.remove(id);
             if state.dataplane_nodes.remove(id).is_some() {
+                for user in state.users.values_mut() {
+                    user.placements.retain(|p| p.node != *id);
+                }
                 state.generation += 1;
             }
             CommandResponse::MemberForgotten
@@ -116,8 +307,17 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             let mut node = offer.clone();
             match state.dataplane_nodes.get(&offer.id) {
                 Some(known) if known.same_offer(offer) => return CommandResponse::DataplaneNode(known.clone()),
-                Some(known) => node.applied_generation = known.applied_generation,
-                None => node.applied_generation = 0,
+                Some(known) => {
+                    node.applied_generation = known.applied_generation;
+                    node.health = known.health;
+                    node.schedule = known.schedule;
+                    node.traffic_seq = known.traffic_seq;
+                    node.engine_error = known.engine_error.clone();
+                }
+                None => {
+                    node.applied_generation = 0;
+                    node.traffic_seq = 0;
+                }
             }
             state.dataplane_nodes.insert(node.id, node.clone());
             state.generation += 1;
@@ -131,26 +331,100 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 CommandResponse::AppliedRecorded
             }
         },
+        Command::SetNodeHealth { node, health, engine_error } => match state.dataplane_nodes.get_mut(node) {
+            None => CommandResponse::Refused(Refusal::NotADataplaneNode(*node)),
+            Some(record) => {
+                record.health = *health;
+                record.engine_error = engine_error.clone();
+                CommandResponse::DataplaneNode(record.clone())
+            }
+        },
+        Command::SetNodeSchedule { node, schedule } => match state.dataplane_nodes.get_mut(node) {
+            None => CommandResponse::Refused(Refusal::NotADataplaneNode(*node)),
+            Some(record) => {
+                record.schedule = *schedule;
+                CommandResponse::DataplaneNode(record.clone())
+            }
+        },
+        Command::RecordTraffic { node, reports, at_ms } => record_traffic(state, *node, reports, *at_ms),
         Command::Batch(cmds) => CommandResponse::Batch(cmds.iter().map(|c| apply(state, c)).collect()),
     }
 }
 
+/// Moves the user's period start past every reset period that ended by
+/// `at_ms` (calendar periods, so a reset is due on the same day each month);
+/// returns whether any ended.
+fn roll_period(user: &mut User, at_ms: i64) -> bool {
+    /// Beyond this many missed periods, start a fresh one at `at_ms`.
+    const MAX_CATCH_UP: usize = 1000;
+    let mut rolled = false;
+    for _ in 0..MAX_CATCH_UP {
+        match user.limits.reset.period_end_ms(user.period_start_ms) {
+            Some(end) if end <= at_ms && end > user.period_start_ms => {
+                user.period_start_ms = end;
+                rolled = true;
+            }
+            _ => return rolled,
+        }
+    }
+    user.period_start_ms = at_ms;
+    true
+}
+
+/// Moves an automatic status (active, limited, expired) to what the limits
+/// say at `at_ms`; an operator's `Disabled` stays. Returns whether the user
+/// started or stopped being served.
+fn settle_status(user: &mut User, at_ms: i64) -> bool {
+    let next = user.status_at(at_ms);
+    let changed = (user.status == UserStatus::Active) != (next == UserStatus::Active);
+    user.status = next;
+    changed
+}
+
+fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at_ms: i64) -> CommandResponse {
+    let Some(record) = state.dataplane_nodes.get_mut(&node) else {
+        return CommandResponse::Refused(Refusal::NotADataplaneNode(node));
+    };
+    let mut through = record.traffic_seq;
+    let mut served_changed = false;
+    for report in reports {
+        if report.seq <= through {
+            continue;
+        }
+        through = report.seq;
+        for usage in &report.usage {
+            match state.users.get_mut(&usage.name) {
+                Some(user) if user.id == usage.id => {
+                    user.used_bytes = user.used_bytes.saturating_add(usage.bytes);
+                    if user.status == UserStatus::Active {
+                        served_changed |= settle_status(user, at_ms);
+                    }
+                }
+                // Traffic of a deleted user counts for no one.
+                _ => {}
+            }
+        }
+    }
+    if let Some(record) = state.dataplane_nodes.get_mut(&node) {
+        record.traffic_seq = through;
+    }
+    if served_changed {
+        state.generation += 1;
+    }
+    CommandResponse::TrafficRecorded { through_seq: through }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::model::{InboundRecord, Protocol};
 
     fn node(id: NodeId, port: u16) -> DataplaneNode {
-        DataplaneNode {
-            id,
-            public_host: format!("node{id}.example.com"),
-            inbounds: vec![InboundRecord::new(Protocol::VlessTls, port)],
-            labels: BTreeMap::new(),
-            capacity: 0,
-            applied_generation: 0,
-        }
+        DataplaneNode::new(id, format!("node{id}.example.com"), vec![InboundRecord::new(Protocol::VlessTls, port)])
+    }
+
+    fn set_status(name: &str, status: UserStatus) -> Command {
+        Command::UpdateUser { name: name.into(), status: Some(status), limits: LimitsChange::default(), at_ms: 0 }
     }
 
     fn apply_all(state: &mut State, cmds: &[Command]) -> Vec<CommandResponse> {
@@ -167,13 +441,13 @@ mod tests {
             &mut state,
             &[
                 Command::CreateUser(alice),
-                Command::UpdateUser { name: "alice".into(), status: Some(UserStatus::Active) },
-                Command::UpdateUser { name: "alice".into(), status: None },
+                set_status("alice", UserStatus::Active),
+                Command::UpdateUser { name: "alice".into(), status: None, limits: LimitsChange::default(), at_ms: 0 },
                 Command::DeleteUser { name: "bob".into() },
             ],
         );
         assert_eq!(state.generation, 1, "refusals and no-op updates change nothing");
-        apply_all(&mut state, &[Command::UpdateUser { name: "alice".into(), status: Some(UserStatus::Disabled) }]);
+        apply_all(&mut state, &[set_status("alice", UserStatus::Disabled)]);
         assert_eq!(state.generation, 2);
         apply_all(&mut state, &[Command::DeleteUser { name: "alice".into() }]);
         assert_eq!(state.generation, 3);
@@ -225,7 +499,7 @@ mod tests {
         let cmds = vec![
             Command::CreateUser(User::new("ann".into(), 1)),
             Command::CreateUser(User::new("ann".into(), 2)),
-            Command::UpdateUser { name: "ann".into(), status: Some(UserStatus::Disabled) },
+            set_status("ann", UserStatus::Disabled),
             Command::DeleteUser { name: "zed".into() },
         ];
         let (mut one_by_one, mut batched) = (State::default(), State::default());

@@ -18,11 +18,106 @@ use crate::types::NodeId;
 /// Longest allowed user name.
 pub const MAX_USER_NAME_LEN: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Only `Active` users are placed and served. `Disabled` is the operator's
+/// choice; `Limited` (data limit reached) and `Expired` are set by the cluster
+/// and lifted by a traffic reset, a later expiry or a higher limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserStatus {
     Active,
     Disabled,
+    Limited,
+    Expired,
+}
+
+impl UserStatus {
+    pub const ALL: [UserStatus; 4] = [UserStatus::Active, UserStatus::Disabled, UserStatus::Limited, UserStatus::Expired];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+            UserStatus::Limited => "limited",
+            UserStatus::Expired => "expired",
+        }
+    }
+}
+
+/// How often a user's traffic counter starts again from zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetPeriod {
+    #[default]
+    None,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl ResetPeriod {
+    pub const ALL: [ResetPeriod; 4] = [ResetPeriod::None, ResetPeriod::Daily, ResetPeriod::Weekly, ResetPeriod::Monthly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetPeriod::None => "none",
+            ResetPeriod::Daily => "daily",
+            ResetPeriod::Weekly => "weekly",
+            ResetPeriod::Monthly => "monthly",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// When a period that started at `start_ms` ends (UTC calendar: a
+    /// monthly period started on Jan 31 ends on Feb 28/29); `None` for no reset.
+    pub fn period_end_ms(self, start_ms: i64) -> Option<i64> {
+        const DAY_MS: i64 = 86_400_000;
+        match self {
+            ResetPeriod::None => None,
+            ResetPeriod::Daily => Some(start_ms.saturating_add(DAY_MS)),
+            ResetPeriod::Weekly => Some(start_ms.saturating_add(7 * DAY_MS)),
+            ResetPeriod::Monthly => {
+                let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000).ok()?;
+                let (year, month) = match start.month() {
+                    time::Month::December => (start.year() + 1, time::Month::January),
+                    m => (start.year(), m.next()),
+                };
+                let day = start.day().min(time::util::days_in_month(month, year));
+                let end = start.replace_day(1).ok()?.replace_year(year).ok()?.replace_month(month).ok()?.replace_day(day).ok()?;
+                i64::try_from(end.unix_timestamp_nanos() / 1_000_000).ok()
+            }
+        }
+    }
+}
+
+/// What a user may use. Zero means "no limit" for both numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Milliseconds since the Unix epoch; 0: never expires.
+    pub expires_at_ms: i64,
+    /// Bytes (up + down) per period; 0: unlimited.
+    pub data_limit_bytes: u64,
+    pub reset: ResetPeriod,
+}
+
+impl Limits {
+    pub fn expired_at(&self, at_ms: i64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= at_ms
+    }
+
+    pub fn over_limit(&self, used_bytes: u64) -> bool {
+        self.data_limit_bytes != 0 && used_bytes >= self.data_limit_bytes
+    }
+}
+
+/// A data-plane node serving a user, and the state generation that placed it
+/// there: the placement is live once the node reports that generation applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub node: NodeId,
+    pub since_generation: u64,
 }
 
 /// Per-user secrets for the protocols we serve.
@@ -49,6 +144,23 @@ pub struct User {
     /// Milliseconds since the Unix epoch, taken by the proposing node.
     pub created_at_ms: i64,
     pub credentials: Credentials,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Bytes used in the current period, as the nodes reported them.
+    #[serde(default)]
+    pub used_bytes: u64,
+    /// When the current accounting period started (creation or last reset).
+    #[serde(default)]
+    pub period_start_ms: i64,
+    /// The secret in the user's subscription URL (`/sub/{token}`).
+    #[serde(default)]
+    pub sub_token: String,
+    /// Node labels a node must carry to be given this user (`region=eu`).
+    #[serde(default)]
+    pub constraint: BTreeMap<String, String>,
+    /// Where the scheduler placed the user, in placement order.
+    #[serde(default)]
+    pub placements: Vec<Placement>,
 }
 
 impl User {
@@ -61,8 +173,39 @@ impl User {
             status: UserStatus::Active,
             created_at_ms,
             credentials: Credentials::generate(),
+            limits: Limits::default(),
+            used_bytes: 0,
+            period_start_ms: created_at_ms,
+            sub_token: new_sub_token(),
+            constraint: BTreeMap::new(),
+            placements: Vec::new(),
         }
     }
+
+    pub fn placed_on(&self, node: NodeId) -> bool {
+        self.placements.iter().any(|p| p.node == node)
+    }
+
+    /// The status the user's limits give it at `at_ms`: an operator's
+    /// `Disabled` stays; otherwise expiry, then the data limit, decide.
+    pub fn status_at(&self, at_ms: i64) -> UserStatus {
+        if self.status == UserStatus::Disabled {
+            UserStatus::Disabled
+        } else if self.limits.expired_at(at_ms) {
+            UserStatus::Expired
+        } else if self.limits.over_limit(self.used_bytes) {
+            UserStatus::Limited
+        } else {
+            UserStatus::Active
+        }
+    }
+}
+
+/// A fresh subscription token: 24 random bytes, base64url without padding.
+pub fn new_sub_token() -> String {
+    let mut raw = [0u8; 24];
+    rand::rng().fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 /// The identity of a member's data dir. A wiped node gets a new incarnation, so
@@ -165,9 +308,73 @@ pub struct DataplaneNode {
     /// The last [`State::generation`](crate::state::State::generation) this
     /// node's engines applied, as the node reported it.
     pub applied_generation: u64,
+    /// Liveness as the leader judged it from heartbeats.
+    #[serde(default)]
+    pub health: NodeHealth,
+    /// The operator's maintenance setting.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// The last traffic report sequence number applied from this node:
+    /// reports at or below it are duplicates.
+    #[serde(default)]
+    pub traffic_seq: u64,
+    /// What the node's engines last reported failing; `None` when healthy.
+    #[serde(default)]
+    pub engine_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    #[default]
+    Ready,
+    Down,
+}
+
+/// Whether the scheduler may give a node users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Schedulable,
+    /// No new users; those on it stay.
+    Cordoned,
+    /// No new users, and everyone is moved off (make-before-break).
+    Draining,
 }
 
 impl DataplaneNode {
+    /// A newly registered node: ready, schedulable, nothing applied yet.
+    pub fn new(id: NodeId, public_host: String, inbounds: Vec<InboundRecord>) -> Self {
+        Self {
+            id,
+            public_host,
+            inbounds,
+            labels: BTreeMap::new(),
+            capacity: 0,
+            applied_generation: 0,
+            health: NodeHealth::Ready,
+            schedule: Schedule::Schedulable,
+            traffic_seq: 0,
+            engine_error: None,
+        }
+    }
+
+    /// The contract's one-word status: `down` wins over maintenance.
+    pub fn status(&self) -> &'static str {
+        match (self.health, self.schedule) {
+            (NodeHealth::Down, _) => "down",
+            (NodeHealth::Ready, Schedule::Draining) => "draining",
+            (NodeHealth::Ready, Schedule::Cordoned) => "cordoned",
+            (NodeHealth::Ready, Schedule::Schedulable) => "ready",
+        }
+    }
+
+    /// Whether clients should be sent to this node.
+    pub fn is_ready(&self) -> bool {
+        self.health == NodeHealth::Ready
+    }
+
     /// Whether `other` describes the same offer (everything but the applied generation).
     pub fn same_offer(&self, other: &DataplaneNode) -> bool {
         self.id == other.id

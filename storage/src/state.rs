@@ -34,16 +34,33 @@ impl State {
         self.users.range((start, Bound::Unbounded)).take(limit).map(|(_, u)| u.clone()).collect()
     }
 
-    /// The users a data-plane node serves. Until placement exists every
-    /// active user is placed on every data-plane node.
+    /// The users a data-plane node serves: the active users placed on it.
     pub fn users_on(&self, node: NodeId) -> impl Iterator<Item = &User> {
-        let placed = self.dataplane_nodes.contains_key(&node);
-        self.users.values().filter(move |u| placed && u.status == UserStatus::Active)
+        self.users.values().filter(move |u| u.status == UserStatus::Active && u.placed_on(node))
     }
 
-    /// The data-plane nodes that serve `user` (the same rule as [`State::users_on`]).
-    pub fn nodes_serving<'a>(&'a self, user: &User) -> impl Iterator<Item = &'a DataplaneNode> {
+    /// How many users are placed on each data-plane node (active or not).
+    pub fn placement_counts(&self) -> BTreeMap<NodeId, u64> {
+        let mut counts: BTreeMap<NodeId, u64> = self.dataplane_nodes.keys().map(|id| (*id, 0)).collect();
+        for p in self.users.values().flat_map(|u| &u.placements) {
+            *counts.entry(p.node).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The data-plane nodes that serve `user` (the same rule as
+    /// [`State::users_on`]), in node id order.
+    pub fn nodes_serving<'a>(&'a self, user: &'a User) -> impl Iterator<Item = &'a DataplaneNode> {
         let active = user.status == UserStatus::Active;
-        self.dataplane_nodes.values().filter(move |_| active)
+        self.dataplane_nodes.values().filter(move |n| active && user.placed_on(n.id))
+    }
+
+    /// The user a subscription token belongs to. A linear scan: a lookup per
+    /// subscription fetch over every user is cheap next to the HTTP exchange.
+    pub fn user_by_token(&self, token: &str) -> Option<&User> {
+        if token.is_empty() {
+            return None;
+        }
+        self.users.values().find(|u| u.sub_token == token)
     }
 }

@@ -167,6 +167,7 @@ fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
 /// The keys one apply call changed, written from the final state in one batch.
 #[derive(Default)]
 struct Touched {
+    all_users: bool,
     users: BTreeSet<String>,
     members: BTreeSet<NodeId>,
     dataplane: BTreeSet<NodeId>,
@@ -176,9 +177,27 @@ impl Touched {
     fn note(&mut self, cmd: &Command) {
         match cmd {
             Command::CreateUser(user) => self.users.insert(user.name.clone()),
-            Command::UpdateUser { name, .. } | Command::DeleteUser { name } => self.users.insert(name.clone()),
+            Command::UpdateUser { name, .. }
+            | Command::DeleteUser { name }
+            | Command::ResetTraffic { name, .. }
+            | Command::RotateToken { name, .. } => self.users.insert(name.clone()),
+            Command::Reevaluate { names, .. } => {
+                self.users.extend(names.iter().cloned());
+                true
+            }
+            Command::Place(moves) => {
+                self.users.extend(moves.iter().map(|m| m.user.clone()));
+                true
+            }
+            Command::RecordTraffic { node, reports, .. } => {
+                self.users.extend(reports.iter().flat_map(|r| r.usage.iter().map(|u| u.name.clone())));
+                self.dataplane.insert(*node)
+            }
+            Command::SetNodeHealth { node, .. } | Command::SetNodeSchedule { node, .. } => self.dataplane.insert(*node),
             Command::RegisterMember(record) => self.members.insert(record.id),
             Command::ForgetMember { id } => {
+                // Placements on the node go with it: every user may change.
+                self.all_users = true;
                 self.members.insert(*id);
                 self.dataplane.insert(*id)
             }
@@ -193,6 +212,11 @@ impl Touched {
 
     fn changes(&self, state: &State) -> io::Result<Changes> {
         let mut changes = Changes::new();
+        if self.all_users {
+            for user in state.users.values() {
+                changes.push((user_key(&user.name).into_bytes(), Some(encode(user)?)));
+            }
+        }
         for name in &self.users {
             let value = state.users.get(name).map(encode).transpose()?;
             changes.push((user_key(name).into_bytes(), value));
