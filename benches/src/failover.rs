@@ -65,7 +65,7 @@ async fn writer(shared: Arc<Shared>, prefix: String, timeout: Duration, pause: D
     while !shared.stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
         let idx = shared.current.load(Ordering::Relaxed);
         let mut client = shared.clients[idx].clone();
-        let mut req = Request::new(CreateUserRequest { name: format!("{prefix}-{seq}") });
+        let mut req = Request::new(CreateUserRequest { name: format!("{prefix}-{seq}"), ..Default::default() });
         req.set_timeout(timeout);
         seq += 1;
         let sent = Instant::now();

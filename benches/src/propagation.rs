@@ -263,7 +263,7 @@ pub async fn measure(fx: &Fixture, i: usize, served: &str, prefix: &str, users: 
         let name = format!("{prefix}-{n}");
         let sent = Instant::now();
         users_client
-            .create_user(CreateUserRequest { name: name.clone() })
+            .create_user(CreateUserRequest { name: name.clone(), ..Default::default() })
             .await
             .map_err(|s| anyhow!("CreateUser {name}: {s}"))?;
         let ack = Instant::now();

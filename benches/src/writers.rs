@@ -44,7 +44,7 @@ impl VpndWriter {
 impl Writer for VpndWriter {
     async fn write(&self, worker: usize, key: String) -> Result<(), String> {
         let mut client = self.clients[worker % self.clients.len()].clone();
-        let mut req = Request::new(CreateUserRequest { name: key });
+        let mut req = Request::new(CreateUserRequest { name: key, ..Default::default() });
         req.set_timeout(self.timeout);
         client.create_user(req).await.map(drop).map_err(|s| describe(&s))
     }

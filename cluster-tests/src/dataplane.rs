@@ -93,6 +93,53 @@ impl DataplaneCluster {
         DataplaneNode { id, inbounds }
     }
 
+    /// Kills data-plane node `id` as a host failure would: its vpnd (kill -9)
+    /// and its engine containers.
+    pub fn kill_node(&mut self, id: u64) {
+        self.cluster.node_mut(id).kill9();
+        let guard = self.engines.iter().find(|e| e.owner == id);
+        guard.unwrap_or_else(|| panic!("{id} is not a data-plane node of this cluster")).remove_all();
+    }
+
+    /// `vpnctl -o json user show <name>`.
+    pub async fn user(&self, name: &str) -> Value {
+        self.ok(&["-o", "json", "user", "show", name]).await.json()
+    }
+
+    /// The nodes `name` is placed on, in placement order.
+    pub async fn placements(&self, name: &str) -> Vec<u64> {
+        let user = self.user(name).await;
+        let list = user["placements"].as_array().unwrap_or_else(|| panic!("no placements in {user}"));
+        list.iter().map(|p| p.as_u64().unwrap_or_else(|| panic!("placement {p}"))).collect()
+    }
+
+    /// `GET` of the user's subscription URL (as `user show` gives it) with
+    /// `query` appended: the status and body.
+    pub async fn subscription(&self, name: &str, query: &str) -> (u16, String) {
+        let user = self.user(name).await;
+        let url = user["subscription_url"].as_str().unwrap_or_else(|| panic!("no subscription_url in {user}"));
+        let url = url::Url::parse(url).unwrap_or_else(|e| panic!("subscription_url {url}: {e}"));
+        let addr = format!("{}:{}", url.host_str().unwrap_or_default(), url.port().unwrap_or(80));
+        let addr = addr.parse().unwrap_or_else(|e| panic!("subscription address {addr}: {e}"));
+        http_get(addr, &format!("{}{query}", url.path())).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The links of the user's default (base64) subscription.
+    pub async fn subscription_links(&self, name: &str) -> Vec<String> {
+        use base64::Engine as _;
+        let (code, body) = self.subscription(name, "").await;
+        assert_eq!(code, 200, "subscription of {name}: {body}");
+        let raw = base64::engine::general_purpose::STANDARD.decode(body.trim()).expect("base64 subscription");
+        String::from_utf8(raw).expect("utf-8 links").lines().filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+
+    /// The data-plane node a link points at (by its port).
+    pub fn node_of_link(&self, nodes: &[DataplaneNode], url: &str) -> u64 {
+        let port = url::Url::parse(url).ok().and_then(|u| u.port()).unwrap_or_else(|| panic!("no port in {url}"));
+        let node = nodes.iter().find(|n| n.inbounds.iter().any(|(_, p)| *p == port));
+        node.unwrap_or_else(|| panic!("no node serves port {port}")).id
+    }
+
     /// Ids of node `id`'s running engine containers.
     pub fn engines(&self, id: u64) -> Vec<String> {
         let guard = self.engines.iter().find(|e| e.owner == id);

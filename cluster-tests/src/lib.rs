@@ -11,6 +11,8 @@
 //!   downloads through it, client outbounds from users' links.
 //! - [`dataplane`]: a cluster with data-plane nodes on real Docker, their
 //!   catch-up, users' links and clients made from them.
+//! - [`sim`]: simulated data-plane agents (real wire protocol, an engine
+//!   double that applies at once) for scale runs without containers.
 
 pub mod cli;
 pub mod cluster;
@@ -18,6 +20,7 @@ pub mod dataplane;
 pub mod docker;
 pub mod net;
 pub mod process;
+pub mod sim;
 pub mod traffic;
 
 pub use cluster::Cluster;

@@ -11,7 +11,7 @@ async fn writes_through_a_follower_are_visible_on_every_node() {
 
     let created = cluster
         .users(follower)
-        .create_user(CreateUserRequest { name: "alice".into() })
+        .create_user(CreateUserRequest { name: "alice".into(), ..Default::default() })
         .await
         .expect("create through a follower")
         .into_inner();
@@ -41,7 +41,7 @@ async fn listing_pages_through_every_user_in_name_order() {
     let mut names: Vec<String> = (0..25).map(|i| format!("user-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
         let node = (i as u64 % 3) + 1;
-        cluster.users(node).create_user(CreateUserRequest { name: name.clone() }).await.expect("create");
+        cluster.users(node).create_user(CreateUserRequest { name: name.clone(), ..Default::default() }).await.expect("create");
     }
     names.sort();
     for id in 1..=3 {
@@ -68,7 +68,7 @@ async fn listing_pages_through_every_user_in_name_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_reads_work_without_a_leader() {
     let mut cluster = Cluster::start(3, &[]).await;
-    cluster.users(1).create_user(CreateUserRequest { name: "bob".into() }).await.expect("create");
+    cluster.users(1).create_user(CreateUserRequest { name: "bob".into(), ..Default::default() }).await.expect("create");
     // Make sure node 3 has applied it before the quorum goes away.
     cluster.users(3).get_user(GetUserRequest { name: "bob".into(), consistency: 0 }).await.expect("linearizable read");
     cluster.node_mut(1).kill9();

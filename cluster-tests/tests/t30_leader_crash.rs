@@ -25,7 +25,7 @@ async fn writer(nodes: Vec<SocketAddr>, w: u64, acked: Acked, stop: Arc<AtomicBo
         // Each attempt uses a fresh name, so a retry never blurs "acknowledged".
         let name = format!("w{w}-{n}");
         let node = nodes[(n + w) as usize % nodes.len()];
-        let mut req = tonic::Request::new(CreateUserRequest { name: name.clone() });
+        let mut req = tonic::Request::new(CreateUserRequest { name: name.clone(), ..Default::default() });
         req.set_timeout(Duration::from_secs(3));
         if UsersClient::new(channel(node)).create_user(req).await.is_ok() {
             acked.lock().await.push(name);

@@ -13,7 +13,7 @@ async fn all_nodes_stopped_and_restarted_keep_the_state() {
     for i in 0..30 {
         let u = cluster
             .users(i % 3 + 1)
-            .create_user(CreateUserRequest { name: format!("u{i}") })
+            .create_user(CreateUserRequest { name: format!("u{i}"), ..Default::default() })
             .await
             .expect("create")
             .into_inner();
@@ -21,7 +21,7 @@ async fn all_nodes_stopped_and_restarted_keep_the_state() {
     }
     let disabled = cluster
         .users(2)
-        .update_user(UpdateUserRequest { name: "u7".into(), status: Some(UserStatus::Disabled as i32) })
+        .update_user(UpdateUserRequest { name: "u7".into(), status: Some(UserStatus::Disabled as i32), ..Default::default() })
         .await
         .expect("disable")
         .into_inner();
@@ -65,7 +65,7 @@ async fn sigterm_on_the_leader_hands_leadership_off_and_exits_zero() {
     assert!(cluster.status(new_leader).await.expect("status").term > term_before);
     cluster
         .users(new_leader)
-        .create_user(CreateUserRequest { name: "after-handoff".into() })
+        .create_user(CreateUserRequest { name: "after-handoff".into(), ..Default::default() })
         .await
         .expect("writes continue with two of three nodes");
 }

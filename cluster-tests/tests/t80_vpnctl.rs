@@ -49,7 +49,7 @@ async fn user_list_json_holds_every_page() {
     let cluster = Cluster::start(3, &[]).await;
     let mut users = cluster.users(1);
     for i in 0..1100 {
-        users.create_user(CreateUserRequest { name: format!("p{i:04}") }).await.expect("create");
+        users.create_user(CreateUserRequest { name: format!("p{i:04}"), ..Default::default() }).await.expect("create");
     }
     let list = vpnctl(&cluster.endpoints(), &["-o", "json", "user", "list"]);
     assert_eq!(list.code, 0, "{}", list.stderr);

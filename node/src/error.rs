@@ -24,6 +24,8 @@ pub enum Error {
     Identity(String),
     #[error("data plane: {0}")]
     Runtime(#[from] vpn_runtime::RuntimeError),
+    #[error("data plane: {0}")]
+    TrafficJournal(#[from] crate::agent::JournalError),
 
     // --- requests
     #[error("{field}: {detail}")]

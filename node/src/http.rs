@@ -1,17 +1,19 @@
-//! The HTTP listener: `/livez`, `/readyz` (`?verbose` explains), `/metrics`.
+//! The HTTP listener: `/livez`, `/readyz` (`?verbose` explains), `/metrics`,
+//! and `/sub/{token}`: a user's subscription, answered from this node's own
+//! copy of the state (it works while the leader is away).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use vpn_client_config::{Format, Subscription};
+use vpn_storage::model::{DataplaneNode, UserStatus};
 
-use vpn_storage::model::UserStatus;
-
-use crate::metrics::StatusLabel;
+use crate::metrics::{NodeLabel, StatusLabel};
 use crate::node::Node;
 use crate::observer::as_i64;
 
@@ -20,6 +22,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/sub/{token}", get(subscription))
         .with_state(node)
 }
 
@@ -44,10 +47,58 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, S
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     // Counted at scrape time: a pass over the users is cheap next to a scrape,
     // and too costly to repeat on every applied entry.
-    let (active, total) =
-        node.state.read(|s| (s.users.values().filter(|u| u.status == UserStatus::Active).count(), s.users.len()));
-    let users = &node.metrics.users;
-    users.get_or_create(&StatusLabel { status: "active" }).set(as_i64(active as u64));
-    users.get_or_create(&StatusLabel { status: "disabled" }).set(as_i64((total - active) as u64));
+    let m = &node.metrics;
+    node.state.read(|s| {
+        for status in UserStatus::ALL {
+            let n = s.users.values().filter(|u| u.status == status).count();
+            m.users.get_or_create(&StatusLabel { status: status.as_str() }).set(as_i64(n as u64));
+        }
+        for status in ["ready", "down", "cordoned", "draining"] {
+            let n = s.dataplane_nodes.values().filter(|d| d.status() == status).count();
+            m.dataplane_nodes.get_or_create(&StatusLabel { status }).set(as_i64(n as u64));
+        }
+        m.placements.clear();
+        for (id, n) in s.placement_counts() {
+            m.placements.get_or_create(&NodeLabel { node: id }).set(as_i64(n));
+        }
+    });
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.render())
+}
+
+/// `GET /sub/{token}[?format=base64|sing-box|clash]`: the links of the
+/// user's healthy nodes. An unknown token and a user who is not served both
+/// get a bare 404, so the endpoint tells a guesser nothing.
+async fn subscription(
+    State(node): State<Arc<Node>>,
+    Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let format = match Format::choose(q.get("format").map(String::as_str), agent) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let rendered = node.state.read(|s| {
+        let user = s.user_by_token(&token).filter(|u| u.status == UserStatus::Active)?;
+        let nodes: Vec<&DataplaneNode> = s.nodes_serving(user).filter(|n| n.is_ready()).collect();
+        Some(vpn_client_config::render(user, &nodes, format))
+    });
+    match rendered {
+        Some(sub) => respond(sub),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+fn respond(sub: Subscription) -> Response {
+    let mut response = (StatusCode::OK, sub.body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(sub.content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in sub.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
 }

@@ -10,6 +10,8 @@
 //! - `agent`: on a `--dataplane` node, secrets, registration, and the desired
 //!   state handed to the runtime's reconciler (`vpn-runtime`).
 //! - `identity`: the data dir's node id and incarnation.
+//! - `leader`: what only the leader does: data-plane liveness, the
+//!   scheduler's executor, expiry and traffic resets, heartbeat intake.
 //! - [`node`]: the shared handle: propose, linearizable reads, leader routing.
 //! - `raft`: openraft wiring: network, internal service, bootstrap/join, leadership transfer.
 //! - `api`: the public `Users`, `Cluster` and `Nodes` services, client links.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod error;
 mod http;
 mod identity;
+mod leader;
 mod metrics;
 pub mod node;
 mod observer;
@@ -96,7 +99,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         .await
         .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
     let proposer = vpn_storage::Proposer::new(raft.clone());
-    let node = Arc::new(Node { id: config.id, identity, raft, proposer, state, metrics, peers });
+    let node = Arc::new(Node {
+        id: config.id,
+        identity,
+        raft,
+        proposer,
+        state,
+        metrics,
+        peers,
+        liveness: Default::default(),
+        scheduling: config.scheduling.clone(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = match &config.dataplane {
@@ -132,6 +145,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let http_task = tokio::spawn(async move { http.await });
     let observer_task = tokio::spawn(observer::run(node.clone(), health, stop_rx.clone()));
+    let leader_task = tokio::spawn(leader::run(node.clone(), config.scheduling.clone(), stop_rx.clone()));
 
     start_membership(&node, &config, fatal_tx).await?;
     tracing::info!(id = config.id, listen = %config.listen, http = %config.http, "vpnd started");
@@ -150,7 +164,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     if let Some(agent) = agent {
         agent.stopped().await;
     }
-    for task in [http_task.abort_handle(), observer_task.abort_handle(), grpc_task.abort_handle()] {
+    for task in
+        [http_task.abort_handle(), observer_task.abort_handle(), leader_task.abort_handle(), grpc_task.abort_handle()]
+    {
         task.abort();
     }
     outcome

@@ -31,6 +31,11 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: u64,
+}
+
 /// Every metric of the node. Raft gauges are refreshed by a watcher on
 /// openraft's metrics channel; counters are bumped where things happen.
 /// Components that start later (the data-plane agent and its reconciler)
@@ -51,6 +56,11 @@ pub struct Metrics {
     pub forwarded: Family<MethodLabel, Counter>,
     pub rpc_errors: Family<PeerRpcLabels, Counter>,
     pub users: Family<StatusLabel, Gauge>,
+    pub dataplane_nodes: Family<StatusLabel, Gauge>,
+    pub placements: Family<NodeLabel, Gauge>,
+    pub failovers: Counter,
+    pub placement_changes: Counter,
+    pub plan_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -71,6 +81,11 @@ impl Default for Metrics {
             forwarded: Family::default(),
             rpc_errors: Family::default(),
             users: Family::default(),
+            dataplane_nodes: Family::default(),
+            placements: Family::default(),
+            failovers: Counter::default(),
+            placement_changes: Counter::default(),
+            plan_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
         };
         let registry = m.registry.get_mut().unwrap_or_else(PoisonError::into_inner);
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -99,6 +114,23 @@ impl Default for Metrics {
         registry.register("forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
         registry.register("raft_rpc_errors", "Failed Raft RPCs to peers", m.rpc_errors.clone());
         registry.register("users", "Users by status", m.users.clone());
+        registry.register("dataplane_nodes", "Data-plane nodes by status", m.dataplane_nodes.clone());
+        registry.register("placements", "Users placed on each data-plane node", m.placements.clone());
+        registry.register(
+            "failovers",
+            "Data-plane nodes this node, as leader, marked down (their users move)",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "placement_changes",
+            "Placements added or removed by this node's scheduler",
+            m.placement_changes.clone(),
+        );
+        registry.register(
+            "scheduler_plan_duration_seconds",
+            "Time one scheduler plan took on the leader",
+            m.plan_duration.clone(),
+        );
         m
     }
 }

@@ -14,8 +14,10 @@ use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::types::{NodeId, Raft};
 use vpn_storage::{Proposer, StateReader};
 
+use crate::config::SchedulingConfig;
 use crate::error::Error;
 use crate::identity::Identity;
+use crate::leader::liveness::Liveness;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::peers::Peers;
 
@@ -33,6 +35,9 @@ pub struct Node {
     pub state: StateReader,
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Peers>,
+    /// Heartbeats of data-plane nodes, kept while this node leads.
+    pub liveness: Liveness,
+    pub scheduling: SchedulingConfig,
 }
 
 /// Where a write must run.

@@ -44,6 +44,16 @@ pub enum RuntimeError {
     #[error("{api} at {addr}: {reason}")]
     EngineApi { api: &'static str, addr: String, reason: String },
 
+    #[error(
+        "traffic counters of engine {container} could not be read while it runs: {source}; they are read \
+         again at the next heartbeat (counts are cumulative: nothing is lost while the engine runs)"
+    )]
+    CountersUnavailable {
+        container: String,
+        #[source]
+        source: Box<RuntimeError>,
+    },
+
     #[error("{action} {}: {source}", path.display())]
     Io {
         action: &'static str,

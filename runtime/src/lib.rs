@@ -11,6 +11,7 @@
 //! handle.metrics.register(&mut registry);
 //! desired_tx.send_replace(Some(state));          // on every change that affects this node
 //! handle.status.borrow().applied_generation;     // for heartbeats
+//! handle.usage.counters().await?;                // per-user byte counters, for traffic accounting
 //! ```
 //!
 //! One container per protocol inbound (`vpn-<node>-<protocol>`), host
@@ -27,6 +28,7 @@
 //! - `reconciler`: the loop ([`Reconciler`], [`RuntimeConfig`], [`ApplyStatus`]).
 //! - [`docker`]: the bollard calls and labels; [`ports`]: the port checks and API port scheme.
 //! - [`keys`], [`tls`]: Reality x25519 keys, Shadowsocks keys, self-signed certificates.
+//! - [`usage`]: per-user traffic counters of the running engines ([`UsageReader`]).
 //! - [`metrics`]: Prometheus series; `error`: [`RuntimeError`].
 
 pub mod desired;
@@ -40,6 +42,7 @@ pub mod ports;
 pub mod reconcile;
 mod reconciler;
 pub mod tls;
+pub mod usage;
 mod validate;
 
 #[cfg(test)]
@@ -49,4 +52,5 @@ pub use desired::{DesiredState, EngineUser, InboundSpec, Protocol, RealitySettin
 pub use error::RuntimeError;
 pub use metrics::Metrics;
 pub use reconciler::{ApplyStatus, Reconciler, ReconcilerHandle, RuntimeConfig};
+pub use usage::{Counter, UsageReader};
 pub use validate::validate;

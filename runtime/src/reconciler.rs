@@ -20,6 +20,7 @@ use crate::reconcile::env::Env;
 use crate::reconcile::observe::observe;
 use crate::reconcile::plan::{plan, DesiredInbound, Op, PlanInput};
 use crate::reconcile::{executor, Observed};
+use crate::usage::{FinalReadings, UsageReader};
 use crate::{validate, DesiredState, Metrics, Protocol, RuntimeError};
 
 /// How this node's runtime is set up.
@@ -70,10 +71,17 @@ pub struct Reconciler;
 pub struct ReconcilerHandle {
     pub status: watch::Receiver<ApplyStatus>,
     pub metrics: Metrics,
+    /// Reads the engines' traffic counters; clone it for a task of its own.
+    pub usage: UsageReader,
     task: JoinHandle<()>,
 }
 
 impl ReconcilerHandle {
+    /// The cumulative byte counters of every user on every engine of this node (see [`crate::usage`]).
+    pub async fn counters(&self) -> Result<Vec<crate::Counter>, RuntimeError> {
+        self.usage.counters().await
+    }
+
     /// Waits until the loop has stopped (after the shutdown signal).
     pub async fn stopped(self) {
         if let Err(e) = self.task.await {
@@ -98,6 +106,8 @@ impl Reconciler {
         // Docker needs absolute bind-mount sources.
         let config_dir = dir.canonicalize().map_err(|e| RuntimeError::io("resolve", dir, e))?;
         let metrics = Metrics::default();
+        let finals = FinalReadings::default();
+        let usage = UsageReader::new(SingBox, docker.clone(), config.node_id, finals.clone());
         let env = Env {
             engine: SingBox,
             docker,
@@ -105,10 +115,11 @@ impl Reconciler {
             image: config.engine_image.clone(),
             config_dir,
             metrics: metrics.clone(),
+            finals,
         };
         let (status_tx, status) = watch::channel(ApplyStatus::default());
         let task = tokio::spawn(run(env, config, desired, shutdown, status_tx));
-        Ok(ReconcilerHandle { status, metrics, task })
+        Ok(ReconcilerHandle { status, metrics, usage, task })
     }
 }
 

@@ -204,8 +204,12 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 Some(_) => {
                     next.status = UserStatus::Active;
                     match next.status_at(*at_ms) {
-                        UserStatus::Expired => return CommandResponse::Refused(Refusal::StillExpired { name: name.clone() }),
-                        UserStatus::Limited => return CommandResponse::Refused(Refusal::StillLimited { name: name.clone() }),
+                        UserStatus::Expired => {
+                            return CommandResponse::Refused(Refusal::StillExpired { name: name.clone() })
+                        }
+                        UserStatus::Limited => {
+                            return CommandResponse::Refused(Refusal::StillLimited { name: name.clone() })
+                        }
                         _ => {}
                     }
                 }

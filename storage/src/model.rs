@@ -31,7 +31,8 @@ pub enum UserStatus {
 }
 
 impl UserStatus {
-    pub const ALL: [UserStatus; 4] = [UserStatus::Active, UserStatus::Disabled, UserStatus::Limited, UserStatus::Expired];
+    pub const ALL: [UserStatus; 4] =
+        [UserStatus::Active, UserStatus::Disabled, UserStatus::Limited, UserStatus::Expired];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,7 +56,8 @@ pub enum ResetPeriod {
 }
 
 impl ResetPeriod {
-    pub const ALL: [ResetPeriod; 4] = [ResetPeriod::None, ResetPeriod::Daily, ResetPeriod::Weekly, ResetPeriod::Monthly];
+    pub const ALL: [ResetPeriod; 4] =
+        [ResetPeriod::None, ResetPeriod::Daily, ResetPeriod::Weekly, ResetPeriod::Monthly];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,7 +87,15 @@ impl ResetPeriod {
                     m => (start.year(), m.next()),
                 };
                 let day = start.day().min(time::util::days_in_month(month, year));
-                let end = start.replace_day(1).ok()?.replace_year(year).ok()?.replace_month(month).ok()?.replace_day(day).ok()?;
+                let end = start
+                    .replace_day(1)
+                    .ok()?
+                    .replace_year(year)
+                    .ok()?
+                    .replace_month(month)
+                    .ok()?
+                    .replace_day(day)
+                    .ok()?;
                 i64::try_from(end.unix_timestamp_nanos() / 1_000_000).ok()
             }
         }

@@ -3,13 +3,16 @@
 //! Global options are `global = true` so they work after the subcommand too
 //! (`vpnctl user list -o json`), which is where operators tend to add them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
+use time::OffsetDateTime;
 
 use crate::output::Format;
+use crate::parse::{self, Expiry, Reset};
 
 const LONG_ABOUT: &str = "\
 Admin CLI for the clustered VPN control plane.
@@ -22,9 +25,12 @@ Examples:
   export VPNCTL_ENDPOINTS=10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000
   vpnctl cluster status
   vpnctl user add alice            # prints alice's credentials
-  vpnctl user list -o json | jq -r '.users[] | select(.status == \"disabled\") | .name'
+  vpnctl user add bob --expires 30d --data-limit 50GiB --reset monthly
+  vpnctl user list -o json | jq -r '.users[] | select(.status == \"expired\") | .name'
+  vpnctl user enable bob --expires 2027-01-31   # serve an expired user again
   vpnctl member add 4 10.0.0.4:7000 --voter
   vpnctl node list
+  vpnctl node drain 4              # move its users elsewhere before maintenance
   vpnctl user qr alice             # scan a link with the phone's client
 
 Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
@@ -51,7 +57,7 @@ pub struct Cli {
     pub output: Format,
 
     /// How long one request may take, retries included (e.g. 500ms, 10s, 2m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, default_value = "10s", value_parser = parse::timeout, global = true)]
     pub timeout: Duration,
 
     /// PEM file with the CA that signed the nodes' certificates, for https endpoints whose CA
@@ -120,21 +126,32 @@ pub enum MemberCommand {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user; prints the generated credentials.
-    Add(NameArg),
-    /// List all users.
+    ///
+    /// Without flags the user never expires, has no data limit and may be placed on any node.
+    Add(AddArgs),
+    /// List all users with their status, usage and expiry.
     List,
-    /// Show one user, credentials included.
+    /// Show one user: limits, usage, placements, subscription URL and credentials.
     Show(NameArg),
     /// Delete a user; their access ends on every node.
     Delete(NameArg),
-    /// Block a user without deleting them (keeps their credentials).
+    /// Block a user without deleting them (keeps their credentials and limits).
     Disable(NameArg),
-    /// Let a disabled user connect again.
-    Enable(NameArg),
+    /// Serve a disabled, expired or limited user again.
+    ///
+    /// An expired or limited user needs a new limit in the same command (--expires,
+    /// --data-limit) while the old one still applies; the server refuses otherwise.
+    Enable(EnableArgs),
+    /// Change a user's expiry, data limit or reset period without enabling them.
+    Limit(LimitArgs),
+    /// Start a new accounting period now: used traffic back to zero; a limited user is served again.
+    ResetTraffic(NameArg),
     /// Print the user's client links (ss://, vless://), one per node and inbound.
     Links(NameArg),
     /// Print each of the user's links as a QR code for a phone to scan (dark terminal background).
     Qr(NameArg),
+    /// Give the user a new subscription URL; the old one stops working.
+    RotateToken(NameArg),
 }
 
 /// `vpnctl node ...`
@@ -142,11 +159,23 @@ pub enum UserCommand {
 pub enum NodeCommand {
     /// List the data-plane nodes with their status, users and generations.
     List,
-    /// Show one data-plane node: inbounds, labels, capacity, generations.
-    Show {
-        /// The node's id (its `vpnd --id`).
-        id: u64,
-    },
+    /// Show one data-plane node: inbounds, labels, capacity, generations, engine errors.
+    Show(NodeArg),
+    /// Give the node no new users; those on it stay.
+    Cordon(NodeArg),
+    /// Put a cordoned or draining node back into normal scheduling (users are not moved back).
+    Uncordon(NodeArg),
+    /// Move every user off the node, e.g. before maintenance.
+    ///
+    /// Each user leaves the node only once its new node serves it; `node uncordon` ends the drain.
+    Drain(NodeArg),
+}
+
+/// The `<id>` argument of the node commands.
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// The node's id (its `vpnd --id`), as `vpnctl node list` shows it.
+    pub id: u64,
 }
 
 /// The `<name>` argument of the user commands.
@@ -156,22 +185,64 @@ pub struct NameArg {
     pub name: String,
 }
 
-/// Parses `500ms`, `10s`, `2m` or a bare number of seconds.
-fn parse_duration(input: &str) -> Result<Duration, String> {
-    let input = input.trim();
-    let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());
-    let (number, unit) = input.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("'{input}' is not a duration; use e.g. 500ms, 10s or 2m"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        _ => return Err(format!("unknown unit '{unit}'; use ms, s or m")),
-    };
-    if duration.is_zero() {
-        return Err("the timeout must be more than zero".into());
-    }
-    Ok(duration)
+/// `vpnctl user add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// User name: 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit.
+    pub name: String,
+    /// When the user stops being served: RFC 3339 (2027-01-31T00:00:00Z), a date (2027-01-31,
+    /// midnight UTC) or a duration from now (12h, 30d, 2w). Default: never.
+    #[arg(long, value_name = "WHEN", value_parser = parse::expiry)]
+    pub expires: Option<OffsetDateTime>,
+    /// Traffic allowed per period, up and down together: bytes or a size (500MB, 50GiB, 1.5TB;
+    /// KB..TB are powers of 1000, KiB..TiB of 1024). 0 or unlimited: no limit (the default).
+    #[arg(long, value_name = "SIZE", value_parser = parse::data_limit)]
+    pub data_limit: Option<u64>,
+    /// How often the used traffic starts again from zero. Default: none.
+    #[arg(long, value_enum, value_name = "PERIOD")]
+    pub reset: Option<Reset>,
+    /// Place the user only on nodes carrying all these labels (their `vpnd --labels`),
+    /// e.g. region=eu,tier=gold.
+    #[arg(long, value_name = "K=V,...", value_parser = parse::constraint)]
+    pub constraint: Option<HashMap<String, String>>,
+}
+
+/// `vpnctl user enable`.
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    /// User name.
+    pub name: String,
+    /// A new expiry: RFC 3339, a date (2027-01-31), a duration from now (30d), or never.
+    #[arg(long, value_name = "WHEN", value_parser = parse::expiry_or_never)]
+    pub expires: Option<Expiry>,
+    /// A new data limit per period (50GiB, 1.5TB, bytes); 0 or unlimited: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse::data_limit)]
+    pub data_limit: Option<u64>,
+}
+
+/// `vpnctl user limit`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// User name.
+    pub name: String,
+    #[command(flatten)]
+    pub change: LimitChange,
+}
+
+/// What `user limit` changes: at least one of these, so a bare `user limit alice` is a usage
+/// error rather than a write that changes nothing.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct LimitChange {
+    /// The new expiry: RFC 3339, a date (2027-01-31), a duration from now (30d), or never.
+    #[arg(long, value_name = "WHEN", value_parser = parse::expiry_or_never)]
+    pub expires: Option<Expiry>,
+    /// The new data limit per period (50GiB, 1.5TB, bytes); 0 or unlimited: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse::data_limit)]
+    pub data_limit: Option<u64>,
+    /// The new reset period; the current period keeps its start.
+    #[arg(long, value_enum, value_name = "PERIOD")]
+    pub reset: Option<Reset>,
 }
 
 #[cfg(test)]
@@ -186,22 +257,48 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("ten").is_err());
-    }
-
-    #[test]
     fn global_options_work_after_the_subcommand() {
         let cli = Cli::try_parse_from(["vpnctl", "user", "list", "-o", "json", "--endpoints", "a:1,b:2"]);
         let cli = cli.map_err(|e| e.to_string());
         assert_eq!(cli.as_ref().map(|c| c.output), Ok(Format::Json));
         assert_eq!(cli.map(|c| c.endpoints), Ok(vec!["a:1".into(), "b:2".into()]));
+    }
+
+    #[test]
+    fn limit_flags_parse_into_the_command() {
+        let args = ["vpnctl", "user", "limit", "bob", "--expires", "never", "--data-limit", "1.5GiB"];
+        let Ok(Cli { command: Command::User(UserCommand::Limit(limit)), .. }) = Cli::try_parse_from(args) else {
+            panic!("user limit parses");
+        };
+        assert_eq!((limit.change.expires, limit.change.data_limit), (Some(Expiry::Never), Some(1_610_612_736)));
+        let args = ["vpnctl", "user", "add", "bob", "--reset", "monthly", "--constraint", "region=eu"];
+        let Ok(Cli { command: Command::User(UserCommand::Add(add)), .. }) = Cli::try_parse_from(args) else {
+            panic!("user add parses");
+        };
+        assert_eq!(add.reset, Some(Reset::Monthly));
+        assert_eq!(add.constraint.and_then(|c| c.get("region").cloned()).as_deref(), Some("eu"));
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag_and_exit_2() {
+        let cases: [&[&str]; 6] = [
+            &["user", "add", "bob", "--expires", "soon"],
+            &["user", "add", "bob", "--expires", "never"],
+            &["user", "add", "bob", "--data-limit", "50G"],
+            &["user", "add", "bob", "--reset", "yearly"],
+            &["user", "enable", "bob", "--data-limit", "many"],
+            &["user", "limit", "bob", "--expires", "2020-01-01"],
+        ];
+        for args in cases {
+            let err = Cli::try_parse_from(std::iter::once(&"vpnctl").chain(args)).err();
+            let flag = args[3];
+            assert_eq!(err.as_ref().map(|e| e.exit_code()), Some(2), "{args:?}");
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains(flag), "{args:?}: {text}");
+        }
+        let err = Cli::try_parse_from(["vpnctl", "user", "limit", "bob"]).err();
+        assert_eq!(err.as_ref().map(|e| e.exit_code()), Some(2));
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("--data-limit"));
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line (clap derive).
+//! - [`parse`]: flag values (`--expires`, `--data-limit`, `--constraint`, `--timeout`), checked
+//!   before any network call.
 //! - [`endpoint`]: parsing `host:port` and `http(s)://host:port`.
 //! - [`client`]: failover, retry with backoff, leader hints.
 //! - [`output`]: table and JSON rendering.
-//! - [`commands`]: one module per command group (`cluster`, `member`, `user`, `node`, `completions`).
+//! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
+//! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
+//!   and `user_links`, `node`, `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
@@ -21,7 +25,9 @@ pub mod client;
 pub mod commands;
 pub mod endpoint;
 pub mod error;
+pub mod human;
 pub mod output;
+pub mod parse;
 pub mod qr;
 
 use std::ffi::OsString;

@@ -1,14 +1,19 @@
 //! Turns replies into the two output formats: aligned text for people, JSON for scripts.
 //!
 //! Commands build both forms of a [`Document`] and [`Output::render`] picks one, so the JSON
-//! shape (a contract scripts rely on) is testable without a server.
+//! shape (a contract scripts rely on) is testable without a server. Users are rendered in
+//! `output/user.rs`; nodes and links next to their commands.
+
+mod user;
 
 use std::io::{ErrorKind, Write};
 
 use serde_json::{json, Value};
-use vpn_proto::v1::{ClusterStatus, MemberRole, User, UserStatus};
+use vpn_proto::v1::{ClusterStatus, MemberRole};
 
 use crate::error::CliError;
+
+pub use user::{limits_table, status_name, user_json, user_table, users_table};
 
 /// The `-o` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,34 +69,12 @@ impl Output {
     }
 }
 
-/// `"active"`, `"disabled"`, or `"unspecified"` when a server sends no status.
-pub fn status_name(status: UserStatus) -> &'static str {
-    match status {
-        UserStatus::Active => "active",
-        UserStatus::Disabled => "disabled",
-        UserStatus::Unspecified => "unspecified",
-    }
-}
-
 fn role_name(role: MemberRole) -> &'static str {
     match role {
         MemberRole::Voter => "voter",
         MemberRole::Learner => "learner",
         MemberRole::Unspecified => "unspecified",
     }
-}
-
-/// A user object as scripts see it.
-pub fn user_json(user: &User) -> Value {
-    let credentials =
-        user.credentials.as_ref().map(|c| json!({ "vless_uuid": c.vless_uuid, "ss2022_key": c.ss2022_key }));
-    json!({
-        "name": user.name,
-        "id": user.id,
-        "status": status_name(user.status()),
-        "created_at": user.created_at,
-        "credentials": credentials,
-    })
 }
 
 /// The `cluster status` document (also what member add/remove print).
@@ -130,31 +113,6 @@ pub fn status_table(status: &ClusterStatus) -> String {
     format!("{summary}\n\n{}", table(&rows))
 }
 
-/// One user for people, credentials included (what `user show` and `user add` print).
-pub fn user_table(user: &User) -> String {
-    let credentials = user.credentials.clone().unwrap_or_default();
-    fields(&[
-        ("Name", user.name.clone()),
-        ("ID", user.id.clone()),
-        ("Status", status_name(user.status()).into()),
-        ("Created", user.created_at.clone()),
-        ("VLESS UUID", credentials.vless_uuid),
-        ("SS-2022 key", credentials.ss2022_key),
-    ])
-}
-
-/// `user list` for people, one row per user.
-pub fn users_table(users: &[User]) -> String {
-    if users.is_empty() {
-        return "no users yet; add one with `vpnctl user add <name>`".into();
-    }
-    let header = ["NAME", "STATUS", "CREATED", "ID"].map(String::from).to_vec();
-    let rows = std::iter::once(header).chain(
-        users.iter().map(|u| vec![u.name.clone(), status_name(u.status()).into(), u.created_at.clone(), u.id.clone()]),
-    );
-    table(&rows.collect::<Vec<_>>())
-}
-
 /// Left-aligned columns two spaces apart; the last column is not padded.
 pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -185,22 +143,9 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use vpn_proto::v1::{Credentials, Member};
+    use vpn_proto::v1::Member;
 
     use super::*;
-
-    fn alice() -> User {
-        User {
-            id: "u-1".into(),
-            name: "alice".into(),
-            status: UserStatus::Disabled as i32,
-            created_at: "2025-01-02T03:04:05Z".into(),
-            credentials: Some(Credentials {
-                vless_uuid: "0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10".into(),
-                ss2022_key: "c2VjcmV0LWtleS0xNmJ5dA==".into(),
-            }),
-        }
-    }
 
     fn three_nodes(leader: Option<u64>) -> ClusterStatus {
         let member = |id: u64, role: MemberRole| Member { id, addr: format!("10.0.0.{id}:7000"), role: role as i32 };
@@ -212,21 +157,6 @@ mod tests {
             commit_index: 42,
             applied_index: 41,
         }
-    }
-
-    #[test]
-    fn user_json_has_the_contract_shape() {
-        let expected = json!({
-            "name": "alice",
-            "id": "u-1",
-            "status": "disabled",
-            "created_at": "2025-01-02T03:04:05Z",
-            "credentials": {
-                "vless_uuid": "0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10",
-                "ss2022_key": "c2VjcmV0LWtleS0xNmJ5dA==",
-            },
-        });
-        assert_eq!(user_json(&alice()), expected);
     }
 
     #[test]
@@ -249,7 +179,7 @@ mod tests {
 
     #[test]
     fn json_output_is_one_document() {
-        let doc = Output::Document(Document { json: json!({"users": [user_json(&alice())]}), table: String::new() });
+        let doc = Output::Document(Document { json: json!({"users": [{"name": "alice"}]}), table: String::new() });
         let text = doc.render(Format::Json);
         let parsed: Result<Value, _> = serde_json::from_str(&text);
         assert_eq!(parsed.ok().map(|v| v["users"][0]["name"].clone()), Some(json!("alice")));
@@ -269,19 +199,5 @@ ID  ADDRESS         ROLE
 13  10.0.0.13:7000  learner";
         assert_eq!(text, expected);
         assert!(status_table(&three_nodes(None)).contains("Leader:       none in term 7"));
-    }
-
-    #[test]
-    fn user_tables_show_what_an_operator_needs() {
-        let shown = user_table(&alice());
-        assert!(shown.contains("SS-2022 key:  c2VjcmV0LWtleS0xNmJ5dA=="));
-        assert!(shown.contains("Status:       disabled"));
-        let listed = users_table(&[alice()]);
-        assert_eq!(
-            listed,
-            "NAME   STATUS    CREATED               ID\n\
-             alice  disabled  2025-01-02T03:04:05Z  u-1"
-        );
-        assert!(users_table(&[]).starts_with("no users yet"));
     }
 }

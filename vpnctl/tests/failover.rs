@@ -101,6 +101,14 @@ impl Users for FakeNode {
         self.check()?;
         Err(Status::unimplemented("fake"))
     }
+    async fn reset_traffic(&self, _: Request<ResetTrafficRequest>) -> Result<Response<User>, Status> {
+        self.check()?;
+        Err(Status::unimplemented("fake"))
+    }
+    async fn rotate_token(&self, _: Request<RotateTokenRequest>) -> Result<Response<User>, Status> {
+        self.check()?;
+        Err(Status::unimplemented("fake"))
+    }
     async fn get_user_links(
         &self,
         req: Request<GetUserLinksRequest>,

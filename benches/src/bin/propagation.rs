@@ -82,7 +82,7 @@ async fn main() -> Result<()> {
     let result = async {
         let served = "served";
         let mut users = fx.users();
-        users.create_user(vpn_proto::v1::CreateUserRequest { name: served.into() }).await?;
+        users.create_user(vpn_proto::v1::CreateUserRequest { name: served.into(), ..Default::default() }).await?;
         fx.first_fetch(served, first, propagation::SS).await?;
         fx.first_fetch(served, first, propagation::VLESS).await?;
         let bare = propagation::bare_fetches(&fx, first, served, cli.bare_fetches).await?;

@@ -78,14 +78,10 @@ pub fn offer(id: NodeId, config: &DataplaneConfig, secrets: &Secrets) -> Datapla
             record
         })
         .collect();
-    DataplaneNode {
-        id,
-        public_host: config.public_host.clone(),
-        inbounds,
-        labels: config.labels.clone(),
-        capacity: config.capacity,
-        applied_generation: 0,
-    }
+    let mut node = DataplaneNode::new(id, config.public_host.clone(), inbounds);
+    node.labels = config.labels.clone();
+    node.capacity = config.capacity;
+    node
 }
 
 /// What node `id` should serve in `state`: its inbounds and the users placed
@@ -112,7 +108,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use vpn_storage::command::{apply, Command};
+    use vpn_storage::command::{apply, Command, LimitsChange, Move};
     use vpn_storage::model::{User, UserStatus};
 
     use super::*;
@@ -183,19 +179,29 @@ mod tests {
     }
 
     #[test]
-    fn every_active_user_is_placed_on_every_registered_node() {
+    fn a_node_serves_the_active_users_placed_on_it() {
         let mut state = State::default();
         let specs = inbound_specs(&config(), &secrets());
-        for name in ["carol", "alice", "bob"] {
+        for name in ["carol", "alice", "bob", "dave"] {
             apply(&mut state, &Command::CreateUser(User::new(name.into(), 0)));
         }
-        apply(&mut state, &Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Disabled) });
+        let disable = LimitsChange::default();
+        apply(
+            &mut state,
+            &Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Disabled), limits: disable, at_ms: 0 },
+        );
         assert_eq!(desired(&state, 7, &specs), None, "nothing is known for an unregistered node");
 
         apply(&mut state, &Command::RegisterDataplaneNode(offer(7, &config(), &secrets())));
+        apply(&mut state, &Command::RegisterDataplaneNode(offer(8, &config(), &secrets())));
+        let place = |user: &str, node| Move { user: user.into(), add: vec![node], remove: vec![] };
+        apply(
+            &mut state,
+            &Command::Place(vec![place("alice", 7), place("bob", 7), place("carol", 7), place("dave", 8)]),
+        );
         let d = desired(&state, 7, &specs).expect("registered");
         let names: Vec<&str> = d.users.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["alice", "carol"], "active users, sorted by name");
+        assert_eq!(names, ["alice", "carol"], "active users placed here, sorted by name");
         assert_eq!((d.generation, d.node_id, d.inbounds.len()), (state.generation, 7, 3));
     }
 }

@@ -13,11 +13,15 @@
 //! Layout:
 //! - `secrets`: the node's keys and certificate in `<data-dir>/dataplane/`.
 //! - `desired`: pure builders of the offer and the desired state.
-//! - `report`: registration and applied-generation reports through the leader.
+//! - `report`: registration of the node's offer through the leader.
+//! - `heartbeat`: liveness, applied generation and traffic to the leader.
+//! - `traffic`: the on-disk journal of traffic not yet recorded by the cluster.
 
 mod desired;
+mod heartbeat;
 mod report;
 mod secrets;
+mod traffic;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +33,10 @@ use tokio::task::JoinHandle;
 use vpn_runtime::desired::{DesiredState, InboundSpec};
 use vpn_runtime::{Reconciler, ReconcilerHandle, RuntimeConfig};
 
+use self::heartbeat::Heartbeat;
 use self::secrets::Secrets;
+pub use self::traffic::JournalError;
+use self::traffic::TrafficJournal;
 use crate::config::DataplaneConfig;
 use crate::error::Error;
 use crate::node::Node;
@@ -67,7 +74,7 @@ pub async fn start(
     let dir = data_dir.join(DIR);
     let secrets = Secrets::load_or_create(&dir, config)?;
     let inbounds = desired::inbound_specs(config, &secrets);
-    let (desired_gauge, applied_gauge) = (Gauge::default(), Gauge::default());
+    let (desired_gauge, applied_gauge, pending_gauge) = (Gauge::default(), Gauge::default(), Gauge::default());
     node.metrics.register_with(|r| {
         r.register(
             "dataplane_desired_generation",
@@ -78,6 +85,11 @@ pub async fn start(
             "dataplane_applied_generation",
             "Generation this node's engines last applied",
             applied_gauge.clone(),
+        );
+        r.register(
+            "dataplane_traffic_reports_pending",
+            "Traffic reports this node measured that the cluster has not recorded yet (accounting lag)",
+            pending_gauge.clone(),
         );
     });
     let initial = node.state.read(|s| desired::desired(s, node.id, &inbounds));
@@ -91,12 +103,22 @@ pub async fn start(
     node.metrics.register_with(|r| reconciler.metrics.register(r));
     tracing::info!(image = %config.engine_image, inbounds = inbounds.len(), "data-plane agent started");
 
+    let recorded_seq = node.state.read(|s| s.dataplane_nodes.get(&node.id).map_or(0, |n| n.traffic_seq));
+    let journal = TrafficJournal::open(&dir, recorded_seq)?;
+    let heartbeat = Heartbeat {
+        node: node.clone(),
+        status: reconciler.status.clone(),
+        usage: reconciler.usage.clone(),
+        journal,
+        interval: node.scheduling.node_heartbeat,
+        pending_gauge,
+        applied_gauge,
+    };
     let offer = desired::offer(node.id, config, &secrets);
-    let status = reconciler.status.clone();
     let tasks = vec![
         tokio::spawn(report::register(node.clone(), offer, shutdown.clone())),
         tokio::spawn(follow(node.clone(), inbounds, desired_tx, desired_gauge, config.resync, shutdown.clone())),
-        tokio::spawn(report::report_applied(node.clone(), status, applied_gauge, shutdown)),
+        tokio::spawn(heartbeat.run(shutdown)),
     ];
     Ok(Agent { reconciler, tasks })
 }

@@ -5,17 +5,17 @@
 //! - `users`: the `Users` service (and a user's client links).
 //! - `nodes`: the `Nodes` service (data-plane nodes).
 //! - `cluster`: the `Cluster` service (status and membership).
-//! - `links`: `ss://` and `vless://` links for a user on an inbound.
+//! - `user_fields`: validation of expiry, reset period, placement constraint.
 //! - `convert`: domain <-> proto.
 //! - `status`: our `Error` -> `tonic::Status`, in one place.
 //! - `forward`: the one-hop forwarding of writes to the leader.
 
 pub mod cluster;
-mod convert;
+pub(crate) mod convert;
 mod forward;
-mod links;
 pub mod nodes;
 mod status;
+mod user_fields;
 pub mod users;
 
 use vpn_proto::v1::ReadConsistency;

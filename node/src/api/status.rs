@@ -22,7 +22,8 @@ impl From<Error> for Status {
             | Error::Storage(_)
             | Error::DataDir { .. }
             | Error::Bind { .. }
-            | Error::Runtime(_) => Code::Internal,
+            | Error::Runtime(_)
+            | Error::TrafficJournal(_) => Code::Internal,
         };
         match code {
             Code::Internal => tracing::error!("request failed: {e}"),
@@ -44,9 +45,10 @@ impl From<Refusal> for Error {
         match r {
             Refusal::UserExists(_) => Error::AlreadyExists(r.to_string()),
             Refusal::UserNotFound(_) => Error::NotFound(r.to_string()),
-            Refusal::IncarnationConflict { .. } | Refusal::NotADataplaneNode(_) => {
-                Error::FailedPrecondition(r.to_string())
-            }
+            Refusal::IncarnationConflict { .. }
+            | Refusal::NotADataplaneNode(_)
+            | Refusal::StillExpired { .. }
+            | Refusal::StillLimited { .. } => Error::FailedPrecondition(r.to_string()),
         }
     }
 }

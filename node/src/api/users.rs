@@ -7,13 +7,14 @@ use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::users_server::Users;
 use vpn_proto::v1::{
     CreateUserRequest, DeleteUserRequest, DeleteUserResponse, GetUserLinksRequest, GetUserLinksResponse,
-    GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest, User, UserLink,
+    GetUserRequest, ListUsersRequest, ListUsersResponse, ResetTrafficRequest, RotateTokenRequest, UpdateUserRequest,
+    User, UserLink,
 };
-use vpn_storage::command::{Command, CommandResponse};
-use vpn_storage::model::{self, validate_user_name, UserStatus};
+use vpn_storage::command::{Command, CommandResponse, LimitsChange};
+use vpn_storage::model::{self, validate_user_name, Limits, UserStatus};
 use vpn_storage::state::State;
 
-use super::{convert, forward, links};
+use super::{convert, forward, user_fields};
 use crate::error::Error;
 use crate::node::{Node, Route};
 
@@ -33,10 +34,14 @@ impl UsersApi {
         super::read_barrier(&self.node, consistency).await
     }
 
+    fn user(&self, u: &model::User) -> User {
+        convert::user(u, &self.node.scheduling.subscription_base_url)
+    }
+
     /// Proposes `cmd` here and expects a user back.
     async fn write_user(&self, cmd: Command) -> Result<Response<User>, Status> {
         match self.node.propose(cmd).await? {
-            CommandResponse::User(u) => Ok(Response::new(convert::user(&u))),
+            CommandResponse::User(u) => Ok(Response::new(self.user(&u))),
             CommandResponse::Refused(r) => Err(Error::from(r).into()),
             other => Err(Error::Internal(format!("unexpected apply result {other:?}")).into()),
         }
@@ -51,12 +56,23 @@ impl Users for UsersApi {
             let fwd = forward::to_leader(&self.node, "CreateUser", req.into_inner());
             return UsersClient::new(ch).create_user(fwd).await;
         }
-        let name = req.into_inner().name;
-        if self.node.state.read(|s| s.users.contains_key(&name)) {
-            return Err(Error::AlreadyExists(format!("user {name:?} already exists")).into());
+        let req = req.into_inner();
+        let now = convert::now_ms();
+        let limits = Limits {
+            expires_at_ms: user_fields::expires_at(&req.expires_at, now, false)?,
+            data_limit_bytes: req.data_limit_bytes,
+            reset: user_fields::reset(&req.reset)?,
+        };
+        let constraint = user_fields::constraint(&req.placement_constraint)?;
+        if self.node.state.read(|s| s.users.contains_key(&req.name)) {
+            return Err(Error::AlreadyExists(format!("user {:?} already exists", req.name)).into());
         }
-        // Ids and keys are made here, before the log: every replica applies the same bytes.
-        self.write_user(Command::CreateUser(model::User::new(name, convert::now_ms()))).await
+        // Ids, keys and the token are made here, before the log: every
+        // replica applies the same bytes.
+        let mut user = model::User::new(req.name, now);
+        user.limits = limits;
+        user.constraint = constraint;
+        self.write_user(Command::CreateUser(user)).await
     }
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
@@ -65,7 +81,7 @@ impl Users for UsersApi {
         self.read_barrier(req.consistency).await?;
         self.node
             .state
-            .read(|s| s.users.get(&req.name).map(convert::user))
+            .read(|s| s.users.get(&req.name).map(|u| self.user(u)))
             .map(Response::new)
             .ok_or_else(|| Error::NotFound(format!("user {:?} not found", req.name)).into())
     }
@@ -92,27 +108,54 @@ impl Users for UsersApi {
         } else {
             String::new()
         };
-        Ok(Response::new(ListUsersResponse { users: users.iter().map(convert::user).collect(), next_page_token }))
+        Ok(Response::new(ListUsersResponse { users: users.iter().map(|u| self.user(u)).collect(), next_page_token }))
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
         check_name("name", &req.get_ref().name)?;
-        let status = match req.get_ref().status {
-            None => {
-                return Err(
-                    Error::InvalidArgument { field: "status", detail: "nothing to update: set status".into() }.into()
-                )
-            }
-            Some(raw) => convert::status_from_wire(raw).ok_or(Error::InvalidArgument {
-                field: "status",
-                detail: format!("{raw} is not a status: use ACTIVE or DISABLED"),
-            })?,
+        let r = req.get_ref();
+        let now = convert::now_ms();
+        let status = r
+            .status
+            .map(|raw| {
+                convert::status_from_wire(raw).ok_or(Error::InvalidArgument {
+                    field: "status",
+                    detail: format!("{raw} is not a status an operator sets: use ACTIVE or DISABLED"),
+                })
+            })
+            .transpose()?;
+        let limits = LimitsChange {
+            expires_at_ms: r.expires_at.as_deref().map(|e| user_fields::expires_at(e, now, true)).transpose()?,
+            data_limit_bytes: r.data_limit_bytes,
+            reset: r.reset.as_deref().map(user_fields::reset).transpose()?,
         };
+        if status.is_none() && limits.is_empty() {
+            let detail = "nothing to update: set status, expires_at, data_limit_bytes or reset".into();
+            return Err(Error::InvalidArgument { field: "status", detail }.into());
+        }
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "UpdateUser", req.into_inner());
             return UsersClient::new(ch).update_user(fwd).await;
         }
-        self.write_user(Command::UpdateUser { name: req.into_inner().name, status: Some(status) }).await
+        self.write_user(Command::UpdateUser { name: req.into_inner().name, status, limits, at_ms: now }).await
+    }
+
+    async fn reset_traffic(&self, req: Request<ResetTrafficRequest>) -> Result<Response<User>, Status> {
+        check_name("name", &req.get_ref().name)?;
+        if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
+            let fwd = forward::to_leader(&self.node, "ResetTraffic", req.into_inner());
+            return UsersClient::new(ch).reset_traffic(fwd).await;
+        }
+        self.write_user(Command::ResetTraffic { name: req.into_inner().name, at_ms: convert::now_ms() }).await
+    }
+
+    async fn rotate_token(&self, req: Request<RotateTokenRequest>) -> Result<Response<User>, Status> {
+        check_name("name", &req.get_ref().name)?;
+        if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
+            let fwd = forward::to_leader(&self.node, "RotateToken", req.into_inner());
+            return UsersClient::new(ch).rotate_token(fwd).await;
+        }
+        self.write_user(Command::RotateToken { name: req.into_inner().name, token: model::new_sub_token() }).await
     }
 
     async fn get_user_links(
@@ -140,20 +183,23 @@ impl Users for UsersApi {
     }
 }
 
-/// Every link of `name`: each serving node x each inbound, in node then
-/// inbound order. A disabled user has none, which is an error rather than an
-/// empty list so an operator learns why.
+/// Every link of `name`: each healthy node holding the user x each inbound,
+/// in node then inbound order. A user that is not active has none, which is
+/// an error rather than an empty list so an operator learns why.
 fn user_links(state: &State, name: &str) -> Result<Vec<UserLink>, Error> {
     let user = state.users.get(name).ok_or_else(|| Error::NotFound(format!("user {name:?} not found")))?;
     if user.status != UserStatus::Active {
-        return Err(Error::FailedPrecondition(format!(
-            "user {name:?} is disabled and has no links: enable it first (vpnctl user enable {name})"
-        )));
+        let why = match user.status {
+            UserStatus::Limited => format!("has used its data limit: vpnctl user reset-traffic {name}"),
+            UserStatus::Expired => format!("has expired: vpnctl user enable {name} --expires 30d"),
+            _ => format!("is disabled: enable it first (vpnctl user enable {name})"),
+        };
+        return Err(Error::FailedPrecondition(format!("user {name:?} has no links: it {why}")));
     }
     let mut out = Vec::new();
-    for node in state.nodes_serving(user) {
+    for node in state.nodes_serving(user).filter(|n| n.is_ready()) {
         for inbound in &node.inbounds {
-            match links::link(user, node, inbound) {
+            match vpn_client_config::link(user, node, inbound) {
                 Some(url) => out.push(UserLink { node_id: node.id, protocol: inbound.protocol.to_string(), url }),
                 None => {
                     tracing::warn!(node = node.id, protocol = %inbound.protocol, "inbound record lacks its public parameters; no link")
@@ -166,10 +212,8 @@ fn user_links(state: &State, name: &str) -> Result<Vec<UserLink>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use vpn_storage::command::apply;
-    use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol};
+    use vpn_storage::command::{apply, Move};
+    use vpn_storage::model::{DataplaneNode, InboundRecord, NodeHealth, Protocol};
 
     use super::*;
 
@@ -178,24 +222,23 @@ mod tests {
         ss.ss2022_server_key = Some("c2VydmVyLWtleS0xNmJ5dA==".into());
         let mut tls = InboundRecord::new(Protocol::VlessTls, 443);
         tls.tls_server_name = Some("vpn.example.com".into());
-        DataplaneNode {
-            id,
-            public_host: format!("n{id}.example.com"),
-            inbounds: vec![ss, tls],
-            labels: BTreeMap::new(),
-            capacity: 0,
-            applied_generation: 0,
-        }
+        DataplaneNode::new(id, format!("n{id}.example.com"), vec![ss, tls])
+    }
+
+    fn place(state: &mut State, user: &str, nodes: &[u64]) {
+        apply(state, &Command::Place(vec![Move { user: user.into(), add: nodes.to_vec(), remove: vec![] }]));
     }
 
     #[test]
-    fn links_cover_every_node_and_inbound_of_an_active_user() {
+    fn links_cover_every_healthy_node_holding_the_user_and_each_inbound() {
         let mut state = State::default();
         apply(&mut state, &Command::CreateUser(model::User::new("alice".into(), 0)));
         assert!(user_links(&state, "alice").is_ok_and(|l| l.is_empty()), "no data-plane node yet");
-        for id in [2, 1] {
+        for id in [3, 2, 1] {
             apply(&mut state, &Command::RegisterDataplaneNode(node(id)));
         }
+        place(&mut state, "alice", &[2, 1, 3]);
+        apply(&mut state, &Command::SetNodeHealth { node: 3, health: NodeHealth::Down, engine_error: None });
         let links = user_links(&state, "alice").expect("links");
         let shown: Vec<(u64, &str)> = links.iter().map(|l| (l.node_id, l.protocol.as_str())).collect();
         assert_eq!(shown, [(1, "shadowsocks-2022"), (1, "vless-tls"), (2, "shadowsocks-2022"), (2, "vless-tls")]);
@@ -207,7 +250,14 @@ mod tests {
         let mut state = State::default();
         apply(&mut state, &Command::RegisterDataplaneNode(node(1)));
         apply(&mut state, &Command::CreateUser(model::User::new("bob".into(), 0)));
-        apply(&mut state, &Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Disabled) });
+        place(&mut state, "bob", &[1]);
+        let disable = Command::UpdateUser {
+            name: "bob".into(),
+            status: Some(UserStatus::Disabled),
+            limits: LimitsChange::default(),
+            at_ms: 0,
+        };
+        apply(&mut state, &disable);
         assert!(matches!(user_links(&state, "bob"), Err(Error::FailedPrecondition(m)) if m.contains("enable")));
         assert!(matches!(user_links(&state, "nobody"), Err(Error::NotFound(_))));
     }

@@ -6,6 +6,7 @@
 //! settings; [`dataplane`] the `--dataplane` settings.
 
 pub mod dataplane;
+pub mod scheduling;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 pub use self::dataplane::DataplaneConfig;
+pub use self::scheduling::SchedulingConfig;
 use crate::error::Error;
 
 /// `vpnd`: one node of the replicated VPN control plane.
@@ -82,6 +84,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub data_plane: dataplane::DataplaneArgs,
+
+    #[command(flatten)]
+    pub scheduling: scheduling::SchedulingArgs,
 }
 
 /// The `--config` file: the same settings as the flags, in kebab-case.
@@ -115,6 +120,11 @@ struct FileSettings {
     reality_handshake: Option<String>,
     resync_secs: Option<u64>,
     docker_host: Option<String>,
+    replicas: Option<usize>,
+    down_after_ms: Option<u64>,
+    node_heartbeat_ms: Option<u64>,
+    max_moves_per_sec: Option<usize>,
+    subscription_base_url: Option<String>,
 }
 
 /// How this node finds its cluster.
@@ -156,6 +166,7 @@ pub struct Config {
     pub raft: RaftTimings,
     /// Set on a data-plane node (`--dataplane`).
     pub dataplane: Option<DataplaneConfig>,
+    pub scheduling: SchedulingConfig,
 }
 
 impl Config {
@@ -171,6 +182,7 @@ impl Config {
             bootstrap: Bootstrap::Initial(BTreeMap::from([(1, listen.to_string())])),
             raft: RaftTimings::default(),
             dataplane: None,
+            scheduling: SchedulingConfig::defaults(([127, 0, 0, 1], 7080).into()),
         }
     }
 
@@ -273,7 +285,18 @@ impl Config {
             snapshot_every: args.snapshot_every.or(file.snapshot_every).unwrap_or(defaults.snapshot_every),
         };
         validate_timings(&raft)?;
-        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane })
+        let sched = args.scheduling;
+        let scheduling = scheduling::parse(
+            scheduling::SchedulingArgs {
+                replicas: sched.replicas.or(file.replicas),
+                down_after_ms: sched.down_after_ms.or(file.down_after_ms),
+                node_heartbeat_ms: sched.node_heartbeat_ms.or(file.node_heartbeat_ms),
+                max_moves_per_sec: sched.max_moves_per_sec.or(file.max_moves_per_sec),
+                subscription_base_url: sched.subscription_base_url.or(file.subscription_base_url),
+            },
+            http,
+        )?;
+        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling })
     }
 }
 

@@ -10,7 +10,8 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 use vpn_proto::internal::raft_server::Raft as RaftRpc;
 use vpn_proto::internal::{
-    RaftBinary, RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest,
+    HeartbeatReply, HeartbeatRequest, RaftBinary, RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply,
+    TimeoutNowRequest,
 };
 use vpn_storage::command::Command;
 use vpn_storage::wire;
@@ -118,6 +119,10 @@ impl RaftRpc for RaftService {
             .into());
         }
         encode(&self.node.propose(cmd).await?)
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        Ok(Response::new(crate::leader::heartbeat::handle(&self.node, req.into_inner()).await?))
     }
 
     async fn timeout_now(&self, _req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {

@@ -30,6 +30,17 @@ pub struct ApiAccess {
     pub secret: String,
 }
 
+/// One cumulative byte counter of a running engine process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineCounter {
+    /// Names the counting source within the engine process, e.g. `ss/<user>` or `conn/<id>`.
+    pub key: String,
+    /// The [`EngineUser::name`] whose bytes these are.
+    pub user: String,
+    /// Uplink + downlink since the source started counting.
+    pub bytes: u64,
+}
+
 /// One file of an engine's config dir, relative to that dir.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigFile {
@@ -94,6 +105,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// [`UserStrategy::Live`]: stops accepting these users' new sessions.
     fn remove_users(&self, api: &ApiAccess, names: &[String]) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The cumulative byte counters of a running engine, one per counting
+    /// source; a source's count never goes down while the process runs.
+    fn counters(
+        &self,
+        protocol: Protocol,
+        api: &ApiAccess,
+    ) -> impl Future<Output = Result<Vec<EngineCounter>, RuntimeError>> + Send;
 
     /// [`UserStrategy::Reload`]: refuses (or serves again) these users without a
     /// reload; refusing also closes their live sessions. Returns sessions closed.

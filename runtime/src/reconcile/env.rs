@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::docker::{ContainerSpec, Docker, LABEL_ENGINE, LABEL_OWNER, LABEL_ROLE};
 use crate::engine::Engine;
 use crate::fsutil::write_atomic;
+use crate::usage::FinalReadings;
 use crate::{Metrics, Protocol, RuntimeError};
 
 pub struct Env<E: Engine> {
@@ -24,6 +25,8 @@ pub struct Env<E: Engine> {
     pub image: String,
     pub config_dir: PathBuf,
     pub metrics: Metrics,
+    /// Counter readings taken just before an op ends their sources (see [`crate::usage`]).
+    pub finals: FinalReadings,
 }
 
 impl<E: Engine> Env<E> {

@@ -2,6 +2,10 @@
 //! A new config is validated in full (render, our checks, `sing-box check`,
 //! image, ports) before anything running is touched, so a failure leaves the
 //! working engine as it was.
+//!
+//! An op that ends counting sources (removes an engine or a Shadowsocks
+//! user, refuses a VLESS user, reloads) first takes a final reading of them
+//! for traffic accounting (see [`crate::usage`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,7 +18,7 @@ use crate::docker::{
 };
 use crate::engine::{ApiAccess, Engine, UserStrategy};
 use crate::fsutil::{remove_dir, write_atomic};
-use crate::{keys, ports, DesiredState, InboundSpec, Protocol, RuntimeError};
+use crate::{keys, ports, usage, DesiredState, InboundSpec, Protocol, RuntimeError};
 
 /// How long a new or reloaded engine may take to answer on its APIs.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,6 +34,7 @@ pub async fn apply<E: Engine>(
     tracing::info!(node = env.node_id, ?op, "applying");
     match op {
         Op::Remove { container, protocol, reason } => {
+            final_reading(env, observed, &container.id, None).await;
             env.docker.remove(&container.id).await?;
             if let (Some(p), RemoveReason::NotDesired) = (protocol, reason) {
                 remove_dir(&env.engine_dir(*p))?;
@@ -38,11 +43,16 @@ pub async fn apply<E: Engine>(
             }
             Ok(())
         }
-        Op::Create { protocol, replaces, .. } => create(env, desired, *protocol, replaces.as_ref()).await,
+        Op::Create { protocol, replaces, .. } => create(env, desired, observed, *protocol, replaces.as_ref()).await,
         Op::AddUsers { container, users, .. } => env.engine.add_users(find(observed, container)?.1, users).await,
-        Op::RemoveUsers { container, names, .. } => env.engine.remove_users(find(observed, container)?.1, names).await,
+        Op::RemoveUsers { container, names, .. } => {
+            let api = find(observed, container)?.1;
+            final_reading(env, observed, &container.id, Some(names)).await;
+            env.engine.remove_users(api, names).await
+        }
         Op::Refuse { protocol, container, names } => {
             let (container, api) = find(observed, container)?;
+            final_reading(env, observed, &container.id, Some(names)).await;
             // Refuse first (at once), then persist: a restart must not bring the user back.
             let closed = env.engine.set_refused(api, names, true).await?;
             env.metrics.closed_sessions(*protocol, closed);
@@ -58,6 +68,7 @@ pub async fn apply<E: Engine>(
         Op::Reload { protocol, container } => {
             let (container, api) = find(observed, container)?;
             persist(env, desired, *protocol, api).await?;
+            final_reading(env, observed, &container.id, None).await;
             env.docker.signal(&container.id, "SIGHUP").await?;
             env.metrics.reloaded(*protocol);
             // Recorded as soon as the signal is delivered: sing-box checks the file before it
@@ -76,6 +87,7 @@ pub async fn apply<E: Engine>(
 async fn create<E: Engine>(
     env: &Env<E>,
     desired: &DesiredState,
+    observed: &Observed,
     protocol: Protocol,
     replaces: Option<&Replaced>,
 ) -> Result<(), RuntimeError> {
@@ -101,6 +113,7 @@ async fn create<E: Engine>(
 
     // Everything checked: the old engine may go.
     if let Some(old) = replaces {
+        final_reading(env, observed, &old.container.id, None).await;
         env.docker.remove(&old.container.id).await?;
         ports::ensure_free(protocol, inbound.listen_port)?;
     }
@@ -164,6 +177,23 @@ async fn persist<E: Engine>(
     env.check(protocol, &dir, CANDIDATE).await?;
     let target = dir.join(config);
     std::fs::rename(dir.join(CANDIDATE), &target).map_err(|e| RuntimeError::io("rename into place", target, e))
+}
+
+/// Reads the counters of `id`'s sources that are about to end (all, or only
+/// those of `users`) and keeps them as final readings. Best effort: an engine
+/// that does not answer has nothing to give.
+async fn final_reading<E: Engine>(env: &Env<E>, observed: &Observed, id: &str, users: Option<&[String]>) {
+    let Some(c) = observed.containers.iter().find(|c| c.id == id && c.running) else { return };
+    let (Some(protocol), Some(api)) = (c.protocol, &c.api) else { return };
+    match usage::read_engine(&env.engine, protocol, &c.id, &c.started_at, api).await {
+        Ok(mut counters) => {
+            if let Some(users) = users {
+                counters.retain(|counter| users.contains(&counter.user));
+            }
+            env.finals.keep(counters, Instant::now());
+        }
+        Err(e) => tracing::debug!(node = env.node_id, container = %c.name, error = %e, "no final traffic reading"),
+    }
 }
 
 /// Polls the engine's APIs until they answer; a container that stops meanwhile fails at once, with its log.

@@ -65,7 +65,7 @@ async fn observe_users<E: Engine>(
     }
 }
 
-fn parse_api(ports: Option<&str>, secret: Option<&str>) -> Option<ApiAccess> {
+pub(crate) fn parse_api(ports: Option<&str>, secret: Option<&str>) -> Option<ApiAccess> {
     let ports: Vec<u16> = ports?.split(',').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     Some(ApiAccess { ports, secret: secret?.to_string() })
 }

@@ -24,7 +24,9 @@ mod tests {
                 panic!("completions are raw text");
             };
             assert!(script.contains("vpnctl"), "{shell}");
-            assert!(script.contains("disable"), "{shell}");
+            for word in ["disable", "rotate-token", "reset-traffic", "cordon", "drain", "data-limit", "monthly"] {
+                assert!(script.contains(word), "{shell}: {word}");
+            }
         }
     }
 }

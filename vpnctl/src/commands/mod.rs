@@ -1,7 +1,10 @@
 //! One module per command group; each turns parsed arguments into an [`Output`](crate::Output).
+//! The `user` group is split in three files so each stays readable in one sitting.
 
 pub mod cluster;
 pub mod completions;
 pub mod member;
 pub mod node;
 pub mod user;
+pub mod user_limits;
+pub mod user_links;

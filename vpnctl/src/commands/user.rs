@@ -1,40 +1,40 @@
-//! `vpnctl user ...`: the user lifecycle.
+//! `vpnctl user add|list|show|delete`: the user lifecycle, and the dispatch of every `user`
+//! subcommand (status and limits are in `user_limits`, links and subscriptions in `user_links`).
 //!
 //! Names are checked here before any network call, with the server's own rule, so a typo fails
 //! fast with exit 2 even when the cluster is down.
 
 use serde_json::json;
+use time::OffsetDateTime;
 use tonic::Code;
-use vpn_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, GetUserLinksRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
-    User, UserLink, UserStatus,
-};
+use vpn_proto::v1::{CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, User};
 
-use crate::cli::UserCommand;
+use super::{user_limits, user_links};
+use crate::cli::{AddArgs, UserCommand};
 use crate::client::Client;
 use crate::error::CliError;
-use crate::output::{status_name, table, user_json, user_table, users_table, Document};
+use crate::output::{user_json, user_table, users_table, Document};
+use crate::parse;
 
 /// The largest page the server allows; fewer round trips for big lists.
 const PAGE_SIZE: u32 = 1000;
 
 /// Runs one `user` subcommand.
 pub async fn run(command: UserCommand, client: &mut Client) -> Result<Document, CliError> {
+    // Tables show expiries relative to now; one reading per command keeps them consistent.
+    let now = OffsetDateTime::now_utc();
     match command {
-        UserCommand::Add(arg) => add(client, &arg.name).await,
-        UserCommand::List => list(client).await,
-        UserCommand::Show(arg) => show(client, &arg.name).await,
+        UserCommand::Add(args) => add(client, &args, now).await,
+        UserCommand::List => list(client, now).await,
+        UserCommand::Show(arg) => show(client, &arg.name, now).await,
         UserCommand::Delete(arg) => delete(client, &arg.name).await,
-        UserCommand::Disable(arg) => set_status(client, &arg.name, UserStatus::Disabled).await,
-        UserCommand::Enable(arg) => set_status(client, &arg.name, UserStatus::Active).await,
-        UserCommand::Links(arg) => {
-            let links = links(client, &arg.name).await?;
-            Ok(Document { json: links_json(&links), table: links_table(&arg.name, &links) })
-        }
-        UserCommand::Qr(arg) => {
-            let links = links(client, &arg.name).await?;
-            Ok(Document { json: links_json(&links), table: qr_text(&arg.name, &links)? })
-        }
+        UserCommand::Disable(arg) => user_limits::disable(client, &arg.name).await,
+        UserCommand::Enable(args) => user_limits::enable(client, &args, now).await,
+        UserCommand::Limit(args) => user_limits::limit(client, &args, now).await,
+        UserCommand::ResetTraffic(arg) => user_limits::reset_traffic(client, &arg.name, now).await,
+        UserCommand::Links(arg) => user_links::links(client, &arg.name).await,
+        UserCommand::Qr(arg) => user_links::qr(client, &arg.name).await,
+        UserCommand::RotateToken(arg) => user_links::rotate_token(client, &arg.name).await,
     }
 }
 
@@ -60,9 +60,26 @@ pub fn validate_name(name: &str) -> Result<(), CliError> {
     }
 }
 
-async fn add(client: &mut Client, name: &str) -> Result<Document, CliError> {
-    validate_name(name)?;
-    let req = CreateUserRequest { name: name.into() };
+/// The `CreateUser` call `user add` makes; unset flags stay at the API's defaults (no expiry,
+/// no limit, no reset, any node).
+pub fn create_request(args: &AddArgs) -> Result<CreateUserRequest, CliError> {
+    validate_name(&args.name)?;
+    let expires_at = match args.expires {
+        Some(at) => parse::rfc3339(at).map_err(|err| CliError::InvalidInput(format!("invalid --expires: {err}")))?,
+        None => String::new(),
+    };
+    Ok(CreateUserRequest {
+        name: args.name.clone(),
+        expires_at,
+        data_limit_bytes: args.data_limit.unwrap_or(0),
+        reset: args.reset.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        placement_constraint: args.constraint.clone().unwrap_or_default(),
+    })
+}
+
+async fn add(client: &mut Client, args: &AddArgs, now: OffsetDateTime) -> Result<Document, CliError> {
+    let req = create_request(args)?;
+    let name = &args.name;
     let user =
         client.users(req, |mut c, req| async move { c.create_user(req).await }).await.map_err(|err| match err {
             CliError::AlreadyExists(_) => {
@@ -70,10 +87,10 @@ async fn add(client: &mut Client, name: &str) -> Result<Document, CliError> {
             }
             other => other,
         })?;
-    Ok(user_document(&user))
+    Ok(user_document(&user, now))
 }
 
-async fn list(client: &mut Client) -> Result<Document, CliError> {
+async fn list(client: &mut Client, now: OffsetDateTime) -> Result<Document, CliError> {
     let mut users: Vec<User> = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -94,18 +111,18 @@ async fn list(client: &mut Client) -> Result<Document, CliError> {
     }
     Ok(Document {
         json: json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() }),
-        table: users_table(&users),
+        table: users_table(&users, now),
     })
 }
 
-async fn show(client: &mut Client, name: &str) -> Result<Document, CliError> {
+async fn show(client: &mut Client, name: &str, now: OffsetDateTime) -> Result<Document, CliError> {
     validate_name(name)?;
     let req = GetUserRequest { name: name.into(), ..Default::default() };
     let user = client
         .users(req, |mut c, req| async move { c.get_user(req).await })
         .await
         .map_err(|err| no_such_user(err, name))?;
-    Ok(user_document(&user))
+    Ok(user_document(&user, now))
 }
 
 async fn delete(client: &mut Client, name: &str) -> Result<Document, CliError> {
@@ -118,62 +135,12 @@ async fn delete(client: &mut Client, name: &str) -> Result<Document, CliError> {
     Ok(Document { json: json!({ "deleted": name }), table: format!("deleted user '{name}'") })
 }
 
-async fn set_status(client: &mut Client, name: &str, status: UserStatus) -> Result<Document, CliError> {
-    validate_name(name)?;
-    let req = UpdateUserRequest { name: name.into(), status: Some(status as i32) };
-    let user = client
-        .users(req, |mut c, req| async move { c.update_user(req).await })
-        .await
-        .map_err(|err| no_such_user(err, name))?;
-    Ok(Document { json: user_json(&user), table: format!("user '{name}' is now {}", status_name(user.status())) })
-}
-
-async fn links(client: &mut Client, name: &str) -> Result<Vec<UserLink>, CliError> {
-    validate_name(name)?;
-    let req = GetUserLinksRequest { name: name.into(), ..Default::default() };
-    let reply = client.users(req, |mut c, req| async move { c.get_user_links(req).await }).await;
-    Ok(reply.map_err(|err| no_such_user(err, name))?.links)
-}
-
-/// `{"links": [{"node_id", "protocol", "url"}]}`, as the contract fixes it.
-pub fn links_json(links: &[UserLink]) -> serde_json::Value {
-    let links: Vec<_> =
-        links.iter().map(|l| json!({ "node_id": l.node_id, "protocol": l.protocol, "url": l.url })).collect();
-    json!({ "links": links })
-}
-
-fn links_table(name: &str, links: &[UserLink]) -> String {
-    if links.is_empty() {
-        return no_links(name);
-    }
-    let header = ["NODE", "PROTOCOL", "URL"].map(String::from).to_vec();
-    let rows = links.iter().map(|l| vec![l.node_id.to_string(), l.protocol.clone(), l.url.clone()]);
-    table(&std::iter::once(header).chain(rows).collect::<Vec<_>>())
-}
-
-/// One QR code per link, each under a line naming node and protocol.
-fn qr_text(name: &str, links: &[UserLink]) -> Result<String, CliError> {
-    if links.is_empty() {
-        return Ok(no_links(name));
-    }
-    let mut out = Vec::new();
-    for link in links {
-        let code = crate::qr::render(&link.url).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
-        out.push(format!("node {} {}:\n{code}\n{}", link.node_id, link.protocol, link.url));
-    }
-    Ok(out.join("\n\n"))
-}
-
-fn no_links(name: &str) -> String {
-    format!("user '{name}' has no links yet: no data-plane node serves it (see `vpnctl node list`)")
-}
-
-fn user_document(user: &User) -> Document {
-    Document { json: user_json(user), table: user_table(user) }
+fn user_document(user: &User, now: OffsetDateTime) -> Document {
+    Document { json: user_json(user), table: user_table(user, now) }
 }
 
 /// Replaces the server's NOT_FOUND text with one that says what to do.
-fn no_such_user(err: CliError, name: &str) -> CliError {
+pub fn no_such_user(err: CliError, name: &str) -> CliError {
     match err {
         CliError::NotFound(_) => {
             CliError::NotFound(format!("user '{name}' does not exist; `vpnctl user list` shows all users"))
@@ -184,34 +151,37 @@ fn no_such_user(err: CliError, name: &str) -> CliError {
 
 #[cfg(test)]
 mod tests {
+    use time::macros::datetime;
+
     use super::*;
+    use crate::parse::Reset;
 
-    fn link(node_id: u64, protocol: &str, url: &str) -> UserLink {
-        UserLink { node_id, protocol: protocol.into(), url: url.into() }
+    fn add_args(name: &str) -> AddArgs {
+        AddArgs { name: name.into(), expires: None, data_limit: None, reset: None, constraint: None }
     }
 
     #[test]
-    fn links_json_has_the_contract_shape() {
-        let links = [link(1, "vless-tls", "vless://u@h:443#a"), link(2, "shadowsocks-2022", "ss://m:p@h:8388#a")];
+    fn user_add_sends_only_what_was_given() {
         assert_eq!(
-            links_json(&links),
-            json!({"links": [
-                {"node_id": 1, "protocol": "vless-tls", "url": "vless://u@h:443#a"},
-                {"node_id": 2, "protocol": "shadowsocks-2022", "url": "ss://m:p@h:8388#a"},
-            ]})
+            create_request(&add_args("bob")).ok(),
+            Some(CreateUserRequest { name: "bob".into(), ..Default::default() })
         );
-        assert_eq!(links_json(&[]), json!({"links": []}));
-    }
-
-    #[test]
-    fn link_tables_and_qr_codes_name_node_and_protocol() {
-        let links = [link(3, "vless-tls", "vless://u@h:443#a")];
-        assert_eq!(links_table("alice", &links), "NODE  PROTOCOL   URL\n3     vless-tls  vless://u@h:443#a");
-        let qr = qr_text("alice", &links).expect("qr");
-        assert!(qr.starts_with("node 3 vless-tls:\n"), "{qr}");
-        assert!(qr.ends_with("vless://u@h:443#a"), "{qr}");
-        assert!(qr.contains('█'));
-        assert!(links_table("alice", &[]).contains("no links yet"));
+        let args = AddArgs {
+            expires: Some(datetime!(2027-01-31 00:00 UTC)),
+            data_limit: Some(50 << 30),
+            reset: Some(Reset::Monthly),
+            constraint: Some([("region".to_owned(), "eu".to_owned())].into()),
+            ..add_args("bob")
+        };
+        let expected = CreateUserRequest {
+            name: "bob".into(),
+            expires_at: "2027-01-31T00:00:00Z".into(),
+            data_limit_bytes: 50 << 30,
+            reset: "monthly".into(),
+            placement_constraint: [("region".to_owned(), "eu".to_owned())].into(),
+        };
+        assert_eq!(create_request(&args).ok(), Some(expected));
+        assert_eq!(create_request(&add_args("Bob")).err().map(|e| e.exit_code()), Some(2));
     }
 
     #[test]

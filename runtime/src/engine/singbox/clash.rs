@@ -2,6 +2,11 @@
 //! their outbound chain, closes one (`DELETE /connections/{id}` cuts it at
 //! once), and switches selector outbounds, which is how a VLESS user is
 //! refused without a reload.
+//!
+//! Traffic: each listed session carries `upload` and `download`, cumulative
+//! for that session. A session is listed only while it runs: the bytes a
+//! session moves between the last read and its end are not listed anywhere
+//! (sing-box keeps closed sessions only for its in-process platform API).
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -17,6 +22,8 @@ pub struct Connection {
     pub id: String,
     /// Outbound tags the session went through, innermost first (e.g. `["direct", "u-alice"]`).
     pub chains: Vec<String>,
+    /// Bytes up + down so far.
+    pub bytes: u64,
 }
 
 impl Clash {
@@ -59,7 +66,9 @@ fn parse_connections(doc: &Value) -> Vec<Connection> {
         .flatten()
         .filter_map(|c| {
             let chains = c["chains"].as_array()?.iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
-            Some(Connection { id: c["id"].as_str()?.to_string(), chains })
+            let count = |field: &str| c[field].as_u64().unwrap_or(0);
+            let bytes = count("upload").saturating_add(count("download"));
+            Some(Connection { id: c["id"].as_str()?.to_string(), chains, bytes })
         })
         .collect()
 }
@@ -85,7 +94,8 @@ mod tests {
             parsed,
             vec![Connection {
                 id: "4d555fce-2fce-4af0-b64b-5ec9f7dc1cab".into(),
-                chains: vec!["direct".into(), "u-alice".into()]
+                chains: vec!["direct".into(), "u-alice".into()],
+                bytes: 19267417,
             }]
         );
         assert!(parse_connections(&json!({"connections": null})).is_empty());

@@ -33,6 +33,11 @@ pub fn user_outbound(name: &str) -> String {
     format!("u-{name}")
 }
 
+/// The user whose selector `tag` is (the inverse of [`user_outbound`]).
+pub fn outbound_user(tag: &str) -> Option<&str> {
+    tag.strip_prefix("u-").filter(|name| !name.is_empty())
+}
+
 pub fn inbound_tag(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Shadowsocks2022 => "ss-in",

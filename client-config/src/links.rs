@@ -14,16 +14,18 @@
 use std::net::Ipv6Addr;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol, User};
+use vpn_storage::model::{DataplaneNode, InboundRecord, User};
+
+use crate::endpoint::{Endpoint, Kind};
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The Shadowsocks-2022 method matching our 16-byte keys.
 pub const SS2022_METHOD: &str = "2022-blake3-aes-128-gcm";
-const VISION: &str = "xtls-rprx-vision";
+pub(crate) const VISION: &str = "xtls-rprx-vision";
 /// The uTLS fingerprint Reality clients present.
-const REALITY_FINGERPRINT: &str = "chrome";
+pub(crate) const REALITY_FINGERPRINT: &str = "chrome";
 
 fn enc(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
@@ -37,79 +39,46 @@ fn authority(host: &str, port: u16) -> String {
     }
 }
 
-/// The name a client shows for the link.
-fn tag(user: &User, node: &DataplaneNode, protocol: Protocol) -> String {
-    enc(&format!("{}-node{}-{protocol}", user.name, node.id))
-}
-
 /// The link for `user` on `inbound` of `node`; `None` when the inbound's
 /// record lacks a public parameter its protocol needs.
 pub fn link(user: &User, node: &DataplaneNode, inbound: &InboundRecord) -> Option<String> {
-    let at = authority(&node.public_host, inbound.port);
-    let tag = tag(user, node, inbound.protocol);
-    let uuid = user.credentials.vless_uuid;
-    match inbound.protocol {
-        Protocol::Shadowsocks2022 => {
-            let server_key = inbound.ss2022_server_key.as_deref()?;
-            let password = format!("{server_key}:{}", user.credentials.ss2022_key);
-            Some(format!("ss://{SS2022_METHOD}:{}@{at}#{tag}", enc(&password)))
-        }
-        Protocol::VlessTls => {
-            let sni = inbound.tls_server_name.as_deref()?;
-            let mut query = format!("encryption=none&flow={VISION}&security=tls&sni={}&type=tcp", enc(sni));
-            if inbound.tls_self_signed {
-                let pin = inbound.tls_cert_sha256.as_deref()?;
+    Endpoint::resolve(user, node, inbound).map(|e| endpoint_link(&e))
+}
+
+pub(crate) fn endpoint_link(e: &Endpoint<'_>) -> String {
+    let at = authority(e.host, e.port);
+    let tag = enc(&e.name);
+    match &e.kind {
+        Kind::Shadowsocks { password } => format!("ss://{SS2022_METHOD}:{}@{at}#{tag}", enc(password)),
+        Kind::VlessTls { uuid, server_name, pinned_cert_sha256 } => {
+            let mut query = format!("encryption=none&flow={VISION}&security=tls&sni={}&type=tcp", enc(server_name));
+            if let Some(pin) = pinned_cert_sha256 {
                 query.push_str(&format!("&allowInsecure=1&pcs={}", enc(pin)));
             }
-            Some(format!("vless://{uuid}@{at}?{query}#{tag}"))
+            format!("vless://{uuid}@{at}?{query}#{tag}")
         }
-        Protocol::VlessReality => {
-            let public_key = inbound.reality_public_key.as_deref()?;
-            let short_id = inbound.reality_short_id.as_deref()?;
-            let sni = inbound.reality_server_name.as_deref()?;
-            Some(format!(
-                "vless://{uuid}@{at}?encryption=none&flow={VISION}&security=reality&sni={}&fp={REALITY_FINGERPRINT}\
-                 &pbk={}&sid={}&type=tcp#{tag}",
-                enc(sni),
-                enc(public_key),
-                enc(short_id)
-            ))
-        }
+        Kind::VlessReality { uuid, server_name, public_key, short_id } => format!(
+            "vless://{uuid}@{at}?encryption=none&flow={VISION}&security=reality&sni={}&fp={REALITY_FINGERPRINT}\
+             &pbk={}&sid={}&type=tcp#{tag}",
+            enc(server_name),
+            enc(public_key),
+            enc(short_id)
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
     use url::Url;
-    use vpn_storage::model::Credentials;
+    use vpn_storage::model::Protocol;
 
     use super::*;
-
-    fn alice() -> User {
-        User {
-            id: uuid::Uuid::nil(),
-            name: "alice".into(),
-            status: vpn_storage::model::UserStatus::Active,
-            created_at_ms: 0,
-            credentials: Credentials {
-                vless_uuid: "0b6f0e6e-4c1e-4b8a-9d3e-2f1a7c5d9e10".parse().expect("uuid"),
-                // Base64 with every character that needs escaping in a URL.
-                ss2022_key: "ab+/cd+/ef+/gh+/ij+/kw==".into(),
-            },
-        }
-    }
+    use crate::testutil::alice;
 
     fn node(host: &str, inbound: InboundRecord) -> DataplaneNode {
-        DataplaneNode {
-            id: 3,
-            public_host: host.into(),
-            inbounds: vec![inbound],
-            labels: BTreeMap::new(),
-            capacity: 0,
-            applied_generation: 0,
-        }
+        crate::testutil::node(3, host, vec![inbound])
     }
 
     fn parse(link: &str) -> (Url, HashMap<String, String>) {
@@ -203,5 +172,13 @@ mod tests {
             let inbound = InboundRecord::new(protocol, 1);
             assert_eq!(link(&alice(), &node("h", inbound.clone()), &inbound), None, "{protocol}");
         }
+    }
+
+    #[test]
+    fn a_self_signed_certificate_without_its_pin_has_no_link() {
+        let mut inbound = InboundRecord::new(Protocol::VlessTls, 443);
+        inbound.tls_server_name = Some("vpn.example.com".into());
+        inbound.tls_self_signed = true;
+        assert_eq!(link(&alice(), &node("h", inbound.clone()), &inbound), None);
     }
 }

@@ -1,0 +1,276 @@
+//! `placement`: the scheduler at scale, without containers. A local 3-node
+//! `vpnd` cluster (release), `--nodes` simulated data-plane agents
+//! (`cluster_tests::sim`: the real wire protocol, an engine double that
+//! applies at once) and `--users` users. Measures the time until everyone is
+//! placed on 2 nodes, one node's failover (silent -> marked down -> all its
+//! users placed elsewhere), the leader's RSS and its plan times, and prints
+//! one table. The processes' data and logs live in a temp dir removed at exit.
+//!
+//!     cargo build --release -p vpn-node
+//!     cargo run --release -p vpn-benches --bin placement -- --users 100000 --nodes 50
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cluster_tests::sim::{check_placements, create_users, Fleet, Histogram, Scrape};
+use tempfile::TempDir;
+use vpn_benches::proc::{free_ports, Proc};
+use vpn_benches::report::log_problems;
+use vpn_benches::vpnd::{wait_leader, wait_ready, NodeSpec};
+use vpn_proto::v1::nodes_client::NodesClient;
+use vpn_proto::v1::{GetNodeRequest, ReadConsistency};
+
+/// vpnd's default; the scenario's expectations follow it.
+const REPLICAS: u64 = 2;
+/// Most minus fewest placements per node once converged.
+const MAX_SPREAD: u64 = 2;
+/// Scrapes walk every user on the leader: pace them.
+const POLL: Duration = Duration::from_millis(100);
+/// Placed users sit still this long before the failover: steady-state plans.
+const SETTLE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(name = "placement", about = "Placement and failover of many users on simulated data-plane nodes")]
+struct Cli {
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Simulated data-plane nodes.
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+    /// Users per node at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    capacity: u32,
+    /// vpnd's --max-moves-per-sec: the most moves one plan makes (vpnd's default: 2000).
+    #[arg(long, default_value_t = 20_000)]
+    max_moves_per_sec: usize,
+    /// CreateUser calls in flight (spread over the three members).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Longest wait for placement, and for the failover.
+    #[arg(long, default_value_t = 600)]
+    deadline_secs: u64,
+    /// The vpnd binary to spawn.
+    #[arg(long, default_value = "target/release/vpnd")]
+    vpnd: PathBuf,
+    /// Where the temp data dir goes (default: the system temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// Three voters formed by `--initial-members`; killed on drop, then their data removed.
+struct Voters {
+    specs: Vec<NodeSpec>,
+    procs: Vec<Proc>,
+    data: TempDir,
+}
+
+impl Voters {
+    async fn start(bin: &Path, work_dir: &Path, extra: &[String]) -> Result<Self> {
+        if !bin.is_file() {
+            bail!(
+                "no vpnd binary at {}: build it with `cargo build --release -p vpn-node` or pass --vpnd",
+                bin.display()
+            );
+        }
+        let data = tempfile::Builder::new().prefix("placement-").tempdir_in(work_dir).context("temp dir")?;
+        let ports = free_ports(6)?;
+        let specs: Vec<NodeSpec> = (0..3)
+            .map(|i| NodeSpec {
+                id: i as u64 + 1,
+                grpc: ports[2 * i],
+                http: ports[2 * i + 1],
+                data_dir: data.path().join(format!("node{}", i + 1)),
+            })
+            .collect();
+        let members = specs.iter().map(|s| format!("{}={}", s.id, s.grpc)).collect::<Vec<_>>().join(",");
+        let mut procs = Vec::new();
+        for s in &specs {
+            let mut args: Vec<String> = vec![
+                "--id".into(),
+                s.id.to_string(),
+                "--listen".into(),
+                s.grpc.to_string(),
+                "--http".into(),
+                s.http.to_string(),
+                "--data-dir".into(),
+                s.data_dir.display().to_string(),
+                "--initial-members".into(),
+                members.clone(),
+            ];
+            args.extend(extra.iter().cloned());
+            let log = data.path().join(format!("node{}.log", s.id));
+            procs.push(Proc::spawn(&format!("vpnd node {}", s.id), bin, &args, &log)?);
+        }
+        let mut voters = Self { specs, procs, data };
+        for (p, s) in voters.procs.iter_mut().zip(&voters.specs) {
+            wait_ready(p, s.http, Duration::from_secs(60)).await?;
+        }
+        Ok(voters)
+    }
+
+    fn grpc(&self) -> Vec<SocketAddr> {
+        self.specs.iter().map(|s| s.grpc).collect()
+    }
+
+    /// The index of the leader every member agrees on.
+    async fn leader(&self) -> Result<usize> {
+        let endpoints: Vec<String> = self.specs.iter().map(|s| s.grpc.to_string()).collect();
+        Ok(wait_leader(&endpoints, Duration::from_secs(30)).await?.index)
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.data.path().join(format!("node{}.log", self.specs[i].id))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.nodes < REPLICAS as usize + 1 {
+        bail!("--nodes: give at least {} (a failover needs a spare node)", REPLICAS + 1);
+    }
+    tokio::select! {
+        r = run(&cli) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; spawned processes were killed"),
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    let deadline = Duration::from_secs(cli.deadline_secs);
+    let flags = vec![
+        "--replicas".into(),
+        REPLICAS.to_string(),
+        "--max-moves-per-sec".into(),
+        cli.max_moves_per_sec.to_string(),
+    ];
+    let work_dir = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let voters = Voters::start(&cli.vpnd, &work_dir, &flags).await?;
+    let leader = voters.leader().await?;
+    let (http, leader_grpc) = (voters.specs[leader].http, voters.specs[leader].grpc);
+    let rss = || voters.procs[leader].rss_kib().ok();
+    let rss_idle = rss();
+
+    let mut fleet = Fleet::start(&voters.grpc(), cli.nodes, cli.capacity).await?;
+    let ids = fleet.ids();
+    let idle = scrape(http).await?;
+    let start = Instant::now();
+    create_users(&voters.grpc(), "u", cli.users, cli.concurrency).await?;
+    let created = start.elapsed();
+    let rss_created = rss();
+    let users = cli.users as u64;
+    let converged = wait("placement to converge", deadline, || async {
+        let s = scrape(http).await?;
+        s.converged(&ids, users, REPLICAS, MAX_SPREAD).map_err(anyhow::Error::msg).map(|()| s)
+    })
+    .await?;
+    let placed = start.elapsed();
+    let everyone: BTreeSet<u64> = ids.iter().copied().collect();
+    check_placements(leader_grpc, cli.users, REPLICAS as usize, &everyone).await.map_err(anyhow::Error::msg)?;
+    tokio::time::sleep(SETTLE).await;
+    let settled = scrape(http).await?;
+    let rss_placed = rss();
+
+    let victim = ids[ids.len() / 2];
+    let on_victim = settled.placements.get(&victim).copied().unwrap_or(0);
+    let silent_since = fleet.stop_heartbeats(victim).context("the victim's heartbeats were never acknowledged")?;
+    let nodes = NodesClient::new(cluster_tests::cluster::channel(leader_grpc));
+    wait("the silent node to be marked down", deadline, || async {
+        let req = GetNodeRequest { id: victim, consistency: ReadConsistency::Local.into() };
+        let node = nodes.clone().get_node(req).await?.into_inner();
+        if node.status == "down" {
+            Ok(())
+        } else {
+            bail!("node {victim} is {}", node.status)
+        }
+    })
+    .await?;
+    let down = silent_since.elapsed();
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
+    let after = wait("the silent node's users to be placed elsewhere", deadline, || async {
+        let s = scrape(http).await?;
+        match s.placements.get(&victim).copied().unwrap_or(0) {
+            0 => s.converged(&others, users, REPLICAS, MAX_SPREAD).map_err(anyhow::Error::msg).map(|()| s),
+            left => bail!("{left} placements still on node {victim}"),
+        }
+    })
+    .await?;
+    let failed_over = silent_since.elapsed();
+    let survivors: BTreeSet<u64> = others.iter().copied().collect();
+    check_placements(leader_grpc, cli.users, REPLICAS as usize, &survivors).await.map_err(anyhow::Error::msg)?;
+    if voters.leader().await? != leader {
+        bail!("the leader changed during the run: its figures are partial");
+    }
+    let rss_after = rss();
+    let log = std::fs::read_to_string(voters.log(leader)).unwrap_or_default();
+    let plans_with_moves = log.matches("scheduler: placing users").count();
+    let (warns, errors, samples) = log_problems(&voters.log(leader));
+    let (acked, failed) = fleet.heartbeats();
+
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let mib = |kib: Option<u64>| kib.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+    let capacity = if cli.capacity == 0 { "no limit".to_owned() } else { cli.capacity.to_string() };
+    println!(
+        "placement: {} users on {} simulated nodes (replicas {REPLICAS}, capacity {capacity}, \
+         --max-moves-per-sec {}), 3 voters",
+        cli.users, cli.nodes, cli.max_moves_per_sec
+    );
+    let row = |what: &str, value: String| println!("  {what:<34} {value}");
+    row(
+        "users created",
+        format!("{} ({:.0}/s, {} in flight)", secs(created), users as f64 / created.as_secs_f64(), cli.concurrency),
+    );
+    row(
+        "everyone placed, from first create",
+        format!("{} ({} after the last create)", secs(placed), secs(placed - created)),
+    );
+    row("failover: node's placements", on_victim.to_string());
+    row("failover: silent -> marked down", secs(down));
+    row(
+        "failover: silent -> all re-placed",
+        format!("{} ({} after down)", secs(failed_over), secs(failed_over - down)),
+    );
+    row("leader RSS: idle / users / placed", format!("{} / {} / {}", mib(rss_idle), mib(rss_created), mib(rss_placed)));
+    row("leader RSS: after failover", mib(rss_after));
+    row("plan time: while placing", plans(&converged.plan.since(&idle.plan)));
+    row("plan time: steady (nothing to move)", plans(&settled.plan.since(&converged.plan)));
+    row("plan time: failover window", plans(&after.plan.since(&settled.plan)));
+    row("plans that moved users", plans_with_moves.to_string());
+    row("heartbeats acknowledged / failed", format!("{acked} / {failed}"));
+    row("leader log: warnings / errors", format!("{warns} / {errors}"));
+    for line in samples.iter().take(5) {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+async fn scrape(http: SocketAddr) -> Result<Scrape> {
+    Scrape::fetch(http).await.map_err(anyhow::Error::msg)
+}
+
+/// Polls `check` every [`POLL`] until it succeeds, or fails after `deadline`.
+async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        tokio::time::sleep(POLL).await;
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= until => return Err(e.context(format!("{what}: not within {deadline:?}"))),
+            Err(_) => {}
+        }
+    }
+}
+
+/// `count, mean, p50 <= bound, max <= bound` of a plan-time histogram
+/// (Prometheus buckets: the bounds are powers of two from 0.1 ms).
+fn plans(h: &Histogram) -> String {
+    let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.1} ms", s * 1000.0));
+    format!("{} plans, mean {}, p50 <= {}, max <= {}", h.count, ms(h.mean()), ms(h.bound(0.5)), ms(h.bound(1.0)))
+}

@@ -1,0 +1,128 @@
+//! Scale without containers: 3 voters (the real vpnd), 50 simulated
+//! data-plane agents (`cluster_tests::sim`: the real wire protocol, an engine
+//! double) and 100,000 users.
+//!
+//! - Placement converges: every user on 2 distinct nodes, loads balanced.
+//! - One agent goes silent: its node is marked down and every one of its
+//!   users is placed elsewhere, within a generous bound.
+//!
+//! The figures (time to converge, failover time, the leader's RSS and plan
+//! times) are printed, never asserted: this machine is shared. Run alone with
+//! `cargo test -p cluster-tests --test t99_scale -- --nocapture`; the release
+//! figures come from `cargo run --release -p vpn-benches --bin placement`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cluster_tests::sim::{check_placements, create_users, rss_kib, Fleet, Histogram, Scrape};
+use cluster_tests::{eventually, Cluster};
+use vpn_proto::v1::nodes_client::NodesClient;
+use vpn_proto::v1::{GetNodeRequest, ReadConsistency};
+
+const AGENTS: usize = 50;
+const USERS: usize = 100_000;
+const REPLICAS: u64 = 2;
+/// Room for 250,000 placements: enough with one node down (49 x 5,000).
+const CAPACITY: u32 = 5_000;
+/// Most minus fewest placements per node once converged.
+const MAX_SPREAD: u64 = 2;
+const CONCURRENCY: usize = 64;
+/// At vpnd's default (2,000 moves per plan, one plan a second) placing
+/// 100,000 users takes ~50 plans; this lets one plan place them all.
+const MAX_MOVES_PER_SEC: &str = "20000";
+const USERS_CREATED_WITHIN: Duration = Duration::from_secs(120);
+const CONVERGED_WITHIN: Duration = Duration::from_secs(90);
+/// From the last heartbeat: down after 5 s of silence (vpnd's default), then a plan.
+const FAILED_OVER_WITHIN: Duration = Duration::from_secs(60);
+/// Scrapes walk 100,000 users on the leader: pace them.
+const POLL: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
+    let flags = ["--replicas", "2", "--max-moves-per-sec", MAX_MOVES_PER_SEC];
+    let cluster = Cluster::start(3, &flags).await;
+    let leader = cluster.wait_leader().await;
+    let (http, pid) = (cluster.node(leader).http, cluster.node(leader).pid().expect("leader runs"));
+    let endpoints: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
+    let rss_idle = rss_kib(pid);
+
+    let mut fleet = Fleet::start(&endpoints, AGENTS, CAPACITY).await.expect("the fleet registers");
+    let ids = fleet.ids();
+    let scrape = || async {
+        tokio::time::sleep(POLL).await;
+        Scrape::fetch(http).await
+    };
+    let idle = Scrape::fetch(http).await.expect("the leader's metrics");
+    let start = Instant::now();
+    let create = create_users(&endpoints, "u", USERS, CONCURRENCY);
+    tokio::time::timeout(USERS_CREATED_WITHIN, create).await.expect("users created in time").expect("users created");
+    let created = start.elapsed();
+    let rss_users = rss_kib(pid);
+
+    let converged = eventually("placement to converge", CONVERGED_WITHIN, || async {
+        let s = scrape().await?;
+        s.converged(&ids, USERS as u64, REPLICAS, MAX_SPREAD).map(|()| s)
+    })
+    .await;
+    let placed = start.elapsed();
+    let everyone = ids.iter().copied().collect::<BTreeSet<_>>();
+    let leader_grpc = cluster.node(leader).grpc;
+    check_placements(leader_grpc, USERS, REPLICAS as usize, &everyone).await.expect("every user on 2 nodes");
+
+    let victim = ids[ids.len() / 2];
+    let on_victim = converged.placements.get(&victim).copied().unwrap_or(0);
+    let silent_since = fleet.stop_heartbeats(victim).expect("the victim's heartbeats were acknowledged");
+    let stopped = Instant::now();
+    let mut nodes = NodesClient::new(cluster_tests::cluster::channel(leader_grpc));
+    eventually("the silent node to be marked down", FAILED_OVER_WITHIN, || async {
+        tokio::time::sleep(POLL).await;
+        let req = GetNodeRequest { id: victim, consistency: ReadConsistency::Local.into() };
+        let node = nodes.clone().get_node(req).await.map_err(|s| s.message().to_owned())?.into_inner();
+        if node.status == "down" {
+            Ok(())
+        } else {
+            Err(format!("node {victim} is {}", node.status))
+        }
+    })
+    .await;
+    let down = silent_since.elapsed();
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
+    let after = eventually("the silent node's users to be placed elsewhere", FAILED_OVER_WITHIN, || async {
+        let s = scrape().await?;
+        match s.placements.get(&victim).copied().unwrap_or(0) {
+            0 => s.converged(&others, USERS as u64, REPLICAS, MAX_SPREAD).map(|()| s),
+            left => Err(format!("{left} placements still on node {victim}")),
+        }
+    })
+    .await;
+    let failed_over = silent_since.elapsed();
+    assert!(failed_over < FAILED_OVER_WITHIN, "failover took {failed_over:?}");
+    let survivors = others.iter().copied().collect::<BTreeSet<_>>();
+    check_placements(leader_grpc, USERS, REPLICAS as usize, &survivors).await.expect("every user on 2 live nodes");
+    let leader_now = cluster.wait_leader().await;
+
+    let mib = |kib: Option<u64>| kib.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+    eprintln!("scale: {USERS} users, {AGENTS} simulated nodes, replicas {REPLICAS}, capacity {CAPACITY}");
+    if leader_now != leader {
+        eprintln!("  the leader changed ({leader} -> {leader_now}): node {leader}'s figures below are partial");
+    }
+    eprintln!("  users created in {created:.1?}; all placed {placed:.1?} after the first create");
+    eprintln!(
+        "  failover of node {victim} ({on_victim} placements): stopped {:.1?} after its last ack; \
+         down {down:.1?} after it, everyone re-placed {failed_over:.1?} after it",
+        stopped - silent_since
+    );
+    eprintln!("  leader RSS: idle {}, with users {}, now {}", mib(rss_idle), mib(rss_users), mib(rss_kib(pid)));
+    eprintln!("  plan time, placement: {}", plans(&converged.plan.since(&idle.plan)));
+    eprintln!("  plan time, failover:  {}", plans(&after.plan.since(&converged.plan)));
+    let plans_with_moves = cluster.node(leader).log_text().matches("scheduler: placing users").count();
+    let (acked, failed) = fleet.heartbeats();
+    eprintln!("  plans that moved users: {plans_with_moves}; heartbeats: {acked} acknowledged, {failed} failed");
+}
+
+/// `count, mean, p50 <= bound, max <= bound` of a plan-time histogram.
+fn plans(h: &Histogram) -> String {
+    let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.1} ms", s * 1000.0));
+    format!("{} plans, mean {}, p50 <= {}, max <= {}", h.count, ms(h.mean()), ms(h.bound(0.5)), ms(h.bound(1.0)))
+}

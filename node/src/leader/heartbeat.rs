@@ -1,0 +1,92 @@
+//! The leader's side of a data-plane heartbeat: the node is alive; its
+//! applied generation and its traffic reports go through Raft (one proposal,
+//! only when something advanced); the reply names the last traffic report the
+//! cluster recorded, which the node may then forget.
+
+use vpn_proto::internal::{HeartbeatReply, HeartbeatRequest};
+use vpn_storage::command::{Command, CommandResponse, TrafficReport, UserUsage};
+
+use crate::error::Error;
+use crate::node::Node;
+
+/// Most traffic reports taken from one heartbeat (the node sends its oldest first).
+pub const MAX_REPORTS: usize = 64;
+
+pub async fn handle(node: &Node, req: HeartbeatRequest) -> Result<HeartbeatReply, Error> {
+    if !node.is_leader() {
+        return Err(match node.leader() {
+            Some((id, addr)) => Error::Unavailable {
+                detail: format!("not the leader: send heartbeats to node {id} at {addr}"),
+                leader_addr: Some(addr),
+            },
+            None => Error::unavailable("no leader elected yet; retry shortly"),
+        });
+    }
+    let (recorded, member) = node.state.read(|s| {
+        (
+            s.dataplane_nodes.get(&req.node_id).map(|n| (n.applied_generation, n.traffic_seq)),
+            s.members.get(&req.node_id).map(|m| m.incarnation.to_string()),
+        )
+    });
+    let Some((applied, traffic_seq)) = recorded else {
+        return Err(Error::FailedPrecondition(format!(
+            "node {} is not registered as a data-plane node yet: it registers itself at start",
+            req.node_id
+        )));
+    };
+    if member.is_some_and(|m| m != req.incarnation) {
+        return Err(Error::FailedPrecondition(format!(
+            "node {} sent a heartbeat from another data dir than the cluster knows: run `vpnctl member remove {}` and start it under a new --id",
+            req.node_id, req.node_id
+        )));
+    }
+    let engine_error = Some(req.engine_error.clone()).filter(|e| !e.is_empty());
+    node.liveness.heard(req.node_id, engine_error);
+
+    let reports = reports(&req)?;
+    let mut cmds = Vec::new();
+    if req.applied_generation > applied {
+        cmds.push(Command::ReportApplied { node: req.node_id, generation: req.applied_generation });
+    }
+    if reports.iter().any(|r| r.seq > traffic_seq) {
+        cmds.push(Command::RecordTraffic { node: req.node_id, reports, at_ms: crate::api::convert::now_ms() });
+    }
+    let acked = match cmds.len() {
+        0 => traffic_seq,
+        1 => recorded_through(node.propose(cmds.remove(0)).await?, traffic_seq),
+        _ => match node.propose(Command::Batch(cmds)).await? {
+            CommandResponse::Batch(rs) => rs.into_iter().fold(traffic_seq, |acc, r| recorded_through(r, acc)),
+            other => recorded_through(other, traffic_seq),
+        },
+    };
+    Ok(HeartbeatReply { traffic_acked_seq: acked })
+}
+
+fn recorded_through(response: CommandResponse, otherwise: u64) -> u64 {
+    match response {
+        CommandResponse::TrafficRecorded { through_seq } => through_seq,
+        _ => otherwise,
+    }
+}
+
+/// The request's reports in domain form; a malformed one refuses the whole heartbeat.
+fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Error> {
+    req.traffic
+        .iter()
+        .take(MAX_REPORTS)
+        .map(|r| {
+            let usage = r
+                .usage
+                .iter()
+                .map(|u| {
+                    let id = u.user_id.parse().map_err(|_| Error::InvalidArgument {
+                        field: "traffic.usage.user_id",
+                        detail: format!("{:?} is not a UUID", u.user_id),
+                    })?;
+                    Ok(UserUsage { name: u.name.clone(), id, bytes: u.bytes })
+                })
+                .collect::<Result<_, Error>>()?;
+            Ok(TrafficReport { seq: r.seq, usage })
+        })
+        .collect()
+}

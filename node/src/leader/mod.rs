@@ -1,0 +1,114 @@
+//! The leader's duties, run only on the node that currently leads:
+//! - `liveness`: heartbeats kept in memory; a node's health is written
+//!   through Raft only when it changes (down after `down_after` of silence).
+//! - `heartbeat`: the handler of a data-plane node's heartbeat: liveness,
+//!   applied generation and traffic reports (recorded idempotently).
+//! - `lifecycle`: expiry and periodic traffic resets.
+//! - the scheduler executor below: `vpn_scheduler::plan` on the applied
+//!   state, its moves proposed as one `Place` command, at most
+//!   `max_moves_per_sec` per second.
+//!
+//! Every step first waits until this node has applied everything committed
+//! (a read-index barrier), so a new leader never plans from a stale state.
+
+pub mod heartbeat;
+mod lifecycle;
+pub mod liveness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use vpn_storage::command::{Command, CommandResponse};
+
+use crate::config::SchedulingConfig;
+use crate::node::Node;
+
+/// How often the leader looks at liveness.
+const LIVENESS_TICK: Duration = Duration::from_millis(200);
+/// How often the leader plans placements and checks lifecycles.
+const PLAN_TICK: Duration = Duration::from_secs(1);
+
+/// Runs the leader's duties whenever this node leads, until shutdown.
+pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut raft = node.raft.metrics();
+    let mut leading_term: Option<u64> = None;
+    let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
+    liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_plan = Instant::now();
+    loop {
+        tokio::select! {
+            _ = liveness_tick.tick() => {}
+            changed = raft.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let (state, term) = {
+            let m = raft.borrow_and_update();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            leading_term = None;
+            continue;
+        }
+        if leading_term != Some(term) {
+            // A new leadership: every node gets a full grace period, so an
+            // election alone never marks a node down or moves a user.
+            leading_term = Some(term);
+            node.liveness.restart_grace();
+            tracing::info!(term, "leading: liveness, scheduler and lifecycle duties start");
+        }
+        if node.linearizable_barrier().await.is_err() {
+            continue;
+        }
+        let changes = node.state.read(|s| node.liveness.judge(s, config.down_after));
+        for change in changes {
+            if let Command::SetNodeHealth { node: id, health, .. } = &change {
+                tracing::warn!(node = id, ?health, "data-plane node health changed");
+                if *health == vpn_storage::model::NodeHealth::Down {
+                    node.metrics.failovers.inc();
+                }
+            }
+            propose(&node, change).await;
+        }
+        if Instant::now() >= next_plan {
+            next_plan = Instant::now() + PLAN_TICK;
+            let due = node.state.read(|s| lifecycle::due(s, crate::api::convert::now_ms()));
+            if let Some(cmd) = due {
+                propose(&node, cmd).await;
+            }
+            schedule(&node, &config).await;
+        }
+    }
+}
+
+/// One scheduler pass: plan on the applied state, propose the moves.
+async fn schedule(node: &Node, config: &SchedulingConfig) {
+    let policy = vpn_scheduler::Policy { replicas: config.replicas, max_moves: config.max_moves_per_sec };
+    let started = std::time::Instant::now();
+    let moves = node.state.read(|s| vpn_scheduler::plan(s, &policy));
+    node.metrics.plan_duration.observe(started.elapsed().as_secs_f64());
+    if moves.is_empty() {
+        return;
+    }
+    let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
+    tracing::info!(users = moves.len(), changes, "scheduler: placing users");
+    if let Some(CommandResponse::Placed(_)) = propose(node, Command::Place(moves)).await {
+        node.metrics.placement_changes.inc_by(changes as u64);
+    }
+}
+
+async fn propose(node: &Node, cmd: Command) -> Option<CommandResponse> {
+    match node.propose(cmd).await {
+        Ok(CommandResponse::Refused(r)) => {
+            tracing::warn!("leader duty refused: {r}");
+            None
+        }
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!("leader duty not proposed: {e}");
+            None
+        }
+    }
+}
