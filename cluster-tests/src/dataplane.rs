@@ -169,8 +169,13 @@ impl DataplaneCluster {
 
     /// Waits until node `id` serves `users` users and its engines applied the
     /// generation the cluster wants them to (as `vpnctl node list` reports).
+    /// On a timeout the panic carries the node's log and engines.
     pub async fn caught_up(&self, id: u64, users: u64) -> Value {
-        node_caught_up(&self.endpoints(), id, users).await
+        let endpoints = self.endpoints();
+        match tokio::spawn(async move { node_caught_up(&endpoints, id, users).await }).await {
+            Ok(node) => node,
+            Err(e) => panic!("{e}\n{}", self.diagnose(id)),
+        }
     }
 
     /// The user's links, from `vpnctl -o json user links <name>`.

@@ -77,6 +77,11 @@ impl NodeProcess {
         self.child.is_some()
     }
 
+    /// How the process ended, if it was started and has exited on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -419,8 +419,13 @@ impl Scrape {
 
     /// Most minus fewest placements over `ids` (a node not shown counts 0).
     pub fn spread(&self, ids: &[u64]) -> u64 {
-        let counts = ids.iter().map(|id| self.placements.get(id).copied().unwrap_or(0));
-        counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0)
+        self.extremes(ids).map_or(0, |((_, min), (_, max))| max - min)
+    }
+
+    /// The least and the most loaded of `ids`: `(id, placements)` each.
+    pub fn extremes(&self, ids: &[u64]) -> Option<((u64, u64), (u64, u64))> {
+        let loads = ids.iter().map(|id| (*id, self.placements.get(id).copied().unwrap_or(0)));
+        Some((loads.clone().min_by_key(|l| l.1)?, loads.max_by_key(|l| l.1)?))
     }
 
     /// Converged: `users` active users, `users * replicas` placements, all on
@@ -431,8 +436,10 @@ impl Scrape {
         let (total, spread) = (self.total(), self.spread(ids));
         if active != users || total != users * replicas || on_ids != total || spread > max_spread {
             return Err(format!(
-                "{active} active users, {total} placements ({on_ids} on the expected nodes, want {}), spread {spread} (at most {max_spread})",
-                users * replicas
+                "{active} active users, {total} placements ({on_ids} on the expected nodes, want {}), \
+                 spread {spread} (at most {max_spread}; (node, placements) least and most: {:?})",
+                users * replicas,
+                self.extremes(ids),
             ));
         }
         Ok(())

@@ -41,7 +41,11 @@ async fn listing_pages_through_every_user_in_name_order() {
     let mut names: Vec<String> = (0..25).map(|i| format!("user-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
         let node = (i as u64 % 3) + 1;
-        cluster.users(node).create_user(CreateUserRequest { name: name.clone(), ..Default::default() }).await.expect("create");
+        cluster
+            .users(node)
+            .create_user(CreateUserRequest { name: name.clone(), ..Default::default() })
+            .await
+            .expect("create");
     }
     names.sort();
     for id in 1..=3 {

@@ -21,7 +21,11 @@ async fn all_nodes_stopped_and_restarted_keep_the_state() {
     }
     let disabled = cluster
         .users(2)
-        .update_user(UpdateUserRequest { name: "u7".into(), status: Some(UserStatus::Disabled as i32), ..Default::default() })
+        .update_user(UpdateUserRequest {
+            name: "u7".into(),
+            status: Some(UserStatus::Disabled as i32),
+            ..Default::default()
+        })
         .await
         .expect("disable")
         .into_inner();

@@ -15,7 +15,11 @@ async fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
 
     let writer = (1..=3).find(|id| *id != lagging).expect("a live node");
     for i in 0..120 {
-        cluster.users(writer).create_user(CreateUserRequest { name: format!("s{i}"), ..Default::default() }).await.expect("create");
+        cluster
+            .users(writer)
+            .create_user(CreateUserRequest { name: format!("s{i}"), ..Default::default() })
+            .await
+            .expect("create");
     }
     // The leader's log no longer reaches back to where the lagging node stopped.
     let leader = cluster.wait_leader().await;

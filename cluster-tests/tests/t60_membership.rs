@@ -17,7 +17,11 @@ fn role(status: &ClusterStatus, id: u64) -> Option<MemberRole> {
 async fn a_joining_node_becomes_a_voter_and_a_removed_one_is_gone() {
     let mut cluster = Cluster::start(3, &[]).await;
     for i in 0..20 {
-        cluster.users(1).create_user(CreateUserRequest { name: format!("m{i}"), ..Default::default() }).await.expect("create");
+        cluster
+            .users(1)
+            .create_user(CreateUserRequest { name: format!("m{i}"), ..Default::default() })
+            .await
+            .expect("create");
     }
     cluster.add_joining_node(4, &[]).start();
     let status = eventually("node 4 is a voter", CONVERGE, || async {
@@ -40,7 +44,11 @@ async fn a_joining_node_becomes_a_voter_and_a_removed_one_is_gone() {
     assert_eq!(role(&after, 2), None, "node 2 still listed: {after:?}");
     cluster.node_mut(2).terminate(Duration::from_secs(10));
     cluster.wait_leader().await;
-    cluster.users(3).create_user(CreateUserRequest { name: "after-removal".into(), ..Default::default() }).await.expect("writes go on");
+    cluster
+        .users(3)
+        .create_user(CreateUserRequest { name: "after-removal".into(), ..Default::default() })
+        .await
+        .expect("writes go on");
     for id in [1, 3, 4] {
         for name in ["m0", "m19", "after-removal"] {
             let req = GetUserRequest { name: name.into(), consistency: 0 };
@@ -78,5 +86,9 @@ async fn a_wiped_node_rejoining_under_its_old_id_is_refused() {
     );
     assert!(log.contains("member remove 4"), "the message does not say what to do:\n{}", node.log_tail());
     // The cluster is unharmed.
-    cluster.users(1).create_user(CreateUserRequest { name: "still-fine".into(), ..Default::default() }).await.expect("writes go on");
+    cluster
+        .users(1)
+        .create_user(CreateUserRequest { name: "still-fine".into(), ..Default::default() })
+        .await
+        .expect("writes go on");
 }

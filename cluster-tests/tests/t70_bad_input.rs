@@ -19,19 +19,31 @@ async fn user_count(cluster: &Cluster) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_the_right_code_and_change_nothing() {
     let cluster = Cluster::start(3, &[]).await;
-    cluster.users(2).create_user(CreateUserRequest { name: "alice".into(), ..Default::default() }).await.expect("create");
+    cluster
+        .users(2)
+        .create_user(CreateUserRequest { name: "alice".into(), ..Default::default() })
+        .await
+        .expect("create");
     let before = user_count(&cluster).await;
 
     for (name, why) in
         [("", "empty"), ("Alice", "uppercase"), ("-x", "bad start"), ("a b", "space"), (&"x".repeat(65), "65 chars")]
     {
         for node in 1..=3 {
-            let err = cluster.users(node).create_user(CreateUserRequest { name: name.into(), ..Default::default() }).await.expect_err(why);
+            let err = cluster
+                .users(node)
+                .create_user(CreateUserRequest { name: name.into(), ..Default::default() })
+                .await
+                .expect_err(why);
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err}");
             assert!(err.message().starts_with("name:"), "{why}: the message must name the field: {}", err.message());
         }
     }
-    let err = cluster.users(3).create_user(CreateUserRequest { name: "alice".into(), ..Default::default() }).await.expect_err("duplicate");
+    let err = cluster
+        .users(3)
+        .create_user(CreateUserRequest { name: "alice".into(), ..Default::default() })
+        .await
+        .expect_err("duplicate");
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
     let err =
         cluster.users(1).get_user(GetUserRequest { name: "nobody".into(), consistency: 0 }).await.expect_err("missing");

@@ -178,6 +178,10 @@ async fn docker_killing_the_leader_moves_no_user() {
         }
     })
     .await;
+    for n in &nodes {
+        let exited = dp.cluster.node_mut(n.id).exited();
+        assert!(exited.is_none(), "data-plane node {} exited ({exited:?}):\n{}", n.id, dp.diagnose(n.id));
+    }
     let leader = dp.cluster.wait_leader().await;
     dp.cluster.node_mut(leader).kill9();
     let elected = Instant::now();

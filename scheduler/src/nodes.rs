@@ -2,15 +2,13 @@
 //! active users placed on it, updated as the plan adds and removes, so one
 //! plan spreads the users it places.
 
-use std::cmp::Ordering;
-
-use vpn_storage::model::{DataplaneNode, NodeHealth, Placement, Schedule, UserStatus};
+use vpn_storage::model::{DataplaneNode, NodeHealth, Placement, Schedule};
 use vpn_storage::state::State;
 use vpn_storage::types::NodeId;
 
 /// The ranking weight of a node without a capacity limit (capacity 0): it
 /// fills like a node that takes this many users. Only ranks; never a limit.
-pub(crate) const UNLIMITED_WEIGHT: u64 = 1000;
+const UNLIMITED_WEIGHT: u64 = 1000;
 
 /// What a placement means for its user now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,41 +21,56 @@ pub(crate) enum Slot {
     Valid { node: usize, serving: bool },
 }
 
+/// One node as the plan sees it, kept compact because every user's
+/// placements are looked up here.
+struct Node {
+    id: NodeId,
+    health: NodeHealth,
+    schedule: Schedule,
+    applied_generation: u64,
+    /// Most users the node takes (`u64::MAX`: no limit).
+    limit: u64,
+    /// Ranking weight: the capacity, or [`UNLIMITED_WEIGHT`].
+    weight: u64,
+    /// Active users placed on the node, as the plan goes.
+    users: u64,
+}
+
 pub(crate) struct Nodes<'a> {
     /// In id order (the state's map order), so index order is id order.
     records: Vec<&'a DataplaneNode>,
-    ids: Vec<NodeId>,
-    /// Active users placed on each node, as the plan goes.
-    users: Vec<u64>,
+    nodes: Vec<Node>,
 }
 
 impl<'a> Nodes<'a> {
-    /// The nodes of `state` with the active users placed on each.
+    /// The nodes of `state`, with no users counted yet (see [`Nodes::count`]).
     pub(crate) fn new(state: &'a State) -> Self {
         let records: Vec<&DataplaneNode> = state.dataplane_nodes.values().collect();
-        let ids = records.iter().map(|n| n.id).collect();
-        let mut nodes = Self { records, ids, users: Vec::new() };
-        nodes.users = vec![0; nodes.ids.len()];
-        for user in state.users.values().filter(|u| u.status == UserStatus::Active) {
-            for p in &user.placements {
-                if let Some(i) = nodes.index(p.node) {
-                    nodes.users[i] += 1;
-                }
-            }
-        }
-        nodes
+        let nodes = records
+            .iter()
+            .map(|n| Node {
+                id: n.id,
+                health: n.health,
+                schedule: n.schedule,
+                applied_generation: n.applied_generation,
+                limit: if n.capacity == 0 { u64::MAX } else { u64::from(n.capacity) },
+                weight: if n.capacity == 0 { UNLIMITED_WEIGHT } else { u64::from(n.capacity) },
+                users: 0,
+            })
+            .collect();
+        Self { records, nodes }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.ids.len()
+        self.nodes.len()
     }
 
     pub(crate) fn id(&self, node: usize) -> NodeId {
-        self.ids[node]
+        self.nodes[node].id
     }
 
     pub(crate) fn index(&self, id: NodeId) -> Option<usize> {
-        self.ids.binary_search(&id).ok()
+        self.nodes.binary_search_by_key(&id, |n| n.id).ok()
     }
 
     pub(crate) fn record(&self, node: usize) -> &'a DataplaneNode {
@@ -65,13 +78,31 @@ impl<'a> Nodes<'a> {
     }
 
     pub(crate) fn slot(&self, p: &Placement) -> Slot {
-        let Some(i) = self.index(p.node) else { return Slot::Dead };
-        let record = self.records[i];
-        if record.health != NodeHealth::Ready {
+        match self.index(p.node) {
+            Some(i) => self.slot_at(i, p),
+            None => Slot::Dead,
+        }
+    }
+
+    /// Counts an active user's placement toward its node's load, and says
+    /// what it means for the user.
+    pub(crate) fn count(&mut self, p: &Placement) -> Slot {
+        match self.index(p.node) {
+            Some(i) => {
+                self.nodes[i].users += 1;
+                self.slot_at(i, p)
+            }
+            None => Slot::Dead,
+        }
+    }
+
+    fn slot_at(&self, i: usize, p: &Placement) -> Slot {
+        let n = &self.nodes[i];
+        if n.health != NodeHealth::Ready {
             return Slot::Dead;
         }
-        let serving = record.applied_generation >= p.since_generation;
-        match record.schedule {
+        let serving = n.applied_generation >= p.since_generation;
+        match n.schedule {
             Schedule::Draining => Slot::Draining { serving },
             Schedule::Schedulable | Schedule::Cordoned => Slot::Valid { node: i, serving },
         }
@@ -79,30 +110,24 @@ impl<'a> Nodes<'a> {
 
     /// Whether the node may take one more user (capacity 0: no limit).
     pub(crate) fn has_room(&self, node: usize) -> bool {
-        let capacity = self.records[node].capacity;
-        capacity == 0 || self.users[node] < u64::from(capacity)
+        self.nodes[node].users < self.nodes[node].limit
     }
 
-    /// Orders two nodes by users per unit of capacity, then by id.
-    pub(crate) fn cmp_load(&self, a: usize, b: usize) -> Ordering {
-        let (wa, wb) = (u128::from(self.weight(a)), u128::from(self.weight(b)));
-        (u128::from(self.users[a]) * wb).cmp(&(u128::from(self.users[b]) * wa)).then(self.ids[a].cmp(&self.ids[b]))
+    /// Whether node `a` has fewer users per unit of capacity than `b`, or
+    /// as few and a lower id: the order new placements prefer.
+    pub(crate) fn lighter(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (&self.nodes[a], &self.nodes[b]);
+        let (left, right) = (u128::from(a.users) * u128::from(b.weight), u128::from(b.users) * u128::from(a.weight));
+        left < right || (left == right && a.id < b.id)
     }
 
     pub(crate) fn add_user(&mut self, node: usize) {
-        self.users[node] += 1;
+        self.nodes[node].users += 1;
     }
 
     pub(crate) fn remove_user(&mut self, id: NodeId) {
         if let Some(i) = self.index(id) {
-            self.users[i] = self.users[i].saturating_sub(1);
-        }
-    }
-
-    fn weight(&self, node: usize) -> u64 {
-        match self.records[node].capacity {
-            0 => UNLIMITED_WEIGHT,
-            c => u64::from(c),
+            self.nodes[i].users = self.nodes[i].users.saturating_sub(1);
         }
     }
 }
@@ -110,7 +135,6 @@ impl<'a> Nodes<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vpn_storage::model::User;
 
     fn node(id: NodeId, capacity: u32) -> DataplaneNode {
         let mut n = DataplaneNode::new(id, format!("n{id}"), Vec::new());
@@ -124,20 +148,22 @@ mod tests {
         for n in [node(3, 10), node(1, 0), node(2, 10)] {
             state.dataplane_nodes.insert(n.id, n);
         }
-        let mut alice = User::new("alice".into(), 0);
-        alice.placements = vec![Placement { node: 3, since_generation: 1 }];
-        state.users.insert(alice.name.clone(), alice);
         let mut nodes = Nodes::new(&state);
         let [one, two, three] = [0, 1, 2];
-        assert_eq!(nodes.cmp_load(one, two), Ordering::Less, "empty nodes tie; the lower id first");
-        assert_eq!(nodes.cmp_load(three, two), Ordering::Greater);
+        assert_eq!(
+            nodes.count(&Placement { node: 3, since_generation: 1 }),
+            Slot::Valid { node: three, serving: false }
+        );
+        assert!(nodes.lighter(one, two), "empty nodes tie; the lower id first");
+        assert!(!nodes.lighter(two, one));
+        assert!(nodes.lighter(two, three));
         for _ in 0..100 {
             nodes.add_user(one);
         }
         // 100 users of weight 1000 (unlimited) equal 1 user of capacity 10.
-        assert_eq!(nodes.cmp_load(one, three), Ordering::Less, "equal load, lower id");
+        assert!(nodes.lighter(one, three), "equal load, lower id");
         nodes.add_user(one);
-        assert_eq!(nodes.cmp_load(one, three), Ordering::Greater);
+        assert!(nodes.lighter(three, one));
         assert!(nodes.has_room(one));
     }
 
@@ -145,6 +171,7 @@ mod tests {
     fn slots_follow_health_maintenance_and_the_applied_generation() {
         let mut state = State::default();
         let mut down = node(1, 0);
+        down.applied_generation = 1;
         down.health = NodeHealth::Down;
         let mut draining = node(2, 0);
         draining.schedule = Schedule::Draining;

@@ -1,11 +1,14 @@
-//! The plan: triage every user into an urgency class (one pass, no
-//! allocation per user), then decide the moves class by class, most urgent
-//! first, until the cap.
+//! The plan: one pass over every user counts the nodes' loads and picks out
+//! the users that may need a move (no allocation per user), those are
+//! triaged into urgency classes, then their moves are decided class by
+//! class, most urgent first, until the cap.
 //!
 //! A user's *target* is `min(replicas, valid placements + eligible nodes not
 //! holding it)`: as many replicas as the policy asks for, or as nodes can
 //! take it. Eligible nodes are ready, schedulable, carry the user's
 //! constraint labels and have room.
+
+use std::cmp::Ordering;
 
 use vpn_storage::command::Move;
 use vpn_storage::model::{User, UserStatus};
@@ -50,9 +53,10 @@ struct Tally {
 pub fn plan(state: &State, policy: &Policy) -> Vec<Move> {
     let replicas = policy.replicas.max(1);
     let mut nodes = Nodes::new(state);
+    let suspects: Vec<&User> = state.users.values().filter(|u| count_and_suspect(u, replicas, &mut nodes)).collect();
     let mut groups = Groups::default();
     let mut due: [Vec<(&User, Option<usize>)>; CLASSES] = Default::default();
-    for user in state.users.values() {
+    for user in suspects {
         if let Some((urgency, group)) = triage(user, replicas, &nodes, &mut groups) {
             due[urgency as usize].push((user, group));
         }
@@ -71,8 +75,27 @@ pub fn plan(state: &State, policy: &Policy) -> Vec<Move> {
     moves
 }
 
+/// Counts an active user toward its nodes' loads and tells whether it may
+/// need a move: anything but exactly `replicas` valid placements. One pass
+/// over every user; the loads are complete only after it, so the precise
+/// [`triage`] runs on the suspects afterwards.
+fn count_and_suspect(user: &User, replicas: usize, nodes: &mut Nodes) -> bool {
+    if user.status != UserStatus::Active {
+        return !user.placements.is_empty();
+    }
+    let mut valid = 0;
+    let mut other = false;
+    for p in &user.placements {
+        match nodes.count(p) {
+            Slot::Valid { .. } => valid += 1,
+            Slot::Dead | Slot::Draining { .. } => other = true,
+        }
+    }
+    other || valid != replicas
+}
+
 /// Whether the user needs a move, and how urgently; the group is `None` for
-/// users that are not active. Reads the counts as the state has them.
+/// users that are not active. Reads the loads as the state has them.
 fn triage<'a>(
     user: &'a User,
     replicas: usize,
@@ -138,16 +161,11 @@ fn decide(user: &User, group: &Group, replicas: usize, nodes: &mut Nodes) -> Opt
         }
     }
     let mut add = Vec::new();
-    while valid + add.len() < replicas {
-        let lightest = group
-            .nodes
-            .iter()
-            .copied()
-            .filter(|&i| nodes.has_room(i) && !user.placed_on(nodes.id(i)) && !add.contains(&nodes.id(i)))
-            .min_by(|&a, &b| nodes.cmp_load(a, b));
-        let Some(i) = lightest else { break };
-        nodes.add_user(i);
-        add.push(nodes.id(i));
+    if valid < replicas {
+        for node in lightest(user, group, replicas - valid, nodes) {
+            nodes.add_user(node);
+            add.push(nodes.id(node));
+        }
     }
     let target = replicas.min(valid + add.len());
     if valid > replicas {
@@ -172,6 +190,29 @@ fn decide(user: &User, group: &Group, replicas: usize, nodes: &mut Nodes) -> Opt
     (!add.is_empty() || !remove.is_empty()).then(|| Move { user: user.name.clone(), add, remove })
 }
 
+/// The `k` least loaded nodes of the group that have room and do not hold
+/// the user, in one scan: taking them one by one would pick the same ones,
+/// as adding a user changes only the load of the node that got it.
+fn lightest(user: &User, group: &Group, k: usize, nodes: &Nodes) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::with_capacity(k);
+    for &i in &group.nodes {
+        if !nodes.has_room(i) || user.placed_on(nodes.id(i)) {
+            continue;
+        }
+        // Most nodes lose to the heaviest of the best so far: one comparison.
+        if best.len() == k && !nodes.lighter(i, best[k - 1]) {
+            continue;
+        }
+        best.truncate(k - 1);
+        let mut at = best.len();
+        while at > 0 && nodes.lighter(i, best[at - 1]) {
+            at -= 1;
+        }
+        best.insert(at, i);
+    }
+    best
+}
+
 /// Picks `excess` valid placements to drop: those not serving yet first
 /// (dropping them moves no client and keeps one that serves), then the most
 /// loaded nodes, the higher id on ties.
@@ -184,6 +225,7 @@ fn drop_extras(user: &User, excess: usize, nodes: &Nodes, remove: &mut Vec<NodeI
             _ => None,
         })
         .collect();
-    valid.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| nodes.cmp_load(b.1, a.1)));
+    let heavier_first = |a: usize, b: usize| if nodes.lighter(b, a) { Ordering::Less } else { Ordering::Greater };
+    valid.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| heavier_first(a.1, b.1)));
     remove.extend(valid.iter().take(excess).map(|&(_, node)| nodes.id(node)));
 }

@@ -225,8 +225,6 @@ fn eligible_counts(state: &State) -> BTreeMap<NodeId, u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
     #[test]
     fn plans_keep_the_rules_until_they_converge_and_through_a_drain(
         (nodes, users) in cluster(),

@@ -59,8 +59,8 @@ pub enum JournalError {
 
     #[error(
         "traffic journal {path} is damaged ({detail}); move it aside (`mv {path} {path}.damaged`) and start vpnd \
-         again: a new journal starts after the sequence the cluster recorded, and the traffic in this file's \
-         unacknowledged reports is not counted",
+         again: a new journal starts after the sequence the cluster recorded, and the traffic the cluster has not \
+         recorded yet is not counted",
         path = path.display()
     )]
     Corrupt { path: PathBuf, detail: String },
@@ -184,7 +184,7 @@ impl TrafficJournal {
         }
         self.resync = false;
         let len = self.state.pending.len();
-        if appended && len >= self.pending_warn && (len - self.pending_warn) % WARN_EVERY == 0 {
+        if appended && len >= self.pending_warn && (len - self.pending_warn).is_multiple_of(WARN_EVERY) {
             tracing::error!(
                 pending = len,
                 path = %self.path.display(),

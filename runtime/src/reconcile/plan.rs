@@ -175,6 +175,13 @@ pub fn plan(input: PlanInput<'_>, observed: &Observed) -> Plan {
         out.ops.push(Op::Remove { container: container_ref(c), protocol: c.protocol, reason });
     }
     out.ops.extend(creates);
+    // Cutting access first, the cheapest cut first: a live-API removal takes
+    // milliseconds, a refusal also rewrites and checks the engine's config.
+    user_ops.sort_by_key(|op| match op {
+        Op::RemoveUsers { .. } => 0,
+        Op::Refuse { .. } => 1,
+        _ => 2,
+    });
     out.ops.extend(user_ops);
     out
 }

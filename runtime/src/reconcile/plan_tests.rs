@@ -223,3 +223,23 @@ fn unknown_users_of_a_current_engine_plan_nothing() {
     c.users = None;
     assert_eq!(run(&[inbound(SS, 1, "h")], &[user("a", 1)], true, vec![c]), Plan::default());
 }
+
+#[test]
+fn cuts_come_before_anything_else_and_the_live_api_cut_first() {
+    // The VLESS inbound is listed first; its refusal still waits for the SS removal.
+    let vl = with_users(container("v", Some(VL), "h", 443, true), &[("a", uuid(1)), ("b", uuid(2))], &[]);
+    let ss = with_users(container("s", Some(SS), "h", 8388, true), &[("a", ss_key(1))], &[]);
+    let plan =
+        run(&[inbound(VL, 443, "h"), inbound(SS, 8388, "h")], &[user("b", 2), user("c", 3)], false, vec![vl, ss]);
+    let kinds: Vec<&str> = plan
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::RemoveUsers { .. } => "remove",
+            Op::Refuse { .. } => "refuse",
+            Op::AddUsers { .. } => "add",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds[..2], ["remove", "refuse"], "{:?}", plan.ops);
+}
