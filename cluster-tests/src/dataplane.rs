@@ -192,11 +192,15 @@ impl DataplaneCluster {
             .collect()
     }
 
-    /// The user's one link for `protocol` on node `id`.
+    /// The user's one link for `protocol` on node `id`, once the scheduler
+    /// placed the user there (it runs about once a second).
     pub async fn link(&self, name: &str, id: u64, protocol: &str) -> Link {
-        let links = self.links(name).await;
-        let found = links.iter().find(|l| l.node_id == id && l.protocol == protocol).cloned();
-        found.unwrap_or_else(|| panic!("{name} has no {protocol} link on node {id}: {links:?}"))
+        eventually(&format!("{name}'s {protocol} link on node {id}"), CONVERGE, || async {
+            let links = self.links(name).await;
+            let found = links.iter().find(|l| l.node_id == id && l.protocol == protocol).cloned();
+            found.ok_or(format!("links so far: {links:?}"))
+        })
+        .await
     }
 
     /// A real sing-box client configured from `link` alone, trusting the

@@ -27,6 +27,15 @@ pub use cluster::Cluster;
 pub use process::NodeProcess;
 
 use std::future::Future;
+
+use vpn_proto::v1::User;
+
+/// A user as every node must agree on it: the subscription URL names the
+/// answering node (without `--subscription-base-url`), so it is left out.
+pub fn replicated(mut user: User) -> User {
+    user.subscription_url.clear();
+    user
+}
 use std::time::Duration;
 
 /// Polls `check` until it returns `Some`, or fails the test after `timeout`

@@ -100,7 +100,7 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     let after = eventually("the silent node's users to be placed elsewhere", FAILED_OVER_WITHIN, || async {
         let s = scrape().await?;
         match s.placements.get(&victim).copied().unwrap_or(0) {
-            0 => s.converged(&others, USERS as u64, REPLICAS, MAX_SPREAD).map(|()| s),
+            0 => s.placed(&others, USERS as u64, REPLICAS).map(|()| s),
             left => Err(format!("{left} placements still on node {victim}")),
         }
     })
@@ -121,6 +121,15 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
         "  failover of node {victim} ({on_victim} placements): stopped {:.1?} after its last ack; \
          down {down:.1?} after it, everyone re-placed {failed_over:.1?} after it",
         stopped - silent_since
+    );
+    let load = |s: &Scrape, ids: &[u64]| match s.extremes(ids) {
+        Some(((lo, l), (hi, h))) => format!("least node {lo}: {l}, most node {hi}: {h}"),
+        None => "-".into(),
+    };
+    eprintln!(
+        "  placements per node: converged {}; after the failover {}",
+        load(&converged, &ids),
+        load(&after, &others)
     );
     eprintln!("  leader RSS: idle {}, with users {}, now {}", mib(rss_idle), mib(rss_users), mib(rss_kib(pid)));
     eprintln!("  plan time, placement: {}", plans(&converged.plan.since(&idle.plan)));

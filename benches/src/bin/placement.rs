@@ -193,7 +193,7 @@ async fn run(cli: &Cli) -> Result<()> {
     let after = wait("the silent node's users to be placed elsewhere", deadline, || async {
         let s = scrape(http).await?;
         match s.placements.get(&victim).copied().unwrap_or(0) {
-            0 => s.converged(&others, users, REPLICAS, MAX_SPREAD).map_err(anyhow::Error::msg).map(|()| s),
+            0 => s.placed(&others, users, REPLICAS).map_err(anyhow::Error::msg).map(|()| s),
             left => bail!("{left} placements still on node {victim}"),
         }
     })
@@ -227,6 +227,12 @@ async fn run(cli: &Cli) -> Result<()> {
         "everyone placed, from first create",
         format!("{} ({} after the last create)", secs(placed), secs(placed - created)),
     );
+    let load = |s: &Scrape, ids: &[u64]| match s.extremes(ids) {
+        Some(((lo, l), (hi, h))) => format!("{l}..{h} (node {lo}..node {hi})"),
+        None => "-".into(),
+    };
+    row("placements per node: placed", load(&settled, &ids));
+    row("placements per node: failed over", load(&after, &others));
     row("failover: node's placements", on_victim.to_string());
     row("failover: silent -> marked down", secs(down));
     row(

@@ -8,8 +8,9 @@
 //!   state, its moves proposed as one `Place` command, at most
 //!   `max_moves_per_sec` per second.
 //!
-//! Every step first waits until this node has applied everything committed
-//! (a read-index barrier), so a new leader never plans from a stale state.
+//! A new leadership first waits until this node applied everything committed
+//! before it (a read-index barrier), so a new leader never judges or plans
+//! from a stale state; after that it is the only writer.
 
 pub mod heartbeat;
 mod lifecycle;
@@ -35,6 +36,7 @@ const PLAN_TICK: Duration = Duration::from_secs(1);
 pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch::Receiver<bool>) {
     let mut raft = node.raft.metrics();
     let mut leading_term: Option<u64> = None;
+    let mut caught_up = false;
     let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
     liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_plan = Instant::now();
@@ -56,11 +58,15 @@ pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch:
             // A new leadership: every node gets a full grace period, so an
             // election alone never marks a node down or moves a user.
             leading_term = Some(term);
+            caught_up = false;
             node.liveness.restart_grace();
             tracing::info!(term, "leading: liveness, scheduler and lifecycle duties start");
         }
-        if node.linearizable_barrier().await.is_err() {
-            continue;
+        if !caught_up {
+            caught_up = node.linearizable_barrier().await.is_ok();
+            if !caught_up {
+                continue;
+            }
         }
         let changes = node.state.read(|s| node.liveness.judge(s, config.down_after));
         for change in changes {
