@@ -64,7 +64,7 @@ pub fn relative(at: OffsetDateTime, now: OffsetDateTime) -> String {
     let span = seconds.unsigned_abs();
     let (count, unit) = match span {
         0..60 => {
-            return if seconds >= 0 { "in less than a minute".into() } else { "less than a minute ago".into() };
+            return if at >= now { "in less than a minute".into() } else { "less than a minute ago".into() };
         }
         60..3_600 => (span / 60, "minute"),
         3_600..172_800 => (span / 3_600, "hour"),
@@ -138,6 +138,7 @@ mod tests {
         let cases = [
             (Duration::seconds(30), "in less than a minute"),
             (Duration::seconds(-30), "less than a minute ago"),
+            (Duration::milliseconds(-300), "less than a minute ago"),
             (Duration::minutes(1), "in 1 minute"),
             (Duration::minutes(-12), "12 minutes ago"),
             (Duration::hours(30), "in 30 hours"),
