@@ -6,13 +6,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a binary of this package. Cargo builds a package's binaries
-/// before its integration tests, next to their `deps/` directory.
+/// before its integration tests, next to their `deps/` directory; a bench
+/// binary finds them beside itself (`cargo build -p cluster-tests --bins`).
 pub fn own_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run the tests through cargo, which builds it", path.display());
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let beside = exe.parent().map(|dir| dir.join(name));
+    let above_deps = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(name));
+    let found = [beside, above_deps].into_iter().flatten().find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("{name} is missing: run the tests through cargo, which builds it"))
 }
 
 pub struct NodeProcess {
