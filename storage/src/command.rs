@@ -422,6 +422,7 @@ fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at
 mod tests {
     use super::*;
     use crate::model::{InboundRecord, Protocol};
+    use uuid::Uuid;
 
     fn node(id: NodeId, port: u16) -> DataplaneNode {
         DataplaneNode::new(id, format!("node{id}.example.com"), vec![InboundRecord::new(Protocol::VlessTls, port)])
@@ -521,5 +522,75 @@ mod tests {
         assert_eq!(state.generation, 2);
         apply(&mut state, &Command::ForgetMember { id: 5 });
         assert_eq!(state.generation, 2);
+    }
+
+    fn traffic(node: NodeId, seq: u64, user: &User, bytes: u64) -> Command {
+        let usage = vec![UserUsage { name: user.name.clone(), id: user.id, bytes }];
+        Command::RecordTraffic { node, reports: vec![TrafficReport { seq, usage }], at_ms: 0 }
+    }
+
+    #[test]
+    fn traffic_counts_once_per_node_and_sequence_and_a_limit_takes_effect() {
+        let mut state = State::default();
+        let mut bob = User::new("bob".into(), 0);
+        bob.limits.data_limit_bytes = 100;
+        apply_all(&mut state, &[Command::RegisterDataplaneNode(node(4, 443)), Command::CreateUser(bob.clone())]);
+        let generation = state.generation;
+        assert_eq!(apply(&mut state, &traffic(4, 1, &bob, 60)), CommandResponse::TrafficRecorded { through_seq: 1 });
+        assert_eq!(apply(&mut state, &traffic(4, 1, &bob, 60)), CommandResponse::TrafficRecorded { through_seq: 1 });
+        assert_eq!(state.users["bob"].used_bytes, 60, "a retried report counts once");
+        assert_eq!(state.generation, generation, "usage alone changes nothing a node serves");
+        apply(&mut state, &traffic(4, 2, &bob, 40));
+        assert_eq!((state.users["bob"].used_bytes, state.users["bob"].status), (100, UserStatus::Limited));
+        assert_eq!(state.generation, generation + 1, "a limited user stops being served");
+        // A report for an earlier user of the same name counts for no one.
+        let old = User { id: Uuid::from_u128(7), ..bob.clone() };
+        apply(&mut state, &traffic(4, 3, &old, 1000));
+        assert_eq!(state.users["bob"].used_bytes, 100);
+        assert_eq!(state.dataplane_nodes[&4].traffic_seq, 3);
+    }
+
+    #[test]
+    fn enabling_needs_the_limits_to_allow_it_and_a_reset_restores_a_limited_user() {
+        let mut state = State::default();
+        let mut bob = User::new("bob".into(), 0);
+        bob.limits = Limits { expires_at_ms: 1000, data_limit_bytes: 10, ..Limits::default() };
+        bob.used_bytes = 50;
+        apply(&mut state, &Command::CreateUser(bob));
+        let at =
+            |at_ms, limits| Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Active), limits, at_ms };
+        assert!(matches!(
+            apply(&mut state, &at(2000, LimitsChange::default())),
+            CommandResponse::Refused(Refusal::StillExpired { .. })
+        ));
+        let later = LimitsChange { expires_at_ms: Some(5000), ..LimitsChange::default() };
+        assert!(matches!(apply(&mut state, &at(2000, later)), CommandResponse::Refused(Refusal::StillLimited { .. })));
+        assert_eq!(state.users["bob"].limits.expires_at_ms, 1000, "a refused update changes nothing");
+        apply(&mut state, &Command::ResetTraffic { name: "bob".into(), at_ms: 500 });
+        assert_eq!((state.users["bob"].used_bytes, state.users["bob"].status), (0, UserStatus::Active));
+        apply(&mut state, &Command::Reevaluate { names: vec!["bob".into()], at_ms: 1000 });
+        assert_eq!(state.users["bob"].status, UserStatus::Expired);
+        assert!(
+            matches!(apply(&mut state, &at(2000, later)), CommandResponse::User(u) if u.status == UserStatus::Active)
+        );
+    }
+
+    #[test]
+    fn placements_name_live_nodes_and_go_with_a_forgotten_node() {
+        let mut state = State::default();
+        apply_all(
+            &mut state,
+            &[Command::RegisterDataplaneNode(node(4, 443)), Command::CreateUser(User::new("ann".into(), 0))],
+        );
+        let place = Command::Place(vec![
+            Move { user: "ann".into(), add: vec![4, 9], remove: vec![] },
+            Move { user: "nobody".into(), add: vec![4], remove: vec![] },
+        ]);
+        assert_eq!(apply(&mut state, &place), CommandResponse::Placed(1));
+        let placed: Vec<NodeId> = state.users["ann"].placements.iter().map(|p| p.node).collect();
+        assert_eq!(placed, [4], "node 9 is not registered");
+        assert_eq!(state.users["ann"].placements[0].since_generation, state.generation);
+        apply(&mut state, &Command::ForgetMember { id: 4 });
+        assert!(state.users["ann"].placements.is_empty());
     }
 }

@@ -9,8 +9,11 @@ use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 use proptest::prelude::*;
 use uuid::Uuid;
-use vpn_storage::command::{self, Command};
-use vpn_storage::model::{Credentials, DataplaneNode, InboundRecord, MemberRecord, Protocol, User, UserStatus};
+use vpn_storage::command::{self, Command, LimitsChange, Move, TrafficReport, UserUsage};
+use vpn_storage::model::{
+    Credentials, DataplaneNode, InboundRecord, Limits, MemberRecord, NodeHealth, Placement, Protocol, ResetPeriod,
+    Schedule, User, UserStatus,
+};
 use vpn_storage::state::State;
 use vpn_storage::types::{Entry, NodeId};
 
@@ -19,13 +22,35 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn status() -> impl Strategy<Value = UserStatus> {
-    prop_oneof![Just(UserStatus::Active), Just(UserStatus::Disabled)]
+    prop::sample::select(UserStatus::ALL.to_vec())
+}
+
+/// Times within a few days, so expiries and resets fall due within a run.
+fn at_ms() -> impl Strategy<Value = i64> {
+    0i64..400_000_000
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop_oneof![Just(0i64), at_ms()],
+        prop_oneof![Just(0u64), 1u64..5000],
+        prop::sample::select(ResetPeriod::ALL.to_vec()),
+    )
+        .prop_map(|(expires_at_ms, data_limit_bytes, reset)| Limits { expires_at_ms, data_limit_bytes, reset })
+}
+
+/// Two ids per name, so reports for a deleted and re-created user are seen.
+fn user_id() -> impl Strategy<Value = Uuid> {
+    (0u128..2).prop_map(Uuid::from_u128)
 }
 
 fn user() -> impl Strategy<Value = User> {
-    (name(), any::<u128>(), any::<u128>(), any::<[u8; 16]>(), 0i64..4_000_000_000_000, status()).prop_map(
-        |(name, id, vless, key, created_at_ms, status)| User {
-            id: Uuid::from_u128(id),
+    (
+        (name(), user_id(), any::<u128>(), any::<[u8; 16]>(), at_ms(), status()),
+        (limits(), prop::collection::vec((1u64..4, 0u64..8), 0..3), "[a-z]{0,4}"),
+    )
+        .prop_map(|((name, id, vless, key, created_at_ms, status), (limits, placed, sub_token))| User {
+            id,
             name,
             status,
             created_at_ms,
@@ -33,8 +58,16 @@ fn user() -> impl Strategy<Value = User> {
                 vless_uuid: Uuid::from_u128(vless),
                 ss2022_key: base64::engine::general_purpose::STANDARD.encode(key),
             },
-        },
-    )
+            limits,
+            used_bytes: 0,
+            period_start_ms: created_at_ms,
+            sub_token,
+            constraint: Default::default(),
+            placements: placed
+                .into_iter()
+                .map(|(node, since_generation)| Placement { node, since_generation })
+                .collect(),
+        })
 }
 
 fn member() -> impl Strategy<Value = MemberRecord> {
@@ -65,13 +98,12 @@ fn inbound() -> impl Strategy<Value = InboundRecord> {
 /// Few ids and few distinct offers, so re-registrations repeat and change offers.
 fn dataplane_node() -> impl Strategy<Value = DataplaneNode> {
     (1u64..4, prop::collection::vec(inbound(), 0..3), 0u32..2, any::<u64>(), any::<bool>()).prop_map(
-        |(id, inbounds, capacity, applied_generation, labelled)| DataplaneNode {
-            id,
-            public_host: format!("n{id}.example.com"),
-            inbounds,
-            labels: labelled.then(|| ("region".to_owned(), "eu".to_owned())).into_iter().collect(),
-            capacity,
-            applied_generation,
+        |(id, inbounds, capacity, applied_generation, labelled)| {
+            let mut node = DataplaneNode::new(id, format!("n{id}.example.com"), inbounds);
+            node.labels = labelled.then(|| ("region".to_owned(), "eu".to_owned())).into_iter().collect();
+            node.capacity = capacity;
+            node.applied_generation = applied_generation;
+            node
         },
     )
 }
@@ -79,7 +111,49 @@ fn dataplane_node() -> impl Strategy<Value = DataplaneNode> {
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         user().prop_map(Command::CreateUser),
-        (name(), proptest::option::of(status())).prop_map(|(name, status)| Command::UpdateUser { name, status }),
+        (name(), proptest::option::of(status()), proptest::option::of(limits()), at_ms()).prop_map(
+            |(name, status, limits, at_ms)| {
+                let limits = limits.map_or_else(LimitsChange::default, |l| LimitsChange {
+                    expires_at_ms: Some(l.expires_at_ms),
+                    data_limit_bytes: Some(l.data_limit_bytes),
+                    reset: Some(l.reset),
+                });
+                Command::UpdateUser { name, status, limits, at_ms }
+            }
+        ),
+        (name(), at_ms()).prop_map(|(name, at_ms)| Command::ResetTraffic { name, at_ms }),
+        (name(), "[a-z]{1,4}").prop_map(|(name, token)| Command::RotateToken { name, token }),
+        (prop::collection::vec(name(), 0..3), at_ms()).prop_map(|(names, at_ms)| Command::Reevaluate { names, at_ms }),
+        prop::collection::vec(
+            (name(), prop::collection::vec(1u64..4, 0..2), prop::collection::vec(1u64..4, 0..2)),
+            0..3
+        )
+        .prop_map(|moves| Command::Place(
+            moves.into_iter().map(|(user, add, remove)| Move { user, add, remove }).collect()
+        )),
+        (1u64..4, any::<bool>()).prop_map(|(node, down)| Command::SetNodeHealth {
+            node,
+            health: if down { NodeHealth::Down } else { NodeHealth::Ready },
+            engine_error: down.then(|| "engine exited".to_owned()),
+        }),
+        (1u64..4, prop::sample::select(vec![Schedule::Schedulable, Schedule::Cordoned, Schedule::Draining]))
+            .prop_map(|(node, schedule)| Command::SetNodeSchedule { node, schedule }),
+        (
+            1u64..4,
+            prop::collection::vec((0u64..6, prop::collection::vec((name(), user_id(), 0u64..3000), 0..3)), 0..3),
+            at_ms()
+        )
+            .prop_map(|(node, reports, at_ms)| Command::RecordTraffic {
+                node,
+                reports: reports
+                    .into_iter()
+                    .map(|(seq, usage)| TrafficReport {
+                        seq,
+                        usage: usage.into_iter().map(|(name, id, bytes)| UserUsage { name, id, bytes }).collect(),
+                    })
+                    .collect(),
+                at_ms,
+            }),
         name().prop_map(|name| Command::DeleteUser { name }),
         member().prop_map(Command::RegisterMember),
         (1u64..4).prop_map(|id| Command::ForgetMember { id }),
