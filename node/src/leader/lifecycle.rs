@@ -59,11 +59,11 @@ mod tests {
     #[test]
     fn a_daily_reset_lifts_a_limited_user() {
         let limits = Limits { data_limit_bytes: 100, reset: ResetPeriod::Daily, ..Limits::default() };
-        let mut s = with_user(limits, 0);
-        s.users.get_mut("ann").map(|u| {
-            u.used_bytes = 150;
+        let mut s = with_user(limits, 150);
+        assert_eq!(s.users["ann"].status, UserStatus::Active, "created as given");
+        if let Some(u) = s.users.get_mut("ann") {
             u.status = UserStatus::Limited;
-        });
+        }
         assert!(due(&s, DAY - 1).is_none());
         assert_eq!(run(&mut s, DAY + 5), UserStatus::Active);
         assert_eq!(s.users["ann"].used_bytes, 0);
@@ -73,7 +73,9 @@ mod tests {
     #[test]
     fn a_disabled_user_stays_disabled() {
         let mut s = with_user(Limits { expires_at_ms: DAY, ..Limits::default() }, 0);
-        s.users.get_mut("ann").map(|u| u.status = UserStatus::Disabled);
+        if let Some(u) = s.users.get_mut("ann") {
+            u.status = UserStatus::Disabled;
+        }
         assert!(due(&s, 2 * DAY).is_none());
     }
 }
