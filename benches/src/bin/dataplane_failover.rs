@@ -114,9 +114,11 @@ async fn round(source: &HttpSource, users: usize) -> Round {
         }
         if moved.is_none() {
             let list = dp.ok(&["-o", "json", "user", "list"]).await.json();
-            let on_victim = list["users"].as_array().into_iter().flatten().any(|u| {
-                u["placements"].as_array().into_iter().flatten().any(|p| p.as_u64() == Some(victim))
-            });
+            let on_victim = list["users"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|u| u["placements"].as_array().into_iter().flatten().any(|p| p.as_u64() == Some(victim)));
             if !on_victim {
                 moved = Some(killed.elapsed());
             }
@@ -129,7 +131,8 @@ async fn round(source: &HttpSource, users: usize) -> Round {
             });
             if let Some(url) = fresh {
                 let client = SingBoxClient::start(outbound_from_link(url, None)).await;
-                let probe = fetch_via_socks_within(client.proxy, source.addr, "/1024", 1024, Duration::from_millis(500));
+                let probe =
+                    fetch_via_socks_within(client.proxy, source.addr, "/1024", 1024, Duration::from_millis(500));
                 if probe.await.is_ok() {
                     served = Some(killed.elapsed());
                 }
