@@ -21,7 +21,7 @@ use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::{GetNodeRequest, ReadConsistency};
 
 const AGENTS: usize = 50;
-const USERS: usize = 10_000;
+const USERS: usize = 100_000;
 const REPLICAS: u64 = 2;
 /// Room for 250,000 placements: enough with one node down (49 x 5,000).
 const CAPACITY: u32 = 5_000;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use tonic::transport::Channel;
 use vpn_proto::internal::raft_client::RaftClient;
@@ -197,6 +197,10 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode
             },
             leader_addr: f.leader_node.map(|n| n.addr),
         },
+        // Another change still running (several nodes joining at once) passes: retryable.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
+            Error::unavailable(format!("another membership change is in progress ({e}); retry"))
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Error::FailedPrecondition(format!("membership change refused: {e}"))
         }

@@ -105,7 +105,13 @@ async fn round(source: &HttpSource, users: usize) -> Round {
     dp.kill_node(victim);
     let (mut down, mut moved, mut served) = (None, None, None);
     while down.is_none() || moved.is_none() || served.is_none() {
-        assert!(killed.elapsed() < GIVE_UP, "no failover within {GIVE_UP:?}");
+        assert!(
+            killed.elapsed() < GIVE_UP,
+            "no failover of node {victim} within {GIVE_UP:?}: down {down:?}, moved {moved:?}, served {served:?}; \
+             {moved_user}'s links: {:?}\n{}",
+            dp.subscription_links(&moved_user).await,
+            nodes.iter().map(|n| dp.diagnose(n.id)).collect::<Vec<_>>().join("\n")
+        );
         if down.is_none() {
             let node = dp.ok(&["-o", "json", "node", "show", &victim.to_string()]).await.json();
             if node["status"] == "down" {
