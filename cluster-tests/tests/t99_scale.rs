@@ -31,7 +31,8 @@ const CONCURRENCY: usize = 64;
 /// At vpnd's default (2,000 moves per plan, one plan a second) placing
 /// 100,000 users takes ~50 plans; this lets one plan place them all.
 const MAX_MOVES_PER_SEC: &str = "20000";
-const USERS_CREATED_WITHIN: Duration = Duration::from_secs(120);
+/// ~75 s on an idle 2-core machine (debug vpnd); the bound is for a loaded one.
+const USERS_CREATED_WITHIN: Duration = Duration::from_secs(300);
 const CONVERGED_WITHIN: Duration = Duration::from_secs(90);
 /// From the last heartbeat: down after 5 s of silence (vpnd's default), then a plan.
 const FAILED_OVER_WITHIN: Duration = Duration::from_secs(60);
@@ -43,7 +44,8 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     let flags = ["--replicas", "2", "--max-moves-per-sec", MAX_MOVES_PER_SEC];
     let cluster = Cluster::start(3, &flags).await;
     let leader = cluster.wait_leader().await;
-    let (http, pid) = (cluster.node(leader).http, cluster.node(leader).pid().expect("leader runs"));
+    let (http, leader_grpc) = (cluster.node(leader).http, cluster.node(leader).grpc);
+    let pid = cluster.node(leader).pid().expect("the leader runs");
     let endpoints: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
     let rss_idle = rss_kib(pid);
 
@@ -55,8 +57,8 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     };
     let idle = Scrape::fetch(http).await.expect("the leader's metrics");
     let start = Instant::now();
-    let create = create_users(&endpoints, "u", USERS, CONCURRENCY);
-    match tokio::time::timeout(USERS_CREATED_WITHIN, create).await {
+    // Straight to the leader: a forwarding hop costs a debug build a third of its rate.
+    match tokio::time::timeout(USERS_CREATED_WITHIN, create_users(&[leader_grpc], "u", USERS, CONCURRENCY)).await {
         Ok(done) => done.expect("users created"),
         Err(_) => {
             let active = Scrape::fetch(http).await.map(|s| s.users.get("active").copied().unwrap_or(0));
@@ -75,7 +77,6 @@ async fn scale_100k_users_on_50_simulated_nodes_converge_and_fail_over() {
     let placed = start.elapsed();
     eprintln!("t99: placement converged {placed:.1?} after the first create");
     let everyone = ids.iter().copied().collect::<BTreeSet<_>>();
-    let leader_grpc = cluster.node(leader).grpc;
     check_placements(leader_grpc, USERS, REPLICAS as usize, &everyone).await.expect("every user on 2 nodes");
 
     let victim = ids[ids.len() / 2];

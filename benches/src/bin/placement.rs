@@ -47,7 +47,7 @@ struct Cli {
     /// vpnd's --max-moves-per-sec: the most moves one plan makes (vpnd's default: 2000).
     #[arg(long, default_value_t = 20_000)]
     max_moves_per_sec: usize,
-    /// CreateUser calls in flight (spread over the three members).
+    /// CreateUser calls in flight (to the leader).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Longest wait for placement, and for the failover.
@@ -158,7 +158,8 @@ async fn run(cli: &Cli) -> Result<()> {
     let ids = fleet.ids();
     let idle = scrape(http).await?;
     let start = Instant::now();
-    create_users(&voters.grpc(), "u", cli.users, cli.concurrency).await?;
+    // Straight to the leader, as `loadgen` writes by default.
+    create_users(&[leader_grpc], "u", cli.users, cli.concurrency).await?;
     let created = start.elapsed();
     let rss_created = rss();
     let users = cli.users as u64;
@@ -248,9 +249,23 @@ async fn run(cli: &Cli) -> Result<()> {
     row("heartbeats acknowledged / failed", format!("{acked} / {failed}"));
     row("leader log: warnings / errors", format!("{warns} / {errors}"));
     for line in samples.iter().take(5) {
-        println!("    {line}");
+        println!("    {}", plain(line));
     }
     Ok(())
+}
+
+/// A log line without its terminal colours.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn scrape(http: SocketAddr) -> Result<Scrape> {
