@@ -66,8 +66,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 /// `GET /sub/{token}[?format=base64|sing-box|clash]`: the links of the
-/// user's healthy nodes. An unknown token and a user who is not served both
-/// get a bare 404, so the endpoint tells a guesser nothing.
+/// user's healthy nodes. A user who is not served (disabled, limited,
+/// expired) gets a document with no server, whose headers still carry usage
+/// and expiry, so the app can say why. An unknown token gets a bare 404 that
+/// tells a guesser nothing.
 async fn subscription(
     State(node): State<Arc<Node>>,
     Path(token): Path<String>,
@@ -80,7 +82,8 @@ async fn subscription(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let rendered = node.state.read(|s| {
-        let user = s.user_by_token(&token).filter(|u| u.status == UserStatus::Active)?;
+        let user = s.user_by_token(&token)?;
+        // `nodes_serving` is empty for a user who is not active.
         let nodes: Vec<&DataplaneNode> = s.nodes_serving(user).filter(|n| n.is_ready()).collect();
         Some(vpn_client_config::render(user, &nodes, format))
     });
