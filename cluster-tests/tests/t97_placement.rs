@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cluster_tests::dataplane::DataplaneCluster;
+use cluster_tests::dataplane::{DataplaneCluster, DataplaneNode};
 use cluster_tests::docker;
 use cluster_tests::eventually;
 use cluster_tests::traffic::{
@@ -31,12 +31,9 @@ async fn client(url: &str) -> SingBoxClient {
     SingBoxClient::start(outbound_from_link(url, None)).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn docker_a_dead_nodes_users_are_served_elsewhere_within_10s_through_the_subscription() {
-    if !docker::available("docker_a_dead_nodes_users_are_served_elsewhere_within_10s_through_the_subscription") {
-        return;
-    }
-    let source = HttpSource::start().await;
+/// Three Shadowsocks-2022 data-plane nodes and a user "alice" placed on two
+/// of them, both serving her: the cluster, the nodes, her placements.
+async fn alice_on_two_of_three_nodes() -> (DataplaneCluster, [DataplaneNode; 3], Vec<u64>) {
     let mut dp = DataplaneCluster::start(3).await;
     let nodes = [dp.add_node(&[SS]), dp.add_node(&[SS]), dp.add_node(&[SS])];
     dp.ok(&["user", "add", "alice"]).await;
@@ -52,6 +49,16 @@ async fn docker_a_dead_nodes_users_are_served_elsewhere_within_10s_through_the_s
     for id in &placed {
         dp.caught_up(*id, 1).await;
     }
+    (dp, nodes, placed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_a_dead_nodes_users_are_served_elsewhere_within_10s_through_the_subscription() {
+    if !docker::available("docker_a_dead_nodes_users_are_served_elsewhere_within_10s_through_the_subscription") {
+        return;
+    }
+    let source = HttpSource::start().await;
+    let (mut dp, nodes, placed) = alice_on_two_of_three_nodes().await;
     let links = dp.subscription_links("alice").await;
     let listed: BTreeSet<u64> = links.iter().map(|l| dp.node_of_link(&nodes, l)).collect();
     assert_eq!(listed, placed.iter().copied().collect(), "the subscription lists the nodes holding alice");
@@ -91,21 +98,7 @@ async fn docker_draining_a_node_leaves_a_running_download_alone_and_the_user_alw
         return;
     }
     let source = HttpSource::start().await;
-    let mut dp = DataplaneCluster::start(3).await;
-    let nodes = [dp.add_node(&[SS]), dp.add_node(&[SS]), dp.add_node(&[SS])];
-    dp.ok(&["user", "add", "alice"]).await;
-    let placed = eventually("alice to get two placements", Duration::from_secs(30), || async {
-        let p = dp.placements("alice").await;
-        if p.len() == 2 {
-            Ok(p)
-        } else {
-            Err(format!("placements {p:?}"))
-        }
-    })
-    .await;
-    for id in &placed {
-        dp.caught_up(*id, 1).await;
-    }
+    let (dp, nodes, placed) = alice_on_two_of_three_nodes().await;
     let (keep, drained) = (placed[0], placed[1]);
     let spare = nodes.iter().map(|n| n.id).find(|id| !placed.contains(id)).expect("a third node");
     let links = dp.subscription_links("alice").await;
