@@ -9,6 +9,8 @@
 //!   double counts nothing: the recorded usage ends equal to the engine's own
 //!   counters.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_tests::dataplane::DataplaneCluster;
@@ -177,22 +179,47 @@ async fn docker_killing_the_agent_and_the_leader_loses_and_double_counts_no_traf
     let client = dp.client(&dp.link("erin", node.id, SS).await).await;
 
     // Traffic flows throughout: the engines outlive their vpnd.
+    let progress = Arc::new(AtomicUsize::new(0));
     let traffic = {
-        let (proxy, target) = (client.proxy, source.addr);
+        let (proxy, target, progress) = (client.proxy, source.addr, progress.clone());
         tokio::spawn(async move {
-            let mut moved = 0;
             for _ in 0..40 {
-                moved += fetch_via_socks(proxy, target, "/262144", 262_144).await.unwrap_or(0);
+                let n = fetch_via_socks(proxy, target, "/262144", 262_144).await.unwrap_or(0);
+                progress.fetch_add(n, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            moved
+            progress.load(Ordering::Relaxed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let flowed = |past: usize| {
+        let progress = progress.clone();
+        async move {
+            eventually("more traffic through the engine", Duration::from_secs(30), || async {
+                let now = progress.load(Ordering::Relaxed);
+                if now >= past + MIB {
+                    Ok(now)
+                } else {
+                    Err(format!("{now} bytes so far"))
+                }
+            })
+            .await
+        }
+    };
+    // Some usage recorded, then the agent dies mid-stream; then the leader.
+    eventually("erin's first recorded usage", Duration::from_secs(30), || async {
+        let used = dp.user("erin").await["used_bytes"].as_u64().unwrap_or(0);
+        if used > 0 {
+            Ok(())
+        } else {
+            Err("nothing recorded yet".to_owned())
+        }
+    })
+    .await;
     dp.cluster.node_mut(node.id).kill9();
+    let at = flowed(progress.load(Ordering::Relaxed)).await;
     let leader = dp.cluster.wait_leader().await;
     dp.cluster.node_mut(leader).kill9();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flowed(at).await;
     dp.cluster.node_mut(leader).start();
     dp.cluster.node_mut(node.id).start();
     let moved = traffic.await.expect("traffic task");
