@@ -43,8 +43,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the engine double learns the cluster's generation.
 const GENERATION_POLL: Duration = Duration::from_millis(250);
-/// Longest a registration is retried (elections, a busy leader).
-const REGISTER_WITHIN: Duration = Duration::from_secs(30);
+/// Longest a proposal (a registration) is retried: elections, a busy leader.
+const PROPOSE_WITHIN: Duration = Duration::from_secs(30);
 /// Longest one user's creation is retried.
 const CREATE_WITHIN: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,9 +70,15 @@ impl Links {
         (i, self.endpoints[i].1.clone())
     }
 
-    /// After `status` from endpoint `tried`: go to the leader it names, else
-    /// to the next endpoint. Of many agents failing at once, one moves the guess.
-    fn failed(&self, tried: usize, status: &Status) {
+    /// After `status` from endpoint `tried`: on UNAVAILABLE go to the leader
+    /// it names, else (unreachable, or no leader known there) to the next
+    /// endpoint. Any other failure (a deadline, a refusal) keeps the guess, as
+    /// an agent keeps the leader it knows. Of many agents failing at once, one
+    /// moves the guess. Returns whether trying again at once may help.
+    fn failed(&self, tried: usize, status: &Status) -> bool {
+        if status.code() != Code::Unavailable {
+            return false;
+        }
         let named = status
             .metadata()
             .get(LEADER_ADDR)
@@ -81,6 +87,7 @@ impl Links {
             .and_then(|a| self.endpoints.iter().position(|(e, _)| *e == a));
         let next = named.unwrap_or((tried + 1) % self.endpoints.len());
         let _ = self.leader.compare_exchange(tried, next, Ordering::Relaxed, Ordering::Relaxed);
+        true
     }
 }
 
@@ -106,20 +113,44 @@ pub struct Fleet {
 
 impl Fleet {
     /// Registers `n` nodes (ids [`FIRST_ID`]..) with `capacity` users each
-    /// (0: no limit) through the leader, and starts their heartbeats,
-    /// spread over one interval.
+    /// (0: no limit) through the leader, one by one as agents do, and starts
+    /// their heartbeats, spread over one interval.
     pub async fn start(endpoints: &[SocketAddr], n: usize, capacity: u32) -> Result<Self> {
+        Self::launch(endpoints, n, capacity, false).await
+    }
+
+    /// [`Fleet::start`], but every registration goes in one `Command::Batch`
+    /// entry, so the scheduler sees the nodes appear at one instant (a plan
+    /// between two registrations would place users on the first nodes only,
+    /// and it never moves a user who is served).
+    pub async fn start_together(endpoints: &[SocketAddr], n: usize, capacity: u32) -> Result<Self> {
+        Self::launch(endpoints, n, capacity, true).await
+    }
+
+    async fn launch(endpoints: &[SocketAddr], n: usize, capacity: u32, together: bool) -> Result<Self> {
         if endpoints.is_empty() || n == 0 {
             bail!("a fleet needs endpoints and at least one node");
         }
         let links = Arc::new(Links::new(endpoints));
+        let ids: Vec<u64> = (FIRST_ID..).take(n).collect();
+        if together {
+            let all = ids.iter().map(|id| Command::RegisterDataplaneNode(offer(*id, capacity))).collect();
+            match propose(&links, &Command::Batch(all)).await? {
+                CommandResponse::Batch(rs) if rs.iter().all(|r| matches!(r, CommandResponse::DataplaneNode(_))) => {}
+                other => bail!("registering {n} nodes at once: the leader answered {other:?}"),
+            }
+        }
         let (generation_tx, generation) = watch::channel(0);
         let counts = Arc::new(Counts::default());
         let mut fleet = Self { agents: BTreeMap::new(), poller: None, counts: counts.clone() };
         let first_beat = tokio::time::Instant::now();
-        for i in 0..n {
-            let id = FIRST_ID + i as u64;
-            register(&links, offer(id, capacity)).await?;
+        for (i, &id) in ids.iter().enumerate() {
+            if !together {
+                match propose(&links, &Command::RegisterDataplaneNode(offer(id, capacity))).await? {
+                    CommandResponse::DataplaneNode(node) if node.id == id => {}
+                    other => bail!("registering node {id}: the leader answered {other:?}"),
+                }
+            }
             if fleet.poller.is_none() {
                 fleet.poller = Some(tokio::spawn(poll_generation(links.clone(), id, generation_tx.clone())));
             }
@@ -171,28 +202,23 @@ fn offer(id: u64, capacity: u32) -> DataplaneNode {
     node
 }
 
-/// `Raft/Propose` of the registration to the leader, retried while no leader takes it.
-async fn register(links: &Links, offer: DataplaneNode) -> Result<()> {
-    let id = offer.id;
-    let json = serde_json::to_vec(&Command::RegisterDataplaneNode(offer)).context("encoding a registration")?;
-    let deadline = Instant::now() + REGISTER_WITHIN;
+/// `Raft/Propose` of `cmd` to the leader, retried while no leader takes it.
+async fn propose(links: &Links, cmd: &Command) -> Result<CommandResponse> {
+    let json = serde_json::to_vec(cmd).context("encoding a command")?;
+    let deadline = Instant::now() + PROPOSE_WITHIN;
     loop {
         let (i, ch) = links.leader();
         let mut req = Request::new(RaftPayload { json: json.clone() });
         req.set_timeout(CALL_TIMEOUT);
         let status = match RaftClient::new(ch).propose(req).await {
             Ok(reply) => {
-                return match serde_json::from_slice(&reply.into_inner().json) {
-                    Ok(CommandResponse::DataplaneNode(n)) if n.id == id => Ok(()),
-                    Ok(other) => bail!("registering node {id}: the leader answered {other:?}"),
-                    Err(e) => bail!("registering node {id}: an answer that is no CommandResponse: {e}"),
-                }
+                return serde_json::from_slice(&reply.into_inner().json).context("an answer that is no CommandResponse")
             }
             Err(status) => status,
         };
         links.failed(i, &status);
         if !retryable(&status) || Instant::now() >= deadline {
-            bail!("registering node {id}: {:?}: {}", status.code(), status.message());
+            bail!("proposing through the leader: {:?}: {}", status.code(), status.message());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -216,24 +242,30 @@ impl Beat {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let (i, ch) = self.links.leader();
-            let mut req = Request::new(HeartbeatRequest {
-                node_id: self.id,
-                incarnation: INCARNATION.into(),
-                // The engine double applied everything it was shown.
-                applied_generation: *self.generation.borrow(),
-                engine_error: String::new(),
-                traffic: Vec::new(),
-            });
-            req.set_timeout(HEARTBEAT_TIMEOUT);
-            match RaftClient::new(ch).heartbeat(req).await {
-                Ok(_) => {
-                    counts.ok.fetch_add(1, Ordering::Relaxed);
-                    *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                }
-                Err(status) => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                    self.links.failed(i, &status);
+            // A redirect or an unreachable endpoint is retried at once on the next guess.
+            for _ in 0..self.links.endpoints.len() {
+                let (i, ch) = self.links.leader();
+                let mut req = Request::new(HeartbeatRequest {
+                    node_id: self.id,
+                    incarnation: INCARNATION.into(),
+                    // The engine double applied everything it was shown.
+                    applied_generation: *self.generation.borrow(),
+                    engine_error: String::new(),
+                    traffic: Vec::new(),
+                });
+                req.set_timeout(HEARTBEAT_TIMEOUT);
+                match RaftClient::new(ch).heartbeat(req).await {
+                    Ok(_) => {
+                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                        break;
+                    }
+                    Err(status) => {
+                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                        if !self.links.failed(i, &status) {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -362,6 +394,8 @@ pub struct Scrape {
     pub nodes: BTreeMap<String, u64>,
     /// `vpn_users`: users by status.
     pub users: BTreeMap<String, u64>,
+    /// `vpn_failovers_total`: nodes this node, as leader, marked down.
+    pub failovers: u64,
     /// `vpn_scheduler_plan_duration_seconds` (meaningful on the leader).
     pub plan: Histogram,
 }
@@ -402,6 +436,10 @@ impl Scrape {
                     }
                     continue;
                 }
+                "vpn_failovers_total" => {
+                    s.failovers = count;
+                    continue;
+                }
                 "vpn_dataplane_nodes" => &mut s.nodes,
                 "vpn_users" => &mut s.users,
                 _ => continue,
@@ -436,8 +474,11 @@ impl Scrape {
         let total = self.total();
         if active != users || total != users * replicas || on_ids != total {
             return Err(format!(
-                "{active} active users, {total} placements ({on_ids} on the expected nodes), want {users} and {}",
-                users * replicas
+                "{active} active users, {total} placements ({on_ids} on the expected nodes), want {users} and {}; \
+                 nodes by status {:?}, {} marked down so far",
+                users * replicas,
+                self.nodes,
+                self.failovers
             ));
         }
         Ok(())
@@ -448,8 +489,10 @@ impl Scrape {
         self.placed(ids, users, replicas)?;
         match self.spread(ids) {
             spread if spread > max_spread => Err(format!(
-                "spread {spread} (at most {max_spread}): (node, placements) least and most loaded {:?}",
-                self.extremes(ids)
+                "spread {spread} (at most {max_spread}): (node, placements) least and most loaded {:?}; \
+                 {} nodes marked down so far",
+                self.extremes(ids),
+                self.failovers
             )),
             _ => Ok(()),
         }
@@ -508,6 +551,7 @@ mod tests {
 vpn_placements{node="1000"} 4001
 vpn_placements{node="1001"} 3999
 vpn_dataplane_nodes{status="down"} 1
+vpn_failovers_total 1
 vpn_users{status="active"} 4000
 # TYPE vpn_scheduler_plan_duration_seconds histogram
 vpn_scheduler_plan_duration_seconds_sum 0.35
@@ -522,7 +566,7 @@ vpn_scheduler_plan_duration_seconds_bucket{le="+Inf"} 4
         let s = Scrape::parse(TEXT);
         assert_eq!(s.placements, BTreeMap::from([(1000, 4001), (1001, 3999)]));
         assert_eq!((s.total(), s.spread(&[1000, 1001]), s.spread(&[1000, 1001, 1002])), (8000, 2, 4001));
-        assert_eq!(s.nodes["down"], 1);
+        assert_eq!((s.nodes["down"], s.failovers), (1, 1));
         assert_eq!((s.plan.count, s.plan.bound(0.5), s.plan.bound(1.0)), (4, Some(0.1), Some(0.2)));
         assert!(s.converged(&[1000, 1001], 4000, 2, 2).is_ok());
         assert!(s.converged(&[1000, 1001], 4000, 2, 1).is_err());

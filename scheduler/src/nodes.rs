@@ -113,12 +113,16 @@ impl<'a> Nodes<'a> {
         self.nodes[node].users < self.nodes[node].limit
     }
 
-    /// Whether node `a` has fewer users per unit of capacity than `b`, or
-    /// as few and a lower id: the order new placements prefer.
-    pub(crate) fn lighter(&self, a: usize, b: usize) -> bool {
+    /// Whether node `a` has fewer users per unit of capacity than `b`; on a
+    /// tie, the order `salt` (one per user, see [`user_salt`]) gives the
+    /// pair. A per-user tie order spreads each user's replicas over all
+    /// pairs of nodes (rendezvous hashing): with one fixed order users would
+    /// land on fixed pairs, and a pair's joint failure would leave its users
+    /// with no replica, while its partner took none of a dead node's users.
+    pub(crate) fn lighter(&self, a: usize, b: usize, salt: u64) -> bool {
         let (a, b) = (&self.nodes[a], &self.nodes[b]);
         let (left, right) = (u128::from(a.users) * u128::from(b.weight), u128::from(b.users) * u128::from(a.weight));
-        left < right || (left == right && a.id < b.id)
+        left < right || (left == right && (mix(salt ^ a.id), a.id) < (mix(salt ^ b.id), b.id))
     }
 
     pub(crate) fn add_user(&mut self, node: usize) {
@@ -132,6 +136,18 @@ impl<'a> Nodes<'a> {
     }
 }
 
+/// A user's tie-break salt: FNV-1a of the name (stable across builds and replicas).
+pub(crate) fn user_salt(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// splitmix64's finalizer: spreads close inputs (node ids) apart.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn load_is_relative_to_capacity_and_ties_go_to_the_lower_id() {
+    fn load_is_relative_to_capacity_and_ties_follow_the_users_salt() {
         let mut state = State::default();
         for n in [node(3, 10), node(1, 0), node(2, 10)] {
             state.dataplane_nodes.insert(n.id, n);
@@ -154,16 +170,20 @@ mod tests {
             nodes.count(&Placement { node: 3, since_generation: 1 }),
             Slot::Valid { node: three, serving: false }
         );
-        assert!(nodes.lighter(one, two), "empty nodes tie; the lower id first");
-        assert!(!nodes.lighter(two, one));
-        assert!(nodes.lighter(two, three));
+        // Empty nodes tie: exactly one of each pair is lighter, by the salt.
+        let salt = user_salt("alice");
+        assert!(nodes.lighter(one, two, salt) != nodes.lighter(two, one, salt));
+        assert!(nodes.lighter(two, three, salt), "three holds a user");
+        let firsts: std::collections::BTreeSet<bool> =
+            (0..64).map(|i| nodes.lighter(one, two, user_salt(&format!("u{i}")))).collect();
+        assert_eq!(firsts.len(), 2, "different users order tied nodes differently");
         for _ in 0..100 {
             nodes.add_user(one);
         }
         // 100 users of weight 1000 (unlimited) equal 1 user of capacity 10.
-        assert!(nodes.lighter(one, three), "equal load, lower id");
+        assert!(nodes.lighter(one, three, salt) != nodes.lighter(three, one, salt), "equal load");
         nodes.add_user(one);
-        assert!(nodes.lighter(three, one));
+        assert!(nodes.lighter(three, one, salt));
         assert!(nodes.has_room(one));
     }
 

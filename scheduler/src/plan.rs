@@ -16,7 +16,7 @@ use vpn_storage::state::State;
 use vpn_storage::types::NodeId;
 
 use crate::groups::{Group, Groups};
-use crate::nodes::{Nodes, Slot};
+use crate::nodes::{user_salt, Nodes, Slot};
 use crate::policy::Policy;
 
 /// Why a user needs a move, most urgent first. Moves go out in this order,
@@ -194,18 +194,19 @@ fn decide(user: &User, group: &Group, replicas: usize, nodes: &mut Nodes) -> Opt
 /// the user, in one scan: taking them one by one would pick the same ones,
 /// as adding a user changes only the load of the node that got it.
 fn lightest(user: &User, group: &Group, k: usize, nodes: &Nodes) -> Vec<usize> {
+    let salt = user_salt(&user.name);
     let mut best: Vec<usize> = Vec::with_capacity(k);
     for &i in &group.nodes {
         if !nodes.has_room(i) || user.placed_on(nodes.id(i)) {
             continue;
         }
         // Most nodes lose to the heaviest of the best so far: one comparison.
-        if best.len() == k && !nodes.lighter(i, best[k - 1]) {
+        if best.len() == k && !nodes.lighter(i, best[k - 1], salt) {
             continue;
         }
         best.truncate(k - 1);
         let mut at = best.len();
-        while at > 0 && nodes.lighter(i, best[at - 1]) {
+        while at > 0 && nodes.lighter(i, best[at - 1], salt) {
             at -= 1;
         }
         best.insert(at, i);
@@ -225,7 +226,8 @@ fn drop_extras(user: &User, excess: usize, nodes: &Nodes, remove: &mut Vec<NodeI
             _ => None,
         })
         .collect();
-    let heavier_first = |a: usize, b: usize| if nodes.lighter(b, a) { Ordering::Less } else { Ordering::Greater };
+    let salt = user_salt(&user.name);
+    let heavier_first = |a: usize, b: usize| if nodes.lighter(b, a, salt) { Ordering::Less } else { Ordering::Greater };
     valid.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| heavier_first(a.1, b.1)));
     remove.extend(valid.iter().take(excess).map(|&(_, node)| nodes.id(node)));
 }

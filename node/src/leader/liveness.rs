@@ -21,6 +21,9 @@ struct Inner {
     /// Start of this node's current leadership: the grace period's start.
     grace_from: Option<Instant>,
     seen: HashMap<NodeId, Heard>,
+    /// When this leadership first saw a node it never heard: a node that
+    /// registers late gets its own full grace period before its first heartbeat.
+    first_judged: HashMap<NodeId, Instant>,
 }
 
 struct Heard {
@@ -38,6 +41,7 @@ impl Liveness {
         let mut inner = self.lock();
         inner.grace_from = Some(now);
         inner.seen.clear();
+        inner.first_judged.clear();
     }
 
     pub fn heard(&self, node: NodeId, engine_error: Option<String>) {
@@ -57,12 +61,13 @@ impl Liveness {
     }
 
     fn judge_at(&self, state: &State, down_after: Duration, now: Instant) -> Vec<Command> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let Some(grace_from) = inner.grace_from else { return Vec::new() };
         let mut changes = Vec::new();
         for node in state.dataplane_nodes.values() {
+            let first_judged = *inner.first_judged.entry(node.id).or_insert(now);
             let heard = inner.seen.get(&node.id);
-            let last = heard.map_or(grace_from, |h| h.at.max(grace_from));
+            let last = heard.map_or(first_judged.max(grace_from), |h| h.at.max(grace_from));
             let silent = now.saturating_duration_since(last) > down_after;
             let engine_error = heard.map_or_else(|| node.engine_error.clone(), |h| h.engine_error.clone());
             let health = match (node.health, silent, heard.is_some()) {
@@ -117,6 +122,7 @@ mod tests {
         let (l, mut s, t0) = (Liveness::default(), state(&[4, 5]), Instant::now());
         assert!(step(&l, &mut s, t0).is_empty(), "not leading yet: nothing judged");
         l.restart_grace_at(t0);
+        assert!(step(&l, &mut s, t0).is_empty(), "the leader judges every 200 ms from its start");
         l.heard_at(4, None, t0 + Duration::from_secs(4));
         assert!(step(&l, &mut s, t0 + Duration::from_secs(5)).is_empty(), "within the grace period");
         assert_eq!(step(&l, &mut s, t0 + Duration::from_secs(6)), [(5, NodeHealth::Down)]);
@@ -132,8 +138,22 @@ mod tests {
         l.restart_grace_at(t0);
         // The previous leader heard node 4 long ago; this one just started.
         l.restart_grace_at(t0 + Duration::from_secs(60));
+        assert!(step(&l, &mut s, t0 + Duration::from_secs(60)).is_empty());
         assert!(step(&l, &mut s, t0 + Duration::from_secs(64)).is_empty());
         assert_eq!(step(&l, &mut s, t0 + Duration::from_secs(66)), [(4, NodeHealth::Down)]);
+    }
+
+    #[test]
+    fn a_node_registered_late_gets_a_full_grace_period_too() {
+        let (l, mut s, t0) = (Liveness::default(), state(&[4]), Instant::now());
+        l.restart_grace_at(t0);
+        l.heard_at(4, None, t0);
+        let late = state(&[4, 5]).dataplane_nodes[&5].clone();
+        apply(&mut s, &Command::RegisterDataplaneNode(late));
+        assert!(step(&l, &mut s, t0 + Duration::from_secs(3)).is_empty());
+        l.heard_at(4, None, t0 + Duration::from_secs(7));
+        assert!(step(&l, &mut s, t0 + Duration::from_secs(7)).is_empty(), "node 5 registered at 3 s");
+        assert_eq!(step(&l, &mut s, t0 + Duration::from_secs(9)), [(5, NodeHealth::Down)]);
     }
 
     #[test]

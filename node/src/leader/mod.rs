@@ -4,9 +4,9 @@
 //! - `heartbeat`: the handler of a data-plane node's heartbeat: liveness,
 //!   applied generation and traffic reports (recorded idempotently).
 //! - `lifecycle`: expiry and periodic traffic resets.
-//! - the scheduler executor below: `vpn_scheduler::plan` on the applied
-//!   state, its moves proposed as one `Place` command, at most
-//!   `max_moves_per_sec` per second.
+//! - `scheduler`: the executor of `vpn_scheduler::plan`: soon after every
+//!   change and once a second, moves proposed as one `Place` command, at
+//!   most `max_moves_per_sec` per second.
 //!
 //! A new leadership first waits until this node applied everything committed
 //! before it (a read-index barrier), so a new leader never judges or plans
@@ -15,6 +15,7 @@
 pub mod heartbeat;
 mod lifecycle;
 pub mod liveness;
+mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,8 @@ use crate::node::Node;
 
 /// How often the leader looks at liveness.
 const LIVENESS_TICK: Duration = Duration::from_millis(200);
-/// How often the leader plans placements and checks lifecycles.
-const PLAN_TICK: Duration = Duration::from_secs(1);
+/// How often the leader checks lifecycles (expiry, resets).
+const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
 
 /// Runs the leader's duties whenever this node leads, until shutdown.
 pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch::Receiver<bool>) {
@@ -39,7 +40,8 @@ pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch:
     let mut caught_up = false;
     let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
     liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_plan = Instant::now();
+    let mut next_lifecycle = Instant::now();
+    let mut scheduler = scheduler::Executor::new();
     loop {
         tokio::select! {
             _ = liveness_tick.tick() => {}
@@ -78,30 +80,14 @@ pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch:
             }
             propose(&node, change).await;
         }
-        if Instant::now() >= next_plan {
-            next_plan = Instant::now() + PLAN_TICK;
+        if Instant::now() >= next_lifecycle {
+            next_lifecycle = Instant::now() + LIFECYCLE_TICK;
             let due = node.state.read(|s| lifecycle::due(s, crate::api::convert::now_ms()));
             if let Some(cmd) = due {
                 propose(&node, cmd).await;
             }
-            schedule(&node, &config).await;
         }
-    }
-}
-
-/// One scheduler pass: plan on the applied state, propose the moves.
-async fn schedule(node: &Node, config: &SchedulingConfig) {
-    let policy = vpn_scheduler::Policy { replicas: config.replicas, max_moves: config.max_moves_per_sec };
-    let started = std::time::Instant::now();
-    let moves = node.state.read(|s| vpn_scheduler::plan(s, &policy));
-    node.metrics.plan_duration.observe(started.elapsed().as_secs_f64());
-    if moves.is_empty() {
-        return;
-    }
-    let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
-    tracing::info!(users = moves.len(), changes, "scheduler: placing users");
-    if let Some(CommandResponse::Placed(_)) = propose(node, Command::Place(moves)).await {
-        node.metrics.placement_changes.inc_by(changes as u64);
+        scheduler.step(&node, &config).await;
     }
 }
 

@@ -1,0 +1,67 @@
+//! The scheduler's executor on the leader: runs `vpn_scheduler::plan` soon
+//! after the state changed (a new user is placed within tens of
+//! milliseconds, not at the next tick) and at least once per tick, and
+//! proposes the moves as one `Place` command. Moves are budgeted per
+//! one-second window (`--max-moves-per-sec`), so a mass failover spreads out.
+
+use std::time::{Duration, Instant};
+
+use vpn_storage::command::{Command, CommandResponse};
+
+use crate::config::SchedulingConfig;
+use crate::node::Node;
+
+/// At most one plan per this after a change (plans come in bursts of writes).
+const MIN_GAP: Duration = Duration::from_millis(50);
+/// A plan at least this often, changed state or not.
+const TICK: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(1);
+
+pub struct Executor {
+    planned_generation: Option<u64>,
+    last_plan: Option<Instant>,
+    window_start: Instant,
+    moves_in_window: usize,
+}
+
+impl Executor {
+    pub fn new() -> Self {
+        Self { planned_generation: None, last_plan: None, window_start: Instant::now(), moves_in_window: 0 }
+    }
+
+    /// Plans if due; proposes the moves within the window's budget.
+    pub async fn step(&mut self, node: &Node, config: &SchedulingConfig) {
+        let now = Instant::now();
+        let generation = node.state.read(|s| s.generation);
+        let since = self.last_plan.map(|t| now.saturating_duration_since(t));
+        let due = match since {
+            None => true,
+            Some(since) => since >= TICK || (self.planned_generation != Some(generation) && since >= MIN_GAP),
+        };
+        if !due {
+            return;
+        }
+        if now.saturating_duration_since(self.window_start) >= WINDOW {
+            self.window_start = now;
+            self.moves_in_window = 0;
+        }
+        let budget = config.max_moves_per_sec.saturating_sub(self.moves_in_window);
+        if budget == 0 {
+            return;
+        }
+        self.last_plan = Some(now);
+        self.planned_generation = Some(generation);
+        let policy = vpn_scheduler::Policy { replicas: config.replicas, max_moves: budget };
+        let moves = node.state.read(|s| vpn_scheduler::plan(s, &policy));
+        node.metrics.plan_duration.observe(now.elapsed().as_secs_f64());
+        if moves.is_empty() {
+            return;
+        }
+        self.moves_in_window += moves.len();
+        let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
+        tracing::debug!(users = moves.len(), changes, "scheduler: placing users");
+        if let Some(CommandResponse::Placed(_)) = super::propose(node, Command::Place(moves)).await {
+            node.metrics.placement_changes.inc_by(changes as u64);
+        }
+    }
+}
