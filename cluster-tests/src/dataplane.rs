@@ -18,6 +18,8 @@ use crate::{eventually, Cluster};
 /// First start runs `sing-box check` containers and creates the engines:
 /// generous on a loaded 2-core machine.
 pub const ENGINES_UP: Duration = Duration::from_secs(120);
+/// Voters start beside Docker-heavy tests on 2 cores: a generous bound.
+const VOTERS_READY: Duration = Duration::from_secs(60);
 /// The TLS server name the data-plane nodes' certificates are made for.
 pub const SERVER_NAME: &str = "vpn.test";
 
@@ -51,7 +53,7 @@ impl DataplaneCluster {
             node.start();
         }
         // As `Cluster::start`, but a node that never gets ready fails the test with its log.
-        let ready = tokio::time::timeout(CONVERGE, async {
+        let ready = tokio::time::timeout(VOTERS_READY, async {
             for node in cluster.nodes.values() {
                 while !matches!(http_get(node.http, "/readyz").await, Ok((200, _))) {
                     tokio::time::sleep(Duration::from_millis(25)).await;
@@ -62,7 +64,7 @@ impl DataplaneCluster {
         if ready.is_err() {
             let logs: Vec<String> =
                 cluster.nodes.values().map(|n| format!("--- node {} log\n{}", n.id, n.log_tail())).collect();
-            panic!("the voters were not ready within {CONVERGE:?}:\n{}", logs.join("\n"));
+            panic!("the voters were not ready within {VOTERS_READY:?}:\n{}", logs.join("\n"));
         }
         cluster.wait_leader().await;
         Self { cluster, engines: Vec::new() }
