@@ -170,21 +170,28 @@ impl Fixture {
         }
     }
 
-    /// `name`'s link for `protocol` on data-plane node `i`.
+    /// `name`'s link for `protocol` on data-plane node `i`, polled every
+    /// [`PROBE_EVERY`] until the scheduler placed the user there (part of the
+    /// propagation being measured).
     pub async fn link(&self, name: &str, i: usize, protocol: &str) -> Result<String> {
         let id = self.dataplane[i].id;
-        let links = self
-            .users()
-            .get_user_links(GetUserLinksRequest { name: name.to_owned(), consistency: 0 })
-            .await
-            .map_err(|s| anyhow!("GetUserLinks {name}: {s}"))?
-            .into_inner()
-            .links;
-        links
-            .into_iter()
-            .find(|l| l.node_id == id && l.protocol == protocol)
-            .map(|l| l.url)
-            .ok_or_else(|| anyhow!("{name} has no {protocol} link on node {id}"))
+        let deadline = Instant::now() + SAMPLE_DEADLINE;
+        loop {
+            let links = self
+                .users()
+                .get_user_links(GetUserLinksRequest { name: name.to_owned(), consistency: 0 })
+                .await
+                .map_err(|s| anyhow!("GetUserLinks {name}: {s}"))?
+                .into_inner()
+                .links;
+            if let Some(link) = links.into_iter().find(|l| l.node_id == id && l.protocol == protocol) {
+                return Ok(link.url);
+            }
+            if Instant::now() > deadline {
+                bail!("{name} has no {protocol} link on node {id} after {SAMPLE_DEADLINE:?}");
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
     }
 
     /// A sing-box client for `name` over `protocol` on node `i`, from the link.
