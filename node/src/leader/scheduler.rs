@@ -3,6 +3,9 @@
 //! milliseconds, not at the next tick) and at least once per tick, and
 //! proposes the moves as one `Place` command. Moves are budgeted per
 //! one-second window (`--max-moves-per-sec`), so a mass failover spreads out.
+//! Planning after a change waits at least ten times the last plan's cost, so
+//! the planner takes at most a tenth of a core from the leader during a
+//! burst of writes, however many users there are.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,8 @@ use crate::node::Node;
 
 /// At most one plan per this after a change (plans come in bursts of writes).
 const MIN_GAP: Duration = Duration::from_millis(50);
+/// The gap after a change is also at least this many times the last plan's cost.
+const COST_FACTOR: u32 = 10;
 /// A plan at least this often, changed state or not.
 const TICK: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(1);
@@ -20,13 +25,20 @@ const WINDOW: Duration = Duration::from_secs(1);
 pub struct Executor {
     planned_generation: Option<u64>,
     last_plan: Option<Instant>,
+    last_cost: Duration,
     window_start: Instant,
     moves_in_window: usize,
 }
 
 impl Executor {
     pub fn new() -> Self {
-        Self { planned_generation: None, last_plan: None, window_start: Instant::now(), moves_in_window: 0 }
+        Self {
+            planned_generation: None,
+            last_plan: None,
+            last_cost: Duration::ZERO,
+            window_start: Instant::now(),
+            moves_in_window: 0,
+        }
     }
 
     /// Plans if due; proposes the moves within the window's budget.
@@ -34,9 +46,10 @@ impl Executor {
         let now = Instant::now();
         let generation = node.state.read(|s| s.generation);
         let since = self.last_plan.map(|t| now.saturating_duration_since(t));
+        let gap = MIN_GAP.max(self.last_cost * COST_FACTOR);
         let due = match since {
             None => true,
-            Some(since) => since >= TICK || (self.planned_generation != Some(generation) && since >= MIN_GAP),
+            Some(since) => since >= TICK || (self.planned_generation != Some(generation) && since >= gap),
         };
         if !due {
             return;
@@ -53,13 +66,14 @@ impl Executor {
         self.planned_generation = Some(generation);
         let policy = vpn_scheduler::Policy { replicas: config.replicas, max_moves: budget };
         let moves = node.state.read(|s| vpn_scheduler::plan(s, &policy));
-        node.metrics.plan_duration.observe(now.elapsed().as_secs_f64());
+        self.last_cost = now.elapsed();
+        node.metrics.plan_duration.observe(self.last_cost.as_secs_f64());
         if moves.is_empty() {
             return;
         }
         self.moves_in_window += moves.len();
         let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
-        tracing::debug!(users = moves.len(), changes, "scheduler: placing users");
+        tracing::debug!(users = moves.len(), changes, plan_ms = self.last_cost.as_millis(), "scheduler: placing users");
         if let Some(CommandResponse::Placed(_)) = super::propose(node, Command::Place(moves)).await {
             node.metrics.placement_changes.inc_by(changes as u64);
         }
