@@ -33,6 +33,8 @@ pub struct VpndCluster {
     pub specs: Vec<NodeSpec>,
     procs: Vec<Option<Proc>>,
     initial_members: String,
+    /// Flags every member gets besides its own (e.g. scheduling settings).
+    extra: Vec<String>,
     log_dir: PathBuf,
     // Removed on drop, after the processes (fields drop in order).
     _data: TempDir,
@@ -42,6 +44,18 @@ impl VpndCluster {
     /// Lays out `n` members (data under `work_dir`, logs in `log_dir`) and
     /// spawns them; call [`Self::wait_all_ready`] next.
     pub fn start(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path, label: &str) -> Result<Self> {
+        Self::start_with(bin, n, work_dir, log_dir, label, &[])
+    }
+
+    /// As [`Self::start`], every member also given `extra` flags.
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        log_dir: &Path,
+        label: &str,
+        extra: &[String],
+    ) -> Result<Self> {
         if !bin.is_file() {
             bail!(
                 "no vpnd binary at {}: build it with `cargo build --release -p vpn-node` or pass --vpnd",
@@ -67,6 +81,7 @@ impl VpndCluster {
             procs: specs.iter().map(|_| None).collect(),
             specs,
             initial_members,
+            extra: extra.to_vec(),
             log_dir: log_dir.join(label),
             _data: data,
         };
@@ -80,7 +95,7 @@ impl VpndCluster {
     /// (Re)starts member `i` on its data dir with the original flags.
     pub fn spawn(&mut self, i: usize) -> Result<()> {
         let s = &self.specs[i];
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--id".into(),
             s.id.to_string(),
             "--listen".into(),
@@ -92,6 +107,7 @@ impl VpndCluster {
             "--initial-members".into(),
             self.initial_members.clone(),
         ];
+        args.extend(self.extra.iter().cloned());
         let log = self.log_dir.join(format!("node{}.log", s.id));
         self.procs[i] = Some(Proc::spawn(&format!("vpnd node {}", s.id), &self.bin, &args, &log)?);
         Ok(())

@@ -17,16 +17,14 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cluster_tests::sim::{check_placements, create_users, Fleet, Histogram, Scrape};
-use tempfile::TempDir;
-use vpn_benches::proc::{free_ports, Proc};
 use vpn_benches::report::log_problems;
-use vpn_benches::vpnd::{wait_leader, wait_ready, NodeSpec};
+use vpn_benches::vpnd::{wait_leader, VpndCluster};
 use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::{GetNodeRequest, ReadConsistency};
 
@@ -73,72 +71,6 @@ struct Cli {
     work_dir: Option<PathBuf>,
 }
 
-/// Three voters formed by `--initial-members`; killed on drop, then their data removed.
-struct Voters {
-    specs: Vec<NodeSpec>,
-    procs: Vec<Proc>,
-    data: TempDir,
-}
-
-impl Voters {
-    async fn start(bin: &Path, work_dir: &Path, extra: &[String]) -> Result<Self> {
-        if !bin.is_file() {
-            bail!(
-                "no vpnd binary at {}: build it with `cargo build --release -p vpn-node` or pass --vpnd",
-                bin.display()
-            );
-        }
-        let data = tempfile::Builder::new().prefix("placement-").tempdir_in(work_dir).context("temp dir")?;
-        let ports = free_ports(6)?;
-        let specs: Vec<NodeSpec> = (0..3)
-            .map(|i| NodeSpec {
-                id: i as u64 + 1,
-                grpc: ports[2 * i],
-                http: ports[2 * i + 1],
-                data_dir: data.path().join(format!("node{}", i + 1)),
-            })
-            .collect();
-        let members = specs.iter().map(|s| format!("{}={}", s.id, s.grpc)).collect::<Vec<_>>().join(",");
-        let mut procs = Vec::new();
-        for s in &specs {
-            let mut args: Vec<String> = vec![
-                "--id".into(),
-                s.id.to_string(),
-                "--listen".into(),
-                s.grpc.to_string(),
-                "--http".into(),
-                s.http.to_string(),
-                "--data-dir".into(),
-                s.data_dir.display().to_string(),
-                "--initial-members".into(),
-                members.clone(),
-            ];
-            args.extend(extra.iter().cloned());
-            let log = data.path().join(format!("node{}.log", s.id));
-            procs.push(Proc::spawn(&format!("vpnd node {}", s.id), bin, &args, &log)?);
-        }
-        let mut voters = Self { specs, procs, data };
-        for (p, s) in voters.procs.iter_mut().zip(&voters.specs) {
-            wait_ready(p, s.http, Duration::from_secs(60)).await?;
-        }
-        Ok(voters)
-    }
-
-    fn grpc(&self) -> Vec<SocketAddr> {
-        self.specs.iter().map(|s| s.grpc).collect()
-    }
-
-    /// The index of the leader every member agrees on.
-    async fn leader(&self) -> Result<usize> {
-        let endpoints: Vec<String> = self.specs.iter().map(|s| s.grpc.to_string()).collect();
-        Ok(wait_leader(&endpoints, Duration::from_secs(30)).await?.index)
-    }
-
-    fn log(&self, i: usize) -> PathBuf {
-        self.data.path().join(format!("node{}.log", self.specs[i].id))
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -160,10 +92,14 @@ async fn run(cli: &Cli) -> Result<()> {
         cli.max_moves_per_sec.to_string(),
     ];
     let work_dir = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let voters = Voters::start(&cli.vpnd, &work_dir, &flags).await?;
-    let leader = voters.leader().await?;
+    let log_dir = work_dir.join("placement-logs");
+    let mut voters = VpndCluster::start_with(&cli.vpnd, 3, &work_dir, &log_dir, "placement", &flags)?;
+    voters.wait_all_ready(Duration::from_secs(60)).await?;
+    let endpoints = voters.endpoints();
+    let leader = wait_leader(&endpoints, Duration::from_secs(30)).await?.index;
     let (http, leader_grpc) = (voters.specs[leader].http, voters.specs[leader].grpc);
-    let rss = || voters.procs[leader].rss_kib().ok();
+    let grpc: Vec<SocketAddr> = voters.specs.iter().map(|s| s.grpc).collect();
+    let rss = || voters.proc(leader).ok().and_then(|p| p.rss_kib().ok());
     let rss_idle = rss();
 
     let users = cli.users as u64;
@@ -174,9 +110,9 @@ async fn run(cli: &Cli) -> Result<()> {
         create_users(&[leader_grpc], "u", cli.users, cli.concurrency).await?;
         let (created, before) = (start.elapsed(), scrape(http).await?);
         let placing_from = Instant::now();
-        (Fleet::start_together(&voters.grpc(), cli.nodes, cli.capacity).await?, created, placing_from, before)
+        (Fleet::start_together(&grpc, cli.nodes, cli.capacity).await?, created, placing_from, before)
     } else {
-        let fleet = Fleet::start(&voters.grpc(), cli.nodes, cli.capacity).await?;
+        let fleet = Fleet::start(&grpc, cli.nodes, cli.capacity).await?;
         let (start, before) = (Instant::now(), scrape(http).await?);
         create_users(&[leader_grpc], "u", cli.users, cli.concurrency).await?;
         (fleet, start.elapsed(), start, before)
@@ -222,11 +158,11 @@ async fn run(cli: &Cli) -> Result<()> {
     let failed_over = silent_since.elapsed();
     let survivors: BTreeSet<u64> = others.iter().copied().collect();
     check_placements(leader_grpc, cli.users, REPLICAS as usize, &survivors).await.map_err(anyhow::Error::msg)?;
-    let leader_now = voters.leader().await?;
+    let leader_now = wait_leader(&endpoints, Duration::from_secs(30)).await?.index;
     let rss_after = rss();
-    let log = std::fs::read_to_string(voters.log(leader)).unwrap_or_default();
+    let log = std::fs::read_to_string(voters.log_path(leader)).unwrap_or_default();
     let plans_with_moves = log.matches("scheduler: placing users").count();
-    let (warns, errors, _) = log_problems(&voters.log(leader));
+    let (warns, errors, _) = log_problems(&voters.log_path(leader));
     let (acked, failed) = fleet.heartbeats();
 
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
