@@ -23,7 +23,8 @@ const TICK: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(1);
 
 pub struct Executor {
-    planned_generation: Option<u64>,
+    /// The applied log index the last plan saw.
+    planned_at: Option<u64>,
     last_plan: Option<Instant>,
     last_cost: Duration,
     window_start: Instant,
@@ -33,7 +34,7 @@ pub struct Executor {
 impl Executor {
     pub fn new() -> Self {
         Self {
-            planned_generation: None,
+            planned_at: None,
             last_plan: None,
             last_cost: Duration::ZERO,
             window_start: Instant::now(),
@@ -44,12 +45,14 @@ impl Executor {
     /// Plans if due; proposes the moves within the window's budget.
     pub async fn step(&mut self, node: &Node, config: &SchedulingConfig) {
         let now = Instant::now();
-        let generation = node.state.read(|s| s.generation);
+        // Any applied entry may matter (a node marked down changes no
+        // generation), so the applied index is the change signal.
+        let applied = node.state.read(|s| s.last_applied.map_or(0, |l| l.index));
         let since = self.last_plan.map(|t| now.saturating_duration_since(t));
         let gap = MIN_GAP.max(self.last_cost * COST_FACTOR);
         let due = match since {
             None => true,
-            Some(since) => since >= TICK || (self.planned_generation != Some(generation) && since >= gap),
+            Some(since) => since >= TICK || (self.planned_at != Some(applied) && since >= gap),
         };
         if !due {
             return;
@@ -63,7 +66,7 @@ impl Executor {
             return;
         }
         self.last_plan = Some(now);
-        self.planned_generation = Some(generation);
+        self.planned_at = Some(applied);
         let policy = vpn_scheduler::Policy { replicas: config.replicas, max_moves: budget };
         let moves = node.state.read(|s| vpn_scheduler::plan(s, &policy));
         self.last_cost = now.elapsed();
@@ -73,7 +76,7 @@ impl Executor {
         }
         self.moves_in_window += moves.len();
         let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
-        tracing::debug!(users = moves.len(), changes, plan_ms = self.last_cost.as_millis(), "scheduler: placing users");
+        tracing::info!(users = moves.len(), changes, plan_ms = self.last_cost.as_millis(), "scheduler: placing users");
         if let Some(CommandResponse::Placed(_)) = super::propose(node, Command::Place(moves)).await {
             node.metrics.placement_changes.inc_by(changes as u64);
         }
