@@ -9,18 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
-use common::{docker_ready, free_port, ss_inbound, user, wait_for, Node};
-use vpn_runtime::{keys, tls, EngineUser, InboundSpec, Protocol, TlsFiles};
-
-fn vless_inbound(port: u16, tls: TlsFiles) -> InboundSpec {
-    InboundSpec {
-        protocol: Protocol::VlessTls,
-        listen_port: port,
-        ss2022_server_key: None,
-        tls: Some(tls),
-        reality: None,
-    }
-}
+use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
+use vpn_runtime::{keys, tls, EngineUser, Protocol};
 
 const SHORT: Duration = Duration::from_secs(2);
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::client::Client;
 use common::http::HttpServer;
-use common::{docker_ready, free_port, ss_inbound, user, wait_for, Node};
+use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
 use vpn_runtime::{keys, tls, InboundSpec, Protocol};
 
 fn docker(args: &[&str]) {
@@ -66,13 +66,7 @@ async fn docker_engines_outlive_the_reconciler_and_are_adopted_unchanged() {
     let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
     let cert = files.cert_path.clone();
     let (ss_port, vless_port, key, alice) = (free_port(), free_port(), keys::generate_ss2022_key(), user("alice"));
-    let vless = InboundSpec {
-        protocol: Protocol::VlessTls,
-        listen_port: vless_port,
-        ss2022_server_key: None,
-        tls: Some(files),
-        reality: None,
-    };
+    let vless = vless_inbound(vless_port, files);
     let inbounds = vec![ss_inbound(ss_port, &key), vless];
     let g = node.set(inbounds.clone(), vec![alice.clone()]);
     node.wait_applied(g).await;

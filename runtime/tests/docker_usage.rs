@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
-use common::{docker_ready, free_port, ss_inbound, user, wait_for, Node};
-use vpn_runtime::{keys, tls, Counter, InboundSpec, Protocol};
+use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
+use vpn_runtime::{keys, tls, Counter};
 
 /// Request line and headers both ways, plus slack: what a fetch adds to its body.
 const OVERHEAD: u64 = 4 * 1024;
@@ -86,13 +86,7 @@ async fn docker_vless_tls_sessions_count_for_their_user_until_the_end() {
     let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
     let cert = files.cert_path.clone();
     let port = free_port();
-    let inbound = InboundSpec {
-        protocol: Protocol::VlessTls,
-        listen_port: port,
-        ss2022_server_key: None,
-        tls: Some(files),
-        reality: None,
-    };
+    let inbound = vless_inbound(port, files);
     let (alice, bob) = (user("alice"), user("bob"));
     let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone()]);
     node.wait_applied(g).await;

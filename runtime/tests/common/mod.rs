@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 use vpn_runtime::{
     keys, ApplyStatus, DesiredState, EngineUser, InboundSpec, Protocol, Reconciler, ReconcilerHandle, RuntimeConfig,
+    TlsFiles,
 };
 
 /// The image the build script makes locally (no registry here).
@@ -25,6 +26,17 @@ pub const IMAGE: &str = "vpn-local/sing-box:1.14.4";
 /// A user with fresh credentials.
 pub fn user(name: &str) -> EngineUser {
     EngineUser { name: name.into(), vless_uuid: Uuid::new_v4(), ss2022_key: keys::generate_ss2022_key() }
+}
+
+/// A VLESS-over-TLS inbound on `port` serving the certificate `tls`.
+pub fn vless_inbound(port: u16, tls: TlsFiles) -> InboundSpec {
+    InboundSpec {
+        protocol: Protocol::VlessTls,
+        listen_port: port,
+        ss2022_server_key: None,
+        tls: Some(tls),
+        reality: None,
+    }
 }
 
 /// A Shadowsocks-2022 inbound on `port` with server key `key`.
