@@ -5,7 +5,7 @@
 //!   applied generation and traffic reports (recorded idempotently).
 //! - `lifecycle`: expiry and periodic traffic resets.
 //! - `scheduler`: the executor of `vpn_scheduler::plan`: soon after every
-//!   change and once a second, moves proposed as one `Place` command, at
+//!   change and once a second, moves proposed as `Place` commands, at
 //!   most `max_moves_per_sec` per second.
 //!
 //! A new leadership first waits until this node applied everything committed

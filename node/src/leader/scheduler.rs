@@ -1,7 +1,7 @@
 //! The scheduler's executor on the leader: runs `vpn_scheduler::plan` soon
 //! after the state changed (a new user is placed within tens of
 //! milliseconds, not at the next tick) and at least once per tick, and
-//! proposes the moves as one `Place` command. Moves are budgeted per
+//! proposes the moves as `Place` commands of at most 500 moves each. Moves are budgeted per
 //! one-second window (`--max-moves-per-sec`), so a mass failover spreads out.
 //! Planning after a change waits at least ten times the last plan's cost, so
 //! the planner takes at most a tenth of a core from the leader during a
@@ -18,6 +18,9 @@ use crate::node::Node;
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// The gap after a change is also at least this many times the last plan's cost.
 const COST_FACTOR: u32 = 10;
+/// Moves per `Place` entry: a Raft entry stays a few tens of KB, however
+/// many moves a plan makes (a replication RPC must finish within a heartbeat).
+const MOVES_PER_ENTRY: usize = 500;
 /// A plan at least this often, changed state or not.
 const TICK: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(1);
@@ -77,8 +80,15 @@ impl Executor {
         self.moves_in_window += moves.len();
         let changes: usize = moves.iter().map(|m| m.add.len() + m.remove.len()).sum();
         tracing::info!(users = moves.len(), changes, plan_ms = self.last_cost.as_millis(), "scheduler: placing users");
-        if let Some(CommandResponse::Placed(_)) = super::propose(node, Command::Place(moves)).await {
-            node.metrics.placement_changes.inc_by(changes as u64);
+        for chunk in moves.chunks(MOVES_PER_ENTRY) {
+            let changes: usize = chunk.iter().map(|m| m.add.len() + m.remove.len()).sum();
+            match super::propose(node, Command::Place(chunk.to_vec())).await {
+                Some(CommandResponse::Placed(_)) => {
+                    node.metrics.placement_changes.inc_by(changes as u64);
+                }
+                // Leadership lost or a write failed: the next plan starts from the state as it is.
+                _ => return,
+            }
         }
     }
 }

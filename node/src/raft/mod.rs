@@ -20,6 +20,9 @@ use openraft::SnapshotPolicy;
 use crate::config::RaftTimings;
 use crate::error::Error;
 
+/// Entries per AppendEntries RPC (see `raft_config`).
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
+
 /// openraft's configuration for our timings.
 pub fn raft_config(t: &RaftTimings) -> Result<Arc<openraft::Config>, Error> {
     let config = openraft::Config {
@@ -34,6 +37,12 @@ pub fn raft_config(t: &RaftTimings) -> Result<Arc<openraft::Config>, Error> {
         // catch up from the log instead of a full snapshot.
         max_in_snapshot_log_to_keep: (t.snapshot_every / 10).max(1),
         snapshot_max_chunk_size: 4 * 1024 * 1024,
+        // openraft 0.9 gives every AppendEntries one heartbeat interval to
+        // finish and resends the same range after a timeout: a payload too
+        // big to write and fsync in that time would stall replication for
+        // good. Our entries hold up to 128 batched writes (~40 KB), so cap
+        // the entries per RPC (default 300, i.e. up to ~12 MB).
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };
     config
