@@ -50,7 +50,13 @@ impl Executor {
         let now = Instant::now();
         // Any applied entry may matter (a node marked down changes no
         // generation), so the applied index is the change signal.
-        let applied = node.state.read(|s| s.last_applied.map_or(0, |l| l.index));
+        let (applied, no_nodes) =
+            node.state.read(|s| (s.last_applied.map_or(0, |l| l.index), s.dataplane_nodes.is_empty()));
+        // Without data-plane nodes there is nothing to place (and no placement
+        // survives a node's removal): skip the pass over every user.
+        if no_nodes {
+            return;
+        }
         let since = self.last_plan.map(|t| now.saturating_duration_since(t));
         let gap = MIN_GAP.max(self.last_cost * COST_FACTOR);
         let due = match since {
