@@ -10,26 +10,27 @@ use std::time::Duration;
 use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::TimeoutNowRequest;
 
+use vpn_storage::types::NodeId;
+
 use crate::node::Node;
+
+/// How long a stopping leader waits for a voter to have its whole log.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 
 /// Best effort: returns when another node leads, or after `wait`.
 pub async fn hand_off_leadership(node: &Node, wait: Duration) {
     if !node.is_leader() {
         return;
     }
-    let target = {
-        let metrics = node.raft.metrics();
-        let m = metrics.borrow();
-        let last = m.last_log_index;
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().filter(|v| *v != node.id).collect();
-        m.replication.as_ref().and_then(|repl| {
-            voters
-                .into_iter()
-                .filter(|v| repl.get(v).and_then(|l| l.as_ref()).map(|l| l.index) == last)
-                .min()
-                .and_then(|v| m.membership_config.membership().get_node(&v).map(|n| (v, n.addr.clone())))
-        })
-    };
+    // Entries proposed just before the stop (e.g. a member's identity) may
+    // still be in flight: give a voter a moment to catch up first.
+    let target = node
+        .raft
+        .wait(Some(CATCH_UP_WAIT))
+        .metrics(|m| caught_up_voter(m, node.id).is_some(), "a voter caught up")
+        .await
+        .ok()
+        .and_then(|m| caught_up_voter(&m, node.id));
     let Some((target, addr)) = target else {
         tracing::info!("no caught-up voter to hand leadership to");
         return;
@@ -54,4 +55,16 @@ pub async fn hand_off_leadership(node: &Node, wait: Duration) {
         Ok(_) => tracing::info!(target, "leadership handed off"),
         Err(e) => tracing::warn!(target, "leadership did not move in time: {e}"),
     }
+}
+
+/// The lowest-id voter other than `me` that has every entry of the leader's
+/// log, with its address.
+fn caught_up_voter(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, me: NodeId) -> Option<(NodeId, String)> {
+    let membership = m.membership_config.membership();
+    let repl = m.replication.as_ref()?;
+    membership
+        .voter_ids()
+        .filter(|v| *v != me && repl.get(v).and_then(|l| l.as_ref()).map(|l| l.index) == m.last_log_index)
+        .min()
+        .and_then(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
 }
