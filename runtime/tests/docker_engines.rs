@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
 use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
-use vpn_runtime::{keys, tls, EngineUser, Protocol};
+use vpn_runtime::{keys, EngineUser, Protocol};
 
 const SHORT: Duration = Duration::from_secs(2);
 
@@ -74,8 +74,7 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
     }
     let http = HttpServer::start().await;
     let mut node = Node::start(Duration::from_secs(10)).await;
-    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
-    let cert = files.cert_path.clone();
+    let (files, cert) = node.self_signed_tls();
     let port = free_port();
     let inbound = vless_inbound(port, files);
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));

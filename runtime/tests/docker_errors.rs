@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{docker_ready, free_port, ss_inbound, user, Node, IMAGE};
+use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, Node, IMAGE};
 use tokio::sync::watch;
-use vpn_runtime::{keys, tls, InboundSpec, Protocol, Reconciler, RuntimeConfig};
+use vpn_runtime::{keys, Reconciler, RuntimeConfig};
 
 async fn start_error(config: RuntimeConfig) -> String {
     let (_desired, desired_rx) = watch::channel(None);
@@ -27,14 +27,8 @@ async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
     let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let mut node = Node::start(Duration::from_secs(10)).await;
-    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
-    let vless = InboundSpec {
-        protocol: Protocol::VlessTls,
-        listen_port: port,
-        ss2022_server_key: None,
-        tls: Some(files),
-        reality: None,
-    };
+    let (files, _) = node.self_signed_tls();
+    let vless = vless_inbound(port, files);
     let inbounds = vec![ss_inbound(free_port(), &keys::generate_ss2022_key()), vless];
     node.set(inbounds.clone(), vec![user("alice")]);
     let error = node.wait_error().await;

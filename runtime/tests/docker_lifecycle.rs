@@ -63,8 +63,7 @@ async fn docker_engines_outlive_the_reconciler_and_are_adopted_unchanged() {
     }
     let http = HttpServer::start().await;
     let mut node = Node::start(Duration::from_secs(10)).await;
-    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
-    let cert = files.cert_path.clone();
+    let (files, cert) = node.self_signed_tls();
     let (ss_port, vless_port, key, alice) = (free_port(), free_port(), keys::generate_ss2022_key(), user("alice"));
     let vless = vless_inbound(vless_port, files);
     let inbounds = vec![ss_inbound(ss_port, &key), vless];

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
 use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
-use vpn_runtime::{keys, tls, Counter};
+use vpn_runtime::{keys, Counter};
 
 /// Request line and headers both ways, plus slack: what a fetch adds to its body.
 const OVERHEAD: u64 = 4 * 1024;
@@ -83,8 +83,7 @@ async fn docker_vless_tls_sessions_count_for_their_user_until_the_end() {
     }
     let http = HttpServer::start().await;
     let mut node = Node::start(Duration::from_secs(10)).await;
-    let files = tls::write_self_signed(&node.dir.path().join("tls"), "vpn.test").expect("certificate");
-    let cert = files.cert_path.clone();
+    let (files, cert) = node.self_signed_tls();
     let port = free_port();
     let inbound = vless_inbound(port, files);
     let (alice, bob) = (user("alice"), user("bob"));

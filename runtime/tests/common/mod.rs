@@ -142,6 +142,14 @@ pub struct Node {
 }
 
 impl Node {
+    /// A self-signed certificate for `vpn.test` in the node's dir: the files
+    /// an inbound serves, and the certificate path a client trusts.
+    pub fn self_signed_tls(&self) -> (TlsFiles, PathBuf) {
+        let files = vpn_runtime::tls::write_self_signed(&self.dir.path().join("tls"), "vpn.test").expect("certificate");
+        let cert = files.cert_path.clone();
+        (files, cert)
+    }
+
     pub fn config(&self) -> RuntimeConfig {
         let mut config = RuntimeConfig::new(self.id, IMAGE, self.dir.path().join("engines"));
         config.resync = self.resync;
