@@ -120,11 +120,18 @@ impl NodeProcess {
         }
     }
 
-    /// The last lines the node logged, for failure messages.
+    /// The last lines the node logged, for failure messages, after any
+    /// panic it reported earlier (with the line that follows it).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let panics = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
+            .flat_map(|(i, _)| lines[i..(i + 2).min(lines.len())].iter().copied());
+        let tail = lines[lines.len().saturating_sub(40)..].iter().copied();
+        panics.chain(tail).collect::<Vec<_>>().join("\n")
     }
 
     pub fn log_text(&self) -> String {

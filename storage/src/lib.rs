@@ -17,7 +17,7 @@
 //! - [`wire`]: the binary encoding of the bulky Raft RPCs (used by `vpn-node`).
 //! - `log_store`: [`LogStore`], the Raft log, vote and committed index (in memory and on disk).
 //! - `wal`: the log's segment files: frames, records, replay, torn tails.
-//! - `wal_writer`: the thread that writes and fdatasyncs the log (group commit).
+//! - `wal_writer`: writes and fdatasyncs the log, one operation per sync.
 //! - `log_dir`: finds or creates `raft-log/`; imports a log kept in sled by earlier versions.
 //! - `codec`: binary encoding of log ids, votes and entries.
 //! - `state_machine`: [`StateMachineStore`], the applied state persisted in sled, snapshots.

@@ -1,24 +1,23 @@
 //! The Raft log, vote and committed id: on disk in the segment files of
-//! `wal` (written by the thread in `wal_writer`), indexed in memory.
+//! `wal` (written through `wal_writer`), indexed in memory.
 //!
-//! Every operation updates memory first and then queues its record for the
-//! writer, under one lock, so the file sees them in the order openraft made
-//! them. Appends return at once (the entries are readable from memory) and
-//! openraft's callback fires after the `fdatasync` that covers them; votes
-//! wait for theirs. Memory holds every entry's id and, once written, where
-//! its frame is; only the newest [`CACHE`] entries (and any not written yet)
-//! stay decoded, older ones are read back from their segment.
+//! Every operation takes the writer first, then updates memory, then writes
+//! its record, so the file sees them in the order openraft made them. An
+//! append is readable from memory before its `fdatasync`, and openraft's
+//! callback fires after it; votes return once theirs is durable. Memory
+//! holds every entry's id and, once written, where its frame is; only the
+//! newest [`CACHE`] entries stay decoded, older ones are read back from
+//! their segment.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
-use tokio::sync::oneshot;
 
 use crate::error::OpenError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -36,7 +35,6 @@ pub struct LogStore(Arc<Shared>);
 struct Shared {
     mem: Arc<Mutex<Mem>>,
     writer: WalWriter,
-    dir: PathBuf,
 }
 
 struct Mem {
@@ -145,7 +143,7 @@ impl LogStore {
         };
         let writer = WalWriter::start(dir.to_owned(), segments, active, carried, on_written)
             .map_err(|e| OpenError::from_io(dir, e))?;
-        Ok(Self(Arc::new(Shared { mem, writer, dir: dir.to_owned() })))
+        Ok(Self(Arc::new(Shared { mem, writer })))
     }
 
     /// How many fdatasyncs the log has done: appends per fsync show group
@@ -156,14 +154,6 @@ impl LogStore {
 
     fn mem(&self) -> MutexGuard<'_, Mem> {
         lock(&self.0.mem)
-    }
-
-    fn submit(&self, op: Op) -> io::Result<()> {
-        self.0.writer.submit(op).map_err(|_| self.writer_gone())
-    }
-
-    fn writer_gone(&self) -> io::Error {
-        io::Error::other(format!("the raft log writer for {} has stopped", self.0.dir.display()))
     }
 
     #[cfg(test)]
@@ -224,12 +214,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Durable before it returns: a vote must never be forgotten.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let (done, wait) = oneshot::channel();
-        let saved = async {
-            self.submit(Op::Vote { vote: *vote, done })?;
-            wait.await.map_err(|_| self.writer_gone())?
-        };
-        saved.await.map_err(|e| StorageIOError::write_vote(&e))?;
+        let written = self.0.writer.lock().write(Op::Vote(*vote));
+        written.map_err(|e| StorageIOError::write_vote(&e))?;
         self.mem().vote = Some(*vote);
         Ok(())
     }
@@ -242,77 +228,80 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     // committed id only means re-applying from the state machine's last
     // applied id, which the log still holds.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let mut mem = self.mem();
-        mem.committed = committed;
-        self.submit(Op::Committed(committed)).map_err(|e| StorageIOError::write(&e).into())
+        let mut writer = self.0.writer.lock();
+        self.mem().committed = committed;
+        writer.write(Op::Committed(committed)).map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.mem().committed)
     }
 
-    /// Makes the entries readable and queues them; the writer calls
-    /// `callback` after the fdatasync that covers them.
+    /// Makes the entries readable, writes and syncs them, then calls
+    /// `callback` with the outcome.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut mem = self.mem();
-        // Entries at or below the purge point are already in the state
-        // machine; keeping them would leave a hole (openraft's suite appends
-        // such entries after a purge; replay skips them the same way).
-        let purged = mem.purged.map(|p| p.index);
-        let entries: Vec<Entry> = entries.into_iter().filter(|e| purged.is_none_or(|p| e.log_id.index > p)).collect();
-        let mut frames = Vec::with_capacity(entries.len() * 320);
-        let mut layout = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let start = frames.len();
-            wal::put_entry(&mut frames, entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            layout.push((entry.log_id, start as u32, (frames.len() - start) as u32));
-        }
-        let last_index = entries.last().map(|e| e.log_id.index);
-        if let Some(first) = entries.first().map(|e| e.log_id.index) {
-            // Entries at or below the last one replace it and what follows
-            // (replay does the same, so the file needs no truncate record).
-            mem.truncate(first);
-            if let Some(expected) = mem.last_log_id().map(|id| id.index + 1) {
-                if first != expected {
-                    let e = io::Error::other(format!(
-                        "append of entry {first} would leave a hole: the log ends at {}",
-                        expected - 1
-                    ));
-                    return Err(StorageIOError::write_logs(&e).into());
+        let mut writer = self.0.writer.lock();
+        let op = {
+            let mut mem = self.mem();
+            // Entries at or below the purge point are already in the state
+            // machine; keeping them would leave a hole (openraft's suite appends
+            // such entries after a purge; replay skips them the same way).
+            let purged = mem.purged.map(|p| p.index);
+            let entries: Vec<Entry> =
+                entries.into_iter().filter(|e| purged.is_none_or(|p| e.log_id.index > p)).collect();
+            let mut frames = Vec::with_capacity(entries.len() * 320);
+            let mut layout = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                let start = frames.len();
+                wal::put_entry(&mut frames, entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+                layout.push((entry.log_id, start as u32, (frames.len() - start) as u32));
+            }
+            let last_index = entries.last().map(|e| e.log_id.index);
+            if let Some(first) = entries.first().map(|e| e.log_id.index) {
+                // Entries at or below the last one replace it and what follows
+                // (replay does the same, so the file needs no truncate record).
+                mem.truncate(first);
+                if let Some(expected) = mem.last_log_id().map(|id| id.index + 1) {
+                    if first != expected {
+                        let e = io::Error::other(format!(
+                            "append of entry {first} would leave a hole: the log ends at {}",
+                            expected - 1
+                        ));
+                        return Err(StorageIOError::write_logs(&e).into());
+                    }
                 }
             }
-        }
-        entries.into_iter().for_each(|e| mem.push(e));
-        if let Err(op) = self.0.writer.submit(Op::Append { frames, layout, last_index, callback }) {
-            let e = self.writer_gone();
-            if let Op::Append { callback, .. } = op {
-                callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-            }
-            return Err(StorageIOError::write_logs(&e).into());
-        }
+            entries.into_iter().for_each(|e| mem.push(e));
+            Op::Append { frames, layout, last_index }
+        };
+        // Memory is released first: the writer records where the frames went.
+        callback.log_io_completed(writer.write(op));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut mem = self.mem();
-        mem.truncate(log_id.index);
-        self.submit(Op::Truncate { from_index: log_id.index }).map_err(|e| StorageIOError::write_logs(&e).into())
+        let mut writer = self.0.writer.lock();
+        self.mem().truncate(log_id.index);
+        writer.write(Op::Truncate { from_index: log_id.index }).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
-    /// The writer syncs the purge record before it unlinks any segment, so a
-    /// crash leaves extra entries below the purge point, never a hole.
+    /// The purge record is synced before any segment is unlinked, so a crash
+    /// leaves extra entries below the purge point, never a hole.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut mem = self.mem();
-        if mem.purged.is_some_and(|p| p >= log_id) {
-            return Ok(());
+        let mut writer = self.0.writer.lock();
+        {
+            let mut mem = self.mem();
+            if mem.purged.is_some_and(|p| p >= log_id) {
+                return Ok(());
+            }
+            mem.purged = Some(log_id);
+            mem.purge(log_id.index);
         }
-        mem.purged = Some(log_id);
-        mem.purge(log_id.index);
-        self.submit(Op::Purge { upto: log_id }).map_err(|e| StorageIOError::write_logs(&e).into())
+        writer.write(Op::Purge { upto: log_id }).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -329,43 +318,36 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Blank }
     }
 
-    /// Holds the writer before its write: appends must become readable, but
-    /// no callback may fire; once released, all of them share at most two
-    /// syncs (the batch already taken and one for everything queued behind it).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    // Holding the gate across awaits is the point; only this test's own
-    // future holds it, and the appends run on other tasks.
+    /// Holds the writer before its write: the append must already be
+    /// readable, but its callback may not fire until the fdatasync is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Holding the gate across awaits is the point; the append runs on a
+    // blocking thread of its own.
     #[allow(clippy::await_holding_lock)]
-    async fn callbacks_wait_for_fdatasync_and_share_it() {
+    async fn callbacks_wait_for_fdatasync() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _sm) = crate::open(dir.path()).expect("open");
         let before = log.fsync_count();
         let gate = log.hold_writes();
 
-        // One after another, as openraft appends: each must be readable
-        // before its sync, so the next can follow it.
+        let mut store = log.clone();
+        let append = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(store.blocking_append([blank(1)])).is_ok()
+        });
         let mut reader = log.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut appends = Vec::new();
-        for i in 1..=10 {
-            let mut store = log.clone();
-            appends.push(tokio::spawn(async move { store.blocking_append([blank(i)]).await }));
-            while reader.try_get_log_entries(i..=i).await.expect("read").is_empty() {
-                assert!(Instant::now() < deadline, "append {i} did not become readable");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+        while reader.try_get_log_entries(1..=1).await.expect("read").is_empty() {
+            assert!(Instant::now() < deadline, "the append did not become readable");
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // A grace period for a wrongly early callback to show up.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(appends.iter().all(|a| !a.is_finished()), "a callback fired before fdatasync");
+        assert!(!append.is_finished(), "the callback fired before fdatasync");
         assert_eq!(log.fsync_count(), before);
 
         drop(gate);
-        for append in appends {
-            append.await.expect("task").expect("append");
-        }
-        let used = log.fsync_count() - before;
-        assert!((1..=2).contains(&used), "10 queued appends used {used} syncs");
+        assert!(append.await.expect("task"), "the append failed");
+        assert_eq!(log.fsync_count() - before, 1);
     }
 
     /// Past the cache, entries are read back from their segment; they read

@@ -1,22 +1,21 @@
-//! The log's writer thread: the only code that writes segment files.
+//! The log's writer: the only code that writes segment files. Each
+//! operation is written with one `write` and made durable with one
+//! `fdatasync` before the call returns, on the caller's thread.
 //!
-//! It takes whatever operations queued up while it was busy, writes them with
-//! one `write` and makes them durable with one `fdatasync` (group commit),
-//! then acknowledges them: openraft's flush callbacks, waiting vote saves.
-//! Appends do not wait for it: `LogStore` keeps the entries in memory, and
-//! the callback tells openraft when they are on disk.
+//! openraft 0.9's core makes every log call itself, one at a time, and waits
+//! for each append's flush before it does anything else, so a writer thread
+//! could never merge two appends: it only added two thread wake-ups to every
+//! write (one to hand the write over, one to hand the callback back). Writes
+//! that arrive together still share a sync one level up: the proposer puts
+//! concurrent proposals into one entry.
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use openraft::storage::LogFlushed;
-use tokio::sync::oneshot;
-
-use crate::types::{LogId, TypeConfig, Vote};
+use crate::types::{LogId, Vote};
 use crate::wal::{self, Active, Location, Segment};
 
 /// Told where written entries are, once they are durable.
@@ -24,13 +23,11 @@ pub(crate) type OnWritten = Box<dyn Fn(Vec<(LogId, Location)>) + Send>;
 
 pub(crate) enum Op {
     /// Framed entries, each entry's (id, offset, length) in `frames`, and
-    /// the highest index among them (none for an empty append, still
-    /// acknowledged only behind earlier ones).
+    /// the highest index among them.
     Append {
         frames: Vec<u8>,
         layout: Vec<(LogId, u32, u32)>,
         last_index: Option<u64>,
-        callback: LogFlushed<TypeConfig>,
     },
     Truncate {
         from_index: u64,
@@ -38,10 +35,7 @@ pub(crate) enum Op {
     Purge {
         upto: LogId,
     },
-    Vote {
-        vote: Vote,
-        done: oneshot::Sender<io::Result<()>>,
-    },
+    Vote(Vote),
     /// Written with the next write that has to be synced anyway: a lost
     /// committed id only means openraft re-learns it from the leader.
     Committed(Option<LogId>),
@@ -55,14 +49,12 @@ pub(crate) struct Carried {
     pub purged: Option<LogId>,
 }
 
-/// The thread's handle: dropping it lets the thread finish what is queued
-/// and joins it, so a reopen of the dir finds no writer left.
+/// The writer; dropping it writes a committed id still waiting.
 pub(crate) struct WalWriter {
-    tx: Option<mpsc::Sender<Op>>,
-    thread: Option<JoinHandle<()>>,
+    state: Mutex<State>,
     syncs: Arc<AtomicU64>,
     #[cfg(test)]
-    gate: Arc<std::sync::Mutex<()>>,
+    gate: Arc<Mutex<()>>,
 }
 
 impl WalWriter {
@@ -94,8 +86,8 @@ impl WalWriter {
         };
         let syncs = Arc::new(AtomicU64::new(0));
         #[cfg(test)]
-        let gate = Arc::new(std::sync::Mutex::new(()));
-        let mut state = State {
+        let gate = Arc::new(Mutex::new(()));
+        let state = State {
             dir,
             segments,
             active,
@@ -108,23 +100,20 @@ impl WalWriter {
             #[cfg(test)]
             gate: gate.clone(),
         };
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new().name("raft-log-writer".into()).spawn(move || state.run(&rx))?;
         Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
+            state: Mutex::new(state),
             syncs,
             #[cfg(test)]
             gate,
         })
     }
 
-    /// Queues `op`; gives it back if the thread is gone.
-    pub(crate) fn submit(&self, op: Op) -> Result<(), Op> {
-        match &self.tx {
-            Some(tx) => tx.send(op).map_err(|e| e.0),
-            None => Err(op),
-        }
+    /// The writer, locked: the log takes it before it changes its memory, so
+    /// the file sees operations in the order memory does.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A write that panicked leaves `failed` unset but nothing half-done
+        // in memory that a later write would rely on.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn sync_count(&self) -> u64 {
@@ -133,23 +122,23 @@ impl WalWriter {
 
     /// Lets unit tests hold the writer just before it writes.
     #[cfg(test)]
-    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(crate) fn hold(&self) -> MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for WalWriter {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the raft log writer thread panicked");
-            }
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(committed) = state.pending_committed.take() {
+            state.buf.clear();
+            wal::put_committed(&mut state.buf, committed.as_ref());
+            let _best_effort = state.write_and_sync(None);
         }
     }
 }
 
-struct State {
+pub(crate) struct State {
     dir: PathBuf,
     segments: Vec<Segment>,
     active: Active,
@@ -165,69 +154,50 @@ struct State {
     gate: Arc<std::sync::Mutex<()>>,
 }
 
-/// Who to tell once a batch is durable.
-#[derive(Default)]
-struct Waiters {
-    callbacks: Vec<LogFlushed<TypeConfig>>,
-    done: Vec<oneshot::Sender<io::Result<()>>>,
-}
-
 impl State {
-    fn run(&mut self, rx: &mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut waiters = Waiters::default();
-            let mut purge = None;
-            let mut max_index = None;
-            let mut layouts = Vec::new();
-            self.buf.clear();
-            for op in std::iter::once(first).chain(rx.try_iter()) {
-                match op {
-                    Op::Append { frames, layout, last_index, callback } => {
-                        layouts.push((self.buf.len() as u64, layout));
-                        self.buf.extend_from_slice(&frames);
-                        max_index = max_index.max(last_index);
-                        waiters.callbacks.push(callback);
-                    }
-                    Op::Truncate { from_index } => wal::put_truncate(&mut self.buf, from_index),
-                    Op::Purge { upto } => {
-                        wal::put_purged(&mut self.buf, &upto);
-                        purge = Some(upto);
-                    }
-                    Op::Vote { vote, done } => {
-                        wal::put_vote(&mut self.buf, &vote);
-                        self.carried.vote = Some(vote);
-                        waiters.done.push(done);
-                    }
-                    Op::Committed(committed) => self.pending_committed = Some(committed),
-                }
+    /// Writes `op` and syncs it (with any committed id waiting); a committed
+    /// id alone only waits for the next write.
+    pub(crate) fn write(&mut self, op: Op) -> io::Result<()> {
+        self.buf.clear();
+        let (mut purge, mut max_index, mut layout) = (None, None, Vec::new());
+        match op {
+            Op::Append { frames, layout: l, last_index } => {
+                self.buf = frames;
+                layout = l;
+                max_index = last_index;
             }
-            if self.buf.is_empty() && waiters.callbacks.is_empty() && waiters.done.is_empty() {
-                continue; // only a committed id: it waits for the next write
+            Op::Truncate { from_index } => wal::put_truncate(&mut self.buf, from_index),
+            Op::Purge { upto } => {
+                wal::put_purged(&mut self.buf, &upto);
+                purge = Some(upto);
             }
-            if let Some(committed) = self.pending_committed.take() {
-                wal::put_committed(&mut self.buf, committed.as_ref());
-                self.carried.committed = committed;
+            Op::Vote(vote) => {
+                wal::put_vote(&mut self.buf, &vote);
+                self.carried.vote = Some(vote);
             }
-            if let Some(upto) = purge {
-                self.carried.purged = Some(upto);
-            }
-            let result = self.write_and_sync(max_index);
-            if let Ok((file, base)) = &result {
-                let located = layouts.iter().flat_map(|(at, layout)| wal::locate(file, base + at, layout)).collect();
-                (self.on_written)(located);
-            }
-            let result = result.map(|_| ());
-            self.acknowledge(waiters, &result);
-            if let (Some(upto), Ok(())) = (purge, &result) {
-                self.unlink_purged(upto);
+            Op::Committed(committed) => {
+                self.pending_committed = Some(committed);
+                return Ok(());
             }
         }
-        // Closed: keep the last committed id too.
+        if self.buf.is_empty() {
+            return Ok(()); // an append of nothing
+        }
         if let Some(committed) = self.pending_committed.take() {
-            self.buf.clear();
             wal::put_committed(&mut self.buf, committed.as_ref());
-            let _best_effort = self.write_and_sync(None);
+            self.carried.committed = committed;
         }
+        if let Some(upto) = purge {
+            self.carried.purged = Some(upto);
+        }
+        let (file, base) = self.write_and_sync(max_index)?;
+        if !layout.is_empty() {
+            (self.on_written)(wal::locate(&file, base, &layout));
+        }
+        if let Some(upto) = purge {
+            self.unlink_purged(upto);
+        }
+        Ok(())
     }
 
     /// Returns the file and the offset the buffer went to.
@@ -288,16 +258,6 @@ impl State {
             if let Err(e) = std::fs::remove_file(&seg.path) {
                 tracing::warn!(path = %seg.path.display(), "could not remove a purged raft log segment: {e}");
             }
-        }
-    }
-
-    fn acknowledge(&self, waiters: Waiters, result: &io::Result<()>) {
-        let outcome = |r: &io::Result<()>| r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        for callback in waiters.callbacks {
-            callback.log_io_completed(outcome(result));
-        }
-        for done in waiters.done {
-            let _receiver_gone = done.send(outcome(result));
         }
     }
 }

@@ -66,7 +66,8 @@ pub struct Args {
     /// TOML file with any of these settings (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// One self-bootstrapping node on 127.0.0.1:7000 (HTTP :7080), data in ./vpn-data.
+    /// One self-bootstrapping node: id 1 on 127.0.0.1:7000 (HTTP :7080), data in ./vpn-data,
+    /// unless other flags say otherwise.
     #[arg(long)]
     pub dev: bool,
     /// Raft heartbeat interval in milliseconds (default 100; also the AppendEntries timeout).
@@ -170,26 +171,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The `--dev` node: one self-bootstrapping member on loopback.
-    pub fn dev() -> Self {
-        let listen: SocketAddr = ([127, 0, 0, 1], 7000).into();
-        Self {
-            id: 1,
-            listen,
-            advertise: listen.to_string(),
-            http: ([127, 0, 0, 1], 7080).into(),
-            data_dir: PathBuf::from("vpn-data"),
-            bootstrap: Bootstrap::Initial(BTreeMap::from([(1, listen.to_string())])),
-            raft: RaftTimings::default(),
-            dataplane: None,
-            scheduling: SchedulingConfig::defaults(([127, 0, 0, 1], 7080).into()),
-        }
-    }
-
     /// Builds the configuration from parsed flags and the optional TOML file.
-    pub fn from_args(args: Args) -> Result<Self, Error> {
-        if args.dev {
-            return Ok(Self::dev());
+    pub fn from_args(mut args: Args) -> Result<Self, Error> {
+        let dev = args.dev;
+        if dev {
+            dev_defaults(&mut args);
         }
         let file = match &args.config {
             Some(path) => read_file(path)?,
@@ -244,6 +230,13 @@ impl Config {
         // Voters stay few (3 or 5) while data-plane nodes grow: those join as learners.
         let voter = wants_vote || (!learner && dataplane.is_none());
         let bootstrap = match (initial, join) {
+            (Some(_), _) | (_, Some(_)) if dev => {
+                return Err(Error::invalid(
+                    "--dev",
+                    "starts a one-node cluster of its own: drop --initial-members and --join",
+                ))
+            }
+            (None, None) if dev => Bootstrap::Initial(BTreeMap::from([(id, advertise.clone())])),
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(
                     "--join",
@@ -298,6 +291,15 @@ impl Config {
         )?;
         Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling })
     }
+}
+
+/// `--dev`: node 1 on loopback with data in ./vpn-data, forming a cluster of
+/// its own; any flag given alongside still applies.
+fn dev_defaults(args: &mut Args) {
+    args.id.get_or_insert(1);
+    args.listen.get_or_insert_with(|| "127.0.0.1:7000".into());
+    args.http.get_or_insert_with(|| "127.0.0.1:7080".into());
+    args.data_dir.get_or_insert_with(|| PathBuf::from("vpn-data"));
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, Error> {
@@ -403,6 +405,33 @@ mod tests {
             c.bootstrap,
             Bootstrap::Initial(BTreeMap::from([(1, "127.0.0.1:7000".into()), (2, "10.0.0.2:7000".into())]))
         );
+    }
+
+    #[test]
+    fn dev_alone_is_node_1_on_loopback() {
+        let c = Config::from_args(Args::parse_from(["vpnd", "--dev"])).expect("valid");
+        assert_eq!(
+            (c.id, c.listen.to_string(), c.http.to_string()),
+            (1, "127.0.0.1:7000".into(), "127.0.0.1:7080".into())
+        );
+        assert_eq!(c.data_dir, PathBuf::from("vpn-data"));
+        assert_eq!(c.bootstrap, Bootstrap::Initial(BTreeMap::from([(1, "127.0.0.1:7000".into())])));
+    }
+
+    #[test]
+    fn dev_keeps_the_flags_given_with_it() {
+        let argv = ["vpnd", "--dev", "--listen", "127.0.0.1:7100", "--data-dir", "/tmp/x", "--heartbeat-ms", "50"];
+        let c = Config::from_args(Args::parse_from(argv)).expect("valid");
+        assert_eq!(
+            (c.listen.to_string(), c.data_dir.clone(), c.raft.heartbeat_ms),
+            ("127.0.0.1:7100".into(), PathBuf::from("/tmp/x"), 50)
+        );
+        assert_eq!(c.bootstrap, Bootstrap::Initial(BTreeMap::from([(1, "127.0.0.1:7100".into())])));
+        for extra in [["--join", "10.0.0.1:7000"], ["--initial-members", "1=127.0.0.1:7000"]] {
+            let argv = ["vpnd", "--dev"].into_iter().chain(extra);
+            let e = Config::from_args(Args::parse_from(argv)).expect_err("refused");
+            assert!(e.to_string().contains("--dev"), "{e}");
+        }
     }
 
     #[test]

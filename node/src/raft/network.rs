@@ -1,10 +1,12 @@
 //! openraft's network over tonic: one [`PeerClient`] per target, requests
 //! in bytes fields (AppendEntries and InstallSnapshot in the binary encoding
 //! of `vpn_storage::wire`, votes and replies as JSON), and identity headers
-//! on every request so a wiped node that reuses an old id is refused (see
-//! `identity.rs`).
+//! on every call so a wiped node that reuses an old id is refused (see
+//! `identity.rs`). AppendEntries goes over one long-lived stream per target
+//! ([`AppendStream`]), opened on first use and again after any failure.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -14,6 +16,8 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{RaftBinary, RaftPayload};
 use vpn_storage::types::{NodeId, TypeConfig};
@@ -40,7 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { net: self.clone(), target, addr: node.addr.clone() }
+        PeerClient { net: self.clone(), target, addr: node.addr.clone(), append: None }
     }
 }
 
@@ -48,6 +52,17 @@ pub struct PeerClient {
     net: Network,
     target: NodeId,
     addr: String,
+    /// Out of the client while a request is on it: a call that openraft
+    /// cancels midway drops the stream, whose next reply would be the
+    /// cancelled request's, and the next call opens a new one.
+    append: Option<AppendStream>,
+}
+
+/// An open AppendEntries stream: requests go into `requests`, and each one's
+/// reply is the next message of `replies`.
+struct AppendStream {
+    requests: mpsc::Sender<RaftBinary>,
+    replies: tonic::Streaming<RaftPayload>,
 }
 
 #[derive(Clone, Copy)]
@@ -91,23 +106,29 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = self.net.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut client = RaftClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(self.request(RaftBinary { data: bytes }, option)).await,
-            Rpc::Vote => client.vote(self.request(RaftPayload { json: bytes }, option)).await,
-            Rpc::InstallSnapshot => client.install_snapshot(self.request(RaftBinary { data: bytes }, option)).await,
-        };
-        let payload = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            tonic::Code::FailedPrecondition => {
-                tracing::error!(peer = self.target, addr = %self.addr, "peer refused Raft traffic: {}", status.message());
-                RPCError::Network(NetworkError::new(&status))
+        let payload = match rpc {
+            Rpc::AppendEntries => self.append_on_stream(bytes, option.hard_ttl()).await?,
+            Rpc::Vote => {
+                let request = self.request(RaftPayload { json: bytes }, option);
+                self.client()
+                    .map_err(|e| RPCError::Unreachable(*e))?
+                    .vote(request)
+                    .await
+                    .map_err(|s| self.status_error(&s))?
+                    .into_inner()
             }
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
+            Rpc::InstallSnapshot => {
+                let request = self.request(RaftBinary { data: bytes }, option);
+                self.client()
+                    .map_err(|e| RPCError::Unreachable(*e))?
+                    .install_snapshot(request)
+                    .await
+                    .map_err(|s| self.status_error(&s))?
+                    .into_inner()
+            }
+        };
         let decoded: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&payload.into_inner().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            serde_json::from_slice(&payload.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| {
             RPCError::RemoteError(openraft::error::RemoteError::new_with_node(
                 self.target,
@@ -115,6 +136,85 @@ impl PeerClient {
                 e,
             ))
         })
+    }
+
+    /// Sends one request on the AppendEntries stream (opening it first when
+    /// there is none) and waits up to `ttl` for its reply.
+    async fn append_on_stream<E>(
+        &mut self,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<RaftPayload, RPCError<NodeId, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
+        let exchange = async {
+            let mut stream = match self.append.take() {
+                Some(stream) => stream,
+                None => self.open_append_stream().await?,
+            };
+            if stream.requests.send(RaftBinary { data }).await.is_err() {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    "the AppendEntries stream closed",
+                ))));
+            }
+            match stream.replies.message().await {
+                Ok(Some(reply)) => {
+                    self.append = Some(stream);
+                    Ok(reply)
+                }
+                Ok(None) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    "the peer ended the AppendEntries stream",
+                )))),
+                Err(status) => Err(self.status_error(&status)),
+            }
+        };
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no AppendEntries reply within {ttl:?}"),
+            )))),
+        }
+    }
+
+    async fn open_append_stream<E>(&self) -> Result<AppendStream, RPCError<NodeId, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
+        // One request in the channel: the caller waits for each reply anyway.
+        let (requests, rx) = mpsc::channel(1);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        self.stamp(request.metadata_mut());
+        let replies = self
+            .client()
+            .map_err(|e| RPCError::Unreachable(*e))?
+            .append_entries(request)
+            .await
+            .map_err(|s| self.status_error(&s))?
+            .into_inner();
+        Ok(AppendStream { requests, replies })
+    }
+
+    fn client(&self) -> Result<RaftClient<tonic::transport::Channel>, Box<Unreachable>> {
+        let channel = self.net.peers.channel(&self.addr).map_err(|e| Box::new(Unreachable::new(&e)))?;
+        Ok(RaftClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+    }
+
+    fn status_error<E>(&self, status: &tonic::Status) -> RPCError<NodeId, BasicNode, E>
+    where
+        E: std::error::Error,
+    {
+        match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+            // Unreachable, so openraft backs off instead of retrying at once
+            // (a refusing peer otherwise logged a thousand refusals a second).
+            tonic::Code::FailedPrecondition => {
+                tracing::error!(peer = self.target, addr = %self.addr, "peer refused Raft traffic: {}", status.message());
+                RPCError::Unreachable(Unreachable::new(status))
+            }
+            _ => RPCError::Network(NetworkError::new(status)),
+        }
     }
 
     fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {

@@ -3,11 +3,13 @@
 //! other nodes' components. Refuses traffic whose identity headers do not
 //! match what the cluster knows.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use vpn_proto::internal::raft_server::Raft as RaftRpc;
 use vpn_proto::internal::{
     HeartbeatReply, HeartbeatRequest, RaftBinary, RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply,
@@ -29,16 +31,22 @@ fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("payload: not a valid Raft message: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+fn encode_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
     serde_json::to_vec(value)
-        .map(|json| Response::new(RaftPayload { json }))
+        .map(|json| RaftPayload { json })
         .map_err(|e| Status::internal(format!("encoding the Raft reply failed: {e}")))
 }
 
-/// A binary request (see `vpn_storage::wire`) decoded by `decode`.
-fn decode_binary<T>(req: Request<RaftBinary>, decode: fn(&[u8]) -> std::io::Result<T>) -> Result<T, Status> {
-    decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("data: not a valid Raft message: {e}")))
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    encode_payload(value).map(Response::new)
 }
+
+/// A binary request (see `vpn_storage::wire`) decoded by `decode`.
+fn decode_binary<T>(req: RaftBinary, decode: fn(&[u8]) -> std::io::Result<T>) -> Result<T, Status> {
+    decode(&req.data).map_err(|e| Status::invalid_argument(format!("data: not a valid Raft message: {e}")))
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
 fn header<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
     req.metadata().get(key).and_then(|v| v.to_str().ok())
@@ -78,10 +86,27 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftBinary>) -> Result<Response<RaftPayload>, Status> {
+    type AppendEntriesStream = ReplyStream;
+
+    /// Answers each request of the leader's stream in order. The stream ends
+    /// when the leader closes it or sends something that does not decode.
+    async fn append_entries(&self, req: Request<Streaming<RaftBinary>>) -> Result<Response<ReplyStream>, Status> {
         self.check_identity(&req)?;
-        let rpc = decode_binary(req, wire::decode_append_entries)?;
-        encode(&self.node.raft.append_entries(rpc).await)
+        let raft = self.node.raft.clone();
+        let replies = futures::stream::unfold(Some(req.into_inner()), move |requests| {
+            let raft = raft.clone();
+            async move {
+                let mut requests = requests?;
+                let request = requests.message().await.ok()??;
+                let reply = match decode_binary(request, wire::decode_append_entries) {
+                    Ok(rpc) => encode_payload(&raft.append_entries(rpc).await),
+                    Err(status) => Err(status),
+                };
+                let more = reply.is_ok().then_some(requests);
+                Some((reply, more))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -92,7 +117,7 @@ impl RaftRpc for RaftService {
 
     async fn install_snapshot(&self, req: Request<RaftBinary>) -> Result<Response<RaftPayload>, Status> {
         self.check_identity(&req)?;
-        let rpc = decode_binary(req, wire::decode_install_snapshot)?;
+        let rpc = decode_binary(req.into_inner(), wire::decode_install_snapshot)?;
         let done = rpc.done;
         let result = self.node.raft.install_snapshot(rpc).await;
         if done && result.is_ok() {
