@@ -4,7 +4,7 @@
 #   bash benches/run.sh                 # everything, defaults of issue 2
 #   bash benches/run.sh --duration 20s  # extra flags go to `loadgen all`
 #
-# 1. builds vpnd and loadgen in release mode;
+# 1. builds the deployable vpnd (ops/scripts/build-vpnd.sh: static, LTO) and loadgen;
 # 2. installs Debian's etcd-server (etcd 3.4, the baseline) when /usr/bin/etcd is missing;
 # 3. `loadgen all`: a local 3-node vpnd cluster and a 3-member etcd on free loopback
 #    ports (data in temp dirs, removed afterwards): writes/s and p50/p99 at
@@ -22,7 +22,9 @@ cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 out=target/bench-results
 
-cargo build --release -p vpn-node -p vpn-benches
+bash ops/scripts/build-vpnd.sh
+vpnd=target/x86_64-unknown-linux-gnu/release/vpnd
+cargo build --release -p vpn-benches --bin loadgen
 
 if [ ! -x /usr/bin/etcd ]; then
     echo "run.sh: /usr/bin/etcd missing; installing Debian's etcd-server" >&2
@@ -31,7 +33,7 @@ if [ ! -x /usr/bin/etcd ]; then
 fi
 
 mkdir -p "$out"
-target/release/loadgen --vpnd target/release/vpnd --etcd /usr/bin/etcd --out "$out/loadgen.json" \
+target/release/loadgen --vpnd "$vpnd" --etcd /usr/bin/etcd --out "$out/loadgen.json" \
     all "$@" 2>&1 | tee "$out/loadgen.txt"
 
 cargo bench -p vpn-benches --bench state_machine --bench keys --bench scheduler 2>&1 | tee "$out/criterion.txt"
