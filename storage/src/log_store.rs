@@ -146,8 +146,7 @@ impl LogStore {
         Ok(Self(Arc::new(Shared { mem, writer })))
     }
 
-    /// How many fdatasyncs the log has done: appends per fsync show group
-    /// commit at work.
+    /// How many fdatasyncs the log has done.
     pub fn fsync_count(&self) -> u64 {
         self.0.writer.sync_count()
     }

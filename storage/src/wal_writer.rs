@@ -111,9 +111,13 @@ impl WalWriter {
     /// The writer, locked: the log takes it before it changes its memory, so
     /// the file sees operations in the order memory does.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A write that panicked leaves `failed` unset but nothing half-done
-        // in memory that a later write would rely on.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(|poisoned| {
+            // A write panicked halfway: the file is in an unknown state, as
+            // after a failed write, so nothing more is written to it.
+            let mut state = poisoned.into_inner();
+            state.failed.get_or_insert((io::ErrorKind::Other, "a raft log write panicked".into()));
+            state
+        })
     }
 
     pub(crate) fn sync_count(&self) -> u64 {
@@ -129,6 +133,9 @@ impl WalWriter {
 
 impl Drop for WalWriter {
     fn drop(&mut self) {
+        if self.state.is_poisoned() {
+            return;
+        }
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(committed) = state.pending_committed.take() {
             state.buf.clear();
