@@ -174,13 +174,13 @@ impl Config {
     /// Builds the configuration from parsed flags and the optional TOML file.
     pub fn from_args(mut args: Args) -> Result<Self, Error> {
         let dev = args.dev;
-        if dev {
-            dev_defaults(&mut args);
-        }
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        if dev {
+            dev_defaults(&mut args, &file);
+        }
         let id = args.id.or(file.id).ok_or(Error::MissingFlag("--id"))?;
         if id == 0 {
             return Err(Error::invalid("--id", "0 is reserved: use a positive integer"));
@@ -294,12 +294,12 @@ impl Config {
 }
 
 /// `--dev`: node 1 on loopback with data in ./vpn-data, forming a cluster of
-/// its own; any flag given alongside still applies.
-fn dev_defaults(args: &mut Args) {
-    args.id.get_or_insert(1);
-    args.listen.get_or_insert_with(|| "127.0.0.1:7000".into());
-    args.http.get_or_insert_with(|| "127.0.0.1:7080".into());
-    args.data_dir.get_or_insert_with(|| PathBuf::from("vpn-data"));
+/// its own, where neither a flag nor the file says otherwise.
+fn dev_defaults(args: &mut Args, file: &FileSettings) {
+    args.id = args.id.or(file.id).or(Some(1));
+    args.listen = args.listen.take().or_else(|| file.listen.clone()).or_else(|| Some("127.0.0.1:7000".into()));
+    args.http = args.http.take().or_else(|| file.http.clone()).or_else(|| Some("127.0.0.1:7080".into()));
+    args.data_dir = args.data_dir.take().or_else(|| file.data_dir.clone()).or_else(|| Some(PathBuf::from("vpn-data")));
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, Error> {
@@ -495,6 +495,14 @@ mod tests {
         assert_eq!(c.id, 3);
         assert_eq!(c.raft.heartbeat_ms, 20);
         assert_eq!(c.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7000".into()], voter: true });
+        // --dev takes the file's settings over its own defaults.
+        std::fs::write(&path, "listen = \"127.0.0.1:7100\"\ndata-dir = \"/d\"\n").expect("write");
+        let c = Config::from_args(Args::parse_from(["vpnd", "--dev", "--config", path.to_str().expect("utf8")]))
+            .expect("valid");
+        assert_eq!(
+            (c.listen.to_string(), c.data_dir.clone(), c.http.to_string()),
+            ("127.0.0.1:7100".into(), PathBuf::from("/d"), "127.0.0.1:7080".into())
+        );
         std::fs::write(&path, "idd = 2\n").expect("write");
         let e = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8")]))
             .expect_err("unknown key");
