@@ -7,7 +7,7 @@
 # Why: nothing to install beside them, and less memory. A dynamically linked,
 # position-independent vpnd maps libc, libm and the loader and relocates
 # ~600 KB of pointer tables at every start; idle, the static one holds
-# ~9.2 MiB resident against ~10.7 MiB (benches/RESULTS.md). The price is no
+# ~9,100 KiB resident against ~10,800 KiB (benches/RESULTS.md). The price is no
 # address-space randomisation of the binary's own code (as with Go binaries,
 # etcd's among them), and name lookups through glibc's NSS need the host's
 # glibc of the same version (DNS and /etc/hosts work as usual).
