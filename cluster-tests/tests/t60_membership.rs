@@ -39,8 +39,16 @@ async fn a_joining_node_becomes_a_voter_and_a_removed_one_is_gone() {
     }
 
     // Remove node 2 through node 4 (forwarded to the leader); stop it afterwards.
-    let after =
-        cluster.cluster_client(4).remove_member(RemoveMemberRequest { id: 2 }).await.expect("remove").into_inner();
+    // When node 2 leads, it hands leadership off and answers UNAVAILABLE, and
+    // the caller retries as vpnctl does.
+    let after = eventually("node 2 removed", CONVERGE, || async {
+        match cluster.cluster_client(4).remove_member(RemoveMemberRequest { id: 2 }).await {
+            Ok(status) => Ok(status.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(format!("retryable: {}", s.message())),
+            Err(s) => panic!("remove: {s}"),
+        }
+    })
+    .await;
     assert_eq!(role(&after, 2), None, "node 2 still listed: {after:?}");
     cluster.node_mut(2).terminate(Duration::from_secs(10));
     cluster.wait_leader().await;

@@ -19,6 +19,8 @@ use crate::node::{Node, Route};
 
 /// How long AddMember waits for a new learner to catch up before answering.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long removing the leader waits for another voter to take over.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
 pub struct ClusterApi {
     pub node: Arc<Node>,
@@ -129,6 +131,18 @@ impl ClusterApi {
                 return Err(Error::FailedPrecondition(format!(
                     "member {id} is the last voter: add another voter before removing it"
                 )));
+            }
+            if id == self.node.id {
+                // A leader that removes itself steps down with its follow-up
+                // write (ForgetMember) pending, which openraft answers only once
+                // applied: never, on a node no longer replicated to, so the call
+                // hung. Leadership moves first, and the caller retries at the
+                // new leader (vpnctl does so on UNAVAILABLE).
+                crate::raft::transfer::hand_off_leadership(&self.node, HANDOFF_WAIT).await;
+                return Err(Error::Unavailable {
+                    detail: format!("node {id} led the cluster and is the member to remove: leadership moved; retry"),
+                    leader_addr: self.node.leader().map(|(_, addr)| addr),
+                });
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
