@@ -108,23 +108,14 @@ impl PeerClient {
     {
         let payload = match rpc {
             Rpc::AppendEntries => self.append_on_stream(bytes, option.hard_ttl()).await?,
-            Rpc::Vote => {
-                let request = self.request(RaftPayload { json: bytes }, option);
-                self.client()
-                    .map_err(|e| RPCError::Unreachable(*e))?
-                    .vote(request)
-                    .await
-                    .map_err(|s| self.status_error(&s))?
-                    .into_inner()
-            }
-            Rpc::InstallSnapshot => {
-                let request = self.request(RaftBinary { data: bytes }, option);
-                self.client()
-                    .map_err(|e| RPCError::Unreachable(*e))?
-                    .install_snapshot(request)
-                    .await
-                    .map_err(|s| self.status_error(&s))?
-                    .into_inner()
+            Rpc::Vote | Rpc::InstallSnapshot => {
+                let mut client = self.client().map_err(|e| RPCError::Unreachable(*e))?;
+                let reply = if let Rpc::Vote = rpc {
+                    client.vote(self.request(RaftPayload { json: bytes }, option)).await
+                } else {
+                    client.install_snapshot(self.request(RaftBinary { data: bytes }, option)).await
+                };
+                reply.map_err(|s| self.status_error(&s))?.into_inner()
             }
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> =
