@@ -87,7 +87,15 @@ mod tests {
         drop(taken);
         ensure_free(Protocol::VlessTls, port).expect("free again");
 
-        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind udp");
+        // A port the kernel hands out for UDP can meanwhile carry a parallel
+        // test's outgoing TCP connection (that made this test fail once), so
+        // take one below the ephemeral range, free on TCP a moment ago.
+        let udp = (12_000..20_000u16)
+            .find_map(|p| {
+                let tcp_free = TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok();
+                tcp_free.then(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).ok()).flatten()
+            })
+            .expect("a port free on TCP and UDP");
         let port = udp.local_addr().expect("addr").port();
         let err = ensure_free(Protocol::Shadowsocks2022, port).expect_err("udp taken").to_string();
         assert!(err.contains("/udp"), "{err}");
