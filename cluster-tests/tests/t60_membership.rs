@@ -37,6 +37,17 @@ async fn a_joining_node_becomes_a_voter_and_a_removed_one_is_gone() {
         let req = GetUserRequest { name: format!("m{i}"), consistency: ReadConsistency::Local as i32 };
         cluster.users(4).get_user(req).await.unwrap_or_else(|s| panic!("m{i} missing on the new node: {s}"));
     }
+    // The joined node learned the cluster's id (and presents it from now on).
+    let joined = eventually("node 4 knows its cluster", CONVERGE, || async {
+        let id = cluster.status(4).await?.cluster_id;
+        if id.is_empty() {
+            Err("no cluster id yet".to_owned())
+        } else {
+            Ok(id)
+        }
+    })
+    .await;
+    assert_eq!(joined, status.cluster_id);
 
     // Remove node 2 through node 4 (forwarded to the leader); stop it afterwards.
     // When node 2 leads, it hands leadership off and answers UNAVAILABLE, and

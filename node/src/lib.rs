@@ -9,7 +9,7 @@
 //! - [`config`]: flags, TOML file, `--dev`; all validation of settings.
 //! - `agent`: on a `--dataplane` node, secrets, registration, and the desired
 //!   state handed to the runtime's reconciler (`vpn-runtime`).
-//! - `identity`: the data dir's node id and incarnation.
+//! - `identity`: the data dir's node id, incarnation and cluster id.
 //! - `leader`: what only the leader does: data-plane liveness, the
 //!   scheduler's executor, expiry and traffic resets, heartbeat intake.
 //! - [`node`]: the shared handle: propose, linearizable reads, leader routing.
@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use vpn_proto::internal::raft_server::RaftServer;
 use vpn_proto::v1::cluster_server::ClusterServer;
@@ -55,10 +56,10 @@ pub use error::Error;
 use crate::api::cluster::ClusterApi;
 use crate::api::nodes::NodesApi;
 use crate::api::users::UsersApi;
-use crate::identity::Identity;
+use crate::identity::{ClusterCell, ClusterId, Identity};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::peers::Peers;
+use crate::peers::{Peers, RefuseOtherClusters};
 use crate::raft::network::Network;
 use crate::raft::service::RaftService;
 
@@ -91,9 +92,18 @@ impl Listeners {
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let identity = Identity::load_or_create(&config.data_dir, config.id)?;
     let (log, sm) = vpn_storage::open(&config.data_dir)?;
+    let cluster = ClusterCell::new(identity.cluster_id);
+    if let Bootstrap::Initial(members) = &config.bootstrap {
+        // Only a dir that was never part of a cluster takes its id from the
+        // flag: an existing member ignores --initial-members, as Raft does.
+        if log.holds_no_raft_state() {
+            let id = ClusterId::from_initial_members(members);
+            identity::record_cluster(&config.data_dir, identity, &cluster, id)?;
+        }
+    }
     let state = sm.reader();
     let metrics = Arc::new(Metrics::default());
-    let peers = Arc::new(Peers::default());
+    let peers = Arc::new(Peers::new(cluster.clone()));
     let network = Network { identity, state: state.clone(), peers: peers.clone(), metrics: metrics.clone() };
     let raft = Raft::new(config.id, raft::raft_config(&config.raft)?, network, log, sm)
         .await
@@ -131,11 +141,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         .add_service(UsersServer::new(UsersApi { node: node.clone() }))
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
         .add_service(NodesServer::new(NodesApi { node: node.clone() }))
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
-        )
+            RefuseOtherClusters(cluster),
+        ))
         // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms tails).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
@@ -182,10 +193,10 @@ async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender
         // the voters are away).
         Bootstrap::Join { voter, .. } if joined(node, *voter) => {}
         Bootstrap::Join { seeds, voter } => {
-            let (node, advertise, seeds, voter, fatal) =
-                (node.clone(), config.advertise.clone(), seeds.clone(), *voter, fatal.clone());
+            let (node, data_dir, advertise, seeds, voter, fatal) =
+                (node.clone(), config.data_dir.clone(), config.advertise.clone(), seeds.clone(), *voter, fatal.clone());
             tokio::spawn(async move {
-                if let Err(e) = raft::bootstrap::join(&node, &advertise, &seeds, voter).await {
+                if let Err(e) = raft::bootstrap::join(&node, &data_dir, &advertise, &seeds, voter).await {
                     let _ = fatal.send(e).await;
                 }
             });

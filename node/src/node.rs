@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use tonic::transport::Channel;
-use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{RaftPayload, ReadIndexRequest};
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::types::{NodeId, Raft};
@@ -117,7 +116,7 @@ impl Node {
         let json = serde_json::to_vec(&cmd).map_err(|e| Error::Internal(format!("encoding a command: {e}")))?;
         let mut req = tonic::Request::new(RaftPayload { json });
         req.set_timeout(PROPOSE_WAIT);
-        let reply = RaftClient::new(channel).propose(req).await.map_err(|s| match s.code() {
+        let reply = self.peers.raft_client(channel).propose(req).await.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 Error::unavailable(format!("the leader did not take the proposal: {}; retry", s.message()))
             }
@@ -139,7 +138,7 @@ impl Node {
             self.read_index().await?
         } else {
             let (_, addr) = self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
-            let mut client = RaftClient::new(self.peers.channel(&addr)?);
+            let mut client = self.peers.raft_client(self.peers.channel(&addr)?);
             let mut req = tonic::Request::new(ReadIndexRequest {});
             req.set_timeout(READ_INDEX_WAIT);
             let reply = client.read_index(req).await.map_err(|s| Error::Unavailable {

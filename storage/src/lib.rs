@@ -1,10 +1,9 @@
 //! Durable Raft storage for the VPN control plane: openraft's v2 log storage
 //! in append-only segment files, and the state machine in sled.
 //!
-//! Durability: the log is written by one thread that follows each write with
-//! `fdatasync`; appended entries are acknowledged to openraft only after it,
-//! and appends that arrive while a sync runs share the next one (group
-//! commit). sled's `flush()` does not reach the disk (it uses
+//! Durability: every log write is followed by `fdatasync` before appended
+//! entries are acknowledged to openraft; concurrent proposals share one entry,
+//! and so one sync (group commit, in [`Proposer`]). sled's `flush()` does not reach the disk (it uses
 //! `sync_file_range`), so where the state machine needs a durability point it
 //! is a `flush()` followed by `fdatasync` on sled's data file.
 //!

@@ -146,6 +146,13 @@ impl LogStore {
         Ok(Self(Arc::new(Shared { mem, writer })))
     }
 
+    /// Whether the log holds nothing at all (no vote, no entry, nothing
+    /// purged): the node has never taken part in any cluster.
+    pub fn holds_no_raft_state(&self) -> bool {
+        let mem = self.mem();
+        mem.vote.is_none() && mem.ids.is_empty() && mem.purged.is_none()
+    }
+
     /// How many fdatasyncs the log has done.
     pub fn fsync_count(&self) -> u64 {
         self.0.writer.sync_count()

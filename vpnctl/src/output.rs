@@ -88,6 +88,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
         "node_id": status.node_id,
         "commit_index": status.commit_index,
         "applied_index": status.applied_index,
+        "cluster_id": status.cluster_id,
     })
 }
 
@@ -109,7 +110,8 @@ pub fn status_table(status: &ClusterStatus) -> String {
         }
         rows.push(vec![member.id.to_string(), member.addr.clone(), role]);
     }
-    let summary = fields(&[("Leader", leader), ("Answered by", answered)]);
+    let cluster = if status.cluster_id.is_empty() { "unknown".to_owned() } else { status.cluster_id.clone() };
+    let summary = fields(&[("Cluster", cluster), ("Leader", leader), ("Answered by", answered)]);
     format!("{summary}\n\n{}", table(&rows))
 }
 
@@ -156,6 +158,7 @@ mod tests {
             node_id: 1,
             commit_index: 42,
             applied_index: 41,
+            cluster_id: "5d3c7e1b00a4f2c9".into(),
         }
     }
 
@@ -172,6 +175,7 @@ mod tests {
             "node_id": 1,
             "commit_index": 42,
             "applied_index": 41,
+            "cluster_id": "5d3c7e1b00a4f2c9",
         });
         assert_eq!(status_json(&three_nodes(Some(2))), expected);
         assert_eq!(status_json(&three_nodes(None))["leader_id"], Value::Null);
@@ -190,6 +194,7 @@ mod tests {
     fn status_table_aligns_columns_and_marks_the_leader() {
         let text = status_table(&three_nodes(Some(2)));
         let expected = "\
+Cluster:      5d3c7e1b00a4f2c9
 Leader:       node 2 (term 7)
 Answered by:  node 1, commit index 42, applied index 41
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{HeartbeatReply, HeartbeatRequest, TrafficReport as WireReport, UserUsage as WireUsage};
 use vpn_runtime::{ApplyStatus, UsageReader};
 
@@ -119,7 +118,10 @@ impl Heartbeat {
         let (_, addr) = self.node.leader().ok_or_else(|| Error::unavailable("no leader known"))?;
         let mut req = tonic::Request::new(request);
         req.set_timeout(HEARTBEAT_TIMEOUT);
-        let reply = RaftClient::new(self.node.peers.channel(&addr)?)
+        let reply = self
+            .node
+            .peers
+            .raft_client(self.node.peers.channel(&addr)?)
             .heartbeat(req)
             .await
             .map_err(|s| Error::unavailable(format!("leader at {addr}: {}", s.message())))?;

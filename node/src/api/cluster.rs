@@ -48,6 +48,7 @@ impl ClusterApi {
             node_id: self.node.id,
             commit_index: readiness.committed,
             applied_index: readiness.applied,
+            cluster_id: self.node.peers.cluster().get().map(|id| id.to_string()).unwrap_or_default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! identity in the replicated state so a wiped node cannot reuse the id.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::MemberRecord;
 
 use crate::error::Error;
+use crate::identity::{self, ClusterId};
 use crate::node::Node;
 
 /// How long `--join` keeps trying before vpnd gives up and exits.
@@ -36,8 +38,9 @@ pub async fn initialize(node: &Node, members: &BTreeMap<u64, String>) -> Result<
 }
 
 /// `--join`: asks the cluster, through any seed, to add this node (as a learner
-/// that is promoted to voter once caught up, when `voter`).
-pub async fn join(node: &Node, advertise: &str, seeds: &[String], voter: bool) -> Result<(), Error> {
+/// that is promoted to voter once caught up, when `voter`), and records the
+/// cluster id it answers with in `data_dir`.
+pub async fn join(node: &Node, data_dir: &Path, advertise: &str, seeds: &[String], voter: bool) -> Result<(), Error> {
     let request = AddMemberRequest {
         id: node.id,
         addr: advertise.to_owned(),
@@ -53,9 +56,14 @@ pub async fn join(node: &Node, advertise: &str, seeds: &[String], voter: bool) -
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(Duration::from_secs(30));
             match ClusterClient::new(channel).add_member(req).await {
-                Ok(_) => {
-                    tracing::info!(%seed, "joined the cluster");
-                    return Ok(());
+                Ok(reply) => {
+                    let cluster = reply.into_inner().cluster_id;
+                    tracing::info!(%seed, %cluster, "joined the cluster");
+                    // Empty when the cluster's nodes predate cluster ids.
+                    return match cluster.parse::<ClusterId>() {
+                        Ok(id) => identity::record_cluster(data_dir, node.identity, node.peers.cluster(), id),
+                        Err(_) => Ok(()),
+                    };
                 }
                 // Refusals are final: retrying cannot change them.
                 Err(s)

@@ -18,14 +18,13 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{RaftBinary, RaftPayload};
 use vpn_storage::types::{NodeId, TypeConfig};
 use vpn_storage::{wire, StateReader};
 
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerRpcLabels};
-use crate::peers::Peers;
+use crate::peers::{PeerRaftClient, Peers};
 
 pub const HEADER_FROM: &str = "x-vpn-from";
 pub const HEADER_FROM_INCARNATION: &str = "x-vpn-from-incarnation";
@@ -187,9 +186,9 @@ impl PeerClient {
         Ok(AppendStream { requests, replies })
     }
 
-    fn client(&self) -> Result<RaftClient<tonic::transport::Channel>, Box<Unreachable>> {
+    fn client(&self) -> Result<PeerRaftClient, Box<Unreachable>> {
         let channel = self.net.peers.channel(&self.addr).map_err(|e| Box::new(Unreachable::new(&e)))?;
-        Ok(RaftClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+        Ok(self.net.peers.raft_client(channel).max_decoding_message_size(256 * 1024 * 1024))
     }
 
     fn status_error<E>(&self, status: &tonic::Status) -> RPCError<NodeId, BasicNode, E>

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::TimeoutNowRequest;
 
 use vpn_storage::types::NodeId;
@@ -42,7 +41,7 @@ pub async fn hand_off_leadership(node: &Node, wait: Duration) {
     tokio::time::sleep(lease + Duration::from_millis(20)).await;
     let mut req = tonic::Request::new(TimeoutNowRequest {});
     req.set_timeout(wait);
-    if let Err(e) = RaftClient::new(channel).timeout_now(req).await {
+    if let Err(e) = node.peers.raft_client(channel).timeout_now(req).await {
         tracing::warn!(target, "leadership transfer failed: {}", e.message());
         return;
     }
