@@ -85,7 +85,7 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = FIRST_BACKOFF;
         let mut tried: Vec<String> = Vec::new();
-        let mut last = String::from("no endpoint answered");
+        let mut last = String::from(NONE_ANSWERED);
         loop {
             let mut queue = self.sweep_order();
             let mut seen: Vec<Endpoint> = Vec::new();
@@ -130,7 +130,9 @@ impl Client {
                     }
                     Ok(Err(status)) => return Err(CliError::from_status(&status)),
                     Err(_elapsed) => {
-                        last = format!("no answer within {:?}", self.timeout);
+                        // Keep what an earlier attempt said: it tells more.
+                        let silent = format!("no answer within {:?}", self.timeout);
+                        last = if last == NONE_ANSWERED { silent } else { format!("{last}; then {silent}") };
                         return Err(CliError::Unavailable { tried, last });
                     }
                 }
@@ -171,6 +173,8 @@ impl Client {
         builder.connect().await.map_err(|err| chain(&err))
     }
 }
+
+const NONE_ANSWERED: &str = "no endpoint answered";
 
 /// Full jitter over the upper half, so many vpnctl runs in a script do not retry in lockstep.
 fn jittered(backoff: Duration) -> Duration {
