@@ -41,7 +41,8 @@ pub fn raft_config(t: &RaftTimings) -> Result<Arc<openraft::Config>, Error> {
         // finish and resends the same range after a timeout: a payload too
         // big to write and fsync in that time would stall replication for
         // good. Our entries hold up to 128 batched writes (~40 KB), so cap
-        // the entries per RPC (default 300, i.e. up to ~12 MB).
+        // the entries per RPC (default 300, i.e. up to ~12 MB); the network
+        // halves it for a while whenever a request still runs out of time.
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };

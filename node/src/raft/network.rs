@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -66,7 +68,10 @@ struct AppendStream {
 
 #[derive(Clone, Copy)]
 enum Rpc {
-    AppendEntries,
+    /// With how many entries it carries.
+    AppendEntries {
+        entries: u64,
+    },
     Vote,
     InstallSnapshot,
 }
@@ -74,7 +79,7 @@ enum Rpc {
 impl Rpc {
     fn name(self) -> &'static str {
         match self {
-            Rpc::AppendEntries => "append_entries",
+            Rpc::AppendEntries { .. } => "append_entries",
             Rpc::Vote => "vote",
             Rpc::InstallSnapshot => "install_snapshot",
         }
@@ -106,7 +111,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let payload = match rpc {
-            Rpc::AppendEntries => self.append_on_stream(bytes, option.hard_ttl()).await?,
+            Rpc::AppendEntries { entries } => self.append_on_stream(bytes, entries, option.soft_ttl()).await?,
             Rpc::Vote | Rpc::InstallSnapshot => {
                 let mut client = self.client().map_err(|e| RPCError::Unreachable(*e))?;
                 let reply = if let Rpc::Vote = rpc {
@@ -128,11 +133,18 @@ impl PeerClient {
         })
     }
 
-    /// Sends one request on the AppendEntries stream (opening it first when
-    /// there is none) and waits up to `ttl` for its reply.
+    /// Sends one request of `entries` entries on the AppendEntries stream
+    /// (opening it first when there is none) and waits up to `ttl` for its reply.
+    ///
+    /// openraft 0.9 gives an AppendEntries one heartbeat interval and then
+    /// resends the same range: a follower that cannot take that many entries
+    /// in time (a slow disk, a loaded machine) would never catch up. So a
+    /// request that runs out of time answers "payload too large" with half
+    /// its entries as the hint, and openraft sends fewer for its next sends.
     async fn append_on_stream<E>(
         &mut self,
         data: Vec<u8>,
+        entries: u64,
         ttl: Duration,
     ) -> Result<RaftPayload, RPCError<NodeId, BasicNode, E>>
     where
@@ -161,6 +173,13 @@ impl PeerClient {
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(result) => result,
+            Err(_) if entries > 1 => {
+                tracing::warn!(
+                    peer = self.target,
+                    "{entries} entries not taken within {ttl:?}: sending fewer at a time"
+                );
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
+            }
             Err(_) => Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no AppendEntries reply within {ttl:?}"),
@@ -237,7 +256,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
-        self.call(Rpc::AppendEntries, wire::encode_append_entries(&rpc), &option).await
+        let entries = rpc.entries.len() as u64;
+        self.call(Rpc::AppendEntries { entries }, wire::encode_append_entries(&rpc), &option).await
     }
 
     async fn install_snapshot(
