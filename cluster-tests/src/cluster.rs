@@ -27,7 +27,12 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes (ids 1..=n) sharing one `--initial-members` list, not started.
     pub fn new(n: u64, extra: &[&str]) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
+        // VPN_TEST_KEEP_DIRS=1 keeps every node's data dir and log for a post-mortem.
+        let keep = std::env::var_os("VPN_TEST_KEEP_DIRS").is_some();
+        let root = tempfile::Builder::new().prefix("vpn-cluster-").disable_cleanup(keep).tempdir().expect("tempdir");
+        if keep {
+            eprintln!("cluster dir (kept): {}", root.path().display());
+        }
         let ip = random_loopback_ip();
         let mut nodes: BTreeMap<u64, NodeProcess> =
             (1..=n).map(|id| (id, NodeProcess::new(id, free_addr(ip), free_addr(ip), root.path()))).collect();

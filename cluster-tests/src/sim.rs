@@ -516,9 +516,23 @@ pub async fn check_placements(
     let mut client = UsersClient::new(channel(endpoint)).max_decoding_message_size(64 << 20);
     let (mut seen, mut page_token) = (0, String::new());
     loop {
-        let mut req = Request::new(ListUsersRequest { page_size: 1000, page_token, ..Default::default() });
-        req.set_timeout(CALL_TIMEOUT);
-        let page = client.list_users(req).await.map_err(|s| format!("ListUsers: {}", s.message()))?.into_inner();
+        // Retried as vpnctl retries: a read-index can miss its quorum for a moment.
+        let deadline = Instant::now() + CREATE_WITHIN;
+        let page = loop {
+            let mut req = Request::new(ListUsersRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            });
+            req.set_timeout(CALL_TIMEOUT);
+            match client.list_users(req).await {
+                Ok(page) => break page.into_inner(),
+                Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(s) => return Err(format!("ListUsers: {}", s.message())),
+            }
+        };
         for u in &page.users {
             let distinct: BTreeSet<u64> = u.placements.iter().copied().collect();
             if distinct.len() != replicas || u.placements.len() != replicas || !distinct.is_subset(allowed) {

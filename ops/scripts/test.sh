@@ -22,9 +22,9 @@ if ! bash ops/images/build-sing-box.sh; then
     echo "!!! test.sh: no engine image: docker_* tests will skip here (under CI=true they fail)" >&2
 fi
 echo "== tests"
-# The 100,000-user scale test (t99, a debug-build leader and 50 agents) runs
-# alone afterwards: beside the rest of the suite on 2 cores its cluster was
-# starved for a minute at a time and its figures meant little.
+# The 100,000-user scale test (t99: three debug-build nodes, 50 agents, 256
+# writers) wants the machine: it runs alone afterwards, so its figures mean
+# something and the rest of the suite is not starved by it (nor it by them).
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" \
