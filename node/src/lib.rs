@@ -38,7 +38,6 @@ mod raft;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -65,8 +64,6 @@ use crate::raft::service::RaftService;
 
 /// Largest Raft message (a snapshot chunk or a batch of entries).
 const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
-/// How long a stopping leader waits for a successor.
-const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
 /// The node's two listeners, bound before the node starts.
 pub struct Listeners {
@@ -167,7 +164,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         res = &mut grpc_task => Err(Error::Internal(format!("gRPC server stopped: {res:?}"))),
     };
     tracing::info!("stopping");
-    raft::transfer::hand_off_leadership(&node, HANDOFF_WAIT).await;
+    raft::transfer::hand_off_leadership(&node).await;
     let _ = stop_tx.send(true);
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");

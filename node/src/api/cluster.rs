@@ -19,8 +19,6 @@ use crate::node::{Node, Route};
 
 /// How long AddMember waits for a new learner to catch up before answering.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long removing the leader waits for another voter to take over.
-const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
 pub struct ClusterApi {
     pub node: Arc<Node>,
@@ -139,7 +137,7 @@ impl ClusterApi {
                 // applied: never, on a node no longer replicated to, so the call
                 // hung. Leadership moves first, and the caller retries at the
                 // new leader (vpnctl does so on UNAVAILABLE).
-                crate::raft::transfer::hand_off_leadership(&self.node, HANDOFF_WAIT).await;
+                crate::raft::transfer::hand_off_leadership(&self.node).await;
                 return Err(Error::Unavailable {
                     detail: format!("node {id} led the cluster and is the member to remove: leadership moved; retry"),
                     leader_addr: self.node.leader().map(|(_, addr)| addr),

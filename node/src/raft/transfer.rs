@@ -15,9 +15,11 @@ use crate::node::Node;
 
 /// How long a stopping leader waits for a voter to have its whole log.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
+/// How long the target has to answer and win its election.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
-/// Best effort: returns when another node leads, or after `wait`.
-pub async fn hand_off_leadership(node: &Node, wait: Duration) {
+/// Best effort: returns when another node leads, or after [`HANDOFF_WAIT`].
+pub async fn hand_off_leadership(node: &Node) {
     if !node.is_leader() {
         return;
     }
@@ -40,14 +42,14 @@ pub async fn hand_off_leadership(node: &Node, wait: Duration) {
     let lease = Duration::from_millis(node.raft.config().election_timeout_max);
     tokio::time::sleep(lease + Duration::from_millis(20)).await;
     let mut req = tonic::Request::new(TimeoutNowRequest {});
-    req.set_timeout(wait);
+    req.set_timeout(HANDOFF_WAIT);
     if let Err(e) = node.peers.raft_client(channel).timeout_now(req).await {
         tracing::warn!(target, "leadership transfer failed: {}", e.message());
         return;
     }
     let moved = node
         .raft
-        .wait(Some(wait))
+        .wait(Some(HANDOFF_WAIT))
         .metrics(|m| m.current_leader.is_some_and(|l| l != node.id), "leadership handed off")
         .await;
     match moved {
