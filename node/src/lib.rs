@@ -58,9 +58,9 @@ use crate::api::users::UsersApi;
 use crate::identity::{ClusterCell, ClusterId, Identity};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::peers::{Peers, RefuseOtherClusters};
+use crate::peers::Peers;
 use crate::raft::network::Network;
-use crate::raft::service::RaftService;
+use crate::raft::service::{RaftService, RefuseOtherClusters};
 
 /// Largest Raft message (a snapshot chunk or a batch of entries).
 const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;

@@ -12,10 +12,8 @@ use tonic::transport::{Channel, Endpoint};
 use vpn_proto::internal::raft_client::RaftClient;
 
 use crate::error::Error;
-use crate::identity::{ClusterCell, ClusterId};
-
-/// The metadata key that carries the sender's cluster id.
-pub const HEADER_CLUSTER: &str = "x-vpn-cluster";
+use crate::identity::ClusterCell;
+use crate::raft::network::HEADER_CLUSTER;
 
 /// A client of another node's internal Raft service.
 pub type PeerRaftClient = RaftClient<InterceptedService<Channel, PresentCluster>>;
@@ -74,58 +72,9 @@ impl Interceptor for PresentCluster {
     }
 }
 
-/// The Raft service's side: refuses a request from another cluster. A
-/// request without the header (a node from before cluster ids, or one still
-/// joining) or a node that does not know its own cluster yet lets it pass.
-#[derive(Clone)]
-pub struct RefuseOtherClusters(pub ClusterCell);
-
-impl Interceptor for RefuseOtherClusters {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let Some(ours) = self.0.get() else { return Ok(request) };
-        let Some(theirs) = request.metadata().get(HEADER_CLUSTER).and_then(|v| v.to_str().ok()) else {
-            return Ok(request);
-        };
-        if theirs.parse::<ClusterId>().is_ok_and(|theirs| theirs == ours) {
-            return Ok(request);
-        }
-        let from = request.metadata().get(crate::raft::network::HEADER_FROM).and_then(|v| v.to_str().ok());
-        let msg = format!(
-            "this node belongs to cluster {ours}, but node {} of cluster {theirs} sent it Raft traffic: two clusters \
-             share this address; give each node the --initial-members (or --join seeds) of its own cluster",
-            from.unwrap_or("?")
-        );
-        tracing::error!("{msg}");
-        Err(tonic::Status::failed_precondition(msg))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn from_cluster(id: Option<&str>) -> tonic::Request<()> {
-        let mut request = tonic::Request::new(());
-        if let Some(id) = id {
-            request.metadata_mut().insert(HEADER_CLUSTER, id.parse().expect("ascii"));
-        }
-        request
-    }
-
-    #[test]
-    fn another_clusters_traffic_is_refused_naming_both_clusters() {
-        let ours: ClusterId = "00000000000000aa".parse().expect("id");
-        let mut check = RefuseOtherClusters(ClusterCell::new(Some(ours)));
-        assert!(check.call(from_cluster(Some("00000000000000aa"))).is_ok());
-        assert!(check.call(from_cluster(None)).is_ok(), "a node that predates cluster ids");
-        let refused = check.call(from_cluster(Some("00000000000000bb"))).expect_err("other cluster");
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-        assert!(refused.message().contains("00000000000000aa") && refused.message().contains("00000000000000bb"));
-        assert!(check.call(from_cluster(Some("garbage"))).is_err(), "an unreadable id is not ours");
-
-        let mut unknown = RefuseOtherClusters(ClusterCell::default());
-        assert!(unknown.call(from_cluster(Some("00000000000000bb"))).is_ok(), "not known yet: cannot tell");
-    }
 
     #[test]
     fn requests_present_the_cluster_once_it_is_known() {

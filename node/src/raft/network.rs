@@ -28,6 +28,8 @@ use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerRpcLabels};
 use crate::peers::{PeerRaftClient, Peers};
 
+/// The sender's cluster id (see `identity::ClusterId`).
+pub const HEADER_CLUSTER: &str = "x-vpn-cluster";
 pub const HEADER_FROM: &str = "x-vpn-from";
 pub const HEADER_FROM_INCARNATION: &str = "x-vpn-from-incarnation";
 pub const HEADER_TO_INCARNATION: &str = "x-vpn-to-incarnation";

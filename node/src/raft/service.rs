@@ -18,8 +18,9 @@ use vpn_proto::internal::{
 use vpn_storage::command::Command;
 use vpn_storage::wire;
 
-use super::network::{HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
+use super::network::{HEADER_CLUSTER, HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
 use crate::error::Error;
+use crate::identity::{ClusterCell, ClusterId};
 use crate::node::Node;
 
 pub struct RaftService {
@@ -50,6 +51,30 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send
 
 fn header<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
     req.metadata().get(key).and_then(|v| v.to_str().ok())
+}
+
+/// The Raft service's side: refuses a request from another cluster. A
+/// request without the header (a node from before cluster ids, or one still
+/// joining) or a node that does not know its own cluster yet lets it pass.
+#[derive(Clone)]
+pub struct RefuseOtherClusters(pub ClusterCell);
+
+impl tonic::service::Interceptor for RefuseOtherClusters {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(ours) = self.0.get() else { return Ok(request) };
+        let Some(theirs) = header(&request, HEADER_CLUSTER) else { return Ok(request) };
+        if theirs.parse::<ClusterId>().is_ok_and(|theirs| theirs == ours) {
+            return Ok(request);
+        }
+        let from = header(&request, HEADER_FROM);
+        let msg = format!(
+            "this node belongs to cluster {ours}, but node {} of cluster {theirs} sent it Raft traffic: two clusters \
+             share this address; give each node the --initial-members (or --join seeds) of its own cluster",
+            from.unwrap_or("?")
+        );
+        tracing::error!("{msg}");
+        Err(tonic::Status::failed_precondition(msg))
+    }
 }
 
 impl RaftService {
@@ -159,5 +184,35 @@ impl RaftRpc for RaftService {
             .await
             .map_err(|e| Status::unavailable(format!("cannot start an election: {e}")))?;
         Ok(Response::new(TimeoutNowReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor as _;
+
+    use super::*;
+
+    fn from_cluster(id: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(id) = id {
+            request.metadata_mut().insert(HEADER_CLUSTER, id.parse().expect("ascii"));
+        }
+        request
+    }
+
+    #[test]
+    fn another_clusters_traffic_is_refused_naming_both_clusters() {
+        let ours: ClusterId = "00000000000000aa".parse().expect("id");
+        let mut check = RefuseOtherClusters(ClusterCell::new(Some(ours)));
+        assert!(check.call(from_cluster(Some("00000000000000aa"))).is_ok());
+        assert!(check.call(from_cluster(None)).is_ok(), "a node that predates cluster ids");
+        let refused = check.call(from_cluster(Some("00000000000000bb"))).expect_err("other cluster");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("00000000000000aa") && refused.message().contains("00000000000000bb"));
+        assert!(check.call(from_cluster(Some("garbage"))).is_err(), "an unreadable id is not ours");
+
+        let mut unknown = RefuseOtherClusters(ClusterCell::default());
+        assert!(unknown.call(from_cluster(Some("00000000000000bb"))).is_ok(), "not known yet: cannot tell");
     }
 }
