@@ -205,27 +205,43 @@ fn offer(id: u64, capacity: u32) -> DataplaneNode {
 /// `Raft/Propose` of `cmd` to the leader, retried while no leader takes it.
 async fn propose(links: &Links, cmd: &Command) -> Result<CommandResponse> {
     let json = serde_json::to_vec(cmd).context("encoding a command")?;
-    let deadline = Instant::now() + PROPOSE_WITHIN;
-    loop {
+    let reply = retried(PROPOSE_WITHIN, Duration::from_millis(50), |_| {
         let (i, ch) = links.leader();
         let mut req = Request::new(RaftPayload { json: json.clone() });
         req.set_timeout(CALL_TIMEOUT);
-        let status = match RaftClient::new(ch).propose(req).await {
-            Ok(reply) => {
-                return serde_json::from_slice(&reply.into_inner().json).context("an answer that is no CommandResponse")
+        async move {
+            let reply = RaftClient::new(ch).propose(req).await;
+            if let Err(status) = &reply {
+                links.failed(i, status);
             }
-            Err(status) => status,
-        };
-        links.failed(i, &status);
-        if !retryable(&status) || Instant::now() >= deadline {
-            bail!("proposing through the leader: {:?}: {}", status.code(), status.message());
+            reply
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("proposing through the leader: {:?}: {}", s.code(), s.message()))?;
+    serde_json::from_slice(&reply.into_inner().json).context("an answer that is no CommandResponse")
 }
 
 fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+}
+
+/// Runs `attempt` (told whether it is a retry) until it succeeds, fails with
+/// a status not worth retrying, or `within` has passed, `pause` between tries.
+async fn retried<T, F, Fut>(within: Duration, pause: Duration, mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + within;
+    let mut again = false;
+    loop {
+        match attempt(again).await {
+            Err(status) if retryable(&status) && Instant::now() < deadline => tokio::time::sleep(pause).await,
+            done => return done,
+        }
+        again = true;
+    }
 }
 
 /// One agent's heartbeat loop.
@@ -312,7 +328,7 @@ pub async fn create_users(endpoints: &[SocketAddr], prefix: &str, count: usize, 
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers: JoinSet<Result<()>> = JoinSet::new();
     for w in 0..concurrency.max(1) {
-        let (mut client, next, prefix) =
+        let (client, next, prefix) =
             (UsersClient::new(channels[w % channels.len()].clone()), next.clone(), prefix.to_owned());
         workers.spawn(async move {
             loop {
@@ -320,7 +336,7 @@ pub async fn create_users(endpoints: &[SocketAddr], prefix: &str, count: usize, 
                 if i >= count {
                     return Ok(());
                 }
-                create_one(&mut client, &format!("{prefix}{i:06}")).await?;
+                create_one(&client, &format!("{prefix}{i:06}")).await?;
             }
         });
     }
@@ -331,23 +347,21 @@ pub async fn create_users(endpoints: &[SocketAddr], prefix: &str, count: usize, 
     Ok(())
 }
 
-async fn create_one(client: &mut UsersClient<Channel>, name: &str) -> Result<()> {
-    let deadline = Instant::now() + CREATE_WITHIN;
-    let mut retried = false;
-    loop {
+async fn create_one(client: &UsersClient<Channel>, name: &str) -> Result<()> {
+    let created = retried(CREATE_WITHIN, Duration::from_millis(20), |again| {
+        let mut client = client.clone();
         let mut req = Request::new(CreateUserRequest { name: name.to_owned(), ..Default::default() });
         req.set_timeout(CALL_TIMEOUT);
-        let status = match client.create_user(req).await {
-            Ok(_) => return Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists && retried => return Ok(()),
-            Err(s) => s,
-        };
-        if !retryable(&status) || Instant::now() >= deadline {
-            bail!("creating user {name}: {:?}: {}", status.code(), status.message());
+        async move {
+            match client.create_user(req).await {
+                Ok(_) => Ok(()),
+                // An earlier try that timed out may have created it.
+                Err(s) if s.code() == Code::AlreadyExists && again => Ok(()),
+                Err(s) => Err(s),
+            }
         }
-        retried = true;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    });
+    created.await.map_err(|s| anyhow::anyhow!("creating user {name}: {:?}: {}", s.code(), s.message()))
 }
 
 /// A Prometheus histogram as scraped: cumulative counts by upper bound.
@@ -513,26 +527,23 @@ pub async fn check_placements(
     replicas: usize,
     allowed: &BTreeSet<u64>,
 ) -> Result<(), String> {
-    let mut client = UsersClient::new(channel(endpoint)).max_decoding_message_size(64 << 20);
+    let client = UsersClient::new(channel(endpoint)).max_decoding_message_size(64 << 20);
     let (mut seen, mut page_token) = (0, String::new());
     loop {
         // Retried as vpnctl retries: a read-index can miss its quorum for a moment.
-        let deadline = Instant::now() + CREATE_WITHIN;
-        let page = loop {
+        let page = retried(CREATE_WITHIN, Duration::from_millis(100), |_| {
+            let mut client = client.clone();
             let mut req = Request::new(ListUsersRequest {
                 page_size: 1000,
                 page_token: page_token.clone(),
                 ..Default::default()
             });
             req.set_timeout(CALL_TIMEOUT);
-            match client.list_users(req).await {
-                Ok(page) => break page.into_inner(),
-                Err(s) if retryable(&s) && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(s) => return Err(format!("ListUsers: {}", s.message())),
-            }
-        };
+            async move { client.list_users(req).await }
+        })
+        .await
+        .map_err(|s| format!("ListUsers: {}", s.message()))?
+        .into_inner();
         for u in &page.users {
             let distinct: BTreeSet<u64> = u.placements.iter().copied().collect();
             if distinct.len() != replicas || u.placements.len() != replicas || !distinct.is_subset(allowed) {

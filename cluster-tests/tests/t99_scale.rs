@@ -35,13 +35,13 @@ const CONCURRENCY: usize = 256;
 /// At vpnd's default (2,000 moves per plan, one plan a second) placing
 /// 100,000 users takes ~50 plans; this lets one plan place them all.
 const MAX_MOVES_PER_SEC: &str = "20000";
-/// 70-140 s on this 2-core machine (debug vpnd, ~700-1,400 users/s); the bound is for a loaded one.
 /// openraft 0.9 gives each AppendEntries one heartbeat interval. Three debug
 /// builds, 50 agents and 256 writers on 2 cores answer in over 100 ms (the
 /// default) for long stretches, and replication grinds; these are the
 /// timings for a slow or loaded host.
 const SLOW_HOST_RAFT_TIMINGS: [&str; 6] =
     ["--heartbeat-ms", "300", "--election-timeout-min-ms", "1500", "--election-timeout-max-ms", "3000"];
+/// 70-140 s on this 2-core machine (debug vpnd, ~700-1,400 users/s); the bound is for a loaded one.
 const USERS_CREATED_WITHIN: Duration = Duration::from_secs(300);
 const CONVERGED_WITHIN: Duration = Duration::from_secs(90);
 /// From the last heartbeat: down after 5 s of silence (vpnd's default), then a plan.

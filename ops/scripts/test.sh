@@ -34,6 +34,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast --exclude cluster-tests -- --test-threads "${TEST_THREADS:-4}" || status=$?
     cargo test --locked --no-fail-fast -p cluster-tests -- --test-threads "${TEST_THREADS:-4}" --skip scale_100k || status=$?
-    cargo test --locked --no-fail-fast -p cluster-tests --test t99_scale || status=$?
+    cargo test --locked --no-fail-fast -p cluster-tests --test t99_scale scale_100k || status=$?
 fi
 exit "$status"
