@@ -13,6 +13,7 @@ use vpn_proto::v1::{ClusterStatus, StatusRequest};
 
 use crate::eventually;
 use crate::net::{free_addr, random_loopback_ip};
+use crate::netns::Lab;
 use crate::process::NodeProcess;
 
 /// Generous bound for elections and catch-up on a loaded 2-core machine.
@@ -42,6 +43,21 @@ impl Cluster {
             p.extra = extra.iter().map(|s| (*s).to_owned()).collect();
         }
         Self { root, ip, nodes }
+    }
+
+    /// One node per node namespace of `lab`, not started; the nodes' and
+    /// the clients' addresses exist only inside the lab, so talk to them from
+    /// [`Lab::run_as_client`].
+    pub fn in_lab(lab: &Lab, extra: &[&str]) -> Self {
+        let mut cluster = Self::new(lab.node_ids().len() as u64, extra);
+        let members: Vec<String> = lab.node_ids().iter().map(|id| format!("{id}={}:7000", lab.node_ip(*id))).collect();
+        for p in cluster.nodes.values_mut() {
+            p.grpc = SocketAddr::from((lab.node_ip(p.id), 7000));
+            p.http = SocketAddr::from((lab.node_ip(p.id), 7080));
+            p.netns = Some(lab.node_ns(p.id));
+            p.bootstrap = vec!["--initial-members".into(), members.join(",")];
+        }
+        cluster
     }
 
     /// Starts `n` nodes and waits until they agree on a leader.

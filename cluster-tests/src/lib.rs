@@ -5,6 +5,8 @@
 //! - [`process`]: one `vpnd` process ([`NodeProcess`]): start, SIGTERM, kill -9.
 //! - [`cluster`]: a [`Cluster`] of processes formed by `--initial-members`,
 //!   with clients and waits on conditions (never fixed sleeps).
+//! - [`netns`]: a [`netns::Lab`] of network namespaces (a bridge, an address
+//!   per node and one for clients) where tests cut links with iptables.
 //! - [`cli`]: the real `vpnctl` as a process.
 //! - [`docker`]: whether `docker_*` tests can run, and engine cleanup.
 //! - [`traffic`]: a byte source, a real sing-box client, SOCKS5 fetches and
@@ -19,6 +21,7 @@ pub mod cluster;
 pub mod dataplane;
 pub mod docker;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod sim;
 pub mod traffic;

@@ -25,6 +25,8 @@ pub struct NodeProcess {
     pub bootstrap: Vec<String>,
     /// Further flags (e.g. Raft timings).
     pub extra: Vec<String>,
+    /// The network namespace it runs in (see `netns`), if not the host's.
+    pub netns: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -38,6 +40,7 @@ impl NodeProcess {
             data_dir: root.join(format!("node-{id}")),
             bootstrap: Vec::new(),
             extra: Vec::new(),
+            netns: None,
             log: root.join(format!("node-{id}.log")),
             child: None,
         }
@@ -63,7 +66,16 @@ impl NodeProcess {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open node log");
-        let child = Command::new(own_binary("cluster-vpnd"))
+        let mut command = match &self.netns {
+            // `ip netns exec` enters the namespace and execs vpnd: same pid.
+            Some(ns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", ns]).arg(own_binary("cluster-vpnd"));
+                ip
+            }
+            None => Command::new(own_binary("cluster-vpnd")),
+        };
+        let child = command
             .args(self.args())
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())

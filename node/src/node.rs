@@ -46,6 +46,22 @@ pub enum Route {
     Leader(Channel),
 }
 
+/// Whether this node leads, as far as it can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    Follower,
+    /// Leads, and a majority acknowledged it within the election timeout.
+    Leading,
+    /// Leads by its own record, but no majority has acknowledged it within
+    /// the election timeout (for `silent_ms`, if it ever heard one). openraft
+    /// 0.9 keeps a leader cut off from its majority in the Leader state until
+    /// it hears a higher term; a write sent to it would wait for a commit that
+    /// cannot come, and its state may lag what the majority has since written.
+    CutOff {
+        silent_ms: Option<u64>,
+    },
+}
+
 /// What `/readyz` reports.
 pub struct Readiness {
     pub leader: Option<NodeId>,
@@ -75,11 +91,42 @@ impl Node {
         m.state == ServerState::Leader
     }
 
+    pub fn leadership(&self) -> Leadership {
+        let lease = self.raft.config().election_timeout_max;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return Leadership::Follower;
+        }
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms < lease => Leadership::Leading,
+            silent_ms => Leadership::CutOff { silent_ms },
+        }
+    }
+
+    /// Ok when this node leads with a majority behind it; else UNAVAILABLE
+    /// with the leader it knows of, for the caller to retry there.
+    pub fn ensure_leading(&self) -> Result<(), Error> {
+        match self.leadership() {
+            Leadership::Leading => Ok(()),
+            Leadership::CutOff { silent_ms } => Err(cut_off(self.id, silent_ms)),
+            Leadership::Follower => Err(match self.leader() {
+                Some((id, addr)) => Error::Unavailable {
+                    detail: format!("this node is not the leader (node {id} at {addr} is); retry there"),
+                    leader_addr: Some(addr),
+                },
+                None => Error::unavailable("no leader elected yet; retry shortly"),
+            }),
+        }
+    }
+
     /// Decides where a write runs. A request that was already forwarded once
     /// is never forwarded again: the caller retries instead (no loops).
     pub fn route_write(&self, already_forwarded: bool) -> Result<Route, Error> {
-        if self.is_leader() {
-            return Ok(Route::Local);
+        match self.leadership() {
+            Leadership::Leading => return Ok(Route::Local),
+            Leadership::CutOff { silent_ms } => return Err(cut_off(self.id, silent_ms)),
+            Leadership::Follower => {}
         }
         match self.leader() {
             Some((_, addr)) if !already_forwarded => Ok(Route::Leader(self.peers.channel(&addr)?)),
@@ -120,6 +167,9 @@ impl Node {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 Error::unavailable(format!("the leader did not take the proposal: {}; retry", s.message()))
             }
+            _ if crate::api::forward::is_transport_failure(&s) => {
+                Error::unavailable(format!("the proposal could not reach the leader: {}; retry", s.message()))
+            }
             _ => Error::Internal(format!("the leader refused a forwarded proposal: {}", s.message())),
         })?;
         serde_json::from_slice(&reply.into_inner().json)
@@ -134,7 +184,9 @@ impl Node {
     /// Returns once this node's state reflects every write acknowledged before
     /// the call: read-index on the leader, or asked of the leader by a follower.
     pub async fn linearizable_barrier(&self) -> Result<(), Error> {
-        let index = if self.is_leader() {
+        let index = if let Leadership::CutOff { silent_ms } = self.leadership() {
+            return Err(cut_off(self.id, silent_ms));
+        } else if self.is_leader() {
             self.read_index().await?
         } else {
             let (_, addr) = self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
@@ -172,19 +224,26 @@ impl Node {
     }
 
     pub async fn readiness(&self) -> Readiness {
-        let lease = self.raft.config().election_timeout_max;
+        // A node that believes it leads counts as a known leader only while
+        // a quorum keeps acknowledging it: a restarted old leader restores
+        // its vote and claims leadership until it hears the new term.
+        let confirmed = !matches!(self.leadership(), Leadership::CutOff { .. });
         let (leader, applied) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            // A node that believes it leads counts as a known leader only while
-            // a quorum keeps acknowledging it: a restarted old leader restores
-            // its vote and claims leadership until it hears the new term.
-            let confirmed = m.current_leader != Some(self.id) || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease);
             (m.current_leader.filter(|_| confirmed), m.last_applied.map_or(0, |l| l.index))
         };
         let committed = self.raft.with_raft_state(|s| s.committed.map_or(0, |l| l.index)).await.unwrap_or(u64::MAX);
         Readiness { leader, applied, committed }
     }
+}
+
+fn cut_off(id: NodeId, silent_ms: Option<u64>) -> Error {
+    let silent = silent_ms.map_or_else(|| "since it was elected".to_owned(), |ms| format!("for {ms} ms"));
+    Error::unavailable(format!(
+        "node {id} leads by its own record, but no majority has answered it {silent} (cut off from its peers?); \
+         retry on another node"
+    ))
 }
 
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {

@@ -15,6 +15,15 @@ use crate::error::Error;
 use crate::identity::ClusterCell;
 use crate::raft::network::HEADER_CLUSTER;
 
+/// A link that stops answering pings is closed within interval + timeout,
+/// and calls then fail at connect instead of queueing on a dead connection.
+/// Kept short because whatever a stalled connection queues (a vote that
+/// timed out is a reset stream) reaches the peer in one burst when the link
+/// heals, and h2 closes a connection that sends it more than 20 resets of
+/// streams it had not yet accepted (its rapid-reset guard).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A client of another node's internal Raft service.
 pub type PeerRaftClient = RaftClient<InterceptedService<Channel, PresentCluster>>;
 
@@ -43,8 +52,8 @@ impl Peers {
             .map_err(|e| Error::Internal(format!("peer address {addr:?} is not usable: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)

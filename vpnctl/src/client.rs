@@ -114,7 +114,7 @@ impl Client {
                         self.active = Some((endpoint, channel));
                         return Ok(response.into_inner());
                     }
-                    Ok(Err(status)) if status.code() == Code::Unavailable => {
+                    Ok(Err(status)) if is_retryable(&status) => {
                         self.active = None;
                         last = match status.message() {
                             "" => "UNAVAILABLE".to_string(),
@@ -176,6 +176,15 @@ impl Client {
 
 const NONE_ANSWERED: &str = "no endpoint answered";
 
+/// UNAVAILABLE from a node, or a failure of the connection itself (reset,
+/// closed by GOAWAY: tonic names those by their HTTP/2 reason, e.g.
+/// RESOURCE_EXHAUSTED), which a status made on this side from a transport
+/// error shows by keeping that error as its source. Either may or may not
+/// have taken effect; another endpoint or a retry will tell.
+fn is_retryable(status: &Status) -> bool {
+    status.code() == Code::Unavailable || status.source().is_some()
+}
+
 /// Full jitter over the upper half, so many vpnctl runs in a script do not retry in lockstep.
 fn jittered(backoff: Duration) -> Duration {
     let half = backoff / 2;
@@ -221,6 +230,16 @@ pub fn leader_hint(status: &Status) -> Option<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_and_a_broken_connection_are_retried_and_answers_are_not() {
+        let goaway = Status::from_error(Box::new(h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM)));
+        assert_eq!(goaway.code(), Code::ResourceExhausted, "tonic's name for a GOAWAY that says calm down");
+        assert!(is_retryable(&goaway));
+        assert!(is_retryable(&Status::unavailable("no leader elected yet; retry shortly")));
+        assert!(!is_retryable(&Status::resource_exhausted("too many requests")));
+        assert!(!is_retryable(&Status::already_exists("user \"a\" already exists")));
+    }
 
     fn hint(status: Status) -> Option<String> {
         leader_hint(&status).map(|endpoint| endpoint.to_string())

@@ -59,6 +59,9 @@ impl ClusterApi {
     }
 
     async fn add_member_here(&self, req: AddMemberRequest) -> Result<(), Error> {
+        // The checks below read the membership: as of now, not as a leader
+        // cut off from its majority last saw it.
+        self.node.linearizable_barrier().await?;
         if let Some(existing) = self.member_addr(req.id).filter(|a| *a != req.addr) {
             return Err(Error::FailedPrecondition(format!(
                 "member {} already exists at {existing}: remove it first (vpnctl member remove {})",
@@ -121,6 +124,7 @@ impl ClusterApi {
     }
 
     async fn remove_member_here(&self, id: u64) -> Result<(), Error> {
+        self.node.linearizable_barrier().await?;
         if self.member_addr(id).is_none() {
             return Err(Error::NotFound(format!("member {id} not found: see `vpnctl cluster status`")));
         }
@@ -182,7 +186,7 @@ impl Cluster for ClusterApi {
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let mut fwd = forward::to_leader(&self.node, "AddMember", req.into_inner());
             fwd.set_timeout(CATCH_UP_TIMEOUT + Duration::from_secs(5));
-            return ClusterClient::new(ch).add_member(fwd).await;
+            return forward::relayed(ClusterClient::new(ch).add_member(fwd).await);
         }
         self.add_member_here(req.into_inner()).await?;
         Ok(Response::new(ClusterApi::status(self).await))
@@ -191,7 +195,7 @@ impl Cluster for ClusterApi {
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "RemoveMember", req.into_inner());
-            return ClusterClient::new(ch).remove_member(fwd).await;
+            return forward::relayed(ClusterClient::new(ch).remove_member(fwd).await);
         }
         self.remove_member_here(req.into_inner().id).await?;
         Ok(Response::new(ClusterApi::status(self).await))

@@ -12,7 +12,7 @@
 
 pub mod cluster;
 pub(crate) mod convert;
-mod forward;
+pub(crate) mod forward;
 pub mod nodes;
 mod status;
 mod user_fields;

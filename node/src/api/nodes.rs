@@ -62,11 +62,11 @@ impl NodesApi {
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, method, req.into_inner());
             let mut client = NodesClient::new(ch);
-            return match schedule {
+            return forward::relayed(match schedule {
                 Schedule::Cordoned => client.cordon_node(fwd).await,
                 Schedule::Schedulable => client.uncordon_node(fwd).await,
                 Schedule::Draining => client.drain_node(fwd).await,
-            };
+            });
         }
         let id = req.into_inner().id;
         match self.node.propose(Command::SetNodeSchedule { node: id, schedule }).await? {

@@ -54,7 +54,7 @@ impl Users for UsersApi {
         check_name("name", &req.get_ref().name)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "CreateUser", req.into_inner());
-            return UsersClient::new(ch).create_user(fwd).await;
+            return forward::relayed(UsersClient::new(ch).create_user(fwd).await);
         }
         let req = req.into_inner();
         let now = convert::now_ms();
@@ -64,9 +64,9 @@ impl Users for UsersApi {
             reset: user_fields::reset(&req.reset)?,
         };
         let constraint = user_fields::constraint(&req.placement_constraint)?;
-        if self.node.state.read(|s| s.users.contains_key(&req.name)) {
-            return Err(Error::AlreadyExists(format!("user {:?} already exists", req.name)).into());
-        }
+        // No "exists already?" look at this node's state first: a leader cut
+        // off from its majority would answer from a stale copy. The apply
+        // refuses a taken name, in log order, as linearizable as a success.
         // Ids, keys and the token are made here, before the log: every
         // replica applies the same bytes.
         let mut user = model::User::new(req.name, now);
@@ -135,7 +135,7 @@ impl Users for UsersApi {
         }
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "UpdateUser", req.into_inner());
-            return UsersClient::new(ch).update_user(fwd).await;
+            return forward::relayed(UsersClient::new(ch).update_user(fwd).await);
         }
         self.write_user(Command::UpdateUser { name: req.into_inner().name, status, limits, at_ms: now }).await
     }
@@ -144,7 +144,7 @@ impl Users for UsersApi {
         check_name("name", &req.get_ref().name)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "ResetTraffic", req.into_inner());
-            return UsersClient::new(ch).reset_traffic(fwd).await;
+            return forward::relayed(UsersClient::new(ch).reset_traffic(fwd).await);
         }
         self.write_user(Command::ResetTraffic { name: req.into_inner().name, at_ms: convert::now_ms() }).await
     }
@@ -153,7 +153,7 @@ impl Users for UsersApi {
         check_name("name", &req.get_ref().name)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "RotateToken", req.into_inner());
-            return UsersClient::new(ch).rotate_token(fwd).await;
+            return forward::relayed(UsersClient::new(ch).rotate_token(fwd).await);
         }
         self.write_user(Command::RotateToken { name: req.into_inner().name, token: model::new_sub_token() }).await
     }
@@ -173,7 +173,7 @@ impl Users for UsersApi {
         check_name("name", &req.get_ref().name)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "DeleteUser", req.into_inner());
-            return UsersClient::new(ch).delete_user(fwd).await;
+            return forward::relayed(UsersClient::new(ch).delete_user(fwd).await);
         }
         match self.node.propose(Command::DeleteUser { name: req.into_inner().name }).await? {
             CommandResponse::Deleted => Ok(Response::new(DeleteUserResponse {})),

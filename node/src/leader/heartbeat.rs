@@ -13,21 +13,22 @@ use crate::node::Node;
 pub const MAX_REPORTS: usize = 64;
 
 pub async fn handle(node: &Node, req: HeartbeatRequest) -> Result<HeartbeatReply, Error> {
-    if !node.is_leader() {
-        return Err(match node.leader() {
-            Some((id, addr)) => Error::Unavailable {
-                detail: format!("not the leader: send heartbeats to node {id} at {addr}"),
-                leader_addr: Some(addr),
-            },
-            None => Error::unavailable("no leader elected yet; retry shortly"),
-        });
+    node.ensure_leading()?;
+    let known = |node: &Node| {
+        node.state.read(|s| {
+            (
+                s.dataplane_nodes.get(&req.node_id).map(|n| (n.applied_generation, n.traffic_seq)),
+                s.members.get(&req.node_id).map(|m| m.incarnation.to_string()),
+            )
+        })
+    };
+    let (mut recorded, mut member) = known(node);
+    // A refusal is decided on the state as of now: this node's copy may lag
+    // (a registration it has not applied yet), so look again after a barrier.
+    if recorded.is_none() || member.as_ref().is_some_and(|m| *m != req.incarnation) {
+        node.linearizable_barrier().await?;
+        (recorded, member) = known(node);
     }
-    let (recorded, member) = node.state.read(|s| {
-        (
-            s.dataplane_nodes.get(&req.node_id).map(|n| (n.applied_generation, n.traffic_seq)),
-            s.members.get(&req.node_id).map(|m| m.incarnation.to_string()),
-        )
-    });
     let Some((applied, traffic_seq)) = recorded else {
         return Err(Error::FailedPrecondition(format!(
             "node {} is not registered as a data-plane node yet: it registers itself at start",

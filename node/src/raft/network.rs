@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use vpn_proto::internal::{RaftBinary, RaftPayload};
 use vpn_storage::types::{NodeId, TypeConfig};
@@ -55,17 +55,82 @@ pub struct PeerClient {
     net: Network,
     target: NodeId,
     addr: String,
-    /// Out of the client while a request is on it: a call that openraft
-    /// cancels midway drops the stream, whose next reply would be the
-    /// cancelled request's, and the next call opens a new one.
+    /// Stays here across calls, also across calls openraft cancels, until it fails.
     append: Option<AppendStream>,
 }
 
-/// An open AppendEntries stream: requests go into `requests`, and each one's
-/// reply is the next message of `replies`.
+/// An AppendEntries stream: requests go into `requests`, and each one's reply
+/// is the next message of the replies.
+///
+/// A call that runs out of time does not cancel its request: every cancelled
+/// HTTP/2 stream is a RST_STREAM frame, and a link that stalls (a partition,
+/// a paused peer) then queues one open-and-reset per heartbeat, which the peer
+/// receives in one burst when the link heals; h2 takes that burst for a
+/// rapid-reset attack and closes the whole connection with GOAWAY, failing
+/// every other call on it (forwarded client writes among them). So the
+/// stream stays open, the late reply is read and dropped before the next
+/// request goes out, and a stalled link holds at most one request.
 struct AppendStream {
     requests: mpsc::Sender<RaftBinary>,
-    replies: tonic::Streaming<RaftPayload>,
+    replies: Replies,
+    /// Requests sent whose replies have not been read yet.
+    unanswered: usize,
+}
+
+enum Replies {
+    /// Opened by a task of its own, so a caller that gives up does not
+    /// cancel the open (which would reset the stream too).
+    Opening(oneshot::Receiver<Result<tonic::Streaming<RaftPayload>, tonic::Status>>),
+    Open(Box<tonic::Streaming<RaftPayload>>),
+}
+
+/// Why an AppendEntries stream is no longer usable.
+enum StreamFailure {
+    Status(tonic::Status),
+    Closed(&'static str),
+}
+
+impl AppendStream {
+    /// The next reply on the stream; cancel-safe (awaiting a oneshot receiver
+    /// and `Streaming::message` both are), so a reply a cancelled call was
+    /// waiting for is the next one read.
+    async fn next_reply(&mut self) -> Result<RaftPayload, StreamFailure> {
+        if let Replies::Opening(opened) = &mut self.replies {
+            let streaming = opened
+                .await
+                .map_err(|_| StreamFailure::Closed("opening the AppendEntries stream failed"))?
+                .map_err(StreamFailure::Status)?;
+            self.replies = Replies::Open(Box::new(streaming));
+        }
+        let Replies::Open(streaming) = &mut self.replies else {
+            return Err(StreamFailure::Closed("the AppendEntries stream is not open"));
+        };
+        match streaming.message().await {
+            Ok(Some(reply)) => {
+                self.unanswered = self.unanswered.saturating_sub(1);
+                Ok(reply)
+            }
+            Ok(None) => Err(StreamFailure::Closed("the peer ended the AppendEntries stream")),
+            Err(status) => Err(StreamFailure::Status(status)),
+        }
+    }
+
+    /// Reads and drops the replies to requests whose callers gave up.
+    async fn drop_late_replies(&mut self) -> Result<(), StreamFailure> {
+        while self.unanswered > 0 {
+            self.next_reply().await?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, data: Vec<u8>) -> Result<(), StreamFailure> {
+        // Nothing is unanswered here, so the one-slot channel is empty.
+        self.requests
+            .try_send(RaftBinary { data })
+            .map_err(|_| StreamFailure::Closed("the AppendEntries stream closed"))?;
+        self.unanswered += 1;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -136,7 +201,8 @@ impl PeerClient {
     }
 
     /// Sends one request of `entries` entries on the AppendEntries stream
-    /// (opening it first when there is none) and waits up to `ttl` for its reply.
+    /// (opening it first when there is none) and waits up to `ttl` for its
+    /// reply, after the late replies of earlier requests.
     ///
     /// openraft 0.9 gives an AppendEntries one heartbeat interval and then
     /// resends the same range: a follower that cannot take that many entries
@@ -152,59 +218,51 @@ impl PeerClient {
     where
         E: std::error::Error,
     {
-        let exchange = async {
-            let mut stream = match self.append.take() {
-                Some(stream) => stream,
-                None => self.open_append_stream().await?,
-            };
-            if stream.requests.send(RaftBinary { data }).await.is_err() {
-                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                    "the AppendEntries stream closed",
-                ))));
-            }
-            match stream.replies.message().await {
-                Ok(Some(reply)) => {
-                    self.append = Some(stream);
-                    Ok(reply)
-                }
-                Ok(None) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                    "the peer ended the AppendEntries stream",
-                )))),
-                Err(status) => Err(self.status_error(&status)),
-            }
+        let deadline = tokio::time::Instant::now() + ttl;
+        let stream = match self.append.take() {
+            Some(stream) => stream,
+            None => self.open_append_stream().map_err(|e| RPCError::Unreachable(*e))?,
         };
-        match tokio::time::timeout(ttl, exchange).await {
-            Ok(result) => result,
-            Err(_) if entries > 1 => {
-                tracing::warn!(
-                    peer = self.target,
-                    "{entries} entries not taken within {ttl:?}: sending fewer at a time"
-                );
-                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
-            }
-            Err(_) => Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no AppendEntries reply within {ttl:?}"),
-            )))),
-        }
+        let stream = self.append.insert(stream);
+        let failure = match tokio::time::timeout_at(deadline, stream.drop_late_replies()).await {
+            Err(_) => return Err(timed_out(format!("an earlier AppendEntries is still unanswered after {ttl:?}"))),
+            Ok(Err(failure)) => failure,
+            Ok(Ok(())) => match stream.send(data) {
+                Err(failure) => failure,
+                Ok(()) => match tokio::time::timeout_at(deadline, stream.next_reply()).await {
+                    Ok(Ok(reply)) => return Ok(reply),
+                    Ok(Err(failure)) => failure,
+                    Err(_) if entries > 1 => {
+                        tracing::warn!(
+                            peer = self.target,
+                            "{entries} entries not taken within {ttl:?}: sending fewer at a time"
+                        );
+                        return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)));
+                    }
+                    Err(_) => return Err(timed_out(format!("no AppendEntries reply within {ttl:?}"))),
+                },
+            },
+        };
+        self.append = None;
+        Err(match failure {
+            StreamFailure::Status(status) => self.status_error(&status),
+            StreamFailure::Closed(why) => RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why))),
+        })
     }
 
-    async fn open_append_stream<E>(&self) -> Result<AppendStream, RPCError<NodeId, BasicNode, E>>
-    where
-        E: std::error::Error,
-    {
-        // One request in the channel: the caller waits for each reply anyway.
+    /// Starts opening an AppendEntries stream in a task of its own (see [`Replies::Opening`]).
+    fn open_append_stream(&self) -> Result<AppendStream, Box<Unreachable>> {
+        // One request in the channel: a request is sent only once every
+        // earlier one was answered.
         let (requests, rx) = mpsc::channel(1);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         self.stamp(request.metadata_mut());
-        let replies = self
-            .client()
-            .map_err(|e| RPCError::Unreachable(*e))?
-            .append_entries(request)
-            .await
-            .map_err(|s| self.status_error(&s))?
-            .into_inner();
-        Ok(AppendStream { requests, replies })
+        let mut client = self.client()?;
+        let (opened, replies) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = opened.send(client.append_entries(request).await.map(tonic::Response::into_inner));
+        });
+        Ok(AppendStream { requests, replies: Replies::Opening(replies), unanswered: 0 })
     }
 
     fn client(&self) -> Result<PeerRaftClient, Box<Unreachable>> {
@@ -250,6 +308,10 @@ impl PeerClient {
             }
         }
     }
+}
+
+fn timed_out<E: std::error::Error>(what: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::new(std::io::ErrorKind::TimedOut, what)))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {

@@ -19,7 +19,6 @@ use vpn_storage::command::Command;
 use vpn_storage::wire;
 
 use super::network::{HEADER_CLUSTER, HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
-use crate::error::Error;
 use crate::identity::{ClusterCell, ClusterId};
 use crate::node::Node;
 
@@ -160,14 +159,7 @@ impl RaftRpc for RaftService {
     /// proposal is never forwarded twice.
     async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let cmd: Command = decode(req)?;
-        if !self.node.is_leader() {
-            let leader = self.node.leader().map(|(_, addr)| addr);
-            return Err(Error::Unavailable {
-                detail: "this node is not the leader; retry".into(),
-                leader_addr: leader,
-            }
-            .into());
-        }
+        self.node.ensure_leading()?;
         encode(&self.node.propose(cmd).await?)
     }
 
