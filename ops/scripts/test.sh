@@ -21,6 +21,14 @@ if ! bash ops/images/build-sing-box.sh; then
     fi
     echo "!!! test.sh: no engine image: docker_* tests will skip here (under CI=true they fail)" >&2
 fi
+echo "== network namespace tools (the netns_* partition tests)"
+if ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null
+    else
+        echo "!!! test.sh: ip/iptables missing: netns_* tests will skip here (under CI=true they fail)" >&2
+    fi
+fi
 echo "== tests"
 # The 100,000-user scale test (t99: three debug-build nodes, 50 agents, 256
 # writers) wants the machine: it runs alone afterwards, so its figures mean
