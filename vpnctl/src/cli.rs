@@ -84,10 +84,65 @@ pub enum Command {
     /// Inspect the data-plane nodes (the nodes that serve users).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Make the cluster's CA and issue node and client certificates (offline, no node needed).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Print a shell completion script, e.g. `vpnctl completions bash > /etc/bash_completion.d/vpnctl`.
     Completions {
         /// The shell to generate for.
         shell: Shell,
+    },
+}
+
+/// `vpnctl pki ...`
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Make a cluster CA (DIR/ca.crt, DIR/ca.key) and a first admin client certificate
+    /// (DIR/admin.crt, DIR/admin.key). Keys are 0600; nothing existing is overwritten.
+    #[command(long_about = "Make a cluster CA and a first admin client certificate.\n\n\
+        Writes DIR/ca.crt, DIR/ca.key (0600), DIR/admin.crt and DIR/admin.key (0600). Keep ca.key \
+        offline: whoever holds it can issue any identity, also a new admin certificate if every \
+        other admin credential is lost. Then issue each node's certificate with `pki node-cert`.")]
+    Init {
+        /// The directory to write into (made 0700 when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a node certificate: DIR2/node.crt, DIR2/node.key (0600) and DIR2/ca.crt.
+    NodeCert {
+        /// The directory `pki init` wrote (ca.crt and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The node's id (its `vpnd --id`); the certificate proves it.
+        #[arg(long)]
+        id: u64,
+        /// Host names or IPs the node is reached at (its --listen/--advertise host), comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "H,...")]
+        host: Vec<String>,
+        /// controlplane (a Raft member) or dataplane (serves users only).
+        #[arg(long, default_value = "controlplane")]
+        role: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// The directory to write into (made 0700 when missing).
+        #[arg(long, value_name = "DIR2")]
+        out: PathBuf,
+    },
+    /// Issue a client certificate for an operator or a program: DIR3/NAME.crt, NAME.key, ca.crt.
+    ClientCert {
+        /// The directory `pki init` wrote (ca.crt and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The principal the certificate names (1-64 of a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The directory to write into (made 0700 when missing).
+        #[arg(long, value_name = "DIR3")]
+        out: PathBuf,
     },
 }
 

@@ -13,7 +13,7 @@
 //! - [`output`]: table and JSON rendering.
 //! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
 //! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
-//!   and `user_links`, `node`, `completions`).
+//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
@@ -43,7 +43,7 @@ pub use error::CliError;
 pub use output::{Document, Format, Output};
 
 use client::Client;
-use commands::{cluster, completions, member, node, user};
+use commands::{cluster, completions, member, node, pki, user};
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
@@ -51,6 +51,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
     let connect = || client(&cli.endpoints, cli.timeout, cli.ca_cert.as_deref());
     let document = match cli.command {
         Command::Completions { shell } => return Ok(completions::run(shell)),
+        Command::Pki(command) => pki::run(command)?,
         Command::Cluster(command) => cluster::run(command, &mut connect()?).await?,
         Command::Member(command) => member::run(command, &mut connect()?).await?,
         Command::User(command) => user::run(command, &mut connect()?).await?,

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod completions;
 pub mod member;
 pub mod node;
+pub mod pki;
 pub mod user;
 pub mod user_limits;
 pub mod user_links;

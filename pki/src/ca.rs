@@ -1,0 +1,233 @@
+//! [`Ca`]: the cluster's certificate authority. It is made once (`vpnctl pki
+//! init`, or by `vpnd --dev`), and whoever holds its key issues node and
+//! client certificates.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+use crate::files::read_pem;
+use crate::{digest, CertInfo, PkiError, Principal, Role};
+
+/// How long a CA certificate is valid.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// A node certificate's default lifetime; nodes renew at 2/3 of it.
+pub const NODE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// A client certificate's default lifetime.
+pub const CLIENT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Validity starts this long before "now", for clocks a little behind ours.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+pub struct Ca {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+/// A certificate and the private key made for it.
+pub struct Issued {
+    pub cert_pem: String,
+    /// Secret: write it with [`crate::files::write_private`] only.
+    pub key_pem: String,
+}
+
+impl Ca {
+    /// A new CA, its key made here.
+    pub fn generate(common_name: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = params_valid_for(CA_LIFETIME)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key })
+    }
+
+    /// The CA in `cert_path` with its key in `key_path`; refuses a key that
+    /// is not the certificate's, or a certificate that is not a CA.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, PkiError> {
+        let (cert_pem, cert_der) = read_pem(cert_path, "CERTIFICATE")?;
+        let (key_pem, _) = read_pem(key_path, "PRIVATE KEY")?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::File {
+            path: key_path.display().to_string(),
+            detail: format!("not a usable private key: {e}"),
+        })?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| PkiError::File {
+            path: cert_path.display().to_string(),
+            detail: format!("not an X.509 certificate: {e}"),
+        })?;
+        if !cert.is_ca() {
+            return Err(PkiError::File {
+                path: cert_path.display().to_string(),
+                detail: "is not a CA certificate: give the ca.crt that `vpnctl pki init` wrote".into(),
+            });
+        }
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(PkiError::File {
+                path: key_path.display().to_string(),
+                detail: format!("is not the key of the CA certificate {}", cert_path.display()),
+            });
+        }
+        Ok(Ca { cert_pem, cert_der, key })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Secret: write it with [`crate::files::write_private`] only.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// SHA-256 of the CA certificate (see [`crate::digest`]).
+    pub fn digest(&self) -> String {
+        digest(&self.cert_der)
+    }
+
+    /// A certificate for node `id` in `role`, also valid for `hosts` (names or IPs).
+    pub fn issue_node(&self, id: u64, role: Role, hosts: &[String], lifetime: Duration) -> Result<Issued, PkiError> {
+        if id == 0 {
+            return Err(PkiError::invalid("id", "0 is reserved: use a positive node id"));
+        }
+        let key = KeyPair::generate()?;
+        let cert_pem = self.sign(&key, &Principal::Node { id, role }, hosts, lifetime)?;
+        Ok(Issued { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    /// A client certificate for `name` (an operator or a program).
+    pub fn issue_client(&self, name: &str, lifetime: Duration) -> Result<Issued, PkiError> {
+        crate::principal::check_client_name(name)?;
+        let key = KeyPair::generate()?;
+        let cert_pem = self.sign(&key, &Principal::Client { name: name.to_owned() }, &[], lifetime)?;
+        Ok(Issued { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    /// Checks that `der` was issued by this CA and is valid now; what it names.
+    pub fn verify(&self, der: &[u8]) -> Result<CertInfo, PkiError> {
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| PkiError::invalid("CA certificate", e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
+        cert.verify_signature(Some(ca.public_key()))
+            .map_err(|_| PkiError::invalid("certificate", "was not issued by this cluster's CA"))?;
+        if !cert.validity().is_valid() {
+            return Err(PkiError::invalid("certificate", "has expired or is not valid yet"));
+        }
+        CertInfo::from_der(der)
+    }
+
+    fn sign(
+        &self,
+        key: &KeyPair,
+        principal: &Principal,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        let mut params = params_valid_for(lifetime)?;
+        params.distinguished_name.push(DnType::CommonName, principal.uri());
+        let uri = principal.uri().try_into().map_err(|_| PkiError::invalid("identity", principal.uri()))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+        for host in hosts {
+            params.subject_alt_names.push(match host.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if is_dns_name(host) => SanType::DnsName(
+                    host.clone()
+                        .try_into()
+                        .map_err(|_| PkiError::invalid("host", format!("{host:?} is not a DNS name or an IP")))?,
+                ),
+                Err(_) => return Err(PkiError::invalid("host", format!("{host:?} is not a DNS name or an IP"))),
+            });
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match principal {
+            Principal::Node { .. } => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Principal::Client { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        Ok(params.signed_by(key, &issuer)?.pem())
+    }
+}
+
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Parameters valid from a little before now for `lifetime`, with a random serial.
+fn params_valid_for(lifetime: Duration) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| PkiError::Issue("no randomness for a serial number".into()))?;
+    serial[0] &= 0x7f; // a positive integer
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_their_principal_and_verify_against_their_ca_only() {
+        let ca = Ca::generate("test CA").expect("ca");
+        let node = ca.issue_node(3, Role::ControlPlane, &["n3.example.com".into(), "10.0.0.3".into()], NODE_LIFETIME);
+        let node = node.expect("node cert");
+        let der = crate::files::pem_to_der(&node.cert_pem, "CERTIFICATE").expect("pem");
+        let info = ca.verify(&der).expect("verifies");
+        assert_eq!(info.principal, Principal::Node { id: 3, role: Role::ControlPlane });
+        let days = (info.not_after - OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
+        assert!((89..=90).contains(&days), "{days} days");
+
+        let client = ca.issue_client("alice", CLIENT_LIFETIME).expect("client cert");
+        let der = crate::files::pem_to_der(&client.cert_pem, "CERTIFICATE").expect("pem");
+        assert_eq!(ca.verify(&der).expect("verifies").principal, Principal::Client { name: "alice".into() });
+
+        let other = Ca::generate("another CA").expect("ca");
+        let refused = other.verify(&der).expect_err("another CA's certificate");
+        assert!(refused.to_string().contains("not issued by this cluster's CA"), "{refused}");
+    }
+
+    #[test]
+    fn bad_names_and_ids_are_refused_naming_the_field() {
+        let ca = Ca::generate("test CA").expect("ca");
+        assert!(ca.issue_client("Alice!", CLIENT_LIFETIME).is_err_and(|e| e.to_string().starts_with("name:")));
+        assert!(ca.issue_node(0, Role::DataPlane, &[], NODE_LIFETIME).is_err_and(|e| e.to_string().starts_with("id:")));
+        let bad_host = ca.issue_node(1, Role::DataPlane, &["bad host".into()], NODE_LIFETIME);
+        assert!(bad_host.is_err_and(|e| e.to_string().starts_with("host:")));
+    }
+
+    #[test]
+    fn a_ca_loads_back_and_refuses_a_key_of_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (Ca::generate("a").expect("ca"), Ca::generate("b").expect("ca"));
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            crate::files::write_private(&path, text.as_bytes()).expect("write");
+            path
+        };
+        let (cert, key, other_key) =
+            (write("ca.crt", a.cert_pem()), write("ca.key", &a.key_pem()), write("b.key", &b.key_pem()));
+        assert_eq!(Ca::load(&cert, &key).expect("loads").digest(), a.digest());
+        let refused = Ca::load(&cert, &other_key).err().expect("another key");
+        assert!(refused.to_string().contains("is not the key of the CA certificate"), "{refused}");
+        let leaf = a.issue_client("bob", CLIENT_LIFETIME).expect("leaf");
+        let leaf_path = write("bob.crt", &leaf.cert_pem);
+        let refused = Ca::load(&leaf_path, &key).err().expect("not a CA");
+        assert!(refused.to_string().contains("is not a CA certificate"), "{refused}");
+    }
+}
