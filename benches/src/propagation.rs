@@ -109,6 +109,7 @@ impl Fixture {
             data_dir.display().to_string(),
             "--join".into(),
             seeds.join(","),
+            "--insecure".into(),
             "--dataplane".into(),
             "--public-host".into(),
             "127.0.0.1".into(),

@@ -106,6 +106,8 @@ impl VpndCluster {
             s.data_dir.display().to_string(),
             "--initial-members".into(),
             self.initial_members.clone(),
+            // The plaintext baseline; mutual TLS is measured against it separately.
+            "--insecure".into(),
         ];
         args.extend(self.extra.iter().cloned());
         let log = self.log_dir.join(format!("node{}.log", s.id));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{ClusterStatus, StatusRequest};
@@ -23,6 +23,8 @@ pub struct Cluster {
     pub root: TempDir,
     pub ip: Ipv4Addr,
     pub nodes: BTreeMap<u64, NodeProcess>,
+    /// How the test's own clients connect when the nodes run mutual TLS.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Cluster {
@@ -40,9 +42,9 @@ impl Cluster {
         let members: Vec<String> = nodes.values().map(|p| format!("{}={}", p.id, p.grpc)).collect();
         for p in nodes.values_mut() {
             p.bootstrap = vec!["--initial-members".into(), members.join(",")];
-            p.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+            p.extra = with_security(extra);
         }
-        Self { root, ip, nodes }
+        Self { root, ip, nodes, client_tls: None }
     }
 
     /// One node per node namespace of `lab`, not started; the nodes' and
@@ -75,7 +77,7 @@ impl Cluster {
         let seeds: Vec<String> = self.nodes.values().map(|p| p.grpc.to_string()).collect();
         let mut p = NodeProcess::new(id, free_addr(self.ip), free_addr(self.ip), self.root.path());
         p.bootstrap = vec!["--join".into(), seeds.join(",")];
-        p.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        p.extra = with_security(extra);
         self.nodes.insert(id, p);
         self.node_mut(id)
     }
@@ -97,12 +99,20 @@ impl Cluster {
         self.nodes.values().map(|p| p.grpc.to_string()).collect::<Vec<_>>().join(",")
     }
 
+    /// A channel to node `id`, over TLS when [`Cluster::client_tls`] is set.
+    pub fn channel(&self, id: u64) -> Channel {
+        match &self.client_tls {
+            Some(tls) => tls_channel(self.node(id).grpc, tls.clone()),
+            None => channel(self.node(id).grpc),
+        }
+    }
+
     pub fn users(&self, id: u64) -> UsersClient<Channel> {
-        UsersClient::new(channel(self.node(id).grpc))
+        UsersClient::new(self.channel(id))
     }
 
     pub fn cluster_client(&self, id: u64) -> ClusterClient<Channel> {
-        ClusterClient::new(channel(self.node(id).grpc))
+        ClusterClient::new(self.channel(id))
     }
 
     pub async fn status(&self, id: u64) -> Result<ClusterStatus, String> {
@@ -152,6 +162,26 @@ impl Cluster {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("metric {name} not found on node {id}"))
     }
+}
+
+/// `extra`, plus `--insecure` unless it sets up TLS itself: the scenario
+/// tests run plaintext; the mutual TLS tests (t15) give their own files.
+fn with_security(extra: &[&str]) -> Vec<String> {
+    let mut flags: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    if !extra.iter().any(|f| *f == "--trusted-ca-file" || *f == "--insecure") {
+        flags.push("--insecure".into());
+    }
+    flags
+}
+
+/// A lazily connected TLS channel to `addr` (the node's certificate names its IP).
+pub fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(1))
+        .tls_config(tls)
+        .expect("TLS settings")
+        .connect_lazy()
 }
 
 /// A lazily connected channel to `addr`.

@@ -35,7 +35,11 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, S
             None => "[-] no leader known\n".to_owned(),
         };
         let sign = if r.applied >= r.committed { '+' } else { '-' };
-        format!("{leader}[{sign}] applied {} of committed {}\n", r.applied, r.committed)
+        let tls = match &node.tls {
+            Some(_) => "[+] gRPC port: mutual TLS\n",
+            None => "[!] gRPC port: plaintext, no authentication (--insecure)\n",
+        };
+        format!("{leader}[{sign}] applied {} of committed {}\n{tls}", r.applied, r.committed)
     } else if r.is_ready() {
         "ok\n".to_owned()
     } else {

@@ -17,6 +17,8 @@
 //! - `api`: the public `Users`, `Cluster` and `Nodes` services, client links.
 //! - `http`: `/livez`, `/readyz`, `/metrics`.
 //! - `observer`: Raft gauges and gRPC health from openraft's metrics.
+//! - [`tls`]: mutual TLS of the gRPC port (or `--insecure`); `auth`: who may
+//!   call which RPC, by the caller's certificate.
 //! - `metrics`, `peers`, [`error`].
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests start nodes
@@ -24,6 +26,7 @@
 
 mod agent;
 mod api;
+mod auth;
 pub mod config;
 pub mod error;
 mod http;
@@ -34,6 +37,7 @@ pub mod node;
 mod observer;
 mod peers;
 mod raft;
+pub mod tls;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -51,6 +55,7 @@ use vpn_storage::types::Raft;
 
 pub use config::{Args, Bootstrap, Config};
 pub use error::Error;
+use tls::Security;
 
 use crate::api::cluster::ClusterApi;
 use crate::api::nodes::NodesApi;
@@ -98,9 +103,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             identity::record_cluster(&config.data_dir, identity, &cluster, id)?;
         }
     }
+    let material = match &config.security {
+        Security::Insecure => {
+            tracing::warn!(
+                listen = %config.listen,
+                "--insecure: the gRPC port serves plaintext and authenticates nobody; anyone who reaches it can do anything"
+            );
+            None
+        }
+        Security::Mtls(material) => Some(material.clone()),
+        Security::Dev => {
+            let material = tls::Material::dev(&config.data_dir, config.id, &dev_hosts(&config))?;
+            write_dev_context(&config);
+            Some(material)
+        }
+    };
     let state = sm.reader();
     let metrics = Arc::new(Metrics::default());
-    let peers = Arc::new(Peers::new(cluster.clone()));
+    let peers = Arc::new(Peers::new(cluster.clone(), material.as_ref().map(tls::Material::client)));
     let network = Network { identity, state: state.clone(), peers: peers.clone(), metrics: metrics.clone() };
     let raft = Raft::new(config.id, raft::raft_config(&config.raft)?, network, log, sm)
         .await
@@ -116,6 +136,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         peers,
         liveness: Default::default(),
         scheduling: config.scheduling.clone(),
+        tls: material.as_ref().map(|m| m.info.clone()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -133,7 +154,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
-    let grpc = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(material) = &material {
+        server = server
+            .tls_config(material.server())
+            .map_err(|e| Error::InvalidFlag { flag: "--cert-file", detail: format!("TLS cannot use it: {e}") })?;
+    }
+    let grpc = server
+        .layer(auth::AuthLayer::new(node.clone(), material.is_some()))
         .add_service(health_service)
         .add_service(UsersServer::new(UsersApi { node: node.clone() }))
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
@@ -178,6 +206,48 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         task.abort();
     }
     outcome
+}
+
+/// Gives vpnctl a context for this `--dev` node (its admin certificate), so
+/// `vpnctl user add alice` works with no flags. Never replaces a context of
+/// another data dir; a failure costs only the convenience.
+fn write_dev_context(config: &Config) {
+    let Some(path) = vpn_pki::contexts::default_path() else { return };
+    let pki = std::path::absolute(config.data_dir.join("pki")).unwrap_or_else(|_| config.data_dir.join("pki"));
+    let context = vpn_pki::contexts::Context {
+        endpoints: vec![config.advertise.clone()],
+        ca_cert: Some(pki.join("ca.crt")),
+        cert: Some(pki.join("admin.crt")),
+        key: Some(pki.join("admin.key")),
+    };
+    let written = vpn_pki::contexts::Contexts::load(&path).and_then(|mut contexts| {
+        let name = contexts.add_own("dev", context);
+        let current = contexts.current_context.clone();
+        contexts.save(&path).map(|()| (name, current))
+    });
+    match written {
+        Ok((name, current)) if current.as_deref() == Some(name.as_str()) => {
+            tracing::info!(path = %path.display(), "vpnctl context {name:?} written and in use")
+        }
+        Ok((name, _)) => tracing::info!(
+            path = %path.display(),
+            "vpnctl context {name:?} written; another is in use: run `vpnctl context use {name}`"
+        ),
+        Err(e) => {
+            tracing::warn!("no vpnctl context written: {e}; use vpnctl --ca-cert/--cert/--key with {}", pki.display())
+        }
+    }
+}
+
+/// The names `--dev`'s node certificate is valid for: its listen address and localhost.
+fn dev_hosts(config: &Config) -> Vec<String> {
+    let mut hosts = vec![config.listen.ip().to_string(), "localhost".to_owned()];
+    if let Some((host, _)) = config.advertise.rsplit_once(':') {
+        hosts.push(host.trim_matches(|c| c == '[' || c == ']').to_owned());
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// Static bootstrap, join (unless already a member), or restart; then record

@@ -26,6 +26,15 @@ pub struct PeerRpcLabels {
     pub rpc: &'static str,
 }
 
+/// A refused call: who (a certificate's identity, `anonymous` or `invalid`)
+/// and what the RPC required (see `auth::Rule`; not the path, which the
+/// caller chooses and would make the series unbounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthRefusalLabels {
+    pub caller: String,
+    pub rule: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: &'static str,
@@ -55,6 +64,7 @@ pub struct Metrics {
     pub proposal_duration: Histogram,
     pub forwarded: Family<MethodLabel, Counter>,
     pub rpc_errors: Family<PeerRpcLabels, Counter>,
+    pub auth_refusals: Family<AuthRefusalLabels, Counter>,
     pub users: Family<StatusLabel, Gauge>,
     pub dataplane_nodes: Family<StatusLabel, Gauge>,
     pub placements: Family<NodeLabel, Gauge>,
@@ -80,6 +90,7 @@ impl Default for Metrics {
             proposal_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             forwarded: Family::default(),
             rpc_errors: Family::default(),
+            auth_refusals: Family::default(),
             users: Family::default(),
             dataplane_nodes: Family::default(),
             placements: Family::default(),
@@ -113,6 +124,11 @@ impl Default for Metrics {
         );
         registry.register("forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
         registry.register("raft_rpc_errors", "Failed Raft RPCs to peers", m.rpc_errors.clone());
+        registry.register(
+            "auth_refusals",
+            "Calls refused for their caller's credentials (nothing was changed)",
+            m.auth_refusals.clone(),
+        );
         registry.register("users", "Users by status", m.users.clone());
         registry.register("dataplane_nodes", "Data-plane nodes by status", m.dataplane_nodes.clone());
         registry.register("placements", "Users placed on each data-plane node", m.placements.clone());

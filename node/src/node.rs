@@ -37,6 +37,8 @@ pub struct Node {
     /// Heartbeats of data-plane nodes, kept while this node leads.
     pub liveness: Liveness,
     pub scheduling: SchedulingConfig,
+    /// This node's own certificate, when the gRPC port runs TLS (not `--insecure`).
+    pub tls: Option<vpn_pki::CertInfo>,
 }
 
 /// Where a write must run.

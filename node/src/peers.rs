@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use vpn_proto::internal::raft_client::RaftClient;
 
 use crate::error::Error;
@@ -30,11 +30,13 @@ pub type PeerRaftClient = RaftClient<InterceptedService<Channel, PresentCluster>
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     cluster: ClusterCell,
+    /// This node's client side of mutual TLS; `None` under `--insecure`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
-    pub fn new(cluster: ClusterCell) -> Self {
-        Self { channels: Mutex::default(), cluster }
+    pub fn new(cluster: ClusterCell, tls: Option<ClientTlsConfig>) -> Self {
+        Self { channels: Mutex::default(), cluster, tls }
     }
 
     /// This node's cluster id, once known.
@@ -48,12 +50,18 @@ impl Peers {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Internal(format!("peer address {addr:?} is not usable: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let unusable =
+            |e: tonic::transport::Error| Error::Internal(format!("peer address {addr:?} is not usable: {e}"));
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(unusable)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(unusable)?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)

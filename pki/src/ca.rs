@@ -111,16 +111,7 @@ impl Ca {
 
     /// Checks that `der` was issued by this CA and is valid now; what it names.
     pub fn verify(&self, der: &[u8]) -> Result<CertInfo, PkiError> {
-        let (_, ca) = x509_parser::parse_x509_certificate(&self.cert_der)
-            .map_err(|e| PkiError::invalid("CA certificate", e.to_string()))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
-        cert.verify_signature(Some(ca.public_key()))
-            .map_err(|_| PkiError::invalid("certificate", "was not issued by this cluster's CA"))?;
-        if !cert.validity().is_valid() {
-            return Err(PkiError::invalid("certificate", "has expired or is not valid yet"));
-        }
-        CertInfo::from_der(der)
+        verify_issued(&self.cert_der, der)
     }
 
     fn sign(
@@ -154,6 +145,31 @@ impl Ca {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
         Ok(params.signed_by(key, &issuer)?.pem())
     }
+}
+
+/// Checks that `der` was issued by the CA certificate `ca_der` and is valid
+/// now; what it names. (TLS checks the same on every connection; this is for
+/// files, before a node starts with them.)
+pub fn verify_issued(ca_der: &[u8], der: &[u8]) -> Result<CertInfo, PkiError> {
+    let (_, ca) = x509_parser::parse_x509_certificate(ca_der)
+        .map_err(|e| PkiError::invalid("CA certificate", format!("not an X.509 certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|_| PkiError::invalid("certificate", "was not issued by this cluster's CA"))?;
+    if !cert.validity().is_valid() {
+        return Err(PkiError::invalid("certificate", "has expired or is not valid yet"));
+    }
+    CertInfo::from_der(der)
+}
+
+/// Whether the private key `key_pem` belongs to the certificate `cert_der`.
+pub fn key_matches(cert_der: &[u8], key_pem: &str) -> Result<bool, PkiError> {
+    let key =
+        KeyPair::from_pem(key_pem).map_err(|e| PkiError::invalid("key", format!("not a usable private key: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }
 
 fn is_dns_name(host: &str) -> bool {

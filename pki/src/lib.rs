@@ -14,12 +14,14 @@
 //! - [`principal`]: [`Principal`], [`Role`], reading them from a certificate.
 //! - [`ca`]: [`Ca`]: make or load a CA, issue node and client certificates.
 //! - [`files`]: reading PEM files and writing private ones (0600, never over another).
+//! - [`contexts`]: vpnctl's named endpoints-and-credentials (`vpnd --dev` adds its own).
 
 pub mod ca;
+pub mod contexts;
 pub mod files;
 pub mod principal;
 
-pub use ca::{Ca, Issued};
+pub use ca::{key_matches, verify_issued, Ca, Issued};
 pub use principal::{CertInfo, Principal, Role};
 
 /// Everything that can go wrong here; each names the file or the value at fault.

@@ -34,7 +34,7 @@ Examples:
   vpnctl user qr alice             # scan a link with the phone's client
 
 Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
-4 cluster unavailable.";
+4 cluster unavailable, 5 unauthenticated, 6 permission denied.";
 
 /// `vpnctl [--endpoints <url,...>] [-o table|json] <command>`
 #[derive(Debug, Parser)]
@@ -42,15 +42,10 @@ Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 #[command(long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
     /// Nodes to talk to, comma-separated: host:port or http(s)://host:port. Any node works.
-    #[arg(
-        long,
-        env = "VPNCTL_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7000",
-        value_name = "URL,...",
-        global = true
-    )]
-    pub endpoints: Vec<String>,
+    /// (Default: the current context's, else 127.0.0.1:7000.) With TLS settings, a bare
+    /// host:port speaks TLS; http:// forces plaintext.
+    #[arg(long, env = "VPNCTL_ENDPOINTS", value_delimiter = ',', value_name = "URL,...", global = true)]
+    pub endpoints: Option<Vec<String>>,
 
     /// Output format; json prints exactly one document on stdout, for scripts.
     #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
@@ -60,10 +55,18 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse::timeout, global = true)]
     pub timeout: Duration,
 
-    /// PEM file with the CA that signed the nodes' certificates, for https endpoints whose CA
-    /// is not in the system store.
+    /// PEM file with the cluster's CA (`vpnctl pki init`'s ca.crt): nodes must present
+    /// certificates it issued. (Default: the current context's.)
     #[arg(long, env = "VPNCTL_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
+
+    /// PEM file with this client's certificate (`vpnctl pki client-cert`), with --key.
+    #[arg(long, env = "VPNCTL_CERT", value_name = "FILE", global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --cert.
+    #[arg(long, env = "VPNCTL_KEY", value_name = "FILE", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -84,6 +87,9 @@ pub enum Command {
     /// Inspect the data-plane nodes (the nodes that serve users).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// List the contexts (named endpoints and credentials) or pick the one in use.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Make the cluster's CA and issue node and client certificates (offline, no node needed).
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -91,6 +97,18 @@ pub enum Command {
     Completions {
         /// The shell to generate for.
         shell: Shell,
+    },
+}
+
+/// `vpnctl context ...` (the file: $VPNCTL_CONFIG, else ~/.config/vpnctl/config.toml).
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// The contexts, and which one is in use.
+    List,
+    /// Use this context from now on (flags and VPNCTL_* variables still win).
+    Use {
+        /// The context's name, as `context list` shows it.
+        name: String,
     },
 }
 
@@ -316,7 +334,7 @@ mod tests {
         let cli = Cli::try_parse_from(["vpnctl", "user", "list", "-o", "json", "--endpoints", "a:1,b:2"]);
         let cli = cli.map_err(|e| e.to_string());
         assert_eq!(cli.as_ref().map(|c| c.output), Ok(Format::Json));
-        assert_eq!(cli.map(|c| c.endpoints), Ok(vec!["a:1".into(), "b:2".into()]));
+        assert_eq!(cli.map(|c| c.endpoints), Ok(Some(vec!["a:1".into(), "b:2".into()])));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Response, Status};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::nodes_client::NodesClient;
@@ -29,11 +29,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Caps one connect attempt so a black-holed node cannot eat the whole deadline.
 const MAX_CONNECT: Duration = Duration::from_secs(2);
 
+/// What a TLS connection trusts and presents, as PEM.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The cluster's CA, trusted besides the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// This client's certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A failover client over a fixed list of endpoints.
 pub struct Client {
     endpoints: Vec<Endpoint>,
     timeout: Duration,
-    ca_pem: Option<Vec<u8>>,
+    tls: TlsFiles,
     /// The endpoint that last answered, reused so paging stays on one connection.
     active: Option<(Endpoint, Channel)>,
     /// The leader address a node last told us about.
@@ -41,9 +50,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// `timeout` bounds each call including its retries; `ca_pem` adds a CA for https endpoints.
-    pub fn new(endpoints: Vec<Endpoint>, timeout: Duration, ca_pem: Option<Vec<u8>>) -> Self {
-        Self { endpoints, timeout, ca_pem, active: None, leader_hint: None }
+    /// `timeout` bounds each call including its retries; `tls` is used for TLS endpoints.
+    pub fn new(endpoints: Vec<Endpoint>, timeout: Duration, tls: TlsFiles) -> Self {
+        Self { endpoints, timeout, tls, active: None, leader_hint: None }
     }
 
     /// Calls a `vpn.v1.Users` method with failover.
@@ -165,8 +174,11 @@ impl Client {
             .tcp_nodelay(true);
         if endpoint.is_tls() {
             let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(pem) = &self.ca_pem {
+            if let Some(pem) = &self.tls.ca_pem {
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &self.tls.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
             }
             builder = builder.tls_config(tls).map_err(|err| chain(&err))?;
         }
@@ -289,7 +301,7 @@ mod tests {
         }
         assert_eq!(endpoints.len(), 2);
         let shown: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-        let mut client = Client::new(endpoints, Duration::from_millis(300), None);
+        let mut client = Client::new(endpoints, Duration::from_millis(300), TlsFiles::default());
         let started = Instant::now();
         let result =
             client.cluster(vpn_proto::v1::StatusRequest {}, |mut c, req| async move { c.status(req).await }).await;

@@ -17,11 +17,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `host:port`, `http://host:port` or `https://host:port` (IPv6 as `[::1]:7000`).
+    /// Parses `host:port`, `http://host:port` or `https://host:port` (IPv6 as `[::1]:7000`);
+    /// a bare `host:port` is plaintext.
     pub fn parse(input: &str) -> Result<Self, String> {
+        Self::parse_with(input, false)
+    }
+
+    /// Like [`Endpoint::parse`], a bare `host:port` speaking TLS when `bare_tls`.
+    pub fn parse_with(input: &str, bare_tls: bool) -> Result<Self, String> {
         let input = input.trim();
         let (tls, rest) = match input.split_once("://") {
-            None => (false, input),
+            None => (bare_tls, input),
             Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
                 "http" => (false, rest),
                 "https" => (true, rest),
@@ -65,11 +71,11 @@ impl fmt::Display for Endpoint {
 }
 
 /// Parses the `--endpoints` list (already split on commas); empty entries are skipped so a
-/// trailing comma in a script does no harm.
-pub fn parse_endpoints(values: &[String]) -> Result<Vec<Endpoint>, CliError> {
+/// trailing comma in a script does no harm. Bare entries speak TLS when `bare_tls`.
+pub fn parse_endpoints(values: &[String], bare_tls: bool) -> Result<Vec<Endpoint>, CliError> {
     let mut endpoints = Vec::new();
     for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
-        let endpoint = Endpoint::parse(value).map_err(|reason| {
+        let endpoint = Endpoint::parse_with(value, bare_tls).map_err(|reason| {
             CliError::InvalidInput(format!(
                 "invalid --endpoints entry '{value}': {reason}; expected host:port or \
                  http(s)://host:port, e.g. --endpoints 10.0.0.1:7000,10.0.0.2:7000 \
@@ -172,7 +178,7 @@ mod tests {
 
     #[test]
     fn endpoint_list_names_the_flag_and_drops_duplicates() {
-        let list = |items: &[&str]| parse_endpoints(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let list = |items: &[&str]| parse_endpoints(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false);
         let parsed = list(&["a:1", "", "http://a:1", "b:2"]).map_err(|e| e.to_string());
         assert_eq!(parsed.map(|v| v.len()), Ok(2));
         let err = list(&["a:1", "b"]).err().map(|e| (e.exit_code(), e.to_string()));

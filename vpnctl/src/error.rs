@@ -13,6 +13,10 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 pub const EXIT_NOT_FOUND_OR_EXISTS: u8 = 3;
 /// Exit code when no node could answer in time.
 pub const EXIT_UNAVAILABLE: u8 = 4;
+/// Exit code for a missing, invalid or expired credential (UNAUTHENTICATED).
+pub const EXIT_UNAUTHENTICATED: u8 = 5;
+/// Exit code for a credential without the permission (PERMISSION_DENIED).
+pub const EXIT_PERMISSION_DENIED: u8 = 6;
 /// Exit code for everything else.
 pub const EXIT_OTHER: u8 = 1;
 
@@ -79,6 +83,8 @@ impl CliError {
             Self::InvalidInput(_) => EXIT_BAD_INPUT,
             Self::NotFound(_) | Self::AlreadyExists(_) => EXIT_NOT_FOUND_OR_EXISTS,
             Self::Unavailable { .. } | Self::Timeout(_) => EXIT_UNAVAILABLE,
+            Self::Server { code: Code::Unauthenticated, .. } => EXIT_UNAUTHENTICATED,
+            Self::Server { code: Code::PermissionDenied, .. } => EXIT_PERMISSION_DENIED,
             Self::Server { .. } | Self::Output(_) => EXIT_OTHER,
         }
     }
@@ -137,15 +143,9 @@ mod tests {
         assert_eq!(exit_for(Code::AlreadyExists), 3);
         assert_eq!(exit_for(Code::Unavailable), 4);
         assert_eq!(exit_for(Code::DeadlineExceeded), 4);
-        for code in [
-            Code::FailedPrecondition,
-            Code::PermissionDenied,
-            Code::Unauthenticated,
-            Code::Internal,
-            Code::Unknown,
-            Code::Aborted,
-            Code::Unimplemented,
-        ] {
+        assert_eq!(exit_for(Code::Unauthenticated), 5);
+        assert_eq!(exit_for(Code::PermissionDenied), 6);
+        for code in [Code::FailedPrecondition, Code::Internal, Code::Unknown, Code::Aborted, Code::Unimplemented] {
             assert_eq!(exit_for(code), 1, "{code:?}");
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Any node answers; the client fails over between `--endpoints` and retries with backoff, and
 //! the nodes forward writes to the leader. Errors end the process with a code scripts can
-//! branch on: 0 ok, 1 other, 2 bad input, 3 not found / already exists, 4 cluster unavailable.
+//! branch on: 0 ok, 1 other, 2 bad input, 3 not found / already exists, 4 cluster unavailable,
+//! 5 unauthenticated, 6 permission denied.
 //!
 //! Layout:
 //! - [`cli`]: the command line (clap derive).
@@ -13,7 +14,8 @@
 //! - [`output`]: table and JSON rendering.
 //! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
 //! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
-//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `completions`).
+//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `context`,
+//!   `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
@@ -43,15 +45,18 @@ pub use error::CliError;
 pub use output::{Document, Format, Output};
 
 use client::Client;
-use commands::{cluster, completions, member, node, pki, user};
+use client::TlsFiles;
+use commands::{cluster, completions, context, member, node, pki, user};
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
 pub async fn execute(cli: Cli) -> Result<Output, CliError> {
-    let connect = || client(&cli.endpoints, cli.timeout, cli.ca_cert.as_deref());
-    let document = match cli.command {
+    let Cli { endpoints, timeout, ca_cert, cert, key, command, .. } = cli;
+    let connect = || client(endpoints.as_deref(), timeout, ca_cert.as_deref(), cert.as_deref().zip(key.as_deref()));
+    let document = match command {
         Command::Completions { shell } => return Ok(completions::run(shell)),
         Command::Pki(command) => pki::run(command)?,
+        Command::Context(command) => context::run(command)?,
         Command::Cluster(command) => cluster::run(command, &mut connect()?).await?,
         Command::Member(command) => member::run(command, &mut connect()?).await?,
         Command::User(command) => user::run(command, &mut connect()?).await?,
@@ -109,14 +114,40 @@ fn report(message: &str) {
     let _ = writeln!(std::io::stderr(), "vpnctl: {line}");
 }
 
-fn client(endpoints: &[String], timeout: Duration, ca_cert: Option<&Path>) -> Result<Client, CliError> {
-    let endpoints = endpoint::parse_endpoints(endpoints)?;
-    let ca_pem = match ca_cert {
-        None => None,
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|err| CliError::InvalidInput(format!("cannot read --ca-cert {}: {err}", path.display())))?,
-        ),
+/// The client for `cli`: flags and `VPNCTL_*` variables first, then the
+/// current context, then `127.0.0.1:7000` in plaintext.
+fn client(
+    endpoints: Option<&[String]>,
+    timeout: Duration,
+    ca_cert: Option<&Path>,
+    pair: Option<(&Path, &Path)>,
+) -> Result<Client, CliError> {
+    // Endpoints given explicitly name another cluster than the context's,
+    // whose credentials would then be wrong: the context applies only alone.
+    let given = endpoints.filter(|e| !e.is_empty());
+    let context = if given.is_some() { Default::default() } else { context::current()?.unwrap_or_default() };
+    let endpoints = match given {
+        Some(given) => given.to_vec(),
+        None if !context.endpoints.is_empty() => context.endpoints.clone(),
+        None => vec!["127.0.0.1:7000".to_owned()],
     };
-    Ok(Client::new(endpoints, timeout, ca_pem))
+    let ca = ca_cert.map(Path::to_path_buf).or(context.ca_cert);
+    let pair = match pair {
+        Some((cert, key)) => Some((cert.to_path_buf(), key.to_path_buf())),
+        None => context.cert.zip(context.key),
+    };
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|err| CliError::InvalidInput(format!("cannot read {flag} {}: {err}", path.display())))
+    };
+    let tls = TlsFiles {
+        ca_pem: ca.as_deref().map(|p| read("--ca-cert", p)).transpose()?,
+        identity: match &pair {
+            Some((cert, key)) => Some((read("--cert", cert)?, read("--key", key)?)),
+            None => None,
+        },
+    };
+    let bare_tls = tls.ca_pem.is_some() || tls.identity.is_some();
+    let endpoints = endpoint::parse_endpoints(&endpoints, bare_tls)?;
+    Ok(Client::new(endpoints, timeout, tls))
 }

@@ -89,6 +89,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
         "commit_index": status.commit_index,
         "applied_index": status.applied_index,
         "cluster_id": status.cluster_id,
+        "tls": status.tls,
     })
 }
 
@@ -111,7 +112,13 @@ pub fn status_table(status: &ClusterStatus) -> String {
         rows.push(vec![member.id.to_string(), member.addr.clone(), role]);
     }
     let cluster = if status.cluster_id.is_empty() { "unknown".to_owned() } else { status.cluster_id.clone() };
-    let summary = fields(&[("Cluster", cluster), ("Leader", leader), ("Answered by", answered)]);
+    let transport = if status.tls { "mutual TLS" } else { "PLAINTEXT, no authentication (vpnd --insecure)" };
+    let summary = fields(&[
+        ("Cluster", cluster),
+        ("Leader", leader),
+        ("Answered by", answered),
+        ("Transport", transport.to_owned()),
+    ]);
     format!("{summary}\n\n{}", table(&rows))
 }
 
@@ -159,6 +166,7 @@ mod tests {
             commit_index: 42,
             applied_index: 41,
             cluster_id: "5d3c7e1b00a4f2c9".into(),
+            tls: true,
         }
     }
 
@@ -176,6 +184,7 @@ mod tests {
             "commit_index": 42,
             "applied_index": 41,
             "cluster_id": "5d3c7e1b00a4f2c9",
+            "tls": true,
         });
         assert_eq!(status_json(&three_nodes(Some(2))), expected);
         assert_eq!(status_json(&three_nodes(None))["leader_id"], Value::Null);
@@ -197,6 +206,7 @@ mod tests {
 Cluster:      5d3c7e1b00a4f2c9
 Leader:       node 2 (term 7)
 Answered by:  node 1, commit index 42, applied index 41
+Transport:    mutual TLS
 
 ID  ADDRESS         ROLE
 1   10.0.0.1:7000   voter

@@ -47,6 +47,7 @@ impl ClusterApi {
             commit_index: readiness.committed,
             applied_index: readiness.applied,
             cluster_id: self.node.peers.cluster().get().map(|id| id.to_string()).unwrap_or_default(),
+            tls: self.node.tls.is_some(),
         }
     }
 
@@ -183,6 +184,7 @@ impl Cluster for ClusterApi {
 
     async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         check_add(req.get_ref())?;
+        crate::auth::check_join(&req, req.get_ref().id, req.get_ref().voter)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let mut fwd = forward::to_leader(&self.node, "AddMember", req.into_inner());
             fwd.set_timeout(CATCH_UP_TIMEOUT + Duration::from_secs(5));

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::metrics::MethodLabel;
 use crate::node::Node;
 
-const FORWARDED_HEADER: &str = "x-vpn-forwarded";
+pub const FORWARDED_HEADER: &str = "x-vpn-forwarded";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn was_forwarded<T>(req: &Request<T>) -> bool {

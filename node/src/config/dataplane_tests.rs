@@ -6,8 +6,18 @@ use super::*;
 use crate::config::{Args, Bootstrap, Config};
 
 fn config(extra: &[&str]) -> Result<Config, String> {
-    let mut argv =
-        vec!["vpnd", "--id", "4", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/tmp/x"];
+    let mut argv = vec![
+        "vpnd",
+        "--id",
+        "4",
+        "--listen",
+        "127.0.0.1:7000",
+        "--http",
+        "127.0.0.1:7080",
+        "--data-dir",
+        "/tmp/x",
+        "--insecure",
+    ];
     argv.extend_from_slice(extra);
     Config::from_args(Args::parse_from(argv)).map_err(|e| e.to_string())
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 pub use self::dataplane::DataplaneConfig;
 pub use self::scheduling::SchedulingConfig;
 use crate::error::Error;
+use crate::tls::{Material, Security};
 
 /// `vpnd`: one node of the replicated VPN control plane.
 #[derive(Debug, Default, Parser)]
@@ -82,6 +83,20 @@ pub struct Args {
     /// Build a snapshot (and purge the log behind it) every this many entries (default 10000).
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// PEM file of the cluster's CA (`vpnctl pki init`): peers and clients must present
+    /// certificates it issued.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate (`vpnctl pki node-cert --id <this id>`).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of this node's private key (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Serve plaintext gRPC with no authentication at all: anyone who reaches --listen can do
+    /// anything. Only for a private test network.
+    #[arg(long)]
+    pub insecure: bool,
 
     #[command(flatten)]
     pub data_plane: dataplane::DataplaneArgs,
@@ -107,6 +122,10 @@ struct FileSettings {
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_every: Option<u64>,
+    trusted_ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    insecure: Option<bool>,
     dataplane: Option<bool>,
     public_host: Option<String>,
     /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
@@ -168,6 +187,7 @@ pub struct Config {
     /// Set on a data-plane node (`--dataplane`).
     pub dataplane: Option<DataplaneConfig>,
     pub scheduling: SchedulingConfig,
+    pub security: Security,
 }
 
 impl Config {
@@ -289,7 +309,46 @@ impl Config {
             },
             http,
         )?;
-        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling })
+        let security = security(
+            id,
+            dev,
+            args.insecure || file.insecure.unwrap_or(false),
+            [
+                args.trusted_ca_file.or(file.trusted_ca_file),
+                args.cert_file.or(file.cert_file),
+                args.key_file.or(file.key_file),
+            ],
+        )?;
+        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling, security })
+    }
+}
+
+/// Mutual TLS from the three files, `--insecure`, or `--dev`'s own CA; never
+/// plaintext by default.
+fn security(id: u64, dev: bool, insecure: bool, files: [Option<PathBuf>; 3]) -> Result<Security, Error> {
+    const FLAGS: &str = "--trusted-ca-file, --cert-file and --key-file";
+    match (insecure, files) {
+        (true, [None, None, None]) => Ok(Security::Insecure),
+        (true, _) => Err(Error::invalid("--insecure", &format!("turns TLS off: drop {FLAGS}, or --insecure"))),
+        (false, [Some(ca), Some(cert), Some(key)]) => Ok(Security::Mtls(Material::load(&ca, &cert, &key, id)?)),
+        (false, [None, None, None]) if dev => Ok(Security::Dev),
+        (false, [None, None, None]) => Err(Error::InvalidFlag {
+            flag: "--trusted-ca-file",
+            detail: format!(
+                "the gRPC port needs TLS: give {FLAGS} (made with `vpnctl pki`), or --insecure to serve plaintext \
+                 with no authentication"
+            ),
+        }),
+        (false, [ca, cert, _]) => Err(Error::InvalidFlag {
+            flag: if ca.is_none() {
+                "--trusted-ca-file"
+            } else if cert.is_none() {
+                "--cert-file"
+            } else {
+                "--key-file"
+            },
+            detail: format!("is missing: mutual TLS needs all of {FLAGS}"),
+        }),
     }
 }
 
@@ -385,10 +444,39 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Args {
-        let mut argv =
-            vec!["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/tmp/x"];
+        let mut argv = vec![
+            "vpnd",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7000",
+            "--http",
+            "127.0.0.1:7080",
+            "--data-dir",
+            "/tmp/x",
+            "--insecure",
+        ];
         argv.extend_from_slice(extra);
         Args::parse_from(argv)
+    }
+
+    #[test]
+    fn the_grpc_port_needs_tls_files_or_an_explicit_insecure() {
+        let bare = ["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/x"];
+        let e = Config::from_args(Args::parse_from(bare)).expect_err("no TLS settings");
+        let text = e.to_string();
+        assert!(
+            text.contains("--trusted-ca-file") && text.contains("--key-file") && text.contains("--insecure"),
+            "{e}"
+        );
+        let partial = bare.iter().copied().chain(["--trusted-ca-file", "/ca.crt", "--cert-file", "/n.crt"]);
+        let e = Config::from_args(Args::parse_from(partial)).expect_err("no key");
+        assert!(e.to_string().starts_with("--key-file: is missing"), "{e}");
+        assert!(err(&["--trusted-ca-file", "/ca.crt"]).starts_with("--insecure:"), "both TLS and --insecure");
+        let c = Config::from_args(args(&[])).expect("--insecure");
+        assert!(matches!(c.security, Security::Insecure));
+        let dev = Config::from_args(Args::parse_from(["vpnd", "--dev"])).expect("dev");
+        assert!(matches!(dev.security, Security::Dev));
     }
 
     fn err(extra: &[&str]) -> String {
@@ -490,8 +578,8 @@ mod tests {
         let path = dir.path().join("vpnd.toml");
         std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:7100\"\nhttp = \"127.0.0.1:7180\"\ndata-dir = \"/d\"\nheartbeat-ms = 20\njoin = \"127.0.0.1:7000\"\n")
             .expect("write");
-        let c = Config::from_args(Args::parse_from(["vpnd", "--config", path.to_str().expect("utf8"), "--id", "3"]))
-            .expect("valid");
+        let argv = ["vpnd", "--config", path.to_str().expect("utf8"), "--id", "3", "--insecure"];
+        let c = Config::from_args(Args::parse_from(argv)).expect("valid");
         assert_eq!(c.id, 3);
         assert_eq!(c.raft.heartbeat_ms, 20);
         assert_eq!(c.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7000".into()], voter: true });

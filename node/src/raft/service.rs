@@ -10,6 +10,7 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
+use vpn_pki::Principal;
 use vpn_proto::internal::raft_server::Raft as RaftRpc;
 use vpn_proto::internal::{
     HeartbeatReply, HeartbeatRequest, RaftBinary, RaftPayload, ReadIndexReply, ReadIndexRequest, TimeoutNowReply,
@@ -19,6 +20,7 @@ use vpn_storage::command::Command;
 use vpn_storage::wire;
 
 use super::network::{HEADER_CLUSTER, HEADER_FROM, HEADER_FROM_INCARNATION, HEADER_TO_INCARNATION};
+use crate::auth::Caller;
 use crate::identity::{ClusterCell, ClusterId};
 use crate::node::Node;
 
@@ -158,12 +160,17 @@ impl RaftRpc for RaftService {
     /// Only the leader proposes; a follower says where the leader is, so a
     /// proposal is never forwarded twice.
     async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
         let cmd: Command = decode(req)?;
+        if let Some(Caller(principal)) = caller {
+            may_propose(&principal, &cmd)?;
+        }
         self.node.ensure_leading()?;
         encode(&self.node.propose(cmd).await?)
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        crate::auth::require_node(&req, req.get_ref().node_id, "heartbeat or report traffic")?;
         Ok(Response::new(crate::leader::heartbeat::handle(&self.node, req.into_inner()).await?))
     }
 
@@ -176,6 +183,22 @@ impl RaftRpc for RaftService {
             .await
             .map_err(|e| Status::unavailable(format!("cannot start an election: {e}")))?;
         Ok(Response::new(TimeoutNowReply {}))
+    }
+}
+
+/// What another node may propose through this service: records about
+/// itself, which it makes at start (its data dir's identity, its data-plane
+/// offer). Everything else is written by the leader's own API handlers, so a
+/// raw command from elsewhere is never applied.
+fn may_propose(caller: &Principal, cmd: &Command) -> Result<(), Status> {
+    let about = match cmd {
+        Command::RegisterMember(record) => record.id,
+        Command::RegisterDataplaneNode(offer) => offer.id,
+        _ => return Err(Status::permission_denied(format!("{caller} may not propose this command"))),
+    };
+    match caller {
+        Principal::Node { id, .. } if *id == about => Ok(()),
+        _ => Err(Status::permission_denied(format!("{caller} may not register node {about}"))),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod completions;
+pub mod context;
 pub mod member;
 pub mod node;
 pub mod pki;

@@ -1,0 +1,280 @@
+//! Mutual TLS on every gRPC connection: a cluster made from `vpnctl pki`
+//! certificates serves writes through any node, every caller without the
+//! right certificate is refused with nothing changed, bad files stop vpnd
+//! before it starts, and `vpnd --dev` is secure and one command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_tests::cli::vpnctl;
+use cluster_tests::cluster::{channel, tls_channel, CONVERGE};
+use cluster_tests::process::own_binary;
+use cluster_tests::{eventually, Cluster};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::Code;
+use vpn_proto::internal::raft_client::RaftClient;
+use vpn_proto::internal::{HeartbeatRequest, RaftPayload, TimeoutNowRequest};
+use vpn_proto::v1::cluster_client::ClusterClient;
+use vpn_proto::v1::users_client::UsersClient;
+use vpn_proto::v1::{AddMemberRequest, CreateUserRequest, ListUsersRequest, StatusRequest};
+use vpn_storage::command::Command as RaftCommand;
+
+/// Certificates made with the real `vpnctl pki`, in `dir`.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn init(root: &Path) -> Self {
+        let dir = root.join("ca");
+        let run = vpnctl("127.0.0.1:1", &["pki", "init", "--out", dir.to_str().expect("utf8")]);
+        assert_eq!(run.code, 0, "pki init: {}", run.stderr);
+        Self { dir }
+    }
+
+    /// `pki node-cert` for node `id` in `role` at `host`; the directory it wrote.
+    fn node(&self, id: u64, role: &str, host: &str) -> PathBuf {
+        let out = self.dir.with_file_name(format!("node-{id}-{role}"));
+        let (ca, out_s, id_s) = (self.dir.to_str().expect("utf8"), out.to_str().expect("utf8"), id.to_string());
+        let args = ["pki", "node-cert", "--ca", ca, "--id", &id_s, "--host", host, "--role", role, "--out", out_s];
+        let run = vpnctl("127.0.0.1:1", &args);
+        assert_eq!(run.code, 0, "pki node-cert: {}", run.stderr);
+        out
+    }
+
+    fn ca(&self) -> Certificate {
+        Certificate::from_pem(std::fs::read(self.dir.join("ca.crt")).expect("ca.crt"))
+    }
+
+    /// The TLS settings of a client presenting `<dir>/<name>.crt`.
+    fn client(&self, dir: &Path, name: &str) -> ClientTlsConfig {
+        let read = |ext: &str| std::fs::read(dir.join(format!("{name}.{ext}"))).expect("certificate file");
+        ClientTlsConfig::new().ca_certificate(self.ca()).identity(Identity::from_pem(read("crt"), read("key")))
+    }
+
+    fn flags(&self, node_dir: &Path) -> Vec<String> {
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            "--trusted-ca-file".into(),
+            path(self.dir.join("ca.crt")),
+            "--cert-file".into(),
+            path(node_dir.join("node.crt")),
+            "--key-file".into(),
+            path(node_dir.join("node.key")),
+        ]
+    }
+}
+
+fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+async fn state(cluster: &Cluster, leader: u64) -> (Vec<(String, String)>, Vec<u64>) {
+    let mut users = cluster.users(leader);
+    let page = users.list_users(ListUsersRequest { page_size: 1000, ..Default::default() }).await.expect("list");
+    let users = page.into_inner().users.into_iter().map(|u| (u.name, u.id)).collect();
+    let status = cluster.status(leader).await.expect("status");
+    (users, status.members.iter().map(|m| m.id).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_cluster_serves_writes_through_any_node_and_refuses_every_outsider() {
+    let mut cluster = Cluster::new(3, &[]);
+    let pki = Pki::init(cluster.root.path());
+    let host = cluster.ip.to_string();
+    for id in 1..=3 {
+        let flags = pki.flags(&pki.node(id, "controlplane", &host));
+        cluster.node_mut(id).extra = flags;
+    }
+    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
+    for p in cluster.nodes.values_mut() {
+        p.start();
+    }
+    let leader = cluster.wait_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+
+    // An operator with the admin certificate writes through a follower.
+    let creds = |extra: &[&str]| -> Vec<String> {
+        let dir = pki.dir.display().to_string();
+        let mut args: Vec<String> =
+            vec!["--ca-cert".into(), format!("{dir}/ca.crt"), "--cert".into(), format!("{dir}/admin.crt")];
+        args.extend(["--key".into(), format!("{dir}/admin.key")]);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let endpoint = cluster.node(follower).grpc.to_string();
+    let args = creds(&["user", "add", "alice"]);
+    let run = vpnctl(&endpoint, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, 0, "user add through node {follower}: {}", run.stderr);
+    let args = creds(&["-o", "json", "cluster", "status"]);
+    let status = vpnctl(&endpoint, &args.iter().map(String::as_str).collect::<Vec<_>>()).json();
+    assert_eq!(status["tls"], true);
+    let before = state(&cluster, leader).await;
+    assert_eq!(before.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["alice"]);
+
+    let addr = cluster.node(leader).grpc;
+    let create = |tls: Option<ClientTlsConfig>| async move {
+        let ch = match tls {
+            Some(tls) => tls_channel(addr, tls),
+            None => channel(addr),
+        };
+        let mut req = tonic::Request::new(CreateUserRequest { name: "mallory".into(), ..Default::default() });
+        req.set_timeout(Duration::from_secs(5));
+        UsersClient::new(ch).create_user(req).await
+    };
+    // Plaintext, no certificate, another CA's certificate: nothing gets in.
+    assert_ne!(code_of(create(None).await), Code::Ok, "plaintext to a TLS port");
+    let anonymous = ClientTlsConfig::new().ca_certificate(pki.ca());
+    assert_eq!(code_of(create(Some(anonymous)).await), Code::Unauthenticated);
+    let only_ca = ["--ca-cert", &format!("{}/ca.crt", pki.dir.display()), "user", "add", "mallory"].map(str::to_owned);
+    let run = vpnctl(&endpoint, &only_ca.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, 5, "vpnctl without a certificate: {}", run.stderr);
+    let other_root = tempfile::tempdir().expect("tempdir");
+    let other = Pki::init(other_root.path());
+    assert_ne!(code_of(create(Some(other.client(&other.dir, "admin"))).await), Code::Ok, "another CA");
+
+    // A data-plane node's certificate: no Raft, no public API, no joining as
+    // a voter or as someone else, no heartbeat as another node.
+    let edge = pki.client(&pki.node(9, "dataplane", &host), "node");
+    assert_eq!(code_of(create(Some(edge.clone())).await), Code::PermissionDenied);
+    let raft = |tls: ClientTlsConfig| RaftClient::new(tls_channel(addr, tls));
+    let vote = RaftPayload { json: b"{}".to_vec() };
+    assert_eq!(code_of(raft(edge.clone()).vote(vote.clone()).await), Code::PermissionDenied);
+    let beat = HeartbeatRequest { node_id: follower, ..Default::default() };
+    assert_eq!(code_of(raft(edge.clone()).heartbeat(beat).await), Code::PermissionDenied);
+    let mut members = ClusterClient::new(tls_channel(addr, edge.clone()));
+    let voter = AddMemberRequest { id: 9, addr: format!("{host}:1"), voter: true, ..Default::default() };
+    assert_eq!(code_of(members.add_member(voter).await), Code::PermissionDenied);
+    let someone_else = AddMemberRequest { id: 10, addr: format!("{host}:1"), ..Default::default() };
+    assert_eq!(code_of(members.add_member(someone_else).await), Code::PermissionDenied);
+
+    // A control-plane certificate used under another node's id, a client
+    // certificate on the Raft service, a raw command, a transfer from a
+    // node that does not lead.
+    let node2 = pki.client(&pki.dir.with_file_name("node-2-controlplane"), "node");
+    let mut claims_3 = tonic::Request::new(vote.clone());
+    claims_3.metadata_mut().insert("x-vpn-from", "3".parse().expect("ascii"));
+    assert_eq!(code_of(raft(node2.clone()).vote(claims_3).await), Code::PermissionDenied);
+    let admin = pki.client(&pki.dir, "admin");
+    assert_eq!(code_of(raft(admin).vote(vote.clone()).await), Code::PermissionDenied);
+    let raw = serde_json::to_vec(&RaftCommand::DeleteUser { name: "alice".into() }).expect("json");
+    assert_eq!(code_of(raft(node2.clone()).propose(RaftPayload { json: raw }).await), Code::PermissionDenied);
+    let not_leader = pki.client(&pki.dir.with_file_name(format!("node-{follower}-controlplane")), "node");
+    assert_eq!(code_of(raft(not_leader).timeout_now(TimeoutNowRequest {}).await), Code::PermissionDenied);
+
+    assert_eq!(state(&cluster, leader).await, before, "a refused call changed the state");
+    assert_eq!(cluster.status(leader).await.expect("status").leader_id, Some(leader), "no election was forced");
+    let refused = cluster.metric(leader, "vpn_auth_refusals_total").await.expect("metric");
+    assert!(refused >= 1.0, "refusals are counted: {refused}");
+    let status = ClusterClient::new(cluster.channel(follower)).status(StatusRequest {}).await.expect("status");
+    assert!(status.into_inner().tls);
+}
+
+/// Runs vpnd with `args` and expects it to stop at once with exit 2 and
+/// `expected` in its one error line.
+fn refused_to_start(args: &[String], expected: &str) {
+    let mut child = Command::new(own_binary("cluster-vpnd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpnd");
+    let deadline = Instant::now() + CONVERGE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vpnd {args:?} did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+}
+
+#[test]
+fn mtls_bad_certificate_files_stop_vpnd_with_exit_2_naming_the_flag() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::init(root.path());
+    let node = pki.node(1, "controlplane", "127.0.0.1");
+    let base: Vec<String> = ["--id", "1", "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([root.path().join("data").display().to_string()])
+        .collect();
+    let with = |extra: Vec<String>| base.iter().cloned().chain(extra).collect::<Vec<_>>();
+    refused_to_start(&base, "--trusted-ca-file");
+
+    let garbage = root.path().join("garbage.crt");
+    std::fs::write(&garbage, "not a certificate").expect("write");
+    let mut flags = pki.flags(&node);
+    flags[3] = garbage.display().to_string();
+    refused_to_start(&with(flags), "--cert-file");
+
+    let shared_key = root.path().join("shared.key");
+    std::fs::copy(node.join("node.key"), &shared_key).expect("copy");
+    std::fs::set_permissions(&shared_key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let mut flags = pki.flags(&node);
+    flags[5] = shared_key.display().to_string();
+    refused_to_start(&with(flags), "chmod 600");
+
+    let other = pki.node(2, "controlplane", "127.0.0.1");
+    refused_to_start(&with(pki.flags(&other)), "this is node 1");
+    assert!(!root.path().join("data").exists(), "nothing was started, nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_dev_is_one_command_secure_and_vpnctl_needs_no_flags() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ip = cluster_tests::net::random_loopback_ip();
+    let (grpc, http) = (cluster_tests::net::free_addr(ip), cluster_tests::net::free_addr(ip));
+    let config = root.path().join("vpnctl.toml");
+    let data = root.path().join("vpn-data");
+    let mut vpnd = Command::new(own_binary("cluster-vpnd"))
+        .args(["--dev", "--listen", &grpc.to_string(), "--http", &http.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("VPNCTL_CONFIG", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vpnd --dev");
+    let vpnctl = |args: &[&str]| {
+        Command::new(own_binary("cluster-vpnctl"))
+            .args(args)
+            .env("VPNCTL_CONFIG", &config)
+            .env_remove("VPNCTL_ENDPOINTS")
+            .output()
+            .expect("vpnctl")
+    };
+    let added = eventually("vpnctl user add alice, with no flags", CONVERGE, || async {
+        let out = vpnctl(&["user", "add", "alice"]);
+        match out.status.code() {
+            Some(0) => Ok(()),
+            _ => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    });
+    added.await;
+    let out = vpnctl(&["-o", "json", "cluster", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["tls"], true);
+    let mode = |p: PathBuf| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("meta").permissions());
+    assert_eq!(mode(data.join("pki/ca.key")) & 0o777, 0o600);
+    assert_eq!(mode(config.clone()) & 0o777, 0o600);
+    let plaintext = UsersClient::new(channel(grpc))
+        .create_user(CreateUserRequest { name: "mallory".into(), ..Default::default() })
+        .await;
+    assert_ne!(code_of(plaintext), Code::Ok, "the dev port speaks TLS only");
+    let _ = vpnd.kill();
+    let _ = vpnd.wait();
+}

@@ -1,0 +1,216 @@
+//! Transport security of the gRPC port: mutual TLS with certificates of the
+//! cluster's CA (`vpnctl pki`), or plaintext only when `--insecure` says so.
+//!
+//! The files are read and checked before anything starts: the certificate
+//! must come from the trusted CA, name this node's `--id`, and match its key;
+//! the key must be readable by its owner only. Each problem names the flag.
+//! `--dev` makes its own CA and certificates in `<data-dir>/pki` instead.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use vpn_pki::files::{pem_to_der, private_dir, read_pem, write_private, write_public};
+use vpn_pki::{CertInfo, Principal, Role};
+
+use crate::error::Error;
+
+/// How the gRPC port is secured.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// `--insecure`: plaintext, and any caller may do anything.
+    Insecure,
+    /// Mutual TLS with these (checked) files.
+    Mtls(Material),
+    /// `--dev`: a CA and certificates made in the data dir on first start.
+    Dev,
+}
+
+/// This node's certificate, its key and the CA it trusts, as PEM.
+#[derive(Clone)]
+pub struct Material {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    key_pem: String,
+    /// What this node's own certificate names, and when it expires.
+    pub info: CertInfo,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// Reads and checks `--trusted-ca-file`, `--cert-file` and `--key-file` for node `id`.
+    pub fn load(ca: &Path, cert: &Path, key: &Path, id: u64) -> Result<Self, Error> {
+        let flag = |flag: &'static str, e: vpn_pki::PkiError| Error::InvalidFlag { flag, detail: e.to_string() };
+        let (ca_pem, ca_der) = read_pem(ca, "CERTIFICATE").map_err(|e| flag("--trusted-ca-file", e))?;
+        let (cert_pem, cert_der) = read_pem(cert, "CERTIFICATE").map_err(|e| flag("--cert-file", e))?;
+        refuse_shared_key(key)?;
+        let (key_pem, _) = read_pem(key, "PRIVATE KEY").map_err(|e| flag("--key-file", e))?;
+        let info = vpn_pki::verify_issued(&ca_der, &cert_der).map_err(|e| Error::InvalidFlag {
+            flag: "--cert-file",
+            detail: format!("{}: {e} (the CA in {})", cert.display(), ca.display()),
+        })?;
+        match info.principal {
+            Principal::Node { id: named, .. } if named == id => {}
+            ref other => {
+                return Err(Error::InvalidFlag {
+                    flag: "--cert-file",
+                    detail: format!(
+                        "{} names {other}, but this is node {id}: issue one with `vpnctl pki node-cert --id {id}`",
+                        cert.display()
+                    ),
+                })
+            }
+        }
+        if !vpn_pki::key_matches(&cert_der, &key_pem).map_err(|e| flag("--key-file", e))? {
+            return Err(Error::InvalidFlag {
+                flag: "--key-file",
+                detail: format!("{} is not the key of {}", key.display(), cert.display()),
+            });
+        }
+        Ok(Self { ca_pem, cert_pem, key_pem, info })
+    }
+
+    /// The server side: this node's certificate (with the CA's, so a client
+    /// sees the whole chain), and client certificates checked against the CA.
+    /// A client without one still gets through the handshake: health probes
+    /// need none, and every other RPC is refused by [`crate::auth`].
+    pub fn server(&self) -> ServerTlsConfig {
+        let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(chain, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+    }
+
+    /// The client side, for calls to other nodes: presents this node's certificate.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+
+    /// `--dev`'s material: made in `<data_dir>/pki` on first start (a CA, this
+    /// node's certificate for `hosts`, and an `admin` client certificate for
+    /// vpnctl), read back on later starts.
+    pub fn dev(data_dir: &Path, id: u64, hosts: &[String]) -> Result<Self, Error> {
+        let dir = data_dir.join("pki");
+        let fail = |e: vpn_pki::PkiError| Error::DataDir { path: dir.clone(), detail: e.to_string() };
+        if !dir.join("node.crt").exists() {
+            private_dir(&dir).map_err(fail)?;
+            let ca = vpn_pki::Ca::generate("vpn dev CA").map_err(fail)?;
+            let node = ca.issue_node(id, Role::ControlPlane, hosts, vpn_pki::ca::NODE_LIFETIME).map_err(fail)?;
+            let admin = ca.issue_client("admin", vpn_pki::ca::CLIENT_LIFETIME).map_err(fail)?;
+            write_private(&dir.join("ca.key"), ca.key_pem().as_bytes()).map_err(fail)?;
+            write_public(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(fail)?;
+            write_private(&dir.join("admin.key"), admin.key_pem.as_bytes()).map_err(fail)?;
+            write_public(&dir.join("admin.crt"), admin.cert_pem.as_bytes()).map_err(fail)?;
+            write_private(&dir.join("node.key"), node.key_pem.as_bytes()).map_err(fail)?;
+            write_public(&dir.join("node.crt"), node.cert_pem.as_bytes()).map_err(fail)?;
+        }
+        Self::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id)
+    }
+
+    /// The certificate's DER, for callers that need to inspect it.
+    pub fn cert_der(&self) -> Vec<u8> {
+        pem_to_der(&self.cert_pem, "CERTIFICATE").unwrap_or_default()
+    }
+}
+
+/// A private key others can read is a leaked key: refuse to start on it.
+fn refuse_shared_key(key: &Path) -> Result<(), Error> {
+    let mode = std::fs::metadata(key)
+        .map_err(|e| Error::InvalidFlag {
+            flag: "--key-file",
+            detail: format!("{}: cannot be read: {e}", key.display()),
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::InvalidFlag {
+            flag: "--key-file",
+            detail: format!(
+                "{} can be read by other users (mode {:o}): run `chmod 600 {}`",
+                key.display(),
+                mode & 0o777,
+                key.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use vpn_pki::ca::NODE_LIFETIME;
+
+    use super::*;
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Self {
+            Self { dir: tempfile::tempdir().expect("tempdir") }
+        }
+
+        fn write(&self, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            path
+        }
+    }
+
+    #[test]
+    fn a_node_starts_only_on_its_own_certificate_from_the_trusted_ca_with_a_private_key() {
+        let files = Files::new();
+        let ca = vpn_pki::Ca::generate("ca").expect("ca");
+        let node2 = ca.issue_node(2, Role::ControlPlane, &["127.0.0.1".into()], NODE_LIFETIME).expect("cert");
+        let ca_file = files.write("ca.crt", ca.cert_pem(), 0o644);
+        let cert = files.write("node.crt", &node2.cert_pem, 0o644);
+        let key = files.write("node.key", &node2.key_pem, 0o600);
+        let loaded = Material::load(&ca_file, &cert, &key, 2).expect("loads");
+        assert_eq!(loaded.info.principal, Principal::Node { id: 2, role: Role::ControlPlane });
+
+        let err = Material::load(&ca_file, &cert, &key, 3).expect_err("another id");
+        assert!(err.to_string().starts_with("--cert-file:") && err.to_string().contains("node 2"), "{err}");
+
+        let shared = files.write("shared.key", &node2.key_pem, 0o644);
+        let err = Material::load(&ca_file, &cert, &shared, 2).expect_err("mode 0644");
+        assert!(err.to_string().starts_with("--key-file:") && err.to_string().contains("chmod 600"), "{err}");
+
+        let other = vpn_pki::Ca::generate("other").expect("ca");
+        let other_ca = files.write("other.crt", other.cert_pem(), 0o644);
+        let err = Material::load(&other_ca, &cert, &key, 2).expect_err("another CA");
+        assert!(err.to_string().contains("not issued by this cluster's CA"), "{err}");
+
+        let garbage = files.write("garbage.crt", "hello", 0o644);
+        let err = Material::load(&garbage, &cert, &key, 2).expect_err("not PEM");
+        assert!(err.to_string().starts_with("--trusted-ca-file:"), "{err}");
+
+        let node3 = ca.issue_node(2, Role::ControlPlane, &[], NODE_LIFETIME).expect("cert");
+        let wrong_key = files.write("wrong.key", &node3.key_pem, 0o600);
+        let err = Material::load(&ca_file, &cert, &wrong_key, 2).expect_err("key of another cert");
+        assert!(err.to_string().starts_with("--key-file:") && err.to_string().contains("is not the key of"), "{err}");
+    }
+
+    #[test]
+    fn dev_material_is_made_once_and_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Material::dev(dir.path(), 1, &["127.0.0.1".into()]).expect("made");
+        let again = Material::dev(dir.path(), 1, &["127.0.0.1".into()]).expect("read back");
+        assert_eq!(first.cert_pem, again.cert_pem);
+        let mode =
+            |name: &str| std::fs::metadata(dir.path().join("pki").join(name)).expect("meta").permissions().mode();
+        assert_eq!(mode("ca.key") & 0o777, 0o600);
+        assert_eq!(mode("node.key") & 0o777, 0o600);
+        assert_eq!(mode("admin.key") & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path().join("pki")).expect("meta").permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,140 @@
+//! vpnctl's contexts, like a kubeconfig: named sets of endpoints and the
+//! files of the credentials to reach them with, and the one in use. The file
+//! is `$VPNCTL_CONFIG`, else `$XDG_CONFIG_HOME/vpnctl/config.toml`, else
+//! `~/.config/vpnctl/config.toml`; it is written 0600. `vpnd --dev` adds its
+//! own context here; nothing ever replaces a context it did not write.
+//!
+//! ```toml
+//! current-context = "dev"
+//! [contexts.dev]
+//! endpoints = ["127.0.0.1:7000"]
+//! ca-cert = "/home/me/vpn-data/pki/ca.crt"
+//! cert = "/home/me/vpn-data/pki/admin.crt"
+//! key = "/home/me/vpn-data/pki/admin.key"
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::PkiError;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Contexts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_context: Option<String>,
+    #[serde(default)]
+    pub contexts: BTreeMap<String, Context>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Context {
+    pub endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// Where the contexts live (see the module doc); `None` without a home.
+pub fn default_path() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("VPNCTL_CONFIG")
+        .or_else(|| var("XDG_CONFIG_HOME").map(|d| d.join("vpnctl/config.toml")))
+        .or_else(|| var("HOME").map(|h| h.join(".config/vpnctl/config.toml")))
+}
+
+impl Contexts {
+    /// The file's contexts; none when it does not exist.
+    pub fn load(path: &Path) -> Result<Self, PkiError> {
+        let fail = |detail: String| PkiError::File { path: path.display().to_string(), detail };
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| fail(format!("is not a vpnctl config: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(fail(format!("cannot be read: {e}"))),
+        }
+    }
+
+    /// Writes the file whole (a temp file renamed over it), 0600.
+    pub fn save(&self, path: &Path) -> Result<(), PkiError> {
+        let fail = |detail: String| PkiError::File { path: path.display().to_string(), detail };
+        let text = toml::to_string(self).map_err(|e| fail(e.to_string()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("its directory cannot be made: {e}")))?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| fail(format!("cannot be written: {e}")))?;
+        file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| fail(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| fail(format!("cannot be replaced: {e}")))
+    }
+
+    /// The context in use, with its name.
+    pub fn current(&self) -> Option<(&str, &Context)> {
+        let name = self.current_context.as_deref()?;
+        self.contexts.get(name).map(|c| (name, c))
+    }
+
+    /// Adds `context` under `name`, or under `name-2`, `name-3`... when `name`
+    /// holds another one; a context with the same key file is the same one
+    /// (the same data dir) and is updated. Makes it current when no context
+    /// is. Returns the name it got.
+    pub fn add_own(&mut self, name: &str, context: Context) -> String {
+        let taken_by_other = |n: &str| self.contexts.get(n).is_some_and(|c| c.key != context.key);
+        let chosen = (1..)
+            .map(|i| if i == 1 { name.to_owned() } else { format!("{name}-{i}") })
+            .find(|n| !taken_by_other(n))
+            .unwrap_or_else(|| name.to_owned());
+        self.contexts.insert(chosen.clone(), context);
+        if self.current().is_none() {
+            self.current_context = Some(chosen.clone());
+        }
+        chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(key: &str) -> Context {
+        Context { endpoints: vec!["127.0.0.1:7000".into()], key: Some(key.into()), ..Context::default() }
+    }
+
+    #[test]
+    fn a_dev_context_never_replaces_another_and_becomes_current_only_when_none_is() {
+        let mut contexts = Contexts::default();
+        assert_eq!(contexts.add_own("dev", ctx("/a/admin.key")), "dev");
+        assert_eq!(contexts.current_context.as_deref(), Some("dev"));
+        assert_eq!(contexts.add_own("dev", ctx("/a/admin.key")), "dev", "the same data dir again");
+        assert_eq!(contexts.add_own("dev", ctx("/b/admin.key")), "dev-2", "another data dir");
+        assert_eq!(contexts.contexts["dev"].key.as_deref(), Some(Path::new("/a/admin.key")));
+        assert_eq!(contexts.current_context.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn contexts_round_trip_through_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vpnctl/config.toml");
+        let mut contexts = Contexts::load(&path).expect("absent is empty");
+        contexts.add_own("dev", ctx("/a/admin.key"));
+        contexts.save(&path).expect("save");
+        assert_eq!(Contexts::load(&path).expect("load"), contexts);
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        std::fs::write(&path, "nonsense = [").expect("write");
+        assert!(Contexts::load(&path).is_err_and(|e| e.to_string().contains("is not a vpnctl config")));
+    }
+}
