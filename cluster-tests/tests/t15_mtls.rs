@@ -172,6 +172,19 @@ async fn mtls_cluster_serves_writes_through_any_node_and_refuses_every_outsider(
     assert!(refused >= 1.0, "refusals are counted: {refused}");
     let status = ClusterClient::new(cluster.channel(follower)).status(StatusRequest {}).await.expect("status");
     assert!(status.into_inner().tls);
+
+    // Nothing in any node's data dir is readable by another local user.
+    for p in cluster.nodes.values() {
+        let mut pending = vec![p.data_dir.clone()];
+        while let Some(path) = pending.pop() {
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+            assert_eq!(mode & 0o077, 0, "{} is mode {:o}", path.display(), mode & 0o777);
+            if meta.is_dir() {
+                pending.extend(std::fs::read_dir(&path).expect("dir").map(|e| e.expect("entry").path()));
+            }
+        }
+    }
 }
 
 /// Runs vpnd with `args` and expects it to stop at once with exit 2 and

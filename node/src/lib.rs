@@ -9,7 +9,8 @@
 //! - [`config`]: flags, TOML file, `--dev`; all validation of settings.
 //! - `agent`: on a `--dataplane` node, secrets, registration, and the desired
 //!   state handed to the runtime's reconciler (`vpn-runtime`).
-//! - `identity`: the data dir's node id, incarnation and cluster id.
+//! - `identity`: the data dir's node id, incarnation and cluster id;
+//!   `data_dir`: keeping the data dir private to the node's user.
 //! - `leader`: what only the leader does: data-plane liveness, the
 //!   scheduler's executor, expiry and traffic resets, heartbeat intake.
 //! - [`node`]: the shared handle: propose, linearizable reads, leader routing.
@@ -28,6 +29,7 @@ mod agent;
 mod api;
 mod auth;
 pub mod config;
+mod data_dir;
 pub mod error;
 mod http;
 mod identity;
@@ -92,6 +94,7 @@ impl Listeners {
 /// Runs a node until `shutdown` resolves (then stops gracefully, handing off
 /// leadership) or a fatal error occurs.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    data_dir::make_private(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir, config.id)?;
     let (log, sm) = vpn_storage::open(&config.data_dir)?;
     let cluster = ClusterCell::new(identity.cluster_id);
@@ -326,6 +329,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
 /// The `vpnd` command: parse flags, run until SIGTERM, exit 0 on a graceful
 /// stop, 2 on bad settings, 1 on any other failure.
 pub fn main() -> ExitCode {
+    data_dir::private_umask();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
