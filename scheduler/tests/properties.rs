@@ -90,7 +90,8 @@ fn node_id(position: usize) -> NodeId {
 }
 
 fn build(nodes: &[NodeSpec], users: &[UserSpec]) -> State {
-    let mut state = State { generation: GENERATION, ..State::default() };
+    let mut state = State::default();
+    state.generation = GENERATION;
     for (i, spec) in nodes.iter().enumerate() {
         let mut n = DataplaneNode::new(node_id(i), format!("n{i}"), Vec::new());
         n.health = if spec.ready { NodeHealth::Ready } else { NodeHealth::Down };

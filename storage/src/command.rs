@@ -189,6 +189,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 return CommandResponse::Refused(Refusal::UserExists(user.name.clone()));
             }
             state.users.insert(user.name.clone(), user.clone());
+            state.index_token(user);
             state.generation += 1;
             CommandResponse::User(user.clone())
         }
@@ -226,7 +227,8 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         }
         Command::DeleteUser { name } => match state.users.remove(name) {
             None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
-            Some(_) => {
+            Some(removed) => {
+                state.unindex_token(&removed.sub_token);
                 state.generation += 1;
                 CommandResponse::Deleted
             }
@@ -247,8 +249,11 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         Command::RotateToken { name, token } => match state.users.get_mut(name) {
             None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
             Some(user) => {
-                user.sub_token = token.clone();
-                CommandResponse::User(user.clone())
+                let old = std::mem::replace(&mut user.sub_token, token.clone());
+                let user = user.clone();
+                state.unindex_token(&old);
+                state.index_token(&user);
+                CommandResponse::User(user)
             }
         },
         Command::Reevaluate { names, at_ms } => {

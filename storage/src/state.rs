@@ -1,6 +1,6 @@
 //! The state every replica holds after applying the log: what snapshots carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,20 @@ pub struct State {
     /// serve (users, node offers); nodes report the generation they applied.
     #[serde(default)]
     pub generation: u64,
+    /// SHA-256 of each user's subscription token -> the user's name, so
+    /// `/sub` finds a token in O(1) and compares digests, never the secret
+    /// itself byte by byte. Derived from `users` (kept by `apply`, rebuilt
+    /// by [`State::reindex_tokens`] on load), never persisted.
+    #[serde(skip)]
+    pub(crate) tokens: HashMap<TokenDigest, String>,
+}
+
+type TokenDigest = [u8; 32];
+
+fn token_digest(token: &str) -> TokenDigest {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    digest
 }
 
 impl State {
@@ -55,12 +69,63 @@ impl State {
         self.dataplane_nodes.values().filter(move |n| active && user.placed_on(n.id))
     }
 
-    /// The user a subscription token belongs to. A linear scan: a lookup per
-    /// subscription fetch over every user is cheap next to the HTTP exchange.
+    /// The user a subscription token belongs to: one hash lookup by the
+    /// token's digest (see `tokens`).
     pub fn user_by_token(&self, token: &str) -> Option<&User> {
         if token.is_empty() {
             return None;
         }
-        self.users.values().find(|u| u.sub_token == token)
+        self.tokens.get(&token_digest(token)).and_then(|name| self.users.get(name))
+    }
+
+    /// Records `user`'s token in the index (after the user was inserted or its token changed).
+    pub(crate) fn index_token(&mut self, user: &User) {
+        if !user.sub_token.is_empty() {
+            self.tokens.insert(token_digest(&user.sub_token), user.name.clone());
+        }
+    }
+
+    /// Forgets `token` (a deleted user's, or one rotated away).
+    pub(crate) fn unindex_token(&mut self, token: &str) {
+        self.tokens.remove(&token_digest(token));
+    }
+
+    /// Rebuilds the token index from the users (after loading a state).
+    pub fn reindex_tokens(&mut self) {
+        self.tokens = self
+            .users
+            .values()
+            .filter(|u| !u.sub_token.is_empty())
+            .map(|u| (token_digest(&u.sub_token), u.name.clone()))
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{apply, Command};
+
+    #[test]
+    fn a_token_finds_its_user_until_rotated_or_deleted_also_after_a_reload() {
+        let mut state = State::default();
+        let alice = User::new("alice".into(), 0);
+        let first = alice.sub_token.clone();
+        apply(&mut state, &Command::CreateUser(alice));
+        assert_eq!(state.user_by_token(&first).map(|u| u.name.as_str()), Some("alice"));
+        assert!(state.user_by_token(&first[..first.len() - 1]).is_none(), "a prefix is not the token");
+
+        apply(&mut state, &Command::RotateToken { name: "alice".into(), token: "t2".into() });
+        assert!(state.user_by_token(&first).is_none(), "the old token is revoked");
+        assert_eq!(state.user_by_token("t2").map(|u| u.name.as_str()), Some("alice"));
+
+        let mut reloaded: State = serde_json::from_value(serde_json::to_value(&state).expect("json")).expect("state");
+        assert!(reloaded.user_by_token("t2").is_none(), "the index is not persisted");
+        reloaded.reindex_tokens();
+        assert_eq!(reloaded, state);
+
+        apply(&mut state, &Command::DeleteUser { name: "alice".into() });
+        assert!(state.user_by_token("t2").is_none());
+        assert!(state.user_by_token("").is_none());
     }
 }

@@ -116,6 +116,7 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         let node: DataplaneNode = decode(&item?.1)?;
         state.dataplane_nodes.insert(node.id, node);
     }
+    state.reindex_tokens();
     Ok(state)
 }
 
@@ -161,6 +162,7 @@ fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
     let mut state: State = decode(data)?;
     state.last_applied = meta.last_log_id;
     state.last_membership = meta.last_membership.clone();
+    state.reindex_tokens();
     Ok(state)
 }
 
