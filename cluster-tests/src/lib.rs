@@ -15,11 +15,13 @@
 //!   catch-up, users' links and clients made from them.
 //! - [`sim`]: simulated data-plane agents (real wire protocol, an engine
 //!   double that applies at once) for scale runs without containers.
+//! - [`linearizability`]: a checker of recorded user-registry histories.
 
 pub mod cli;
 pub mod cluster;
 pub mod dataplane;
 pub mod docker;
+pub mod linearizability;
 pub mod net;
 pub mod netns;
 pub mod process;
