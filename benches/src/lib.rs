@@ -12,6 +12,7 @@
 //! - [`compare`]: both systems level by level, with ratios.
 //! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
 //! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
+//! - [`refusals`]: what an ALREADY_EXISTS costs next to a create and a linearizable read.
 //! - [`report`]: the printed tables.
 //! - [`criterion_summary`]: criterion's saved results as ratios to their baselines.
 //! - [`propagation`], [`reconcile_scale`]: the `propagation` binary: CreateUser
@@ -26,6 +27,7 @@ pub mod load;
 pub mod proc;
 pub mod propagation;
 pub mod reconcile_scale;
+pub mod refusals;
 pub mod report;
 pub mod single;
 pub mod vpnd;

@@ -56,6 +56,12 @@ enum Cmd {
     Failover(FailoverOpts),
     /// One node: spawn -> /readyz after SIGTERM restarts, with 0 and N users; idle RSS.
     SingleNode(SingleOpts),
+    /// What a refusal (ALREADY_EXISTS) costs next to a create and a linearizable read, one cluster, c=1.
+    Refusals {
+        /// Operations of each kind.
+        #[arg(long, default_value_t = 2000)]
+        ops: usize,
+    },
     /// Criterion's saved results (after `cargo bench`) as ratios to their baselines.
     CriterionSummary {
         #[arg(long, default_value = "target/criterion")]
@@ -188,6 +194,7 @@ async fn run(cmd: &Cmd, ctx: &Ctx) -> Result<Value> {
         Cmd::Throughput(t) => json!({ "throughput": throughput(t, ctx).await? }),
         Cmd::Failover(f) => json!({ "failover": failover_cmd(f, ctx).await? }),
         Cmd::SingleNode(s) => json!({ "single_node": single_cmd(s, ctx).await? }),
+        Cmd::Refusals { ops } => json!({ "refusals": refusals_cmd(*ops, ctx).await? }),
         Cmd::CriterionSummary { dir } => json!({ "criterion": criterion_summary::summarize(dir)? }),
     })
 }
@@ -244,6 +251,14 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
         c.stop_all().await;
     }
     Ok(section)
+}
+
+async fn refusals_cmd(ops: usize, ctx: &Ctx) -> Result<Value> {
+    let mut c = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "refusals")?;
+    c.wait_all_ready(Duration::from_secs(60)).await?;
+    let r = vpn_benches::refusals::run(&c.endpoints(), ops, &ctx.run_id).await;
+    c.stop_all().await;
+    r
 }
 
 async fn failover_cmd(f: &FailoverOpts, ctx: &Ctx) -> Result<Value> {

@@ -64,9 +64,19 @@ impl Users for UsersApi {
             reset: user_fields::reset(&req.reset)?,
         };
         let constraint = user_fields::constraint(&req.placement_constraint)?;
-        // No "exists already?" look at this node's state first: a leader cut
-        // off from its majority would answer from a stale copy. The apply
-        // refuses a taken name, in log order, as linearizable as a success.
+        // A taken name is refused only from state as of now: this node's copy
+        // may be stale (a leader cut off from its majority still holds a user
+        // the majority deleted), so a refusal waits for a linearizable barrier
+        // first (a read-index round, cheaper than the Raft write the apply's
+        // own refusal would cost, and nothing logged). A name this node does
+        // not know goes to the apply, which refuses it in log order if taken.
+        let taken = |node: &Node| node.state.read(|s| s.users.contains_key(&req.name));
+        if taken(&self.node) {
+            self.node.linearizable_barrier().await?;
+            if taken(&self.node) {
+                return Err(Error::AlreadyExists(format!("user {:?} already exists", req.name)).into());
+            }
+        }
         // Ids, keys and the token are made here, before the log: every
         // replica applies the same bytes.
         let mut user = model::User::new(req.name, now);
