@@ -164,11 +164,11 @@ impl Cluster {
     }
 }
 
-/// `extra`, plus `--insecure` unless it sets up TLS itself: the scenario
+/// `extra`, plus `--insecure` unless it sets up TLS itself (files or a join token): the scenario
 /// tests run plaintext; the mutual TLS tests (t15) give their own files.
 fn with_security(extra: &[&str]) -> Vec<String> {
     let mut flags: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-    if !extra.iter().any(|f| *f == "--trusted-ca-file" || *f == "--insecure") {
+    if !extra.iter().any(|f| ["--trusted-ca-file", "--insecure", "--join-token"].contains(f)) {
         flags.push("--insecure".into());
     }
     flags

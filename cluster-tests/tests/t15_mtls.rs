@@ -291,3 +291,102 @@ async fn mtls_dev_is_one_command_secure_and_vpnctl_needs_no_flags() {
     let _ = vpnd.kill();
     let _ = vpnd.wait();
 }
+
+/// `vpnctl join-token create` through `endpoint` with the admin certificate; the token.
+fn join_token(pki: &Pki, endpoint: &str, extra: &[&str]) -> String {
+    let dir = pki.dir.display().to_string();
+    let (ca, cert, key) = (format!("{dir}/ca.crt"), format!("{dir}/admin.crt"), format!("{dir}/admin.key"));
+    let mut args = vec!["--ca-cert", &ca, "--cert", &cert, "--key", &key, "join-token", "create"];
+    args.extend_from_slice(extra);
+    let run = vpnctl(endpoint, &args);
+    assert_eq!(run.code, 0, "join-token create: {}", run.stderr);
+    run.stdout.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
+    let mut cluster = Cluster::new(3, &[]);
+    let pki = Pki::init(cluster.root.path());
+    let host = cluster.ip.to_string();
+    for id in 1..=3 {
+        let mut flags = pki.flags(&pki.node(id, "controlplane", &host));
+        flags.extend(["--ca-key-file".into(), pki.dir.join("ca.key").display().to_string()]);
+        cluster.node_mut(id).extra = flags;
+    }
+    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
+    for p in cluster.nodes.values_mut() {
+        p.start();
+    }
+    let leader = cluster.wait_leader().await;
+    let endpoint = cluster.node((leader % 3) + 1).grpc.to_string();
+
+    // A control-plane node joins with a token: its key is made on it and stays there.
+    let token = join_token(&pki, &endpoint, &["--role", "controlplane", "--ttl", "1h", "--uses", "1"]);
+    cluster.add_joining_node(4, &["--join-token", &token]).start();
+    cluster_tests::eventually("node 4 joined with its token", CONVERGE, || async {
+        let status = cluster.status(leader).await?;
+        match status.members.iter().find(|m| m.id == 4) {
+            Some(m) if m.role == vpn_proto::v1::MemberRole::Voter as i32 => Ok(()),
+            other => Err(format!("node 4 is {other:?}")),
+        }
+    })
+    .await;
+    let issued = cluster.node(4).data_dir.join("pki");
+    let mode = |p: PathBuf| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("meta").permissions());
+    assert_eq!(mode(issued.join("node.key")) & 0o777, 0o600);
+    let (_, der) = vpn_pki::files::read_pem(&issued.join("node.crt"), "CERTIFICATE").expect("node.crt");
+    let info = vpn_pki::CertInfo::from_der(&der).expect("identity");
+    assert_eq!(info.principal, vpn_pki::Principal::Node { id: 4, role: vpn_pki::Role::ControlPlane });
+
+    // It restarts from its own files: the token is used up and not needed.
+    cluster.node_mut(4).kill9();
+    cluster.node_mut(4).start();
+    cluster.wait_leader().await;
+
+    // Joining directly, with no certificate: a used, an expired, a revoked, a
+    // foreign token, and a CSR for an id in use are all refused.
+    let before = state(&cluster, leader).await;
+    let anonymous = ClientTlsConfig::new().ca_certificate(pki.ca());
+    let join = |token: String, node_id: u64| {
+        let ch = tls_channel(cluster.node(leader).grpc, anonymous.clone());
+        async move {
+            let (_, csr_pem) = vpn_pki::make_csr(&["127.0.0.1".into()]).expect("csr");
+            ClusterClient::new(ch).join(vpn_proto::v1::JoinRequest { token, node_id, csr_pem }).await
+        }
+    };
+    assert_eq!(code_of(join(token.clone(), 6).await), Code::Unauthenticated, "used up");
+    let short = join_token(&pki, &endpoint, &["--role", "dataplane", "--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(code_of(join(short, 6).await), Code::Unauthenticated, "expired");
+    let revoked = join_token(&pki, &endpoint, &["--role", "dataplane"]);
+    let id = vpn_pki::join_token::JoinToken::parse(&revoked).expect("token").id;
+    let dir = pki.dir.display().to_string();
+    let (ca, cert, key) = (format!("{dir}/ca.crt"), format!("{dir}/admin.crt"), format!("{dir}/admin.key"));
+    let run = vpnctl(&endpoint, &["--ca-cert", &ca, "--cert", &cert, "--key", &key, "join-token", "revoke", &id]);
+    assert_eq!(run.code, 0, "revoke: {}", run.stderr);
+    assert_eq!(code_of(join(revoked, 6).await), Code::Unauthenticated, "revoked");
+    let fresh = join_token(&pki, &endpoint, &["--role", "dataplane", "--uses", "2"]);
+    assert_eq!(code_of(join(fresh.clone(), 2).await), Code::AlreadyExists, "an id in use");
+    assert_eq!(code_of(join(fresh.clone(), 4).await), Code::AlreadyExists, "an id issued by a token");
+    let foreign = vpn_pki::join_token::JoinToken {
+        ca_digest: "ab".repeat(32),
+        ..vpn_pki::join_token::JoinToken::parse(&fresh).expect("token")
+    };
+    assert_eq!(code_of(join(foreign.to_string(), 7).await), Code::Unauthenticated, "another CA's digest");
+    assert_eq!(state(&cluster, leader).await, before, "a refused join changed the state");
+    let run =
+        vpnctl(&endpoint, &["-o", "json", "--ca-cert", &ca, "--cert", &cert, "--key", &key, "join-token", "list"]);
+    let listed = run.json();
+    let uses_left =
+        listed["join_tokens"].as_array().expect("list").iter().find(|t| t["id"] != id.as_str() && t["uses_left"] == 2);
+    assert!(uses_left.is_some(), "refused joins spent no use: {listed}");
+
+    // A malformed token stops vpnd before it starts.
+    let args: Vec<String> = ["--id", "9", "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([cluster.root.path().join("n9").display().to_string(), "--join".into(), endpoint.clone()])
+        .chain(["--join-token".into(), fresh.replacen("vpnj1-", "vpnj1-00", 1)])
+        .collect();
+    refused_to_start(&args, "--join-token");
+}

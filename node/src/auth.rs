@@ -26,7 +26,8 @@ use crate::raft::network::HEADER_FROM;
 /// What an RPC requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
-    /// Health probes (load balancers carry no certificate).
+    /// Health probes (load balancers carry no certificate), and a node
+    /// joining with a token (the handler checks the token).
     Anyone,
     /// The public API: a client certificate, or a control-plane node
     /// relaying a client's write it forwarded.
@@ -64,6 +65,8 @@ pub fn rule(path: &str) -> Rule {
     match (service, method) {
         ("grpc.health.v1.Health", _) => Rule::Anyone,
         ("vpn.v1.Cluster", "AddMember") => Rule::Join,
+        // A node with no certificate yet: the join token in the request is its credential.
+        ("vpn.v1.Cluster", "Join") => Rule::Anyone,
         ("vpn.internal.v1.Raft", "TimeoutNow") => Rule::Leader,
         ("vpn.internal.v1.Raft", "Heartbeat" | "Propose") => Rule::AnyNode,
         ("vpn.internal.v1.Raft", _) => Rule::ControlPlane,
@@ -235,6 +238,8 @@ mod tests {
         assert_eq!(rule("/vpn.v1.Users/CreateUser"), Rule::Client);
         assert_eq!(rule("/vpn.v1.Cluster/AddMember"), Rule::Join);
         assert_eq!(rule("/vpn.v1.Cluster/RemoveMember"), Rule::Client);
+        assert_eq!(rule("/vpn.v1.Cluster/Join"), Rule::Anyone);
+        assert_eq!(rule("/vpn.v1.Cluster/CreateJoinToken"), Rule::Client);
         assert_eq!(rule("/vpn.v1.Nodes/DrainNode"), Rule::Client);
         for raft in ["AppendEntries", "Vote", "InstallSnapshot", "ReadIndex"] {
             assert_eq!(rule(&format!("/vpn.internal.v1.Raft/{raft}")), Rule::ControlPlane, "{raft}");

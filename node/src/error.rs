@@ -36,6 +36,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A credential (a join token) is missing, invalid or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// No leader reachable right now; the caller should retry (maybe at `leader_addr`).
     #[error("{detail}")]
     Unavailable { detail: String, leader_addr: Option<String> },

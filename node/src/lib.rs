@@ -18,8 +18,9 @@
 //! - `api`: the public `Users`, `Cluster` and `Nodes` services, client links.
 //! - `http`: `/livez`, `/readyz`, `/metrics`.
 //! - `observer`: Raft gauges and gRPC health from openraft's metrics.
-//! - [`tls`]: mutual TLS of the gRPC port (or `--insecure`); `auth`: who may
-//!   call which RPC, by the caller's certificate.
+//! - [`tls`]: mutual TLS of the gRPC port (or `--insecure`); `join_token`:
+//!   a certificate by CSR with a join token; `auth`: who may call which RPC,
+//!   by the caller's certificate.
 //! - `metrics`, `peers`, [`error`].
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests start nodes
@@ -33,6 +34,7 @@ mod data_dir;
 pub mod error;
 mod http;
 mod identity;
+mod join_token;
 mod leader;
 mod metrics;
 pub mod node;
@@ -120,6 +122,21 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             write_dev_context(&config);
             Some(material)
         }
+        Security::JoinToken(token) => {
+            let Bootstrap::Join { seeds, .. } = &config.bootstrap else {
+                return Err(Error::invalid("--join-token", "goes with --join (the members to ask)"));
+            };
+            Some(join_token::material(&config.data_dir, config.id, seeds, token, &dev_hosts(&config)).await?)
+        }
+    };
+    let ca_signer = match (&config.ca_signer, &config.security) {
+        (Some(signer), _) => Some(signer.clone()),
+        // --dev holds its own CA: it signs for nodes that join it.
+        (None, Security::Dev) => {
+            let pki = config.data_dir.join("pki");
+            vpn_pki::Ca::load(&pki.join("ca.crt"), &pki.join("ca.key")).ok().map(Arc::new)
+        }
+        (None, _) => None,
     };
     let state = sm.reader();
     let metrics = Arc::new(Metrics::default());
@@ -140,6 +157,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         liveness: Default::default(),
         scheduling: config.scheduling.clone(),
         tls: material.as_ref().map(|m| m.info.clone()),
+        ca_signer,
+        ca_digest: material.as_ref().map(tls::Material::ca_digest),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -242,7 +261,8 @@ fn write_dev_context(config: &Config) {
     }
 }
 
-/// The names `--dev`'s node certificate is valid for: its listen address and localhost.
+/// The names a certificate made here is valid for (`--dev`'s, or one asked
+/// for with a join token): the listen and advertised hosts, and localhost.
 fn dev_hosts(config: &Config) -> Vec<String> {
     let mut hosts = vec![config.listen.ip().to_string(), "localhost".to_owned()];
     if let Some((host, _)) = config.advertise.rsplit_once(':') {

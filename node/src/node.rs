@@ -39,6 +39,10 @@ pub struct Node {
     pub scheduling: SchedulingConfig,
     /// This node's own certificate, when the gRPC port runs TLS (not `--insecure`).
     pub tls: Option<vpn_pki::CertInfo>,
+    /// The CA with its key, when this node may sign joining nodes' certificates.
+    pub ca_signer: Option<Arc<vpn_pki::Ca>>,
+    /// SHA-256 of the CA this node trusts (what join tokens pin), under TLS.
+    pub ca_digest: Option<String>,
 }
 
 /// Where a write must run.

@@ -24,6 +24,9 @@ pub enum Security {
     Mtls(Material),
     /// `--dev`: a CA and certificates made in the data dir on first start.
     Dev,
+    /// `--join-token`: a certificate fetched by CSR on first start, kept in
+    /// the data dir (see `join`).
+    JoinToken(vpn_pki::join_token::JoinToken),
 }
 
 /// This node's certificate, its key and the CA it trusts, as PEM.
@@ -115,9 +118,9 @@ impl Material {
         Self::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id)
     }
 
-    /// The certificate's DER, for callers that need to inspect it.
-    pub fn cert_der(&self) -> Vec<u8> {
-        pem_to_der(&self.cert_pem, "CERTIFICATE").unwrap_or_default()
+    /// SHA-256 of the trusted CA's certificate: what join tokens pin.
+    pub fn ca_digest(&self) -> String {
+        vpn_pki::digest(&pem_to_der(&self.ca_pem, "CERTIFICATE").unwrap_or_default())
     }
 }
 

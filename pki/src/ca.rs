@@ -30,6 +30,13 @@ pub struct Ca {
     key: KeyPair,
 }
 
+/// Names the CA by its digest; the key stays out.
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("digest", &self.digest()).finish_non_exhaustive()
+    }
+}
+
 /// A certificate and the private key made for it.
 pub struct Issued {
     pub cert_pem: String,
@@ -114,9 +121,27 @@ impl Ca {
         verify_issued(&self.cert_der, der)
     }
 
+    /// Signs a node's CSR (PEM) for `id` in `role`: only the CSR's key and its
+    /// DNS/IP names are taken from it, everything else is the CA's choice.
+    pub fn sign_node_csr(&self, csr_pem: &str, id: u64, role: Role, lifetime: Duration) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::invalid("csr_pem", format!("not a valid signed PKCS#10 request: {e}")))?;
+        let hosts: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::DnsName(name) => Some(name.to_string()),
+                SanType::IpAddress(ip) => Some(ip.to_string()),
+                _ => None,
+            })
+            .collect();
+        self.sign(&csr.public_key, &Principal::Node { id, role }, &hosts, lifetime)
+    }
+
     fn sign(
         &self,
-        key: &KeyPair,
+        key: &impl rcgen::PublicKeyData,
         principal: &Principal,
         hosts: &[String],
         lifetime: Duration,
@@ -145,6 +170,24 @@ impl Ca {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
         Ok(params.signed_by(key, &issuer)?.pem())
     }
+}
+
+/// A new private key and a CSR for it naming `hosts`: the key (PEM, secret)
+/// never leaves the node that made it; the CSR goes to the cluster.
+pub fn make_csr(hosts: &[String]) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    for host in hosts {
+        params.subject_alt_names.push(match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) if is_dns_name(host) => SanType::DnsName(
+                host.clone().try_into().map_err(|_| PkiError::invalid("host", format!("{host:?} is not usable")))?,
+            ),
+            Err(_) => return Err(PkiError::invalid("host", format!("{host:?} is not a DNS name or an IP"))),
+        });
+    }
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
 }
 
 /// Checks that `der` was issued by the CA certificate `ca_der` and is valid
@@ -219,6 +262,18 @@ mod tests {
     }
 
     #[test]
+    fn a_csr_is_signed_for_the_id_and_role_the_ca_chooses_with_the_hosts_it_asks_for() {
+        let ca = Ca::generate("test CA").expect("ca");
+        let (key, csr) = make_csr(&["10.0.0.9".into(), "n9.example.com".into()]).expect("csr");
+        let cert = ca.sign_node_csr(&csr, 9, Role::DataPlane, NODE_LIFETIME).expect("signed");
+        let der = crate::files::pem_to_der(&cert, "CERTIFICATE").expect("pem");
+        assert_eq!(ca.verify(&der).expect("verifies").principal, Principal::Node { id: 9, role: Role::DataPlane });
+        assert!(crate::key_matches(&der, &key).expect("key"), "certified the CSR's own key");
+        let garbage = ca.sign_node_csr("garbage", 9, Role::DataPlane, NODE_LIFETIME);
+        assert!(garbage.is_err_and(|e| e.to_string().starts_with("csr_pem:")));
+    }
+
+    #[test]
     fn bad_names_and_ids_are_refused_naming_the_field() {
         let ca = Ca::generate("test CA").expect("ca");
         assert!(ca.issue_client("Alice!", CLIENT_LIFETIME).is_err_and(|e| e.to_string().starts_with("name:")));
@@ -239,11 +294,11 @@ mod tests {
         let (cert, key, other_key) =
             (write("ca.crt", a.cert_pem()), write("ca.key", &a.key_pem()), write("b.key", &b.key_pem()));
         assert_eq!(Ca::load(&cert, &key).expect("loads").digest(), a.digest());
-        let refused = Ca::load(&cert, &other_key).err().expect("another key");
+        let refused = Ca::load(&cert, &other_key).expect_err("another key");
         assert!(refused.to_string().contains("is not the key of the CA certificate"), "{refused}");
         let leaf = a.issue_client("bob", CLIENT_LIFETIME).expect("leaf");
         let leaf_path = write("bob.crt", &leaf.cert_pem);
-        let refused = Ca::load(&leaf_path, &key).err().expect("not a CA");
+        let refused = Ca::load(&leaf_path, &key).expect_err("not a CA");
         assert!(refused.to_string().contains("is not a CA certificate"), "{refused}");
     }
 }

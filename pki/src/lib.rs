@@ -14,14 +14,16 @@
 //! - [`principal`]: [`Principal`], [`Role`], reading them from a certificate.
 //! - [`ca`]: [`Ca`]: make or load a CA, issue node and client certificates.
 //! - [`files`]: reading PEM files and writing private ones (0600, never over another).
+//! - [`join_token`]: `vpnj1-<CA digest>-<id>-<secret>`, made, read, hashed.
 //! - [`contexts`]: vpnctl's named endpoints-and-credentials (`vpnd --dev` adds its own).
 
 pub mod ca;
 pub mod contexts;
 pub mod files;
+pub mod join_token;
 pub mod principal;
 
-pub use ca::{key_matches, verify_issued, Ca, Issued};
+pub use ca::{key_matches, make_csr, verify_issued, Ca, Issued};
 pub use principal::{CertInfo, Principal, Role};
 
 /// Everything that can go wrong here; each names the file or the value at fault.

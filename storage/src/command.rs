@@ -86,6 +86,8 @@ pub enum Command {
     /// Several independent proposals in one log entry (see `proposer`): each
     /// is applied in order, as if it had its own entry.
     Batch(Vec<Command>),
+    /// Join tokens and issued node ids (see `trust`).
+    Trust(crate::trust::TrustCommand),
 }
 
 /// Limit fields to change; `None` keeps the current value (0 means "none").
@@ -161,6 +163,10 @@ pub enum CommandResponse {
     None,
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
+    /// A join token as created or revoked.
+    JoinToken(crate::trust::JoinToken),
+    /// A token use was spent: sign the node's certificate for this role.
+    JoinTokenRedeemed(crate::trust::JoinRole),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -177,6 +183,12 @@ pub enum Refusal {
     StillExpired { name: String },
     #[error("user {name:?} has used its data limit: reset its traffic (vpnctl user reset-traffic {name}) or raise --data-limit")]
     StillLimited { name: String },
+    #[error("join token {0:?} not found: see `vpnctl join-token list`")]
+    JoinTokenNotFound(String),
+    #[error("the join token is unknown, revoked, expired or used up: create another (vpnctl join-token create)")]
+    JoinTokenRefused,
+    #[error("node id {0} is or was in use: ids are never issued twice; start the node under a new --id")]
+    NodeIdTaken(NodeId),
 }
 
 /// Applies one command. Pure: the outcome depends only on `state` and `cmd`.
@@ -357,6 +369,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         },
         Command::RecordTraffic { node, reports, at_ms } => record_traffic(state, *node, reports, *at_ms),
         Command::Batch(cmds) => CommandResponse::Batch(cmds.iter().map(|c| apply(state, c)).collect()),
+        Command::Trust(cmd) => crate::trust::apply(state, cmd),
     }
 }
 

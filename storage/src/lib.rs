@@ -11,6 +11,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`model`]: users, credentials, member identities, data-plane nodes, name validation.
 //! - [`command`]: replicated commands and the pure `apply`.
+//! - [`trust`]: join tokens and the node ids ever issued a certificate.
 //! - [`state`]: the applied state (what a snapshot carries).
 //! - [`proposer`]: [`Proposer`], concurrent writes batched into shared log entries.
 //! - [`wire`]: the binary encoding of the bulky Raft RPCs (used by `vpn-node`).
@@ -39,6 +40,7 @@ mod snapshot_file;
 pub mod state;
 mod state_machine;
 mod store_id;
+pub mod trust;
 pub mod types;
 mod wal;
 mod wal_writer;

@@ -21,6 +21,9 @@ pub struct State {
     /// serve (users, node offers); nodes report the generation they applied.
     #[serde(default)]
     pub generation: u64,
+    /// Join tokens and the node ids issued a certificate (see `trust`).
+    #[serde(default)]
+    pub trust: crate::trust::Trust,
     /// SHA-256 of each user's subscription token -> the user's name, so
     /// `/sub` finds a token in O(1) and compares digests, never the secret
     /// itself byte by byte. Derived from `users` (kept by `apply`, rebuilt

@@ -26,6 +26,8 @@ use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, S
 const APPLIED: &[u8] = b"meta/applied";
 const MEMBERSHIP: &[u8] = b"meta/membership";
 const GENERATION: &[u8] = b"meta/generation";
+/// The whole of `State::trust`, small (a few tokens, the ids ever issued).
+const TRUST: &[u8] = b"meta/trust";
 const USERS: &str = "u/";
 const MEMBERS: &str = "m/";
 const DATAPLANE: &str = "d/";
@@ -102,6 +104,7 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         last_applied: get_json(tree, APPLIED)?,
         last_membership: get_json(tree, MEMBERSHIP)?.unwrap_or_default(),
         generation: get_json(tree, GENERATION)?.unwrap_or_default(),
+        trust: get_json(tree, TRUST)?.unwrap_or_default(),
         ..State::default()
     };
     for item in tree.scan_prefix(USERS) {
@@ -124,6 +127,7 @@ fn put_meta(changes: &mut Changes, state: &State) -> io::Result<()> {
     changes.push((APPLIED.to_vec(), state.last_applied.as_ref().map(encode).transpose()?));
     changes.push((MEMBERSHIP.to_vec(), Some(encode(&state.last_membership)?)));
     changes.push((GENERATION.to_vec(), Some(encode(&state.generation)?)));
+    changes.push((TRUST.to_vec(), Some(encode(&state.trust)?)));
     Ok(())
 }
 
@@ -209,6 +213,8 @@ impl Touched {
                 cmds.iter().for_each(|c| self.note(c));
                 true
             }
+            // Kept whole under one key, written with the meta of every batch.
+            Command::Trust(_) => true,
         };
     }
 

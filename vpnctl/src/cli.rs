@@ -87,6 +87,9 @@ pub enum Command {
     /// Inspect the data-plane nodes (the nodes that serve users).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Tokens new nodes join with (`vpnd --join HOST:PORT --join-token TOKEN`).
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinTokenCommand),
     /// List the contexts (named endpoints and credentials) or pick the one in use.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -97,6 +100,48 @@ pub enum Command {
     Completions {
         /// The shell to generate for.
         shell: Shell,
+    },
+}
+
+/// The role a join token gives the nodes that join with it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JoinRole {
+    /// A Raft member (replicates, may vote).
+    Controlplane,
+    /// Serves users only.
+    Dataplane,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Controlplane => "controlplane",
+            JoinRole::Dataplane => "dataplane",
+        }
+    }
+}
+
+/// `vpnctl join-token ...`
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a token; prints it alone (the cluster keeps only its hash: it is shown once).
+    Create {
+        /// The role of the nodes that join with it.
+        #[arg(long, value_enum)]
+        role: JoinRole,
+        /// How long it is valid (e.g. 10m, 1h, 2d; at most 30d).
+        #[arg(long, default_value = "1h", value_parser = parse::lifetime)]
+        ttl: Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// The tokens, with their role, expiry and uses left (never their secrets).
+    List,
+    /// Revoke a token at once (by the id `list` shows).
+    Revoke {
+        /// The token's id.
+        id: String,
     },
 }
 

@@ -14,7 +14,7 @@
 //! - [`output`]: table and JSON rendering.
 //! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
 //! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
-//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `context`,
+//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `join-token`, `context`,
 //!   `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
@@ -46,7 +46,7 @@ pub use output::{Document, Format, Output};
 
 use client::Client;
 use client::TlsFiles;
-use commands::{cluster, completions, context, member, node, pki, user};
+use commands::{cluster, completions, context, join_token, member, node, pki, user};
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
@@ -61,6 +61,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
         Command::Member(command) => member::run(command, &mut connect()?).await?,
         Command::User(command) => user::run(command, &mut connect()?).await?,
         Command::Node(command) => node::run(command, &mut connect()?).await?,
+        Command::JoinToken(command) => join_token::run(command, &mut connect()?).await?,
     };
     Ok(Output::Document(document))
 }

@@ -205,6 +205,25 @@ pub fn constraint(input: &str) -> Result<HashMap<String, String>, String> {
 }
 
 /// `--timeout`: `500ms`, `10s`, `2m` or a bare number of seconds.
+/// A lifetime: a number with s, m, h or d (`30m`, `1h`, `2d`).
+pub fn lifetime(input: &str) -> Result<Duration, String> {
+    let input = input.trim();
+    let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());
+    let (number, unit) = input.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("'{input}' is not a lifetime; use e.g. 30m, 1h or 2d"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        "d" => number.saturating_mul(86_400),
+        _ => return Err(format!("unknown unit '{unit}' in '{input}'; use s, m, h or d")),
+    };
+    if seconds == 0 {
+        return Err("the lifetime must be more than zero".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 pub fn timeout(input: &str) -> Result<Duration, String> {
     let input = input.trim();
     let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());

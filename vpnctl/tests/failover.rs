@@ -66,6 +66,21 @@ impl Cluster for FakeNode {
     async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         FakeNode::status(self)
     }
+    async fn create_join_token(&self, _: Request<CreateJoinTokenRequest>) -> Result<Response<JoinTokenSecret>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_join_tokens(
+        &self,
+        _: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn revoke_join_token(&self, _: Request<RevokeJoinTokenRequest>) -> Result<Response<JoinTokenInfo>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 #[tonic::async_trait]

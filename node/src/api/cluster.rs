@@ -9,11 +9,15 @@ use openraft::{BasicNode, ChangeMembers};
 use tonic::{Request, Response, Status};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::cluster_server::Cluster;
-use vpn_proto::v1::{AddMemberRequest, ClusterStatus, Member, MemberRole, RemoveMemberRequest, StatusRequest};
+use vpn_proto::v1::{
+    AddMemberRequest, ClusterStatus, CreateJoinTokenRequest, JoinRequest, JoinResponse, JoinTokenInfo, JoinTokenSecret,
+    ListJoinTokensRequest, ListJoinTokensResponse, Member, MemberRole, RemoveMemberRequest, RevokeJoinTokenRequest,
+    StatusRequest,
+};
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::MemberRecord;
 
-use super::forward;
+use super::{forward, join_tokens};
 use crate::error::Error;
 use crate::node::{Node, Route};
 
@@ -192,6 +196,28 @@ impl Cluster for ClusterApi {
         }
         self.add_member_here(req.into_inner()).await?;
         Ok(Response::new(ClusterApi::status(self).await))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<JoinTokenSecret>, Status> {
+        join_tokens::create(&self.node, req).await
+    }
+
+    async fn list_join_tokens(
+        &self,
+        req: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        join_tokens::list(&self.node, req).await
+    }
+
+    async fn revoke_join_token(&self, req: Request<RevokeJoinTokenRequest>) -> Result<Response<JoinTokenInfo>, Status> {
+        join_tokens::revoke(&self.node, req).await
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        join_tokens::join(&self.node, req).await
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {

@@ -4,7 +4,8 @@
 //! Layout:
 //! - `users`: the `Users` service (and a user's client links).
 //! - `nodes`: the `Nodes` service (data-plane nodes).
-//! - `cluster`: the `Cluster` service (status and membership).
+//! - `cluster`: the `Cluster` service (status and membership); `join_tokens`:
+//!   its join-token RPCs and joining by CSR.
 //! - `user_fields`: validation of expiry, reset period, placement constraint.
 //! - `convert`: domain <-> proto.
 //! - `status`: our `Error` -> `tonic::Status`, in one place.
@@ -13,6 +14,7 @@
 pub mod cluster;
 pub(crate) mod convert;
 pub(crate) mod forward;
+mod join_tokens;
 pub mod nodes;
 mod status;
 mod user_fields;

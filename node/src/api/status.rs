@@ -17,6 +17,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) | Error::Identity(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } | Error::Join { .. } => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Internal(_)
             | Error::ConfigFile { .. }
             | Error::Storage(_)
@@ -49,6 +50,9 @@ impl From<Refusal> for Error {
             | Refusal::NotADataplaneNode(_)
             | Refusal::StillExpired { .. }
             | Refusal::StillLimited { .. } => Error::FailedPrecondition(r.to_string()),
+            Refusal::JoinTokenNotFound(_) => Error::NotFound(r.to_string()),
+            Refusal::JoinTokenRefused => Error::Unauthenticated(r.to_string()),
+            Refusal::NodeIdTaken(_) => Error::AlreadyExists(r.to_string()),
         }
     }
 }

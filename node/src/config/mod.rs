@@ -97,6 +97,15 @@ pub struct Args {
     /// anything. Only for a private test network.
     #[arg(long)]
     pub insecure: bool,
+    /// With --join and no certificate files: a token from `vpnctl join-token create`. The node
+    /// makes its key, checks the cluster's CA against the token, and gets its certificate
+    /// (kept in <data-dir>/pki; restarts need no token).
+    #[arg(long, value_name = "TOKEN")]
+    pub join_token: Option<String>,
+    /// The CA's private key (`vpnctl pki init`'s ca.key, mode 0600), on control-plane nodes that
+    /// may sign the certificates of nodes joining with a token.
+    #[arg(long, value_name = "FILE")]
+    pub ca_key_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub data_plane: dataplane::DataplaneArgs,
@@ -126,6 +135,8 @@ struct FileSettings {
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     insecure: Option<bool>,
+    join_token: Option<String>,
+    ca_key_file: Option<PathBuf>,
     dataplane: Option<bool>,
     public_host: Option<String>,
     /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
@@ -188,6 +199,8 @@ pub struct Config {
     pub dataplane: Option<DataplaneConfig>,
     pub scheduling: SchedulingConfig,
     pub security: Security,
+    /// The CA (with its key) when this node may sign joining nodes' certificates.
+    pub ca_signer: Option<std::sync::Arc<vpn_pki::Ca>>,
 }
 
 impl Config {
@@ -309,17 +322,32 @@ impl Config {
             },
             http,
         )?;
-        let security = security(
-            id,
-            dev,
-            args.insecure || file.insecure.unwrap_or(false),
-            [
-                args.trusted_ca_file.or(file.trusted_ca_file),
-                args.cert_file.or(file.cert_file),
-                args.key_file.or(file.key_file),
-            ],
-        )?;
-        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling, security })
+        let join_token = args.join_token.or(file.join_token);
+        let ca_key_file = args.ca_key_file.or(file.ca_key_file);
+        let trusted_ca_file = args.trusted_ca_file.or(file.trusted_ca_file);
+        let security = match join_token {
+            Some(token) => join_security(&token, &bootstrap, [&trusted_ca_file, &args.cert_file, &args.key_file])?,
+            None => security(
+                id,
+                dev,
+                args.insecure || file.insecure.unwrap_or(false),
+                [trusted_ca_file.clone(), args.cert_file.or(file.cert_file), args.key_file.or(file.key_file)],
+            )?,
+        };
+        let ca_signer = match (ca_key_file, &trusted_ca_file) {
+            (None, _) => None,
+            (Some(key), Some(cert)) => Some(std::sync::Arc::new(
+                vpn_pki::Ca::load(cert, &key)
+                    .map_err(|e| Error::InvalidFlag { flag: "--ca-key-file", detail: e.to_string() })?,
+            )),
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "--ca-key-file",
+                    "goes with --trusted-ca-file (the CA certificate it belongs to)",
+                ))
+            }
+        };
+        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling, security, ca_signer })
     }
 }
 
@@ -350,6 +378,22 @@ fn security(id: u64, dev: bool, insecure: bool, files: [Option<PathBuf>; 3]) -> 
             detail: format!("is missing: mutual TLS needs all of {FLAGS}"),
         }),
     }
+}
+
+/// `--join-token`: only with `--join`, and instead of certificate files.
+fn join_security(token: &str, bootstrap: &Bootstrap, files: [&Option<PathBuf>; 3]) -> Result<Security, Error> {
+    if !matches!(bootstrap, Bootstrap::Join { .. }) {
+        return Err(Error::invalid("--join-token", "goes with --join (the members to ask)"));
+    }
+    if files.iter().any(|f| f.is_some()) {
+        return Err(Error::invalid(
+            "--join-token",
+            "gets this node its certificate: drop --trusted-ca-file, --cert-file and --key-file",
+        ));
+    }
+    let token = vpn_pki::join_token::JoinToken::parse(token)
+        .map_err(|e| Error::InvalidFlag { flag: "--join-token", detail: e.to_string() })?;
+    Ok(Security::JoinToken(token))
 }
 
 /// `--dev`: node 1 on loopback with data in ./vpn-data, forming a cluster of

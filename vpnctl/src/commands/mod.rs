@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod completions;
 pub mod context;
+pub mod join_token;
 pub mod member;
 pub mod node;
 pub mod pki;
