@@ -252,10 +252,21 @@ async fn mtls_dev_is_one_command_secure_and_vpnctl_needs_no_flags() {
     let (grpc, http) = (cluster_tests::net::free_addr(ip), cluster_tests::net::free_addr(ip));
     let config = root.path().join("vpnctl.toml");
     let data = root.path().join("vpn-data");
+    // --http serves HTTPS with an operator's certificate for the name clients use.
+    let operator = vpn_pki::Ca::generate("operator CA").expect("ca");
+    let site = operator.issue_node(99, vpn_pki::Role::ControlPlane, &[ip.to_string()], Duration::from_secs(3600));
+    let site = site.expect("certificate");
+    let (site_cert, site_key) = (root.path().join("site.crt"), root.path().join("site.key"));
+    vpn_pki::files::write_public(&site_cert, site.cert_pem.as_bytes()).expect("write");
+    vpn_pki::files::write_private(&site_key, site.key_pem.as_bytes()).expect("write");
     let mut vpnd = Command::new(own_binary("cluster-vpnd"))
         .args(["--dev", "--listen", &grpc.to_string(), "--http", &http.to_string()])
         .arg("--data-dir")
         .arg(&data)
+        .arg("--http-tls-cert")
+        .arg(&site_cert)
+        .arg("--http-tls-key")
+        .arg(&site_key)
         .env("VPNCTL_CONFIG", &config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -288,6 +299,10 @@ async fn mtls_dev_is_one_command_secure_and_vpnctl_needs_no_flags() {
         .create_user(CreateUserRequest { name: "mallory".into(), ..Default::default() })
         .await;
     assert_ne!(code_of(plaintext), Code::Ok, "the dev port speaks TLS only");
+    let (code, body) = https_get(http, operator.cert_pem(), "/readyz?verbose").await;
+    assert_eq!(code, 200, "HTTPS /readyz: {body}");
+    assert!(body.contains("mutual TLS"), "{body}");
+    assert!(cluster_tests::cluster::http_get(http, "/readyz").await.is_err(), "no plaintext HTTP on --http");
     let _ = vpnd.kill();
     let _ = vpnd.wait();
 }
@@ -389,4 +404,29 @@ async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
         .chain(["--join-token".into(), fresh.replacen("vpnj1-", "vpnj1-00", 1)])
         .collect();
     refused_to_start(&args, "--join-token");
+}
+
+/// GET `path` over HTTPS from `addr`, trusting only `ca_pem`; status and body.
+async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca")).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with --http");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let code = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }

@@ -95,8 +95,9 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
 }
 
 /// Runs vpnd with `args` and returns its exit code and stderr.
+/// vpnd with `args`, plaintext (`--insecure`: these tests are about other flags and the data dir).
 fn vpnd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(own_binary("cluster-vpnd")).args(args).output().expect("run vpnd");
+    let out = Command::new(own_binary("cluster-vpnd")).args(args).arg("--insecure").output().expect("run vpnd");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -158,6 +159,7 @@ async fn an_unwritable_or_corrupt_data_dir_is_reported_not_reset() {
     let data_s = data.to_str().expect("utf8");
     let mut node = std::process::Command::new(own_binary("cluster-vpnd"))
         .args(["--id", "1", "--listen", &listen, "--http", &http, "--data-dir", data_s, "--initial-members", &members])
+        .arg("--insecure")
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");

@@ -12,7 +12,10 @@ use crate::error::Error;
 /// Makes `dir` (created when missing) and everything under it private to
 /// this user; returns how many entries had to be narrowed.
 pub fn make_private(dir: &Path) -> Result<usize, Error> {
-    let fail = |path: &Path, e: std::io::Error| Error::DataDir { path: path.to_owned(), detail: e.to_string() };
+    let fail = |path: &Path, e: std::io::Error| Error::DataDir {
+        path: path.to_owned(),
+        detail: format!("{e}: give --data-dir a directory this user can create and own"),
+    };
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
     let mut narrowed = 0;
     let mut pending = vec![dir.to_owned()];

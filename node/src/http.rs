@@ -1,4 +1,4 @@
-//! The HTTP listener: `/livez`, `/readyz` (`?verbose` explains), `/metrics`,
+//! The HTTP listener (HTTPS with `--http-tls-cert`): `/livez`, `/readyz` (`?verbose` explains), `/metrics`,
 //! and `/sub/{token}`: a user's subscription, answered from this node's own
 //! copy of the state (it works while the leader is away).
 
@@ -16,6 +16,42 @@ use vpn_storage::model::{DataplaneNode, UserStatus};
 use crate::metrics::{NodeLabel, StatusLabel};
 use crate::node::Node;
 use crate::observer::as_i64;
+
+/// How long a client may take over its TLS handshake on `--http`.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop`: plain HTTP, or HTTPS with
+/// `tls` (`--http-tls-cert`), one task per connection.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<crate::tls::HttpTls>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else { return axum::serve(listener, router).with_graceful_shutdown(stop).await };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
+    tokio::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            () = &mut stop => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!("--http: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()

@@ -200,8 +200,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             stopped(stop_rx.clone()),
         );
     let mut grpc_task = tokio::spawn(grpc);
-    let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let http_task = tokio::spawn(async move { http.await });
+    let http =
+        http::serve(listeners.http, http::router(node.clone()), config.http_tls.clone(), stopped(stop_rx.clone()));
+    let http_task = tokio::spawn(http);
     let observer_task = tokio::spawn(observer::run(node.clone(), health, stop_rx.clone()));
     let leader_task = tokio::spawn(leader::run(node.clone(), config.scheduling.clone(), stop_rx.clone()));
 

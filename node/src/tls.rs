@@ -124,18 +124,69 @@ impl Material {
     }
 }
 
+/// The HTTP listener's TLS (`--http-tls-cert`, `--http-tls-key`): an
+/// operator's certificate for the name clients fetch subscriptions from
+/// (e.g. `sub.example.com`), not the cluster CA's. Checked before start.
+#[derive(Clone)]
+pub struct HttpTls(pub std::sync::Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpTls")
+    }
+}
+
+impl HttpTls {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let read = |flag: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::InvalidFlag { flag, detail: format!("{}: cannot be read: {e}", path.display()) })
+        };
+        let (cert_pem, key_pem) = (read("--http-tls-cert", cert)?, read("--http-tls-key", key)?);
+        refuse_shared_key_of("--http-tls-key", key)?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|e| Error::InvalidFlag {
+                flag: "--http-tls-cert",
+                detail: format!("{}: not PEM certificates: {e}", cert.display()),
+            })?;
+        if chain.is_empty() {
+            let detail = format!("{}: holds no PEM certificate", cert.display());
+            return Err(Error::InvalidFlag { flag: "--http-tls-cert", detail });
+        }
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::InvalidFlag {
+            flag: "--http-tls-key",
+            detail: format!("{}: not a PEM private key: {e}", key.display()),
+        })?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| Error::InvalidFlag {
+                flag: "--http-tls-key",
+                detail: format!("{} does not go with {}: {e}", key.display(), cert.display()),
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(std::sync::Arc::new(config)))
+    }
+}
+
 /// A private key others can read is a leaked key: refuse to start on it.
 fn refuse_shared_key(key: &Path) -> Result<(), Error> {
+    refuse_shared_key_of("--key-file", key)
+}
+
+fn refuse_shared_key_of(flag: &'static str, key: &Path) -> Result<(), Error> {
     let mode = std::fs::metadata(key)
-        .map_err(|e| Error::InvalidFlag {
-            flag: "--key-file",
-            detail: format!("{}: cannot be read: {e}", key.display()),
-        })?
+        .map_err(|e| Error::InvalidFlag { flag, detail: format!("{}: cannot be read: {e}", key.display()) })?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
         return Err(Error::InvalidFlag {
-            flag: "--key-file",
+            flag,
             detail: format!(
                 "{} can be read by other users (mode {:o}): run `chmod 600 {}`",
                 key.display(),

@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub use self::dataplane::DataplaneConfig;
 pub use self::scheduling::SchedulingConfig;
 use crate::error::Error;
-use crate::tls::{Material, Security};
+use crate::tls::{HttpTls, Material, Security};
 
 /// `vpnd`: one node of the replicated VPN control plane.
 #[derive(Debug, Default, Parser)]
@@ -106,6 +106,13 @@ pub struct Args {
     /// may sign the certificates of nodes joining with a token.
     #[arg(long, value_name = "FILE")]
     pub ca_key_file: Option<PathBuf>,
+    /// Serve --http (subscriptions, health, metrics) over HTTPS with this PEM certificate
+    /// chain (an operator's, for the name clients fetch subscriptions from), with --http-tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
 
     #[command(flatten)]
     pub data_plane: dataplane::DataplaneArgs,
@@ -137,6 +144,8 @@ struct FileSettings {
     insecure: Option<bool>,
     join_token: Option<String>,
     ca_key_file: Option<PathBuf>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
     dataplane: Option<bool>,
     public_host: Option<String>,
     /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
@@ -201,6 +210,8 @@ pub struct Config {
     pub security: Security,
     /// The CA (with its key) when this node may sign joining nodes' certificates.
     pub ca_signer: Option<std::sync::Arc<vpn_pki::Ca>>,
+    /// HTTPS on `--http`, when given a certificate.
+    pub http_tls: Option<HttpTls>,
 }
 
 impl Config {
@@ -347,7 +358,30 @@ impl Config {
                 ))
             }
         };
-        Ok(Self { id, listen, advertise, http, data_dir, bootstrap, raft, dataplane, scheduling, security, ca_signer })
+        let http_tls = match (args.http_tls_cert.or(file.http_tls_cert), args.http_tls_key.or(file.http_tls_key)) {
+            (Some(cert), Some(key)) => Some(HttpTls::load(&cert, &key)?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::invalid("--http-tls-key", "is missing: it goes with --http-tls-cert"))
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid("--http-tls-cert", "is missing: it goes with --http-tls-key"))
+            }
+        };
+        Ok(Self {
+            id,
+            listen,
+            advertise,
+            http,
+            data_dir,
+            bootstrap,
+            raft,
+            dataplane,
+            scheduling,
+            security,
+            ca_signer,
+            http_tls,
+        })
     }
 }
 
