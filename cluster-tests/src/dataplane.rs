@@ -43,12 +43,66 @@ pub struct Link {
 pub struct DataplaneCluster {
     pub cluster: Cluster,
     engines: Vec<Engines>,
+    /// vpnctl's flags for the admin certificate, when the cluster runs mutual TLS.
+    admin_flags: Vec<String>,
 }
 
 impl DataplaneCluster {
     /// `voters` voters that agree on a leader, no data-plane node yet.
     pub async fn start(voters: u64) -> Self {
+        Self::start_with(Cluster::new(voters, &[]), Vec::new()).await
+    }
+
+    /// As [`DataplaneCluster::start`], over mutual TLS: a CA made for the
+    /// test, voters with their certificates and the CA key (so the leader
+    /// signs for joiners), and data-plane nodes that get their certificates
+    /// with a join token (`add_node`).
+    pub async fn start_mtls(voters: u64) -> Self {
         let mut cluster = Cluster::new(voters, &[]);
+        let dir = cluster.root.path().join("ca");
+        let ca = vpn_pki::Ca::generate("test CA").expect("ca");
+        vpn_pki::files::private_dir(&dir).expect("ca dir");
+        let write = |name: &str, text: &str, private: bool| {
+            let path = dir.join(name);
+            let written = if private {
+                vpn_pki::files::write_private(&path, text.as_bytes())
+            } else {
+                vpn_pki::files::write_public(&path, text.as_bytes())
+            };
+            written.expect("write");
+            path.display().to_string()
+        };
+        let ca_cert = write("ca.crt", ca.cert_pem(), false);
+        let ca_key = write("ca.key", &ca.key_pem(), true);
+        let admin = ca.issue_client("admin", Duration::from_secs(3600)).expect("admin");
+        let admin_flags = vec![
+            "--ca-cert".to_owned(),
+            ca_cert.clone(),
+            "--cert".to_owned(),
+            write("admin.crt", &admin.cert_pem, false),
+            "--key".to_owned(),
+            write("admin.key", &admin.key_pem, true),
+        ];
+        let host = cluster.ip.to_string();
+        for node in cluster.nodes.values_mut() {
+            let issued =
+                ca.issue_node(node.id, vpn_pki::Role::ControlPlane, &[host.clone()], Duration::from_secs(3600));
+            let issued = issued.expect("node certificate");
+            let cert = write(&format!("node{}.crt", node.id), &issued.cert_pem, false);
+            let key = write(&format!("node{}.key", node.id), &issued.key_pem, true);
+            node.extra =
+                ["--trusted-ca-file", &ca_cert, "--cert-file", &cert, "--key-file", &key, "--ca-key-file", &ca_key]
+                    .map(String::from)
+                    .to_vec();
+        }
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+            .identity(tonic::transport::Identity::from_pem(&admin.cert_pem, &admin.key_pem));
+        cluster.client_tls = Some(tls);
+        Self::start_with(cluster, admin_flags).await
+    }
+
+    async fn start_with(mut cluster: Cluster, admin_flags: Vec<String>) -> Self {
         for node in cluster.nodes.values_mut() {
             node.start();
         }
@@ -67,7 +121,7 @@ impl DataplaneCluster {
             panic!("the voters were not ready within {VOTERS_READY:?}:\n{}", logs.join("\n"));
         }
         cluster.wait_leader().await;
-        Self { cluster, engines: Vec::new() }
+        Self { cluster, engines: Vec::new(), admin_flags }
     }
 
     /// Starts a data-plane node (a learner joining through the voters) with
@@ -89,6 +143,14 @@ impl DataplaneCluster {
         }
         if protocols.contains(&"vless-tls") {
             flags.extend(["--tls-server-name".to_owned(), SERVER_NAME.to_owned()]);
+        }
+        if !self.admin_flags.is_empty() {
+            // Under mutual TLS the node gets its certificate with a join token.
+            let mut args: Vec<&str> = self.admin_flags.iter().map(String::as_str).collect();
+            args.extend(["join-token", "create", "--role", "dataplane"]);
+            let run = vpnctl(&self.endpoints(), &args);
+            assert_eq!(run.code, 0, "join-token create: {}", run.stderr);
+            flags.extend(["--join-token".to_owned(), run.stdout.trim().to_owned()]);
         }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.cluster.add_joining_node(id, &flags).start();
@@ -156,7 +218,7 @@ impl DataplaneCluster {
     /// `vpnctl <args>` against this cluster, off the async workers (it blocks).
     pub async fn vpnctl(&self, args: &[&str]) -> Run {
         let eps = self.endpoints();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let args: Vec<String> = self.admin_flags.iter().cloned().chain(args.iter().map(|a| (*a).to_owned())).collect();
         tokio::task::spawn_blocking(move || vpnctl(&eps, &args.iter().map(String::as_str).collect::<Vec<_>>()))
             .await
             .expect("vpnctl task")
@@ -174,7 +236,8 @@ impl DataplaneCluster {
     /// On a timeout the panic carries the node's log and engines.
     pub async fn caught_up(&self, id: u64, users: u64) -> Value {
         let endpoints = self.endpoints();
-        match tokio::spawn(async move { node_caught_up(&endpoints, id, users).await }).await {
+        let flags = self.admin_flags.clone();
+        match tokio::spawn(async move { node_caught_up(&endpoints, &flags, id, users).await }).await {
             Ok(node) => node,
             Err(e) => panic!("{e}\n{}", self.diagnose(id)),
         }
@@ -254,12 +317,15 @@ impl Drop for DataplaneCluster {
 /// Waits until data-plane node `id` serves `users` users and its engines
 /// applied the generation the cluster wants (as `vpnctl node list` on
 /// `endpoints` reports); returns that node's entry.
-pub async fn node_caught_up(endpoints: &str, id: u64, users: u64) -> Value {
+pub async fn node_caught_up(endpoints: &str, flags: &[String], id: u64, users: u64) -> Value {
     eventually(&format!("data-plane node {id} to serve {users} users"), ENGINES_UP, || async {
         let eps = endpoints.to_owned();
-        let list = tokio::task::spawn_blocking(move || vpnctl(&eps, &["-o", "json", "node", "list"]))
-            .await
-            .expect("vpnctl task");
+        let args: Vec<String> =
+            flags.iter().map(String::as_str).chain(["-o", "json", "node", "list"]).map(String::from).collect();
+        let list =
+            tokio::task::spawn_blocking(move || vpnctl(&eps, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .expect("vpnctl task");
         if list.code != 0 {
             return Err(list.stderr);
         }

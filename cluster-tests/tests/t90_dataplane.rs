@@ -39,7 +39,7 @@ async fn docker_node_list_and_user_links() {
     let eps = cluster.endpoints();
     ok(vpnctl(&eps, &["user", "add", "alice"]), "add alice");
 
-    let node = node_caught_up(&eps, id, 1).await;
+    let node = node_caught_up(&eps, &[], id, 1).await;
     assert_eq!(node["public_host"], "127.0.0.1");
     assert_eq!(node["status"], "ready");
     assert_eq!(node["labels"]["region"], "test");
@@ -96,7 +96,7 @@ async fn docker_node_list_and_user_links() {
     let refused = vpnctl(&eps, &["user", "links", "alice"]);
     assert_eq!(refused.code, 1, "{}", refused.stdout);
     assert!(refused.stderr.contains("disabled"), "{}", refused.stderr);
-    node_caught_up(&eps, id, 1).await;
+    node_caught_up(&eps, &[], id, 1).await;
     let applied = cluster.metric(id, "vpn_dataplane_applied_generation").await.expect("metric");
     let desired = cluster.metric(id, "vpn_dataplane_desired_generation").await.expect("metric");
     assert!(applied >= 1.0 && applied == desired, "applied {applied}, desired {desired}");

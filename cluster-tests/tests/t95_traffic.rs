@@ -198,3 +198,31 @@ async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_se
         "disable and enable need no reload (a reload would cut bob)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_mtls_a_node_joined_by_token_serves_a_user_end_to_end() {
+    if !docker::available("docker_mtls_a_node_joined_by_token_serves_a_user_end_to_end") {
+        return;
+    }
+    let source = HttpSource::start().await;
+    let mut dp = DataplaneCluster::start_mtls(3).await;
+    let node = dp.add_node(&[VLESS, SS]);
+    dp.ok(&["user", "add", "alice"]).await;
+    dp.caught_up(node.id, 1).await;
+    let status = dp.ok(&["-o", "json", "cluster", "status"]).await.json();
+    assert_eq!(status["tls"], true);
+
+    // The data-plane node made its key itself and holds a data-plane certificate.
+    let pki = dp.cluster.node(node.id).data_dir.join("pki");
+    let (_, der) = vpn_pki::files::read_pem(&pki.join("node.crt"), "CERTIFICATE").expect("node.crt");
+    let principal = vpn_pki::CertInfo::from_der(&der).expect("identity").principal;
+    assert_eq!(principal, vpn_pki::Principal::Node { id: node.id, role: vpn_pki::Role::DataPlane });
+    assert!(pki.join("node.key").exists() && !pki.join("ca.key").exists(), "its own key, no CA key");
+
+    for protocol in [VLESS, SS] {
+        let link = dp.link("alice", node.id, protocol).await;
+        let client = dp.client(&link).await;
+        let moved = fetch_via_socks(client.proxy, source.addr, &format!("/{MIB}"), MIB).await;
+        assert_eq!(moved, Ok(MIB), "1 MiB over {protocol} through node {}\n{}", node.id, dp.diagnose(node.id));
+    }
+}
