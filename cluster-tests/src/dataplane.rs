@@ -85,8 +85,12 @@ impl DataplaneCluster {
         ];
         let host = cluster.ip.to_string();
         for node in cluster.nodes.values_mut() {
-            let issued =
-                ca.issue_node(node.id, vpn_pki::Role::ControlPlane, &[host.clone()], Duration::from_secs(3600));
+            let issued = ca.issue_node(
+                node.id,
+                vpn_pki::Role::ControlPlane,
+                std::slice::from_ref(&host),
+                Duration::from_secs(3600),
+            );
             let issued = issued.expect("node certificate");
             let cert = write(&format!("node{}.crt", node.id), &issued.cert_pem, false);
             let key = write(&format!("node{}.key", node.id), &issued.key_pem, true);
