@@ -1,0 +1,618 @@
+//! Nemesis schedules against a three-node cluster in a network lab, while
+//! clients run a random workload on a few users; each schedule's history
+//! must be linearizable ([`cluster_tests::linearizability`]).
+//!
+//! A schedule: a workload of seven clients (one request in flight each, on
+//! six user names of the schedule's own) against random nodes; a fault a few
+//! seconds in (partitions by iptables, SIGSTOP, kill -9), held 4-6 s, then
+//! healed; the workload goes on at least 4 s more, and until a write started
+//! after the heal is acknowledged. Then, with a leader agreed again, every node reads every
+//! user linearizably, and those reads join the history: a lost acknowledged
+//! write or a resurrected delete shows there. Besides the history:
+//! - no term has two leaders, and no node's term goes back (each node's
+//!   `Status`, polled every 100 ms through the whole run);
+//! - the cluster takes writes again after the heal (time to the first
+//!   acknowledged write, printed with the longest stretch without one).
+//!
+//! Each test runs a group of schedules one after another on one cluster
+//! (partitions; pauses; crashes), each schedule on user names of its own.
+//! Every choice (operations, users, nodes, fault timings) comes from one
+//! seed, printed at the start and in every failure: `NEMESIS_SEED=<n>`
+//! replays the choices (the interleaving is the machine's).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use cluster_tests::cluster::{channel, http_get, CONVERGE};
+use cluster_tests::linearizability::{History, Input, Output, Status, Verdict};
+use cluster_tests::netns::Lab;
+use cluster_tests::process::send_signal;
+use cluster_tests::Cluster;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+use vpn_proto::v1::cluster_client::ClusterClient;
+use vpn_proto::v1::users_client::UsersClient;
+use vpn_proto::v1::{
+    CreateUserRequest, DeleteUserRequest, GetUserRequest, StatusRequest, UpdateUserRequest, User, UserStatus,
+};
+
+/// Elections within a second even when two debug builds share a core.
+const RAFT_TIMINGS: [&str; 6] =
+    ["--heartbeat-ms", "100", "--election-timeout-min-ms", "500", "--election-timeout-max-ms", "1000"];
+/// How long a client call may take before its outcome counts as unknown.
+const CALL: Duration = Duration::from_millis(2500);
+const CLIENTS: u64 = 7;
+const KEYS: usize = 6;
+/// A bound on each client's loop besides the schedule's end.
+const MAX_OPS_PER_CLIENT: usize = 400;
+/// Workload before the fault, and how long the fault holds (ms ranges).
+const WARMUP_MS: (u64, u64) = (1500, 2500);
+const HOLD_MS: (u64, u64) = (4000, 6000);
+/// Workload after the heal, at least (and until a write started after it is acknowledged).
+const AFTER_HEAL: Duration = Duration::from_secs(4);
+/// How often each node's own view (term, leader) is polled.
+const POLL: Duration = Duration::from_millis(100);
+/// Client ids of the final reads: this plus the node read from.
+const FINAL_READER: u64 = 100;
+/// For failure messages: how to keep the nodes' logs of a replay.
+const KEEP: &str = "VPN_TEST_KEEP_DIRS=1 keeps the nodes' logs";
+
+#[derive(Clone, Copy, Debug)]
+enum Nemesis {
+    /// The leader alone on its side: the 2|1 split with the leader in the minority.
+    IsolateLeader,
+    /// A follower alone: it campaigns in rising terms and comes back with them.
+    IsolateFollower,
+    /// Non-transitive: the leader and one follower lose each other; the
+    /// third node (the bridge) still sees both.
+    Bridge,
+    PauseLeader,
+    PauseFollower,
+    /// kill -9 of the leader, restarted on its data dir at the heal.
+    CrashLeader,
+    /// A fault on a random node (the last seen leader half the time) about
+    /// every 1-1.6 s: isolate, cut a link, pause or kill; each undone before the next.
+    Rolling,
+}
+
+#[test]
+fn netns_nemesis_partitions_keep_histories_linearizable() {
+    let test = "netns_nemesis_partitions_keep_histories_linearizable";
+    run(test, 1, &[Nemesis::IsolateLeader, Nemesis::IsolateFollower, Nemesis::Bridge]);
+}
+
+#[test]
+fn netns_nemesis_pauses_keep_histories_linearizable() {
+    run("netns_nemesis_pauses_keep_histories_linearizable", 2, &[Nemesis::PauseLeader, Nemesis::PauseFollower]);
+}
+
+#[test]
+fn netns_nemesis_crashes_keep_histories_linearizable() {
+    run("netns_nemesis_crashes_keep_histories_linearizable", 3, &[Nemesis::CrashLeader, Nemesis::Rolling]);
+}
+
+/// Runs `schedules` one after another on one cluster (each on its own users).
+fn run(test: &str, group: u64, schedules: &[Nemesis]) {
+    let Some(lab) = Lab::new(test, 3) else { return };
+    let seed = seed();
+    eprintln!("{test}: NEMESIS_SEED={seed} (set it to replay these choices)");
+    let mut rng = Rng::new(seed ^ group);
+    let mut cluster = Cluster::in_lab(&lab, &RAFT_TIMINGS);
+    for p in cluster.nodes.values_mut() {
+        p.start();
+    }
+    let started = Instant::now();
+    let cluster = &mut cluster;
+    lab.run_as_client(async {
+        let observer = Observer::start(cluster);
+        for (n, nemesis) in schedules.iter().enumerate() {
+            let ctx = format!("{test}, NEMESIS_SEED={seed}, schedule {n} ({nemesis:?})");
+            let summary = schedule(&lab, cluster, &observer, *nemesis, n, &mut rng, &ctx).await;
+            eprintln!("{ctx}: {summary}");
+        }
+        let terms = observer.stop().await.unwrap_or_else(|e| panic!("{test}, NEMESIS_SEED={seed}: {e}"));
+        eprintln!("{test}: NEMESIS_SEED={seed}: {} schedules, {terms}, {:.1?}", schedules.len(), started.elapsed());
+    });
+}
+
+/// `NEMESIS_SEED` if set, else from the clock.
+fn seed() -> u64 {
+    match std::env::var("NEMESIS_SEED") {
+        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("NEMESIS_SEED={s:?} is not a u64: {e}")),
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            now.as_nanos() as u64
+        }
+    }
+}
+
+/// One schedule: workload, fault, heal, recovery, final reads, checks. A
+/// one-line summary back.
+async fn schedule(
+    lab: &Lab,
+    cluster: &mut Cluster,
+    observer: &Observer,
+    nemesis: Nemesis,
+    n: usize,
+    rng: &mut Rng,
+    ctx: &str,
+) -> String {
+    let t0 = Instant::now();
+    let leader = agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: before the schedule: {e}"));
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("s{n}-k{k}")).collect();
+    let nodes: Vec<(u64, SocketAddr)> = cluster.nodes.values().map(|p| (p.id, p.grpc)).collect();
+    let shared = Arc::new(Shared::new());
+    let clients: Vec<JoinHandle<usize>> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(c, rng.next(), keys.clone(), nodes.clone(), shared.clone())))
+        .collect();
+
+    sleep(Duration::from_millis(rng.between(WARMUP_MS))).await;
+    let mut faults = Faults::new(t0);
+    inflict(nemesis, lab, cluster, leader, observer, rng, &mut faults).await;
+    let healed = Instant::now();
+    let deadline = healed + CONVERGE;
+    while Instant::now() < deadline && (shared.first_ack_after(healed).is_none() || healed.elapsed() < AFTER_HEAL) {
+        sleep(Duration::from_millis(100)).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap_or_else(|e| panic!("{ctx}: a client task failed: {e}"));
+    }
+    let faults = faults.log.join("; ");
+    let first_ack = shared.first_ack_after(healed).unwrap_or_else(|| {
+        panic!("{ctx}: no write started after the heal was acknowledged within {CONVERGE:?}; faults: {faults}; {KEEP}")
+    });
+
+    let leader =
+        agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: after the heal: {e}; faults: {faults}; {KEEP}"));
+    final_reads(&shared, &keys, &nodes)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}: final reads (leader {leader}): {e}; faults: {faults}; {KEEP}"));
+
+    let ops = shared.history.ops();
+    match shared.history.check() {
+        Verdict::Linearizable => {}
+        verdict => panic!("{ctx}; faults: {faults}; {KEEP}\n{verdict}"),
+    }
+    let terms = observer.check().unwrap_or_else(|e| panic!("{ctx}: {e}; faults: {faults}; {KEEP}"));
+    let unknown = ops.iter().filter(|op| op.output == Output::Unknown).count();
+    let codes: Vec<String> = lock(&shared.codes).iter().map(|(code, n)| format!("{code} {n}")).collect();
+    let odd = lock(&shared.odd).clone();
+    format!(
+        "{} ops, {unknown} unknown ({}), {} odd {odd:?}, first ack {first_ack:.2?} after the heal, \
+         longest without an ack {:.2?}, {terms}, {:.1?}; faults: {faults}",
+        ops.len(),
+        codes.join(", "),
+        odd.len(),
+        shared.longest_gap(),
+        t0.elapsed(),
+    )
+}
+
+/// Applies `nemesis`, holds it, and undoes it.
+async fn inflict(
+    nemesis: Nemesis,
+    lab: &Lab,
+    cluster: &mut Cluster,
+    leader: u64,
+    observer: &Observer,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) {
+    let ids = lab.node_ids();
+    let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let hold = Duration::from_millis(rng.between(HOLD_MS));
+    let follower = rng.pick(&followers);
+    match nemesis {
+        Nemesis::IsolateLeader => faults.isolate(lab, leader),
+        Nemesis::IsolateFollower => faults.isolate(lab, follower),
+        Nemesis::Bridge => faults.cut(lab, leader, follower),
+        Nemesis::PauseLeader => faults.pause(cluster, leader),
+        Nemesis::PauseFollower => faults.pause(cluster, follower),
+        Nemesis::CrashLeader => faults.kill(cluster, leader),
+        Nemesis::Rolling => {
+            let end = Instant::now() + hold;
+            for _ in 0..10 {
+                if Instant::now() >= end {
+                    break;
+                }
+                faults.undo(lab, cluster);
+                // As many draws whatever the branch: the choices stay the seed's.
+                let (towards_leader, random, other, kind) =
+                    (rng.below(2) == 0, rng.pick(&ids), rng.next(), rng.below(4));
+                let target = observer.last_leader().filter(|_| towards_leader).unwrap_or(random);
+                let others: Vec<u64> = ids.iter().copied().filter(|id| *id != target).collect();
+                match kind {
+                    0 => faults.isolate(lab, target),
+                    1 => faults.cut(lab, target, others[(other % others.len() as u64) as usize]),
+                    2 => faults.pause(cluster, target),
+                    _ => faults.kill(cluster, target),
+                }
+                sleep(Duration::from_millis(rng.between((900, 1600)))).await;
+            }
+            faults.undo(lab, cluster);
+            return;
+        }
+    }
+    sleep(hold).await;
+    faults.undo(lab, cluster);
+}
+
+/// The faults in force, and a log of all (seconds since the schedule began).
+struct Faults {
+    t0: Instant,
+    cut: bool,
+    paused: BTreeSet<u64>,
+    killed: BTreeSet<u64>,
+    log: Vec<String>,
+}
+
+impl Faults {
+    fn new(t0: Instant) -> Faults {
+        Faults { t0, cut: false, paused: BTreeSet::new(), killed: BTreeSet::new(), log: Vec::new() }
+    }
+
+    fn note(&mut self, what: String) {
+        self.log.push(format!("{:.1}s {what}", self.t0.elapsed().as_secs_f64()));
+    }
+
+    fn isolate(&mut self, lab: &Lab, id: u64) {
+        lab.isolate(id);
+        self.cut = true;
+        self.note(format!("isolate {id}"));
+    }
+
+    fn cut(&mut self, lab: &Lab, a: u64, b: u64) {
+        lab.cut(a, b);
+        self.cut = true;
+        self.note(format!("cut {a}-{b}"));
+    }
+
+    fn pause(&mut self, cluster: &Cluster, id: u64) {
+        send_signal(cluster.node(id).pid().expect("a running node"), "STOP");
+        self.paused.insert(id);
+        self.note(format!("SIGSTOP {id}"));
+    }
+
+    fn kill(&mut self, cluster: &mut Cluster, id: u64) {
+        cluster.node_mut(id).kill9();
+        self.killed.insert(id);
+        self.note(format!("kill -9 {id}"));
+    }
+
+    /// Heals the network, resumes paused nodes, restarts killed ones.
+    fn undo(&mut self, lab: &Lab, cluster: &mut Cluster) {
+        let mut done = Vec::new();
+        if std::mem::take(&mut self.cut) {
+            lab.heal();
+            done.push("heal".to_owned());
+        }
+        for id in std::mem::take(&mut self.paused) {
+            send_signal(cluster.node(id).pid().expect("a paused node"), "CONT");
+            done.push(format!("SIGCONT {id}"));
+        }
+        for id in std::mem::take(&mut self.killed) {
+            cluster.node_mut(id).start();
+            done.push(format!("restart {id}"));
+        }
+        if !done.is_empty() {
+            self.note(done.join(", "));
+        }
+    }
+}
+
+/// What the clients of one schedule share.
+struct Shared {
+    history: History,
+    stop: AtomicBool,
+    /// Call and return of every acknowledged write (Created, Deleted, Updated).
+    acks: Mutex<Vec<(Instant, Instant)>>,
+    /// Unknown outcomes by gRPC code.
+    codes: Mutex<BTreeMap<String, usize>>,
+    /// Answers that should not happen here (FAILED_PRECONDITION, a status
+    /// other than active or disabled, ...), recorded as unknown.
+    odd: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        let (acks, codes, odd) = (Mutex::default(), Mutex::default(), Mutex::default());
+        Shared { history: History::new(), stop: AtomicBool::new(false), acks, codes, odd }
+    }
+
+    /// From `at` to the first acknowledgment of a write called after `at`.
+    fn first_ack_after(&self, at: Instant) -> Option<Duration> {
+        lock(&self.acks).iter().filter(|(call, _)| *call >= at).map(|(_, ret)| *ret - at).min()
+    }
+
+    /// The longest stretch between two acknowledged writes.
+    fn longest_gap(&self) -> Duration {
+        let mut rets: Vec<Instant> = lock(&self.acks).iter().map(|(_, ret)| *ret).collect();
+        rets.sort();
+        rets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One client: random operations, one at a time, until told to stop.
+async fn client(id: u64, seed: u64, keys: Vec<String>, nodes: Vec<(u64, SocketAddr)>, shared: Arc<Shared>) -> usize {
+    let mut rng = Rng::new(seed);
+    let channels: Vec<Channel> = nodes.iter().map(|(_, addr)| channel(*addr)).collect();
+    let mut done = 0;
+    while done < MAX_OPS_PER_CLIENT && !shared.stop.load(Ordering::Relaxed) {
+        let key = &keys[rng.below(keys.len() as u64) as usize];
+        let ch = channels[rng.below(channels.len() as u64) as usize].clone();
+        let input = match rng.below(10) {
+            0..=2 => Input::Create,
+            3..=4 => Input::Delete,
+            5..=7 => Input::Get,
+            8 => Input::SetStatus(Status::Disabled),
+            _ => Input::SetStatus(Status::Active),
+        };
+        let answered = call(&shared, id, key, input, ch).await != Output::Unknown;
+        done += 1;
+        let pause = if answered { rng.below(60) } else { 150 + rng.below(150) };
+        sleep(Duration::from_millis(pause)).await;
+    }
+    done
+}
+
+/// Sends `input` on `key`, recorded in the history; the output recorded.
+async fn call(shared: &Shared, client: u64, key: &str, input: Input, ch: Channel) -> Output {
+    let pending = shared.history.invoke(client, key, input.clone());
+    let called = Instant::now();
+    let reply = timeout(CALL + Duration::from_millis(500), send(ch, key, &input))
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer (the client's own bound)")));
+    let output = output(&input, reply, shared);
+    shared.history.complete(pending, output.clone());
+    if matches!(output, Output::Created { .. } | Output::Deleted | Output::Updated { .. }) {
+        lock(&shared.acks).push((called, Instant::now()));
+    }
+    output
+}
+
+async fn send(ch: Channel, key: &str, input: &Input) -> Result<Option<User>, tonic::Status> {
+    fn request<T>(msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(CALL);
+        req
+    }
+    let mut users = UsersClient::new(ch);
+    let name = key.to_owned();
+    let reply = match input {
+        Input::Create => users.create_user(request(CreateUserRequest { name, ..Default::default() })).await.map(Some),
+        Input::Delete => users.delete_user(request(DeleteUserRequest { name })).await.map(|_| None),
+        Input::Get => users.get_user(request(GetUserRequest { name, consistency: 0 })).await.map(Some),
+        Input::SetStatus(to) => {
+            let status = Some(match to {
+                Status::Active => UserStatus::Active,
+                Status::Disabled => UserStatus::Disabled,
+            } as i32);
+            users.update_user(request(UpdateUserRequest { name, status, ..Default::default() })).await.map(Some)
+        }
+    };
+    reply.map(|reply| reply.map(tonic::Response::into_inner))
+}
+
+/// What the checker is told of `reply`: an answer the registry gave, or
+/// unknown for anything that says nothing about the outcome.
+fn output(input: &Input, reply: Result<Option<User>, tonic::Status>, shared: &Shared) -> Output {
+    let user = match reply {
+        Ok(user) => user,
+        Err(s) => {
+            match (input, s.code()) {
+                (Input::Create, Code::AlreadyExists) => return Output::AlreadyExists,
+                (Input::Delete | Input::Get | Input::SetStatus(_), Code::NotFound) => return Output::NotFound,
+                (
+                    _,
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Cancelled
+                    | Code::Unknown
+                    | Code::Internal
+                    | Code::ResourceExhausted,
+                ) => {}
+                (_, code) => lock(&shared.odd).push(format!("{input:?} -> {code:?}: {}", s.message())),
+            }
+            *lock(&shared.codes).entry(format!("{:?}", s.code())).or_default() += 1;
+            return Output::Unknown;
+        }
+    };
+    let status_of = |u: &User| match UserStatus::try_from(u.status) {
+        Ok(UserStatus::Active) => Some(Status::Active),
+        Ok(UserStatus::Disabled) => Some(Status::Disabled),
+        _ => None,
+    };
+    let known = match (input, user) {
+        (Input::Create, Some(u)) => Some(Output::Created { id: u.id }),
+        (Input::Delete, None) => Some(Output::Deleted),
+        (Input::Get, Some(u)) => status_of(&u).map(|status| Output::Found { id: u.id, status }),
+        (Input::SetStatus(_), Some(u)) => status_of(&u).map(|status| Output::Updated { id: u.id, status }),
+        (_, user) => unreachable!("{input:?} answered {user:?}"),
+    };
+    known.unwrap_or_else(|| {
+        lock(&shared.odd).push(format!("{input:?} answered an unexpected status"));
+        Output::Unknown
+    })
+}
+
+/// Every node reads every key linearizably, into the history, retrying
+/// (each try recorded) until it answers.
+async fn final_reads(shared: &Shared, keys: &[String], nodes: &[(u64, SocketAddr)]) -> Result<(), String> {
+    let deadline = Instant::now() + CONVERGE;
+    for (id, addr) in nodes {
+        let ch = channel(*addr);
+        for key in keys {
+            loop {
+                if call(shared, FINAL_READER + id, key, Input::Get, ch.clone()).await != Output::Unknown {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("node {id} gave no answer to a read of {key} within {CONVERGE:?}"));
+                }
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every node names the same leader and is ready, as
+/// [`Cluster::wait_leader`] does, but says why it failed rather than panic
+/// (so that the caller's message can carry the seed).
+async fn agreed_leader(cluster: &Cluster) -> Result<u64, String> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let last = match timeout(Duration::from_secs(10), agreement(cluster)).await {
+            Ok(Ok(leader)) => return Ok(leader),
+            Ok(Err(e)) => e,
+            Err(_) => "status calls ran out of time".to_owned(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("no leader agreed by every node within {CONVERGE:?}: {last}"));
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agreement(cluster: &Cluster) -> Result<u64, String> {
+    let mut leader = None;
+    for id in cluster.nodes.keys() {
+        let l = cluster.status(*id).await?.leader_id.ok_or(format!("node {id} knows no leader"))?;
+        if leader.is_some_and(|x| x != l) {
+            return Err(format!("nodes disagree: {leader:?} vs {l}"));
+        }
+        leader = Some(l);
+    }
+    for id in cluster.nodes.keys() {
+        let (code, body) = http_get(cluster.node(*id).http, "/readyz?verbose").await?;
+        if code != 200 {
+            return Err(format!("node {id} not ready: {body}"));
+        }
+    }
+    leader.ok_or("no nodes".to_owned())
+}
+
+/// One node's own view at one time.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    node: u64,
+    term: u64,
+    leader: Option<u64>,
+}
+
+/// Polls every node's `Status` (a task per node, so a paused node holds up
+/// no other) and keeps what each said, in order.
+struct Observer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Observer {
+    fn start(cluster: &Cluster) -> Observer {
+        let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let tasks = cluster
+            .nodes
+            .values()
+            .map(|p| {
+                let (node, addr, seen, stop) = (p.id, p.grpc, seen.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut client = ClusterClient::new(channel(addr));
+                    // A bound besides the stop flag: an hour of polls.
+                    for _ in 0..36_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut req = tonic::Request::new(StatusRequest {});
+                        req.set_timeout(Duration::from_secs(1));
+                        if let Ok(Ok(s)) = timeout(Duration::from_millis(1500), client.status(req)).await {
+                            let s = s.into_inner();
+                            lock(&seen).push(Seen { node, term: s.term, leader: s.leader_id });
+                        }
+                        sleep(POLL).await;
+                    }
+                })
+            })
+            .collect();
+        Observer { seen, stop, tasks }
+    }
+
+    /// The leader most recently named by any node.
+    fn last_leader(&self) -> Option<u64> {
+        lock(&self.seen).iter().rev().find_map(|s| s.leader)
+    }
+
+    /// At most one leader per term, and no node's term going back; a
+    /// summary of the terms seen, or what broke.
+    fn check(&self) -> Result<String, String> {
+        let seen = lock(&self.seen).clone();
+        let mut leaders: BTreeMap<u64, BTreeMap<u64, BTreeSet<u64>>> = BTreeMap::new();
+        let mut last_term: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in &seen {
+            if let Some(leader) = s.leader {
+                leaders.entry(s.term).or_default().entry(leader).or_default().insert(s.node);
+            }
+            let before = last_term.insert(s.node, s.term).unwrap_or(0);
+            if s.term < before {
+                return Err(format!("node {}'s term went back from {before} to {}", s.node, s.term));
+            }
+        }
+        if let Some((term, by)) = leaders.iter().find(|(_, by)| by.len() > 1) {
+            let named: Vec<String> = by.iter().map(|(l, nodes)| format!("{l} (named by {nodes:?})")).collect();
+            return Err(format!("term {term} had two leaders: {}", named.join(", ")));
+        }
+        let (first, last) = (leaders.keys().next().unwrap_or(&0), leaders.keys().next_back().unwrap_or(&0));
+        Ok(format!("{} status polls, {} terms with a leader in {first}..={last}", seen.len(), leaders.len()))
+    }
+
+    /// Stops the polls and checks what they saw.
+    async fn stop(mut self) -> Result<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            task.await.map_err(|e| format!("a status poller failed: {e}"))?;
+        }
+        self.check()
+    }
+}
+
+/// xorshift64, seeded through splitmix64 (never zero).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// In `lo..=hi`.
+    fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn pick(&mut self, items: &[u64]) -> u64 {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
