@@ -208,7 +208,9 @@ async fn docker_mtls_a_node_joined_by_token_serves_a_user_end_to_end() {
     let mut dp = DataplaneCluster::start_mtls(3).await;
     let node = dp.add_node(&[VLESS, SS]);
     dp.ok(&["user", "add", "alice"]).await;
-    dp.caught_up(node.id, 1).await;
+    let listed = dp.caught_up(node.id, 1).await;
+    let expires = listed["cert_expires_at"].as_str().unwrap_or_default().to_owned();
+    assert!(expires.starts_with("20"), "node list shows the certificate's expiry: {listed}");
     let status = dp.ok(&["-o", "json", "cluster", "status"]).await.json();
     assert_eq!(status["tls"], true);
 

@@ -331,6 +331,10 @@ pub struct DataplaneNode {
     /// What the node's engines last reported failing; `None` when healthy.
     #[serde(default)]
     pub engine_error: Option<String>,
+    /// When the node's certificate for the control plane expires (ms since
+    /// the epoch), as it registered it; `None` without mutual TLS.
+    #[serde(default)]
+    pub cert_not_after_ms: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +371,7 @@ impl DataplaneNode {
             schedule: Schedule::Schedulable,
             traffic_seq: 0,
             engine_error: None,
+            cert_not_after_ms: None,
         }
     }
 
@@ -392,6 +397,7 @@ impl DataplaneNode {
             && self.inbounds == other.inbounds
             && self.labels == other.labels
             && self.capacity == other.capacity
+            && self.cert_not_after_ms == other.cert_not_after_ms
     }
 }
 

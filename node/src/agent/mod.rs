@@ -114,7 +114,8 @@ pub async fn start(
         pending_gauge,
         applied_gauge,
     };
-    let offer = desired::offer(node.id, config, &secrets);
+    let mut offer = desired::offer(node.id, config, &secrets);
+    offer.cert_not_after_ms = node.tls.as_ref().map(|cert| cert.not_after.saturating_mul(1000));
     let tasks = vec![
         tokio::spawn(report::register(node.clone(), offer, shutdown.clone())),
         tokio::spawn(follow(node.clone(), inbounds, desired_tx, desired_gauge, config.resync, shutdown.clone())),

@@ -130,7 +130,19 @@ pub fn node_json(node: &Node) -> Value {
     if !node.engine_error.is_empty() {
         json["engine_error"] = Value::from(node.engine_error.as_str());
     }
+    json["cert_expires_at"] = match node.cert_expires_at.as_str() {
+        "" => Value::Null,
+        at => Value::from(at),
+    };
     json
+}
+
+/// When the node's certificate expires, or why there is none.
+fn cert_cell(node: &Node) -> String {
+    match node.cert_expires_at.as_str() {
+        "" => "none (plaintext)".into(),
+        at => at.to_owned(),
+    }
 }
 
 fn sorted_labels(node: &Node) -> Vec<(&str, &str)> {
@@ -164,7 +176,8 @@ pub fn nodes_table(nodes: &[Node]) -> String {
         return "no data-plane nodes yet; start vpnd with --dataplane --public-host <host> --inbound <protocol>=<port>"
             .into();
     }
-    let header = ["ID", "HOST", "STATUS", "USERS", "APPLIED/DESIRED", "INBOUNDS"].map(String::from).to_vec();
+    let header =
+        ["ID", "HOST", "STATUS", "USERS", "APPLIED/DESIRED", "CERT EXPIRES", "INBOUNDS"].map(String::from).to_vec();
     let rows = nodes.iter().map(|n| {
         vec![
             n.id.to_string(),
@@ -172,6 +185,7 @@ pub fn nodes_table(nodes: &[Node]) -> String {
             status_cell(n),
             n.users.to_string(),
             generations(n),
+            cert_cell(n),
             inbounds_text(n),
         ]
     });
@@ -192,6 +206,7 @@ pub fn node_table(node: &Node) -> String {
         ("Labels", if labels.is_empty() { "none".into() } else { labels }),
         ("Capacity", capacity),
         ("Engine error", if node.engine_error.is_empty() { "none".into() } else { node.engine_error.clone() }),
+        ("Cert expires", cert_cell(node)),
     ])
 }
 
@@ -216,6 +231,7 @@ mod tests {
             labels: [("tier".to_owned(), "gold".to_owned()), ("region".to_owned(), "eu".to_owned())].into(),
             capacity: 0,
             engine_error: String::new(),
+            cert_expires_at: "2027-03-06T04:00:00Z".into(),
         }
     }
 
@@ -231,6 +247,7 @@ mod tests {
             "inbounds": [{"protocol": "vless-tls", "port": 443}, {"protocol": "shadowsocks-2022", "port": 8388}],
             "labels": {"region": "eu", "tier": "gold"},
             "capacity": 0,
+            "cert_expires_at": "2027-03-06T04:00:00Z",
         });
         assert_eq!(node_json(&node()), expected);
     }
@@ -239,14 +256,18 @@ mod tests {
     fn tables_show_lag_and_inbounds() {
         assert_eq!(
             nodes_table(&[node()]),
-            "ID  HOST              STATUS  USERS  APPLIED/DESIRED      INBOUNDS\n\
-             4   vpn4.example.com  ready   12     40/42 (catching up)  vless-tls=443,shadowsocks-2022=8388"
+            "ID  HOST              STATUS  USERS  APPLIED/DESIRED      CERT EXPIRES          INBOUNDS\n\
+             4   vpn4.example.com  ready   12     40/42 (catching up)  2027-03-06T04:00:00Z  vless-tls=443,shadowsocks-2022=8388"
         );
         let shown = node_table(&node());
         assert!(shown.contains("Labels:        region=eu,tier=gold"), "{shown}");
         assert!(shown.contains("Capacity:      no limit"), "{shown}");
         assert!(nodes_table(&[]).starts_with("no data-plane nodes yet"));
         assert!(shown.contains("Engine error:  none"), "{shown}");
+        assert!(shown.contains("Cert expires:  2027-03-06T04:00:00Z"), "{shown}");
+        let plaintext = Node { cert_expires_at: String::new(), ..node() };
+        assert_eq!(node_json(&plaintext)["cert_expires_at"], Value::Null);
+        assert!(node_table(&plaintext).contains("none (plaintext)"));
     }
 
     #[test]
