@@ -362,8 +362,9 @@ async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
     // foreign token, and a CSR for an id in use are all refused.
     let before = state(&cluster, leader).await;
     let anonymous = ClientTlsConfig::new().ca_certificate(pki.ca());
+    let leader_addr = cluster.node(leader).grpc;
     let join = |token: String, node_id: u64| {
-        let ch = tls_channel(cluster.node(leader).grpc, anonymous.clone());
+        let ch = tls_channel(leader_addr, anonymous.clone());
         async move {
             let (_, csr_pem) = vpn_pki::make_csr(&["127.0.0.1".into()]).expect("csr");
             ClusterClient::new(ch).join(vpn_proto::v1::JoinRequest { token, node_id, csr_pem }).await
@@ -395,6 +396,27 @@ async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
     let uses_left =
         listed["join_tokens"].as_array().expect("list").iter().find(|t| t["id"] != id.as_str() && t["uses_left"] == 2);
     assert!(uses_left.is_some(), "refused joins spent no use: {listed}");
+
+    // Tokens and issued ids are replicated state: every node restarted, they are all still there.
+    for id in 1..=4 {
+        cluster.node_mut(id).kill9();
+    }
+    for id in 1..=4 {
+        cluster.node_mut(id).start();
+    }
+    cluster.wait_leader().await;
+    let list = ["-o", "json", "--ca-cert", &ca, "--cert", &cert, "--key", &key, "join-token", "list"];
+    let after = cluster_tests::eventually("join-token list after a restart", CONVERGE, || async {
+        let run = vpnctl(&endpoint, &list);
+        if run.code == 0 {
+            Ok(run.json())
+        } else {
+            Err(run.stderr)
+        }
+    })
+    .await;
+    assert_eq!(after, listed, "join tokens survive a restart of every node");
+    assert_eq!(code_of(join(fresh.clone(), 4).await), Code::AlreadyExists, "issued ids survive it too");
 
     // A malformed token stops vpnd before it starts.
     let args: Vec<String> = ["--id", "9", "--listen", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir"]
