@@ -67,6 +67,8 @@ pub fn rule(path: &str) -> Rule {
         ("vpn.v1.Cluster", "AddMember") => Rule::Join,
         // A node with no certificate yet: the join token in the request is its credential.
         ("vpn.v1.Cluster", "Join") => Rule::Anyone,
+        // A node about itself: the handler signs for the caller's own identity.
+        ("vpn.v1.Cluster", "RenewCertificate") => Rule::AnyNode,
         ("vpn.internal.v1.Raft", "TimeoutNow") => Rule::Leader,
         ("vpn.internal.v1.Raft", "Heartbeat" | "Propose") => Rule::AnyNode,
         ("vpn.internal.v1.Raft", _) => Rule::ControlPlane,
@@ -239,6 +241,7 @@ mod tests {
         assert_eq!(rule("/vpn.v1.Cluster/AddMember"), Rule::Join);
         assert_eq!(rule("/vpn.v1.Cluster/RemoveMember"), Rule::Client);
         assert_eq!(rule("/vpn.v1.Cluster/Join"), Rule::Anyone);
+        assert_eq!(rule("/vpn.v1.Cluster/RenewCertificate"), Rule::AnyNode);
         assert_eq!(rule("/vpn.v1.Cluster/CreateJoinToken"), Rule::Client);
         assert_eq!(rule("/vpn.v1.Nodes/DrainNode"), Rule::Client);
         for raft in ["AppendEntries", "Vote", "InstallSnapshot", "ReadIndex"] {

@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-use vpn_pki::files::{private_dir, write_private, write_public};
+use vpn_pki::files::{private_dir, write_private};
 use vpn_pki::join_token::JoinToken;
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::JoinRequest;
@@ -73,9 +73,9 @@ async fn join_through(
     let reply = ClusterClient::new(channel).join(req).await.map_err(|s| s.message().to_owned())?.into_inner();
     let fail = |e: vpn_pki::PkiError| e.to_string();
     private_dir(dir).map_err(fail)?;
-    write_public(&dir.join("ca.crt"), ca_pem.as_bytes()).map_err(fail)?;
+    write_private(&dir.join("ca.crt"), ca_pem.as_bytes()).map_err(fail)?;
     write_private(&dir.join("node.key"), key_pem.as_bytes()).map_err(fail)?;
-    write_public(&dir.join("node.crt"), reply.cert_pem.as_bytes()).map_err(fail)?;
+    write_private(&dir.join("node.crt"), reply.cert_pem.as_bytes()).map_err(fail)?;
     tracing::info!(role = %reply.role, dir = %dir.display(), "joined with a token: certificate issued");
     Material::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id).map_err(|e| e.to_string())
 }

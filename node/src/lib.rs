@@ -19,8 +19,8 @@
 //! - `http`: `/livez`, `/readyz`, `/metrics`.
 //! - `observer`: Raft gauges and gRPC health from openraft's metrics.
 //! - [`tls`]: mutual TLS of the gRPC port (or `--insecure`); `join_token`:
-//!   a certificate by CSR with a join token; `auth`: who may call which RPC,
-//!   by the caller's certificate.
+//!   a certificate by CSR with a join token; `renewal`: renewing it before
+//!   it expires; `auth`: who may call which RPC, by the caller's certificate.
 //! - `metrics`, `peers`, [`error`].
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests start nodes
@@ -41,6 +41,7 @@ pub mod node;
 mod observer;
 mod peers;
 mod raft;
+mod renewal;
 pub mod tls;
 
 use std::future::Future;
@@ -159,6 +160,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         tls: material.as_ref().map(|m| m.info.clone()),
         ca_signer,
         ca_digest: material.as_ref().map(tls::Material::ca_digest),
+        cert_lifetime: config.node_cert_lifetime,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -176,13 +178,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
-    let mut server = tonic::transport::Server::builder();
-    if let Some(material) = &material {
-        server = server
-            .tls_config(material.server())
-            .map_err(|e| Error::InvalidFlag { flag: "--cert-file", detail: format!("TLS cannot use it: {e}") })?;
-    }
-    let grpc = server
+    let server_tls = material.as_ref().map(tls::ServerTls::new).transpose()?.map(Arc::new);
+    let routes = tonic::transport::Server::builder()
         .layer(auth::AuthLayer::new(node.clone(), material.is_some()))
         .add_service(health_service)
         .add_service(UsersServer::new(UsersApi { node: node.clone() }))
@@ -193,13 +190,36 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
             RefuseOtherClusters(cluster),
-        ))
+        ));
+    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &server_tls {
+        Some(server_tls) => {
+            Box::pin(routes.serve_with_incoming_shutdown(server_tls.incoming(listeners.grpc), stopped(stop_rx.clone())))
+        }
         // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms tails).
-        .serve_with_incoming_shutdown(
+        None => Box::pin(routes.serve_with_incoming_shutdown(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
-        );
+        )),
+    };
     let mut grpc_task = tokio::spawn(grpc);
+    // Certificates this node keeps in its data dir renew themselves.
+    let renewal_task = match (&server_tls, &config.security) {
+        (Some(server), Security::Dev | Security::JoinToken(_)) => {
+            let seeds = match &config.bootstrap {
+                Bootstrap::Join { seeds, .. } => seeds.clone(),
+                _ => Vec::new(),
+            };
+            let renewal = renewal::Renewal {
+                node: node.clone(),
+                server: server.clone(),
+                data_dir: config.data_dir.clone(),
+                hosts: dev_hosts(&config),
+                seeds,
+            };
+            Some(tokio::spawn(renewal.run(stop_rx.clone())))
+        }
+        _ => None,
+    };
     let http =
         http::serve(listeners.http, http::router(node.clone()), config.http_tls.clone(), stopped(stop_rx.clone()));
     let http_task = tokio::spawn(http);
@@ -226,6 +246,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     for task in
         [http_task.abort_handle(), observer_task.abort_handle(), leader_task.abort_handle(), grpc_task.abort_handle()]
     {
+        task.abort();
+    }
+    if let Some(task) = renewal_task {
         task.abort();
     }
     outcome

@@ -43,6 +43,8 @@ pub struct Node {
     pub ca_signer: Option<Arc<vpn_pki::Ca>>,
     /// SHA-256 of the CA this node trusts (what join tokens pin), under TLS.
     pub ca_digest: Option<String>,
+    /// The lifetime of the node certificates this node signs (`--node-cert-lifetime`).
+    pub cert_lifetime: Duration,
 }
 
 /// Where a write must run.

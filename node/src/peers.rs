@@ -31,12 +31,19 @@ pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     cluster: ClusterCell,
     /// This node's client side of mutual TLS; `None` under `--insecure`.
-    tls: Option<ClientTlsConfig>,
+    tls: Mutex<Option<ClientTlsConfig>>,
 }
 
 impl Peers {
     pub fn new(cluster: ClusterCell, tls: Option<ClientTlsConfig>) -> Self {
-        Self { channels: Mutex::default(), cluster, tls }
+        Self { channels: Mutex::default(), cluster, tls: Mutex::new(tls) }
+    }
+
+    /// Presents a renewed certificate from now on: channels are made anew
+    /// (connections already open keep the old one until they close).
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        *self.tls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tls);
+        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
     /// This node's cluster id, once known.
@@ -50,7 +57,8 @@ impl Peers {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self.tls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let unusable =
             |e: tonic::transport::Error| Error::Internal(format!("peer address {addr:?} is not usable: {e}"));
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -59,8 +67,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(unusable)?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(unusable)?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());

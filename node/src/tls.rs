@@ -9,8 +9,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use vpn_pki::files::{pem_to_der, private_dir, read_pem, write_private, write_public};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use vpn_pki::files::{pem_to_der, private_dir, read_pem, write_private};
 use vpn_pki::{CertInfo, Principal, Role};
 
 use crate::error::Error;
@@ -78,16 +84,17 @@ impl Material {
         Ok(Self { ca_pem, cert_pem, key_pem, info })
     }
 
-    /// The server side: this node's certificate (with the CA's, so a client
-    /// sees the whole chain), and client certificates checked against the CA.
-    /// A client without one still gets through the handshake: health probes
-    /// need none, and every other RPC is refused by [`crate::auth`].
-    pub fn server(&self) -> ServerTlsConfig {
-        let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(chain, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
+    /// This node's certificate (with the CA's, so a client sees the whole
+    /// chain, which a joining node pins by digest) and key, for rustls.
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
+        let bad = |e: String| Error::InvalidFlag { flag: "--cert-file", detail: format!("TLS cannot use it: {e}") };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(e.to_string()))?;
+        Ok(Arc::new(CertifiedKey::new(chain, signing)))
     }
 
     /// The client side, for calls to other nodes: presents this node's certificate.
@@ -109,11 +116,11 @@ impl Material {
             let node = ca.issue_node(id, Role::ControlPlane, hosts, vpn_pki::ca::NODE_LIFETIME).map_err(fail)?;
             let admin = ca.issue_client("admin", vpn_pki::ca::CLIENT_LIFETIME).map_err(fail)?;
             write_private(&dir.join("ca.key"), ca.key_pem().as_bytes()).map_err(fail)?;
-            write_public(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(fail)?;
+            write_private(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(fail)?;
             write_private(&dir.join("admin.key"), admin.key_pem.as_bytes()).map_err(fail)?;
-            write_public(&dir.join("admin.crt"), admin.cert_pem.as_bytes()).map_err(fail)?;
+            write_private(&dir.join("admin.crt"), admin.cert_pem.as_bytes()).map_err(fail)?;
             write_private(&dir.join("node.key"), node.key_pem.as_bytes()).map_err(fail)?;
-            write_public(&dir.join("node.crt"), node.cert_pem.as_bytes()).map_err(fail)?;
+            write_private(&dir.join("node.crt"), node.cert_pem.as_bytes()).map_err(fail)?;
         }
         Self::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id)
     }
@@ -124,11 +131,98 @@ impl Material {
     }
 }
 
+/// The gRPC port's server side of mutual TLS. Client certificates are
+/// checked against the CA; a client without one still gets through the
+/// handshake (health probes need none, a joining node has none yet, and
+/// [`crate::auth`] refuses it everything else). The node's own certificate
+/// can be replaced while it runs ([`ServerTls::replace`]): renewal.
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+    current: Arc<CurrentCert>,
+}
+
+#[derive(Debug)]
+struct CurrentCert(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+}
+
+impl ServerTls {
+    pub fn new(material: &Material) -> Result<Self, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(material.ca_pem.as_bytes()) {
+            let ca = ca.map_err(|e| Error::InvalidFlag { flag: "--trusted-ca-file", detail: e.to_string() })?;
+            roots.add(ca).map_err(|e| Error::InvalidFlag { flag: "--trusted-ca-file", detail: e.to_string() })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| Error::InvalidFlag { flag: "--trusted-ca-file", detail: e.to_string() })?;
+        let current = Arc::new(CurrentCert(RwLock::new(material.certified_key()?)));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(current.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self { config: Arc::new(config), current })
+    }
+
+    /// Serves `material`'s certificate to every new connection from now on.
+    pub fn replace(&self, material: &Material) -> Result<(), Error> {
+        let next = material.certified_key()?;
+        *self.current.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    /// TLS connections accepted on `listener`, each handshake in a task of
+    /// its own (a slow client holds up no one), bounded in time.
+    pub fn incoming(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!("--listen: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms tails).
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, sender) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The HTTP listener's TLS (`--http-tls-cert`, `--http-tls-key`): an
 /// operator's certificate for the name clients fetch subscriptions from
 /// (e.g. `sub.example.com`), not the cluster CA's. Checked before start.
 #[derive(Clone)]
-pub struct HttpTls(pub std::sync::Arc<rustls::ServerConfig>);
+pub struct HttpTls(pub Arc<rustls::ServerConfig>);
 
 impl std::fmt::Debug for HttpTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,8 +232,6 @@ impl std::fmt::Debug for HttpTls {
 
 impl HttpTls {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, Error> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let read = |flag: &'static str, path: &Path| {
             std::fs::read(path)
                 .map_err(|e| Error::InvalidFlag { flag, detail: format!("{}: cannot be read: {e}", path.display()) })

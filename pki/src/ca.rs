@@ -21,7 +21,9 @@ pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const NODE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// A client certificate's default lifetime.
 pub const CLIENT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Validity starts this long before "now", for clocks a little behind ours.
+/// Validity starts this long before "now", for clocks a little behind ours
+/// (at most a tenth of the lifetime, so a short-lived certificate's renewal
+/// point, 2/3 of its validity, stays after its issue).
 const BACKDATE: Duration = Duration::from_secs(3600);
 
 pub struct Ca {
@@ -227,7 +229,7 @@ fn is_dns_name(host: &str) -> bool {
 fn params_valid_for(lifetime: Duration) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - BACKDATE.min(lifetime / 10);
     params.not_after = now + lifetime;
     let mut serial = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)

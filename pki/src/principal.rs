@@ -101,6 +101,8 @@ pub fn check_client_name(name: &str) -> Result<(), PkiError> {
 pub struct CertInfo {
     pub principal: Principal,
     /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    /// Seconds since the Unix epoch.
     pub not_after: i64,
 }
 
@@ -126,6 +128,11 @@ impl CertInfo {
             }
             (Some(_), Some(_)) => return Err(PkiError::invalid("certificate", "names more than one identity")),
         };
-        Ok(CertInfo { principal, not_after: cert.validity().not_after.timestamp() })
+        let validity = cert.validity();
+        Ok(CertInfo {
+            principal,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        })
     }
 }

@@ -81,6 +81,9 @@ impl Cluster for FakeNode {
     async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn renew_certificate(&self, _: Request<RenewCertificateRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 #[tonic::async_trait]

@@ -11,8 +11,8 @@ use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::cluster_server::Cluster;
 use vpn_proto::v1::{
     AddMemberRequest, ClusterStatus, CreateJoinTokenRequest, JoinRequest, JoinResponse, JoinTokenInfo, JoinTokenSecret,
-    ListJoinTokensRequest, ListJoinTokensResponse, Member, MemberRole, RemoveMemberRequest, RevokeJoinTokenRequest,
-    StatusRequest,
+    ListJoinTokensRequest, ListJoinTokensResponse, Member, MemberRole, RemoveMemberRequest, RenewCertificateRequest,
+    RevokeJoinTokenRequest, StatusRequest,
 };
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::MemberRecord;
@@ -218,6 +218,10 @@ impl Cluster for ClusterApi {
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         join_tokens::join(&self.node, req).await
+    }
+
+    async fn renew_certificate(&self, req: Request<RenewCertificateRequest>) -> Result<Response<JoinResponse>, Status> {
+        join_tokens::renew(&self.node, req).await
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {

@@ -1,4 +1,5 @@
-//! Join tokens and joining by CSR: the `Cluster` service's token RPCs.
+//! Join tokens, joining by CSR and renewing: the `Cluster` service's
+//! certificate RPCs.
 //!
 //! A token's use is spent through Raft (`RedeemJoinToken`) before the leader
 //! signs anything, so a token with N uses lets in at most N new ids, however
@@ -10,16 +11,17 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use vpn_pki::join_token::JoinToken as TokenText;
-use vpn_pki::Role;
+use vpn_pki::{Principal, Role};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::{
     CreateJoinTokenRequest, JoinRequest, JoinResponse, JoinTokenInfo, JoinTokenSecret, ListJoinTokensRequest,
-    ListJoinTokensResponse, RevokeJoinTokenRequest,
+    ListJoinTokensResponse, RenewCertificateRequest, RevokeJoinTokenRequest,
 };
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::trust::{JoinRole, JoinToken, TrustCommand};
 
 use super::{convert, forward};
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::node::{Node, Route};
 
@@ -133,6 +135,26 @@ pub async fn revoke(node: &Arc<Node>, req: Request<RevokeJoinTokenRequest>) -> R
     }
 }
 
+/// Signs a new certificate for the calling node's own identity (its current
+/// certificate's id and role): renewal needs no token and no Raft write.
+pub async fn renew(node: &Arc<Node>, req: Request<RenewCertificateRequest>) -> Result<Response<JoinResponse>, Status> {
+    let Some(Caller(Principal::Node { id, role })) = req.extensions().get::<Caller>().cloned() else {
+        return Err(Error::FailedPrecondition("renewal takes a node certificate over mutual TLS".into()).into());
+    };
+    let ca = node.ca_signer.clone().ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "node {} holds no CA key to sign with: ask a node started with --ca-key-file",
+            node.id
+        ))
+    })?;
+    let lifetime = node.cert_lifetime;
+    let cert_pem = ca
+        .sign_node_csr(&req.get_ref().csr_pem, id, role, lifetime)
+        .map_err(|e| Error::InvalidArgument { field: "csr_pem", detail: e.to_string() })?;
+    tracing::info!(node = id, role = role.as_str(), "renewed a node certificate");
+    Ok(Response::new(JoinResponse { cert_pem, ca_pem: ca.cert_pem().to_owned(), role: role.as_str().to_owned() }))
+}
+
 pub async fn join(node: &Arc<Node>, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
     let r = req.get_ref();
     if r.node_id == 0 {
@@ -154,7 +176,7 @@ pub async fn join(node: &Arc<Node>, req: Request<JoinRequest>) -> Result<Respons
     })?;
     let req = req.into_inner();
     // A CSR that cannot be signed spends no use of the token.
-    let lifetime = vpn_pki::ca::NODE_LIFETIME;
+    let lifetime = node.cert_lifetime;
     ca.sign_node_csr(&req.csr_pem, req.node_id, Role::DataPlane, lifetime)
         .map_err(|e| Error::InvalidArgument { field: "csr_pem", detail: e.to_string() })?;
     let redeem = TrustCommand::RedeemJoinToken {

@@ -106,6 +106,10 @@ pub struct Args {
     /// may sign the certificates of nodes joining with a token.
     #[arg(long, value_name = "FILE")]
     pub ca_key_file: Option<PathBuf>,
+    /// Lifetime of the node certificates this node signs for joining and renewing nodes,
+    /// e.g. 90d (the default), 12h; nodes renew theirs at 2/3 of it.
+    #[arg(long, value_name = "DURATION")]
+    pub node_cert_lifetime: Option<String>,
     /// Serve --http (subscriptions, health, metrics) over HTTPS with this PEM certificate
     /// chain (an operator's, for the name clients fetch subscriptions from), with --http-tls-key.
     #[arg(long, value_name = "FILE")]
@@ -146,6 +150,7 @@ struct FileSettings {
     ca_key_file: Option<PathBuf>,
     http_tls_cert: Option<PathBuf>,
     http_tls_key: Option<PathBuf>,
+    node_cert_lifetime: Option<String>,
     dataplane: Option<bool>,
     public_host: Option<String>,
     /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
@@ -212,6 +217,8 @@ pub struct Config {
     pub ca_signer: Option<std::sync::Arc<vpn_pki::Ca>>,
     /// HTTPS on `--http`, when given a certificate.
     pub http_tls: Option<HttpTls>,
+    /// How long the node certificates this node signs are valid.
+    pub node_cert_lifetime: std::time::Duration,
 }
 
 impl Config {
@@ -368,6 +375,12 @@ impl Config {
                 return Err(Error::invalid("--http-tls-cert", "is missing: it goes with --http-tls-key"))
             }
         };
+        let node_cert_lifetime = match args.node_cert_lifetime.or(file.node_cert_lifetime) {
+            None => vpn_pki::ca::NODE_LIFETIME,
+            Some(raw) => parse_lifetime(&raw).ok_or_else(|| {
+                Error::invalid("--node-cert-lifetime", &format!("{raw:?} is not a lifetime: use e.g. 90d, 12h or 30m"))
+            })?,
+        };
         Ok(Self {
             id,
             listen,
@@ -381,6 +394,7 @@ impl Config {
             security,
             ca_signer,
             http_tls,
+            node_cert_lifetime,
         })
     }
 }
@@ -412,6 +426,22 @@ fn security(id: u64, dev: bool, insecure: bool, files: [Option<PathBuf>; 3]) -> 
             detail: format!("is missing: mutual TLS needs all of {FLAGS}"),
         }),
     }
+}
+
+/// `30s`, `30m`, `12h`, `90d`: at least 10 s (a certificate renews at 2/3 of its life).
+fn parse_lifetime(raw: &str) -> Option<std::time::Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds >= 10).then(|| std::time::Duration::from_secs(seconds))
 }
 
 /// `--join-token`: only with `--join`, and instead of certificate files.
