@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::load::{run_level, Level, LevelResult};
@@ -21,28 +21,40 @@ pub struct CompareConfig {
     pub warmup_ops: u64,
     /// Spread writers over every member instead of sending to the leader.
     pub spread: bool,
+    /// Send writes to a follower (with `spread`, to every follower), which
+    /// forwards them to the leader, instead of to the leader itself.
+    pub through_follower: bool,
     pub request_timeout: Duration,
 }
 
-/// The endpoints writes go to: the leader's alone, or all.
-fn targets(endpoints: &[String], leader: usize, spread: bool) -> Vec<String> {
-    if spread {
-        endpoints.to_vec()
-    } else {
-        vec![endpoints[leader].clone()]
+/// The endpoints writes go to: the leader's alone, or all members (`spread`);
+/// with `through_follower`, the first follower alone, or all followers.
+pub fn targets(endpoints: &[String], leader: usize, cfg: &CompareConfig) -> Result<Vec<String>> {
+    let members = endpoints.iter().enumerate();
+    let picked: Vec<String> = match (cfg.through_follower, cfg.spread) {
+        (false, false) => vec![endpoints[leader].clone()],
+        (false, true) => endpoints.to_vec(),
+        (true, spread) => {
+            let followers = members.filter(|(i, _)| *i != leader).map(|(_, e)| e.clone());
+            followers.take(if spread { usize::MAX } else { 1 }).collect()
+        }
+    };
+    if picked.is_empty() {
+        bail!("--through-follower: a cluster of {} member(s) has no follower", endpoints.len());
     }
+    Ok(picked)
 }
 
 /// Runs every level against both systems (etcd only when given) and prints
 /// the table; returns the JSON section.
 pub async fn run(cfg: &CompareConfig, ours: &[String], theirs: Option<&[String]>, run_id: &str) -> Result<Value> {
     let before = vpnd::wait_leader(ours, Duration::from_secs(10)).await?;
-    let ours_targets = targets(ours, before.index, cfg.spread);
+    let ours_targets = targets(ours, before.index, cfg)?;
     let ours_w = Arc::new(VpndWriter::new(connect_all(&ours_targets).await?, cfg.request_timeout));
     let etcd_w = match theirs {
         Some(eps) => {
             let leader = etcd::find_leader(eps).await?;
-            let t = targets(eps, leader, cfg.spread);
+            let t = targets(eps, leader, cfg)?;
             Some((Arc::new(EtcdWriter::new(connect_all(&t).await?, cfg.request_timeout)), t))
         }
         None => None,
@@ -92,6 +104,7 @@ pub async fn run(cfg: &CompareConfig, ours: &[String], theirs: Option<&[String]>
         "targets_vpnd": ours_targets,
         "targets_etcd": etcd_w.as_ref().map(|(_, t)| t.clone()),
         "spread": cfg.spread,
+        "through_follower": cfg.through_follower,
         "duration_s": cfg.duration.as_secs_f64(),
         "max_ops": cfg.max_ops,
         "vpnd_leader_before": before.id,
@@ -100,4 +113,32 @@ pub async fn run(cfg: &CompareConfig, ours: &[String], theirs: Option<&[String]>
         "vpnd_term_after": after.term,
         "levels": levels,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(spread: bool, through_follower: bool) -> CompareConfig {
+        CompareConfig {
+            concurrency: vec![1],
+            duration: Duration::from_secs(1),
+            max_ops: 1,
+            warmup_ops: 0,
+            spread,
+            through_follower,
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn targets_follow_the_route() {
+        let eps: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let pick = |spread, follower| targets(&eps, 1, &cfg(spread, follower)).expect("targets");
+        assert_eq!(pick(false, false), ["b"]);
+        assert_eq!(pick(true, false), ["a", "b", "c"]);
+        assert_eq!(pick(false, true), ["a"]);
+        assert_eq!(pick(true, true), ["a", "c"]);
+        assert!(targets(&eps[..1], 0, &cfg(false, true)).is_err());
+    }
 }

@@ -10,6 +10,9 @@
 //! - [`load`]: the generator loop shared by both systems, and latency stats.
 //! - [`writers`]: what one write is, for `vpnd` (CreateUser) and etcd (Put).
 //! - [`compare`]: both systems level by level, with ratios.
+//! - [`compare_tls`]: `throughput --tls`: `vpnd` and etcd under mutual TLS, and
+//!   `vpnd`'s TLS overhead against its own `--insecure` run.
+//! - [`tls`]: a throwaway CA and the member and client certificates of a run.
 //! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
 //! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
 //! - [`refusals`]: what an ALREADY_EXISTS costs next to a create and a linearizable read.
@@ -19,6 +22,7 @@
 //!   ack -> first connection through a real engine, and a node with 10,000 users.
 
 pub mod compare;
+pub mod compare_tls;
 pub mod criterion_summary;
 pub mod etcd;
 pub mod failover;
@@ -30,6 +34,7 @@ pub mod reconcile_scale;
 pub mod refusals;
 pub mod report;
 pub mod single;
+pub mod tls;
 pub mod vpnd;
 pub mod writers;
 

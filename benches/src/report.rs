@@ -50,6 +50,61 @@ pub fn compare_row(o: &LevelResult, e: Option<&LevelResult>) {
     println!("{:>5} | {ours} | {theirs}", o.concurrency);
 }
 
+/// The table of `throughput --tls`: `vpnd` and etcd both under mutual TLS,
+/// then `vpnd`'s own `--insecure` run and what TLS costs it.
+pub fn tls_header() {
+    println!();
+    println!(
+        "{:>5} | {:>11} {:>9} {:>9} {:>6} | {:>11} {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>11} {:>9} {:>6} | {:>9} {:>9}",
+        "conc",
+        "vpnd-tls w/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "etcd-tls w/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "w/s ratio",
+        "p99 ratio",
+        "insecure w/s",
+        "p99 ms",
+        "errs",
+        "tls/insec",
+        "p99 t/i"
+    );
+    println!("{}", "-".repeat(172));
+}
+
+/// One level of [`tls_header`]'s table.
+pub fn tls_row(tls: &LevelResult, etcd: Option<&LevelResult>, insecure: &LevelResult) {
+    let theirs = match etcd {
+        Some(e) => format!(
+            "{:>11.1} {:>9.2} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
+            e.throughput(),
+            ms(e.latency.p50_us),
+            ms(e.latency.p99_us),
+            e.error_count(),
+            tls.throughput() / e.throughput().max(1e-9),
+            tls.latency.p99_us as f64 / e.latency.p99_us.max(1) as f64
+        ),
+        None => format!("{:>63}", "(no etcd)"),
+    };
+    println!(
+        "{:>5} | {:>11.1} {:>9.2} {:>9.2} {:>6} | {theirs} | {:>11.1} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
+        tls.concurrency,
+        tls.throughput(),
+        ms(tls.latency.p50_us),
+        ms(tls.latency.p99_us),
+        tls.error_count(),
+        insecure.throughput(),
+        ms(insecure.latency.p99_us),
+        insecure.error_count(),
+        tls.throughput() / insecure.throughput().max(1e-9),
+        tls.latency.p99_us as f64 / insecure.latency.p99_us.max(1) as f64
+    );
+}
+
 /// Prints the error kinds of a level, if any.
 pub fn warn_errors(what: &str, r: &LevelResult) {
     for (msg, n) in &r.errors {

@@ -1,5 +1,8 @@
 //! A local `vpnd` cluster of real processes on free loopback ports, and the
 //! client-side helpers every measurement uses (channels, leader lookup).
+//! A cluster runs `--insecure` (the plaintext baseline) unless started with
+//! [`VpndCluster::start_tls`]; the `*_with` helpers take the client's TLS
+//! settings, the others dial plaintext.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::StatusRequest;
 
 use crate::http;
 use crate::proc::{free_ports, log_tail, Proc};
+use crate::tls::TestPki;
 
 /// How often readiness is polled: fine enough to time a startup.
 pub const READY_POLL: Duration = Duration::from_millis(1);
@@ -36,6 +40,8 @@ pub struct VpndCluster {
     /// Flags every member gets besides its own (e.g. scheduling settings).
     extra: Vec<String>,
     log_dir: PathBuf,
+    /// Mutual TLS instead of `--insecure`; the files live under `_data`.
+    pki: Option<TestPki>,
     // Removed on drop, after the processes (fields drop in order).
     _data: TempDir,
 }
@@ -47,6 +53,12 @@ impl VpndCluster {
         Self::start_with(bin, n, work_dir, log_dir, label, &[])
     }
 
+    /// As [`Self::start`], but every member runs mutual TLS on certificates of
+    /// a CA made for this cluster; clients dial with [`Self::client_tls`].
+    pub fn start_tls(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path, label: &str) -> Result<Self> {
+        Self::start_inner(bin, n, work_dir, log_dir, label, &[], true)
+    }
+
     /// As [`Self::start`], every member also given `extra` flags.
     pub fn start_with(
         bin: &Path,
@@ -55,6 +67,18 @@ impl VpndCluster {
         log_dir: &Path,
         label: &str,
         extra: &[String],
+    ) -> Result<Self> {
+        Self::start_inner(bin, n, work_dir, log_dir, label, extra, false)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        log_dir: &Path,
+        label: &str,
+        extra: &[String],
+        tls: bool,
     ) -> Result<Self> {
         if !bin.is_file() {
             bail!(
@@ -75,6 +99,7 @@ impl VpndCluster {
                 data_dir: data.path().join(format!("node{}", i + 1)),
             })
             .collect();
+        let pki = if tls { Some(TestPki::create(&data.path().join("pki"), label, n)?) } else { None };
         let initial_members = specs.iter().map(|s| format!("{}={}", s.id, s.grpc)).collect::<Vec<_>>().join(",");
         let mut cluster = Self {
             bin: bin.to_owned(),
@@ -83,6 +108,7 @@ impl VpndCluster {
             initial_members,
             extra: extra.to_vec(),
             log_dir: log_dir.join(label),
+            pki,
             _data: data,
         };
         std::fs::create_dir_all(&cluster.log_dir).with_context(|| format!("log dir {}", cluster.log_dir.display()))?;
@@ -106,9 +132,19 @@ impl VpndCluster {
             s.data_dir.display().to_string(),
             "--initial-members".into(),
             self.initial_members.clone(),
-            // The plaintext baseline; mutual TLS is measured against it separately.
-            "--insecure".into(),
         ];
+        match &self.pki {
+            Some(pki) => {
+                let files = &pki.members[i];
+                for (flag, path) in
+                    [("--trusted-ca-file", &pki.ca_file), ("--cert-file", &files.cert), ("--key-file", &files.key)]
+                {
+                    args.extend([flag.to_owned(), path.display().to_string()]);
+                }
+            }
+            // The plaintext baseline; `loadgen throughput --tls` measures mutual TLS against it.
+            None => args.push("--insecure".into()),
+        }
         args.extend(self.extra.iter().cloned());
         let log = self.log_dir.join(format!("node{}.log", s.id));
         self.procs[i] = Some(Proc::spawn(&format!("vpnd node {}", s.id), &self.bin, &args, &log)?);
@@ -119,8 +155,15 @@ impl VpndCluster {
         self.procs[i].as_ref().ok_or_else(|| anyhow!("node {} is not running", self.specs[i].id))
     }
 
+    /// `http://` or, under TLS, `https://` URLs of the members' gRPC ports.
     pub fn endpoints(&self) -> Vec<String> {
-        self.specs.iter().map(|s| format!("http://{}", s.grpc)).collect()
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        self.specs.iter().map(|s| format!("{scheme}://{}", s.grpc)).collect()
+    }
+
+    /// The client's TLS settings; `None` for an `--insecure` cluster.
+    pub fn client_tls(&self) -> Option<ClientTlsConfig> {
+        self.pki.as_ref().map(TestPki::client_tls)
     }
 
     /// Waits for `/readyz` = 200 on member `i`; returns the time since its spawn.
@@ -182,22 +225,41 @@ pub fn url(endpoint: &str) -> String {
     }
 }
 
+/// `endpoint` without its scheme: `host:port`.
+fn host_port(endpoint: &str) -> &str {
+    endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest).trim_end_matches('/')
+}
+
+fn endpoint(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint> {
+    let ep = Endpoint::from_shared(url(endpoint))?.tcp_nodelay(true);
+    Ok(match tls {
+        Some(tls) => ep.tls_config(tls.clone()).with_context(|| format!("TLS settings for {endpoint}"))?,
+        None => ep,
+    })
+}
+
 /// A channel that connects on first use (a dead endpoint fails per request).
 pub fn lazy_channel(endpoint: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(url(endpoint))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    lazy_channel_with(endpoint, None)
+}
+
+/// [`lazy_channel`], over TLS when `tls` is given (the endpoint is then `https://`).
+pub fn lazy_channel_with(ep: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
+    Ok(endpoint(ep, tls)?.connect_timeout(Duration::from_millis(500)).connect_lazy())
 }
 
 /// A connected channel.
 pub async fn channel(endpoint: &str) -> Result<Channel> {
-    Endpoint::from_shared(url(endpoint))?
+    channel_with(endpoint, None).await
+}
+
+/// [`channel`], over TLS when `tls` is given.
+pub async fn channel_with(ep: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
+    endpoint(ep, tls)?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connect to {endpoint}"))
+        .with_context(|| format!("connect to {ep}"))
 }
 
 /// The leader as one member sees it.
@@ -211,9 +273,14 @@ pub struct Leader {
 
 /// The leader as the first answering member with a known leader sees it.
 pub async fn find_leader(endpoints: &[String]) -> Result<Leader> {
+    find_leader_with(endpoints, None).await
+}
+
+/// [`find_leader`], over TLS when `tls` is given.
+pub async fn find_leader_with(endpoints: &[String], tls: Option<&ClientTlsConfig>) -> Result<Leader> {
     let mut last_err = anyhow!("no endpoints");
     for ep in endpoints {
-        let mut client = ClusterClient::new(lazy_channel(ep)?);
+        let mut client = ClusterClient::new(lazy_channel_with(ep, tls)?);
         let mut req = tonic::Request::new(StatusRequest {});
         req.set_timeout(Duration::from_secs(1));
         match client.status(req).await {
@@ -231,7 +298,7 @@ pub async fn find_leader(endpoints: &[String]) -> Result<Leader> {
                     .ok_or_else(|| anyhow!("leader {leader} is not in the member list of {ep}"))?;
                 let idx = endpoints
                     .iter()
-                    .position(|e| url(e) == url(&addr))
+                    .position(|e| host_port(e) == host_port(&addr))
                     .ok_or_else(|| anyhow!("leader {leader} at {addr} is not one of the endpoints"))?;
                 return Ok(Leader { id: leader, index: idx, term: status.term });
             }
@@ -243,9 +310,18 @@ pub async fn find_leader(endpoints: &[String]) -> Result<Leader> {
 
 /// [`find_leader`], retried until `deadline`.
 pub async fn wait_leader(endpoints: &[String], deadline: Duration) -> Result<Leader> {
+    wait_leader_with(endpoints, None, deadline).await
+}
+
+/// [`wait_leader`], over TLS when `tls` is given.
+pub async fn wait_leader_with(
+    endpoints: &[String],
+    tls: Option<&ClientTlsConfig>,
+    deadline: Duration,
+) -> Result<Leader> {
     let until = Instant::now() + deadline;
     loop {
-        match find_leader(endpoints).await {
+        match find_leader_with(endpoints, tls).await {
             Ok(found) => return Ok(found),
             Err(e) if Instant::now() >= until => return Err(e.context("no leader")),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Request;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::CreateUserRequest;
@@ -11,16 +11,21 @@ use vpn_proto::v1::CreateUserRequest;
 use crate::etcdserverpb::kv_client::KvClient;
 use crate::etcdserverpb::PutRequest;
 use crate::load::Writer;
-use crate::vpnd::channel;
+use crate::vpnd::channel_with;
 
 /// The etcd value size the issue asks for.
 pub const ETCD_VALUE_LEN: usize = 256;
 
 /// Worker `w` writes through `channels[w % len]`.
 pub async fn connect_all(endpoints: &[String]) -> Result<Vec<Channel>> {
+    connect_all_with(endpoints, None).await
+}
+
+/// [`connect_all`], over TLS when `tls` is given.
+pub async fn connect_all_with(endpoints: &[String], tls: Option<&ClientTlsConfig>) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(endpoints.len());
     for ep in endpoints {
-        out.push(channel(ep).await?);
+        out.push(channel_with(ep, tls).await?);
     }
     Ok(out)
 }

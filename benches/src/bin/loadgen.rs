@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use vpn_benches::compare::{self, CompareConfig};
+use vpn_benches::compare_tls::{self, Dial};
 use vpn_benches::criterion_summary;
 use vpn_benches::etcd::EtcdCluster;
 use vpn_benches::failover::{self, FailoverConfig};
@@ -95,6 +96,16 @@ struct ThroughputOpts {
     /// Send writes to every member round-robin instead of to the leader.
     #[arg(long)]
     spread: bool,
+    /// Send writes to a follower, which forwards them to its leader (with
+    /// --spread: to every follower round-robin). Applies to both systems, so
+    /// each pays the same extra hop.
+    #[arg(long)]
+    through_follower: bool,
+    /// Run vpnd and etcd with mutual TLS (a CA made for the run), and vpnd a
+    /// second time with --insecure on the same load, for TLS's overhead.
+    /// Spawns its own clusters (no --endpoints / --etcd-endpoints).
+    #[arg(long, conflicts_with_all = ["endpoints", "etcd_endpoints"])]
+    tls: bool,
     /// Per-request deadline.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
@@ -206,10 +217,14 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
         max_ops: t.max_ops,
         warmup_ops: t.warmup_ops,
         spread: t.spread,
+        through_follower: t.through_follower,
         request_timeout: t.request_timeout,
     };
     if cfg.concurrency.is_empty() || cfg.concurrency.contains(&0) {
         bail!("--concurrency: give positive levels, e.g. 1,16,64");
+    }
+    if t.tls {
+        return throughput_tls(&cfg, t.no_etcd, ctx).await;
     }
     let mut ours_cluster = None;
     let ours = if t.endpoints.is_empty() {
@@ -248,6 +263,50 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
         c.stop_all().await;
     }
     if let Some(mut c) = etcd_cluster {
+        c.stop_all().await;
+    }
+    Ok(section)
+}
+
+/// `throughput --tls`: a TLS vpnd cluster, an --insecure one and (unless
+/// --no-etcd) a TLS etcd, all spawned here and measured level by level.
+async fn throughput_tls(cfg: &CompareConfig, no_etcd: bool, ctx: &Ctx) -> Result<Value> {
+    let ready = Duration::from_secs(60);
+    let mut insecure = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "throughput")?;
+    insecure.wait_all_ready(ready).await?;
+    let mut tls = VpndCluster::start_tls(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "throughput-tls")?;
+    tls.wait_all_ready(ready).await?;
+    let mut etcd = match no_etcd {
+        true => None,
+        false => Some(EtcdCluster::start_tls(&ctx.etcd, 3, &ctx.work_dir, &ctx.log_dir).await?),
+    };
+    let vpnd_rss = |c: &VpndCluster| (0..3).map(|i| c.proc(i).and_then(|p| p.rss_kib())).collect::<Result<Vec<_>>>();
+    let (rss_insecure, rss_tls) = (vpnd_rss(&insecure)?, vpnd_rss(&tls)?);
+    let rss_etcd = etcd.as_ref().map(EtcdCluster::rss_kib).transpose()?;
+
+    let (ins_eps, tls_eps) = (insecure.endpoints(), tls.endpoints());
+    let (tls_client, etcd_client) = (tls.client_tls(), etcd.as_ref().and_then(EtcdCluster::client_tls));
+    let etcd_eps = etcd.as_ref().map(EtcdCluster::endpoints);
+    let etcd_dial = etcd_eps.as_deref().map(|endpoints| Dial { endpoints, tls: etcd_client.as_ref() });
+    let mut section = compare_tls::run(
+        cfg,
+        Dial { endpoints: &ins_eps, tls: None },
+        Dial { endpoints: &tls_eps, tls: tls_client.as_ref() },
+        etcd_dial,
+        &ctx.run_id,
+    )
+    .await?;
+    section["idle_rss_kib_vpnd_insecure_members"] = json!(rss_insecure);
+    section["idle_rss_kib_vpnd_tls_members"] = json!(rss_tls);
+    section["idle_rss_kib_etcd_tls_members"] = json!(rss_etcd);
+    for c in [&insecure, &tls] {
+        for i in 0..3 {
+            c.proc(i).map_err(|e| anyhow!("after the load: {e}"))?;
+        }
+    }
+    insecure.stop_all().await;
+    tls.stop_all().await;
+    if let Some(c) = &mut etcd {
         c.stop_all().await;
     }
     Ok(section)
