@@ -53,56 +53,55 @@ impl DataplaneCluster {
         Self::start_with(Cluster::new(voters, &[]), Vec::new()).await
     }
 
-    /// As [`DataplaneCluster::start`], over mutual TLS: a CA made for the
-    /// test, voters with their certificates and the CA key (so the leader
-    /// signs for joiners), and data-plane nodes that get their certificates
-    /// with a join token (`add_node`).
+    /// As [`DataplaneCluster::start`], over mutual TLS: a CA and node
+    /// certificates made with `vpnctl pki`, voters with their certificates
+    /// and the CA key (so the leader signs for joiners), and data-plane nodes
+    /// that get their certificates with a join token (`add_node`).
     pub async fn start_mtls(voters: u64) -> Self {
         let mut cluster = Cluster::new(voters, &[]);
-        let dir = cluster.root.path().join("ca");
-        let ca = vpn_pki::Ca::generate("test CA").expect("ca");
-        vpn_pki::files::private_dir(&dir).expect("ca dir");
-        let write = |name: &str, text: &str, private: bool| {
-            let path = dir.join(name);
-            let written = if private {
-                vpn_pki::files::write_private(&path, text.as_bytes())
-            } else {
-                vpn_pki::files::write_public(&path, text.as_bytes())
-            };
-            written.expect("write");
-            path.display().to_string()
+        let root = cluster.root.path().to_owned();
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let pki = |args: &[&str]| {
+            let run = vpnctl("127.0.0.1:1", &[&["pki"], args].concat());
+            assert_eq!(run.code, 0, "vpnctl pki {args:?}: {}", run.stderr);
         };
-        let ca_cert = write("ca.crt", ca.cert_pem(), false);
-        let ca_key = write("ca.key", &ca.key_pem(), true);
-        let admin = ca.issue_client("admin", Duration::from_secs(3600)).expect("admin");
-        let admin_flags = vec![
-            "--ca-cert".to_owned(),
-            ca_cert.clone(),
-            "--cert".to_owned(),
-            write("admin.crt", &admin.cert_pem, false),
-            "--key".to_owned(),
-            write("admin.key", &admin.key_pem, true),
-        ];
+        // The real `vpnctl pki`, as an operator would run it.
+        let ca = root.join("ca");
+        pki(&["init", "--out", &path(ca.clone())]);
         let host = cluster.ip.to_string();
+        let (ca_cert, ca_key) = (path(ca.join("ca.crt")), path(ca.join("ca.key")));
         for node in cluster.nodes.values_mut() {
-            let issued = ca.issue_node(
-                node.id,
-                vpn_pki::Role::ControlPlane,
-                std::slice::from_ref(&host),
-                Duration::from_secs(3600),
-            );
-            let issued = issued.expect("node certificate");
-            let cert = write(&format!("node{}.crt", node.id), &issued.cert_pem, false);
-            let key = write(&format!("node{}.key", node.id), &issued.key_pem, true);
+            let out = root.join(format!("pki-node-{}", node.id));
+            pki(&[
+                "node-cert",
+                "--ca",
+                &path(ca.clone()),
+                "--id",
+                &node.id.to_string(),
+                "--host",
+                &host,
+                "--out",
+                &path(out.clone()),
+            ]);
+            let (cert, key) = (path(out.join("node.crt")), path(out.join("node.key")));
             node.extra =
                 ["--trusted-ca-file", &ca_cert, "--cert-file", &cert, "--key-file", &key, "--ca-key-file", &ca_key]
                     .map(String::from)
                     .to_vec();
         }
+        let read = |name: &str| std::fs::read(ca.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
-            .identity(tonic::transport::Identity::from_pem(&admin.cert_pem, &admin.key_pem));
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")))
+            .identity(tonic::transport::Identity::from_pem(read("admin.crt"), read("admin.key")));
         cluster.client_tls = Some(tls);
+        let admin_flags = vec![
+            "--ca-cert".to_owned(),
+            ca_cert,
+            "--cert".to_owned(),
+            path(ca.join("admin.crt")),
+            "--key".to_owned(),
+            path(ca.join("admin.key")),
+        ];
         Self::start_with(cluster, admin_flags).await
     }
 
