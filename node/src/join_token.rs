@@ -38,7 +38,7 @@ pub async fn material(
 ) -> Result<Material, Error> {
     let dir = data_dir.join("pki");
     if dir.join("node.crt").exists() {
-        return Material::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id);
+        return Material::load_dir(&dir, id);
     }
     let mut tried = Vec::new();
     for seed in seeds {
@@ -77,7 +77,7 @@ async fn join_through(
     write_private(&dir.join("node.key"), key_pem.as_bytes()).map_err(fail)?;
     write_private(&dir.join("node.crt"), reply.cert_pem.as_bytes()).map_err(fail)?;
     tracing::info!(role = %reply.role, dir = %dir.display(), "joined with a token: certificate issued");
-    Material::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id).map_err(|e| e.to_string())
+    Material::load_dir(dir, id).map_err(|e| e.to_string())
 }
 
 /// The CA certificate (PEM) in `seed`'s TLS chain whose SHA-256 is `digest`.

@@ -119,7 +119,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         }
         Security::Mtls(material) => Some(material.clone()),
         Security::Dev => {
-            let material = tls::Material::dev(&config.data_dir, config.id, &dev_hosts(&config))?;
+            let material = tls::Material::dev(&config.data_dir, config.id, &own_hosts(&config))?;
             write_dev_context(&config);
             Some(material)
         }
@@ -127,7 +127,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             let Bootstrap::Join { seeds, .. } = &config.bootstrap else {
                 return Err(Error::invalid("--join-token", "goes with --join (the members to ask)"));
             };
-            Some(join_token::material(&config.data_dir, config.id, seeds, token, &dev_hosts(&config)).await?)
+            Some(join_token::material(&config.data_dir, config.id, seeds, token, &own_hosts(&config)).await?)
         }
     };
     let ca_signer = match (&config.ca_signer, &config.security) {
@@ -213,7 +213,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
                 node: node.clone(),
                 server: server.clone(),
                 data_dir: config.data_dir.clone(),
-                hosts: dev_hosts(&config),
+                hosts: own_hosts(&config),
                 seeds,
             };
             Some(tokio::spawn(renewal.run(stop_rx.clone())))
@@ -287,7 +287,7 @@ fn write_dev_context(config: &Config) {
 
 /// The names a certificate made here is valid for (`--dev`'s, or one asked
 /// for with a join token): the listen and advertised hosts, and localhost.
-fn dev_hosts(config: &Config) -> Vec<String> {
+fn own_hosts(config: &Config) -> Vec<String> {
     let mut hosts = vec![config.listen.ip().to_string(), "localhost".to_owned()];
     if let Some((host, _)) = config.advertise.rsplit_once(':') {
         hosts.push(host.trim_matches(|c| c == '[' || c == ']').to_owned());

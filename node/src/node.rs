@@ -192,20 +192,21 @@ impl Node {
     /// Returns once this node's state reflects every write acknowledged before
     /// the call: read-index on the leader, or asked of the leader by a follower.
     pub async fn linearizable_barrier(&self) -> Result<(), Error> {
-        let index = if let Leadership::CutOff { silent_ms } = self.leadership() {
-            return Err(cut_off(self.id, silent_ms));
-        } else if self.is_leader() {
-            self.read_index().await?
-        } else {
-            let (_, addr) = self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
-            let mut client = self.peers.raft_client(self.peers.channel(&addr)?);
-            let mut req = tonic::Request::new(ReadIndexRequest {});
-            req.set_timeout(READ_INDEX_WAIT);
-            let reply = client.read_index(req).await.map_err(|s| Error::Unavailable {
-                detail: format!("leader at {addr} did not confirm a read index: {}; retry", s.message()),
-                leader_addr: Some(addr.clone()),
-            })?;
-            Some(reply.into_inner().index)
+        let index = match self.leadership() {
+            Leadership::CutOff { silent_ms } => return Err(cut_off(self.id, silent_ms)),
+            Leadership::Leading => self.read_index().await?,
+            Leadership::Follower => {
+                let (_, addr) =
+                    self.leader().ok_or_else(|| Error::unavailable("no leader elected yet; retry shortly"))?;
+                let mut client = self.peers.raft_client(self.peers.channel(&addr)?);
+                let mut req = tonic::Request::new(ReadIndexRequest {});
+                req.set_timeout(READ_INDEX_WAIT);
+                let reply = client.read_index(req).await.map_err(|s| Error::Unavailable {
+                    detail: format!("leader at {addr} did not confirm a read index: {}; retry", s.message()),
+                    leader_addr: Some(addr.clone()),
+                })?;
+                Some(reply.into_inner().index)
+            }
         };
         let Some(index) = index else { return Ok(()) };
         self.raft

@@ -115,7 +115,7 @@ impl Renewal {
 }
 
 fn load(dir: &Path, id: u64) -> Result<Material, String> {
-    Material::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id).map_err(|e| e.to_string())
+    Material::load_dir(dir, id).map_err(|e| e.to_string())
 }
 
 /// How long until `info` is due for renewal: 2/3 of its validity.

@@ -122,6 +122,12 @@ impl Material {
             write_private(&dir.join("node.key"), node.key_pem.as_bytes()).map_err(fail)?;
             write_private(&dir.join("node.crt"), node.cert_pem.as_bytes()).map_err(fail)?;
         }
+        Self::load_dir(&dir, id)
+    }
+
+    /// The material a node keeps in its data dir (`<dir>` = `<data-dir>/pki`:
+    /// `ca.crt`, `node.crt`, `node.key`), made by `--dev` or got with a join token.
+    pub fn load_dir(dir: &Path, id: u64) -> Result<Self, Error> {
         Self::load(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"), id)
     }
 
