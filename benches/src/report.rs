@@ -36,18 +36,23 @@ pub fn compare_row(o: &LevelResult, e: Option<&LevelResult>) {
         o.error_count()
     );
     let theirs = match e {
-        Some(e) => format!(
-            "{:>11.1} {:>9.2} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
-            e.throughput(),
-            ms(e.latency.p50_us),
-            ms(e.latency.p99_us),
-            e.error_count(),
-            o.throughput() / e.throughput().max(1e-9),
-            o.latency.p99_us as f64 / e.latency.p99_us.max(1) as f64
-        ),
+        Some(e) => etcd_cells(o, e),
         None => "(no etcd)".to_owned(),
     };
     println!("{:>5} | {ours} | {theirs}", o.concurrency);
+}
+
+/// etcd's cells of a row: its figures, then ours over its (throughput, p99).
+fn etcd_cells(ours: &LevelResult, e: &LevelResult) -> String {
+    format!(
+        "{:>11.1} {:>9.2} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
+        e.throughput(),
+        ms(e.latency.p50_us),
+        ms(e.latency.p99_us),
+        e.error_count(),
+        ours.throughput() / e.throughput().max(1e-9),
+        ours.latency.p99_us as f64 / e.latency.p99_us.max(1) as f64
+    )
 }
 
 /// The table of `throughput --tls`: `vpnd` and etcd both under mutual TLS,
@@ -79,15 +84,7 @@ pub fn tls_header() {
 /// One level of [`tls_header`]'s table.
 pub fn tls_row(tls: &LevelResult, etcd: Option<&LevelResult>, insecure: &LevelResult) {
     let theirs = match etcd {
-        Some(e) => format!(
-            "{:>11.1} {:>9.2} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
-            e.throughput(),
-            ms(e.latency.p50_us),
-            ms(e.latency.p99_us),
-            e.error_count(),
-            tls.throughput() / e.throughput().max(1e-9),
-            tls.latency.p99_us as f64 / e.latency.p99_us.max(1) as f64
-        ),
+        Some(e) => etcd_cells(tls, e),
         None => format!("{:>63}", "(no etcd)"),
     };
     println!(
