@@ -66,6 +66,29 @@ impl Pki {
     }
 }
 
+/// Three voters on `vpnctl pki` certificates, started, with a leader agreed;
+/// with `signs`, each holds the CA key (it signs for nodes joining by token);
+/// `extra` flags go to every voter. The test's own clients use `admin`.
+async fn mtls_cluster(signs: bool, extra: &[&str]) -> (Cluster, Pki, u64) {
+    let mut cluster = Cluster::new(3, &[]);
+    let pki = Pki::init(cluster.root.path());
+    let host = cluster.ip.to_string();
+    for id in 1..=3 {
+        let mut flags = pki.flags(&pki.node(id, "controlplane", &host));
+        if signs {
+            flags.extend(["--ca-key-file".into(), pki.dir.join("ca.key").display().to_string()]);
+        }
+        flags.extend(extra.iter().map(|f| (*f).to_owned()));
+        cluster.node_mut(id).extra = flags;
+    }
+    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
+    for p in cluster.nodes.values_mut() {
+        p.start();
+    }
+    let leader = cluster.wait_leader().await;
+    (cluster, pki, leader)
+}
+
 fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
@@ -83,18 +106,8 @@ async fn state(cluster: &Cluster, leader: u64) -> (Vec<(String, String)>, Vec<u6
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mtls_cluster_serves_writes_through_any_node_and_refuses_every_outsider() {
-    let mut cluster = Cluster::new(3, &[]);
-    let pki = Pki::init(cluster.root.path());
+    let (cluster, pki, leader) = mtls_cluster(false, &[]).await;
     let host = cluster.ip.to_string();
-    for id in 1..=3 {
-        let flags = pki.flags(&pki.node(id, "controlplane", &host));
-        cluster.node_mut(id).extra = flags;
-    }
-    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
-    for p in cluster.nodes.values_mut() {
-        p.start();
-    }
-    let leader = cluster.wait_leader().await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
 
     // An operator with the admin certificate writes through a follower.
@@ -320,19 +333,7 @@ fn join_token(pki: &Pki, endpoint: &str, extra: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
-    let mut cluster = Cluster::new(3, &[]);
-    let pki = Pki::init(cluster.root.path());
-    let host = cluster.ip.to_string();
-    for id in 1..=3 {
-        let mut flags = pki.flags(&pki.node(id, "controlplane", &host));
-        flags.extend(["--ca-key-file".into(), pki.dir.join("ca.key").display().to_string()]);
-        cluster.node_mut(id).extra = flags;
-    }
-    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
-    for p in cluster.nodes.values_mut() {
-        p.start();
-    }
-    let leader = cluster.wait_leader().await;
+    let (mut cluster, pki, leader) = mtls_cluster(true, &[]).await;
     let endpoint = cluster.node((leader % 3) + 1).grpc.to_string();
 
     // A control-plane node joins with a token: its key is made on it and stays there.
@@ -455,21 +456,8 @@ async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> (u16
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mtls_a_joined_nodes_certificate_renews_itself_before_it_expires() {
-    let mut cluster = Cluster::new(3, &[]);
-    let pki = Pki::init(cluster.root.path());
-    let host = cluster.ip.to_string();
-    for id in 1..=3 {
-        let mut flags = pki.flags(&pki.node(id, "controlplane", &host));
-        flags.extend(["--ca-key-file".into(), pki.dir.join("ca.key").display().to_string()]);
-        // Certificates signed for joining nodes live 30 s: renewed at ~20 s.
-        flags.extend(["--node-cert-lifetime".into(), "30s".into()]);
-        cluster.node_mut(id).extra = flags;
-    }
-    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
-    for p in cluster.nodes.values_mut() {
-        p.start();
-    }
-    let leader = cluster.wait_leader().await;
+    // Certificates signed for joining nodes live 30 s: renewed at ~20 s.
+    let (mut cluster, pki, leader) = mtls_cluster(true, &["--node-cert-lifetime", "30s"]).await;
     let endpoint = cluster.node(leader).grpc.to_string();
     let token = join_token(&pki, &endpoint, &["--role", "controlplane"]);
     cluster.add_joining_node(4, &["--join-token", &token]).start();
