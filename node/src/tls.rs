@@ -277,7 +277,8 @@ fn refuse_shared_key(key: &Path) -> Result<(), Error> {
     refuse_shared_key_of("--key-file", key)
 }
 
-fn refuse_shared_key_of(flag: &'static str, key: &Path) -> Result<(), Error> {
+/// Refuses to start on a private key file (given with `flag`) others can read.
+pub fn refuse_shared_key_of(flag: &'static str, key: &Path) -> Result<(), Error> {
     let mode = std::fs::metadata(key)
         .map_err(|e| Error::InvalidFlag { flag, detail: format!("{}: cannot be read: {e}", key.display()) })?
         .permissions()

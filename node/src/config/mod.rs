@@ -354,10 +354,14 @@ impl Config {
         };
         let ca_signer = match (ca_key_file, &trusted_ca_file) {
             (None, _) => None,
-            (Some(key), Some(cert)) => Some(std::sync::Arc::new(
-                vpn_pki::Ca::load(cert, &key)
-                    .map_err(|e| Error::InvalidFlag { flag: "--ca-key-file", detail: e.to_string() })?,
-            )),
+            (Some(key), Some(cert)) => {
+                // The CA key can issue any identity: never start on one others can read.
+                crate::tls::refuse_shared_key_of("--ca-key-file", &key)?;
+                Some(std::sync::Arc::new(
+                    vpn_pki::Ca::load(cert, &key)
+                        .map_err(|e| Error::InvalidFlag { flag: "--ca-key-file", detail: e.to_string() })?,
+                ))
+            }
             (Some(_), None) => {
                 return Err(Error::invalid(
                     "--ca-key-file",
@@ -566,6 +570,30 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Args::parse_from(argv)
+    }
+
+    #[test]
+    fn a_ca_key_others_can_read_stops_the_node_naming_the_flag() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = vpn_pki::Ca::generate("ca").expect("ca");
+        let node = ca.issue_node(1, vpn_pki::Role::ControlPlane, &[], vpn_pki::ca::NODE_LIFETIME).expect("cert");
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            path.display().to_string()
+        };
+        let (ca_crt, ca_key) = (write("ca.crt", ca.cert_pem(), 0o644), write("ca.key", &ca.key_pem(), 0o644));
+        let (crt, key) = (write("node.crt", &node.cert_pem, 0o644), write("node.key", &node.key_pem, 0o600));
+        let base = ["vpnd", "--id", "1", "--listen", "127.0.0.1:7000", "--http", "127.0.0.1:7080", "--data-dir", "/x"];
+        let tls = ["--trusted-ca-file", &ca_crt, "--cert-file", &crt, "--key-file", &key, "--ca-key-file", &ca_key];
+        let argv = || base.iter().chain(tls.iter()).copied().collect::<Vec<_>>();
+        let e = Config::from_args(Args::parse_from(argv())).expect_err("a shared CA key");
+        assert!(e.to_string().starts_with("--ca-key-file:") && e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Config::from_args(Args::parse_from(argv())).expect("a private CA key");
+        assert!(c.ca_signer.is_some_and(|signer| signer.digest() == ca.digest()));
     }
 
     #[test]
