@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::CreateUserRequest;
 
-use crate::vpnd::{lazy_channel, wait_caught_up, wait_leader, VpndCluster};
+use crate::vpnd::{lazy_channel_with, wait_caught_up, wait_leader_with, VpndCluster};
 use crate::{median, ms};
 
 #[derive(Clone, Debug)]
@@ -87,7 +87,11 @@ async fn writer(shared: Arc<Shared>, prefix: String, timeout: Duration, pause: D
 /// Runs the rounds on `cluster` (which must be ready); returns the JSON section.
 pub async fn run(cluster: &mut VpndCluster, cfg: &FailoverConfig, run_id: &str) -> Result<Value> {
     let endpoints = cluster.endpoints();
-    let clients = endpoints.iter().map(|e| lazy_channel(e).map(UsersClient::new)).collect::<Result<Vec<_>>>()?;
+    let tls = cluster.client_tls();
+    let clients = endpoints
+        .iter()
+        .map(|e| lazy_channel_with(e, tls.as_ref()).map(UsersClient::new))
+        .collect::<Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
         clients,
         current: AtomicUsize::new(0),
@@ -118,6 +122,7 @@ pub async fn run(cluster: &mut VpndCluster, cfg: &FailoverConfig, run_id: &str) 
     println!("  median {:.1} ms", median(&gaps));
     let total_acks = shared.log().acks.len();
     Ok(json!({
+        "tls": tls.is_some(),
         "rounds": rounds,
         "median_kill_to_ack_ms": median(&gaps),
         "max_kill_to_ack_ms": gaps.iter().copied().fold(0.0, f64::max),
@@ -133,12 +138,14 @@ async fn rounds(
     endpoints: &[String],
     shared: &Shared,
 ) -> Result<Vec<Value>> {
+    let tls = cluster.client_tls();
+    let tls = tls.as_ref();
     let mut out = Vec::new();
     for round in 1..=cfg.rounds {
         cluster.wait_all_ready(ROUND_DEADLINE).await?;
         // Kill only a steady cluster: the node restarted last round has caught up.
-        let catch_up = wait_caught_up(endpoints, ROUND_DEADLINE).await?;
-        let leader = wait_leader(endpoints, Duration::from_secs(10)).await?;
+        let catch_up = wait_caught_up(endpoints, tls, ROUND_DEADLINE).await?;
+        let leader = wait_leader_with(endpoints, tls, Duration::from_secs(10)).await?;
         shared.current.store(leader.index, Ordering::Relaxed);
         // Let the writer settle on the leader: some acknowledged writes first.
         let settle = Instant::now();
@@ -165,7 +172,7 @@ async fn rounds(
         }
         let survivors: Vec<String> =
             endpoints.iter().enumerate().filter(|(i, _)| *i != leader.index).map(|(_, e)| e.clone()).collect();
-        let new_leader = wait_leader(&survivors, Duration::from_secs(10)).await?;
+        let new_leader = wait_leader_with(&survivors, tls, Duration::from_secs(10)).await?;
         cluster.spawn(leader.index)?;
         let restart_ready = cluster.wait_ready(leader.index, ROUND_DEADLINE).await?;
         out.push(json!({

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
+use tonic::transport::ClientTlsConfig;
 use tonic::Request;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::ListUsersRequest;
 
 use crate::load::{run_level, Level};
 use crate::report::warn_errors;
-use crate::vpnd::{channel, VpndCluster};
+use crate::vpnd::{channel_with, VpndCluster};
 use crate::writers::VpndWriter;
 use crate::{median, ms};
 
@@ -26,6 +27,8 @@ pub struct SingleConfig {
     pub settle: Duration,
     pub create_concurrency: usize,
     pub request_timeout: Duration,
+    /// Mutual TLS instead of `--insecure`.
+    pub tls: bool,
 }
 
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -57,8 +60,12 @@ async fn measure(
     users: u64,
     run_id: &str,
 ) -> Result<Value> {
-    let label = format!("single-{users}");
-    let mut node = VpndCluster::start(bin, 1, work_dir, log_dir, &label)?;
+    let label = format!("single-{users}{}", if cfg.tls { "-tls" } else { "" });
+    let mut node = match cfg.tls {
+        true => VpndCluster::start_tls(bin, 1, work_dir, log_dir, &label)?,
+        false => VpndCluster::start(bin, 1, work_dir, log_dir, &label)?,
+    };
+    let tls = node.client_tls();
     let first_start = node.wait_ready(0, READY_DEADLINE).await?;
     tokio::time::sleep(cfg.settle).await;
     let rss_fresh = node.proc(0)?.rss_kib()?;
@@ -66,7 +73,7 @@ async fn measure(
 
     let mut created = json!(null);
     if users > 0 {
-        let writer = Arc::new(VpndWriter::new(vec![channel(&endpoint).await?], cfg.request_timeout));
+        let writer = Arc::new(VpndWriter::new(vec![channel_with(&endpoint, tls.as_ref()).await?], cfg.request_timeout));
         let level = Level { concurrency: cfg.create_concurrency, duration: Duration::from_secs(600), max_ops: users };
         let r = run_level(writer, &format!("{run_id}-s"), &level).await;
         warn_errors("single-node create", &r);
@@ -77,7 +84,7 @@ async fn measure(
         tokio::time::sleep(cfg.settle).await;
     }
     let rss_after_load = node.proc(0)?.rss_kib()?;
-    let expected = count_users(&endpoint).await?;
+    let expected = count_users(&endpoint, tls.as_ref()).await?;
 
     let (mut startup, mut stops, mut exit_codes) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cfg.restarts {
@@ -88,7 +95,7 @@ async fn measure(
         node.spawn(0)?;
         startup.push(ms(node.wait_ready(0, READY_DEADLINE).await?));
     }
-    let after_restart = count_users(&endpoint).await?;
+    let after_restart = count_users(&endpoint, tls.as_ref()).await?;
     if after_restart != expected {
         bail!("{label}: {expected} users before the restarts, {after_restart} after");
     }
@@ -96,6 +103,7 @@ async fn measure(
     let rss_after_restart = node.proc(0)?.rss_kib()?;
     node.stop_all().await;
     Ok(json!({
+        "tls": cfg.tls,
         "users": users,
         "users_listed_after_restarts": after_restart,
         "create": created,
@@ -112,8 +120,8 @@ async fn measure(
 }
 
 /// All users, paged through ListUsers (linearizable).
-async fn count_users(endpoint: &str) -> Result<u64> {
-    let mut client = UsersClient::new(channel(endpoint).await?);
+async fn count_users(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<u64> {
+    let mut client = UsersClient::new(channel_with(endpoint, tls).await?);
     let (mut total, mut token) = (0u64, String::new());
     // Bounded: 1,000 pages of 1,000 is far more than any run creates.
     for _ in 0..1000 {

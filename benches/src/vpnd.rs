@@ -238,12 +238,7 @@ fn endpoint(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint> {
     })
 }
 
-/// A channel that connects on first use (a dead endpoint fails per request).
-pub fn lazy_channel(endpoint: &str) -> Result<Channel> {
-    lazy_channel_with(endpoint, None)
-}
-
-/// [`lazy_channel`], over TLS when `tls` is given (the endpoint is then `https://`).
+/// A channel that connects on first use, over TLS when `tls` is given (the endpoint is then `https://`).
 pub fn lazy_channel_with(ep: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
     Ok(endpoint(ep, tls)?.connect_timeout(Duration::from_millis(500)).connect_lazy())
 }
@@ -343,14 +338,19 @@ impl VpndCluster {
 /// Waits until every endpoint reports the same leader and has applied at
 /// least what the leader had committed when the wait began (a restarted node
 /// can answer `/readyz` = 200 before it has caught up). Returns the time taken.
-pub async fn wait_caught_up(endpoints: &[String], deadline: Duration) -> Result<Duration> {
+/// Over TLS when `tls` is given.
+pub async fn wait_caught_up(
+    endpoints: &[String],
+    tls: Option<&ClientTlsConfig>,
+    deadline: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
-    let leader = wait_leader(endpoints, deadline).await?;
-    let target = status(&endpoints[leader.index]).await?.commit_index;
+    let leader = wait_leader_with(endpoints, tls, deadline).await?;
+    let target = status(&endpoints[leader.index], tls).await?.commit_index;
     loop {
         let mut behind = Vec::new();
         for ep in endpoints {
-            match status(ep).await {
+            match status(ep, tls).await {
                 Ok(s) if s.leader_id == Some(leader.id) && s.applied_index >= target => {}
                 Ok(s) => {
                     behind.push(format!("{ep}: leader {:?}, applied {} of {target}", s.leader_id, s.applied_index))
@@ -369,8 +369,8 @@ pub async fn wait_caught_up(endpoints: &[String], deadline: Duration) -> Result<
 }
 
 /// `Cluster/Status` of one endpoint.
-pub async fn status(endpoint: &str) -> Result<vpn_proto::v1::ClusterStatus> {
-    let mut client = ClusterClient::new(lazy_channel(endpoint)?);
+pub async fn status(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<vpn_proto::v1::ClusterStatus> {
+    let mut client = ClusterClient::new(lazy_channel_with(endpoint, tls)?);
     let mut req = tonic::Request::new(StatusRequest {});
     req.set_timeout(Duration::from_secs(1));
     Ok(client.status(req).await.map_err(|e| anyhow!("{endpoint}: {}", e.message()))?.into_inner())

@@ -36,6 +36,12 @@ struct Cli {
     /// The JSON results file.
     #[arg(long, default_value = "target/loadgen.json", global = true)]
     out: PathBuf,
+    /// Mutual TLS on every spawned cluster (a CA made for the run) instead of
+    /// `--insecure`. `throughput` then runs etcd with client and peer TLS and
+    /// vpnd a second time with `--insecure` on the same load, for TLS's
+    /// overhead; it spawns its own clusters (no --endpoints / --etcd-endpoints).
+    #[arg(long, global = true)]
+    tls: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -101,11 +107,6 @@ struct ThroughputOpts {
     /// each pays the same extra hop.
     #[arg(long)]
     through_follower: bool,
-    /// Run vpnd and etcd with mutual TLS (a CA made for the run), and vpnd a
-    /// second time with --insecure on the same load, for TLS's overhead.
-    /// Spawns its own clusters (no --endpoints / --etcd-endpoints).
-    #[arg(long, conflicts_with_all = ["endpoints", "etcd_endpoints"])]
-    tls: bool,
     /// Per-request deadline.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
@@ -156,6 +157,7 @@ struct Ctx {
     work_dir: PathBuf,
     log_dir: PathBuf,
     run_id: String,
+    tls: bool,
 }
 
 #[tokio::main]
@@ -171,6 +173,7 @@ async fn main() -> Result<()> {
         work_dir: cli.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         log_dir,
         run_id,
+        tls: cli.tls,
     };
     println!("loadgen {}: logs in {}", ctx.run_id, ctx.log_dir.display());
     // Ctrl-C drops the running measurement, and with it every child process.
@@ -223,7 +226,10 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
     if cfg.concurrency.is_empty() || cfg.concurrency.contains(&0) {
         bail!("--concurrency: give positive levels, e.g. 1,16,64");
     }
-    if t.tls {
+    if ctx.tls {
+        if !t.endpoints.is_empty() || !t.etcd_endpoints.is_empty() {
+            bail!("--tls spawns its own clusters; drop --endpoints / --etcd-endpoints");
+        }
         return throughput_tls(&cfg, t.no_etcd, ctx).await;
     }
     let mut ours_cluster = None;
@@ -323,7 +329,10 @@ async fn refusals_cmd(ops: usize, ctx: &Ctx) -> Result<Value> {
 async fn failover_cmd(f: &FailoverOpts, ctx: &Ctx) -> Result<Value> {
     let cfg =
         FailoverConfig { rounds: f.rounds, request_timeout: f.failover_request_timeout, retry_pause: f.retry_pause };
-    let mut c = VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "failover")?;
+    let mut c = match ctx.tls {
+        true => VpndCluster::start_tls(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "failover-tls")?,
+        false => VpndCluster::start(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "failover")?,
+    };
     c.wait_all_ready(Duration::from_secs(60)).await?;
     let r = failover::run(&mut c, &cfg, &ctx.run_id).await;
     c.stop_all().await;
@@ -337,6 +346,7 @@ async fn single_cmd(s: &SingleOpts, ctx: &Ctx) -> Result<Value> {
         settle: s.settle,
         create_concurrency: 64,
         request_timeout: Duration::from_secs(10),
+        tls: ctx.tls,
     };
     single::run(&ctx.vpnd, &ctx.work_dir, &ctx.log_dir, &cfg, &ctx.run_id).await
 }
