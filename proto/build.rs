@@ -4,7 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build finds protoc through PROTOC.
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/vpn/v1/vpn.proto", "proto/vpn/v1/raft.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(
+        &["proto/vpn/v1/vpn.proto", "proto/vpn/v1/raft.proto", "proto/vpn/v1/agent.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -74,7 +74,8 @@ impl Cluster {
 
     /// Adds (does not start) a node that joins through the running members.
     pub fn add_joining_node(&mut self, id: u64, extra: &[&str]) -> &mut NodeProcess {
-        let seeds: Vec<String> = self.nodes.values().map(|p| p.grpc.to_string()).collect();
+        let seeds: Vec<String> =
+            self.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.grpc.to_string()).collect();
         let mut p = NodeProcess::new(id, free_addr(self.ip), free_addr(self.ip), self.root.path());
         p.bootstrap = vec!["--join".into(), seeds.join(",")];
         p.extra = with_security(extra);
@@ -94,9 +95,11 @@ impl Cluster {
         self.nodes.values().filter(|p| p.is_running()).map(|p| p.id).collect()
     }
 
-    /// Comma-separated gRPC addresses of every node (for vpnctl --endpoints).
+    /// Comma-separated gRPC addresses of every control-plane node (for
+    /// vpnctl --endpoints); data-plane-only nodes serve no gRPC.
     pub fn endpoints(&self) -> String {
-        self.nodes.values().map(|p| p.grpc.to_string()).collect::<Vec<_>>().join(",")
+        let control_plane = self.nodes.values().filter(|p| p.is_control_plane());
+        control_plane.map(|p| p.grpc.to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// A channel to node `id`, over TLS when [`Cluster::client_tls`] is set.
@@ -125,9 +128,10 @@ impl Cluster {
             .map_err(|s| format!("node {id}: {}", s.message()))
     }
 
-    /// Waits until every running node names the same running leader and is ready.
+    /// Waits until every running control-plane node names the same running
+    /// leader and is ready.
     pub async fn wait_leader(&self) -> u64 {
-        let running = self.running();
+        let running: Vec<u64> = self.running().into_iter().filter(|id| self.node(*id).is_control_plane()).collect();
         eventually("a leader agreed by every running node", CONVERGE, || async {
             let mut leader = None;
             for id in &running {

@@ -32,6 +32,13 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Whether this is a control-plane node (it serves gRPC); a data-plane-only
+    /// node (`--dataplane --join` without `--voter`) is not.
+    pub fn is_control_plane(&self) -> bool {
+        let has = |flag: &str| self.extra.iter().any(|f| f == flag);
+        !(has("--dataplane") && self.bootstrap.first().is_some_and(|b| b == "--join") && !has("--voter"))
+    }
+
     pub fn new(id: u64, grpc: SocketAddr, http: SocketAddr, root: &std::path::Path) -> Self {
         Self {
             id,

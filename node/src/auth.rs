@@ -36,8 +36,8 @@ pub enum Rule {
     ControlPlane,
     /// Leadership transfer: only the current leader may tell a node to run.
     Leader,
-    /// Calls every node makes about itself (heartbeats, registration); the
-    /// handler checks that the request is about the caller.
+    /// Calls every node makes about itself (the agent protocol, certificate
+    /// renewal); the handler checks that the request is about the caller.
     AnyNode,
     /// Adding a member: a client, or a node adding itself (`vpnd --join`;
     /// the handler checks the id, and that a data-plane node stays a learner).
@@ -69,8 +69,11 @@ pub fn rule(path: &str) -> Rule {
         ("vpn.v1.Cluster", "Join") => Rule::Anyone,
         // A node about itself: the handler signs for the caller's own identity.
         ("vpn.v1.Cluster", "RenewCertificate") => Rule::AnyNode,
+        // A data-plane node's agent, about itself: the handler checks the id.
+        ("vpn.internal.v1.Agent", _) => Rule::AnyNode,
         ("vpn.internal.v1.Raft", "TimeoutNow") => Rule::Leader,
-        ("vpn.internal.v1.Raft", "Heartbeat" | "Propose") => Rule::AnyNode,
+        // Raft traffic, and what a member relays to the leader for an agent
+        // it serves (registrations, heartbeats).
         ("vpn.internal.v1.Raft", _) => Rule::ControlPlane,
         _ => Rule::Client,
     }
@@ -80,9 +83,10 @@ pub fn rule(path: &str) -> Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub Principal);
 
-/// Under TLS, a node may add only itself, and a data-plane node only as a
-/// learner; a request a control-plane node forwarded was checked where it came in.
-pub fn check_join<T>(req: &tonic::Request<T>, id: u64, voter: bool) -> Result<(), Status> {
+/// Under TLS, a node may add only itself, and a data-plane node not at all
+/// (it is no Raft member); a request a control-plane node forwarded was
+/// checked where it came in.
+pub fn check_join<T>(req: &tonic::Request<T>, id: u64) -> Result<(), Status> {
     if crate::api::forward::was_forwarded(req) {
         return Ok(());
     }
@@ -90,9 +94,9 @@ pub fn check_join<T>(req: &tonic::Request<T>, id: u64, voter: bool) -> Result<()
         Some(Caller(Principal::Node { id: caller, .. })) if *caller != id => {
             Err(Status::permission_denied(format!("node {caller} may add only itself, not node {id}")))
         }
-        Some(Caller(Principal::Node { role: Role::DataPlane, .. })) if voter => Err(Status::permission_denied(
-            format!("node {id} holds a data-plane certificate: it may join as a learner only"),
-        )),
+        Some(Caller(Principal::Node { role: Role::DataPlane, .. })) => Err(Status::permission_denied(format!(
+            "node {id} holds a data-plane certificate: a data-plane node is no Raft member; its agent registers it"
+        ))),
         _ => Ok(()),
     }
 }
@@ -195,7 +199,7 @@ impl AuthLayer {
             },
             (Principal::Node { .. }, Rule::AnyNode) => Ok(()),
             (Principal::Node { role: Role::DataPlane, .. }, _) => {
-                Err("a data-plane node may only register and heartbeat as itself".to_owned())
+                Err("a data-plane node may only speak the agent protocol, as itself".to_owned())
             }
             (Principal::Node { .. }, Rule::Client) => {
                 Err("a node certificate may call the public API only to relay a forwarded write".to_owned())
@@ -248,8 +252,11 @@ mod tests {
             assert_eq!(rule(&format!("/vpn.internal.v1.Raft/{raft}")), Rule::ControlPlane, "{raft}");
         }
         assert_eq!(rule("/vpn.internal.v1.Raft/TimeoutNow"), Rule::Leader);
-        assert_eq!(rule("/vpn.internal.v1.Raft/Heartbeat"), Rule::AnyNode);
-        assert_eq!(rule("/vpn.internal.v1.Raft/Propose"), Rule::AnyNode);
+        assert_eq!(rule("/vpn.internal.v1.Raft/Heartbeat"), Rule::ControlPlane);
+        assert_eq!(rule("/vpn.internal.v1.Raft/Propose"), Rule::ControlPlane);
+        for agent in ["Register", "WatchAssignment", "Heartbeat"] {
+            assert_eq!(rule(&format!("/vpn.internal.v1.Agent/{agent}")), Rule::AnyNode, "{agent}");
+        }
         assert_eq!(rule("/something.Else/Method"), Rule::Client, "unknown paths need a client");
     }
 }

@@ -7,8 +7,12 @@
 //!
 //! Layout:
 //! - [`config`]: flags, TOML file, `--dev`; all validation of settings.
-//! - `agent`: on a `--dataplane` node, secrets, registration, and the desired
-//!   state handed to the runtime's reconciler (`vpn-runtime`).
+//! - `agent`: on a `--dataplane` node, secrets, the session with the control
+//!   plane (its assignment), and the desired state handed to the runtime's
+//!   reconciler (`vpn-runtime`). It needs nothing of the Raft store.
+//! - `edge`: a data-plane-only node: the agent, HTTP health and metrics, and
+//!   nothing of the control plane.
+//! - `dispatcher`: the control plane's side of the agent protocol.
 //! - `identity`: the data dir's node id, incarnation and cluster id;
 //!   `data_dir`: keeping the data dir private to the node's user.
 //! - `leader`: what only the leader does: data-plane liveness, the
@@ -31,6 +35,8 @@ mod api;
 mod auth;
 pub mod config;
 mod data_dir;
+mod dispatcher;
+mod edge;
 pub mod error;
 mod http;
 mod identity;
@@ -52,6 +58,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use vpn_proto::internal::agent_server::AgentServer;
 use vpn_proto::internal::raft_server::RaftServer;
 use vpn_proto::v1::cluster_server::ClusterServer;
 use vpn_proto::v1::nodes_server::NodesServer;
@@ -75,9 +82,10 @@ use crate::raft::service::{RaftService, RefuseOtherClusters};
 /// Largest Raft message (a snapshot chunk or a batch of entries).
 const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// The node's two listeners, bound before the node starts.
+/// The node's listeners, bound before the node starts. A data-plane-only
+/// node serves no gRPC.
 pub struct Listeners {
-    pub grpc: TcpListener,
+    pub grpc: Option<TcpListener>,
     pub http: TcpListener,
 }
 
@@ -90,7 +98,11 @@ impl Listeners {
                 detail: e.to_string(),
             })
         };
-        Ok(Self { grpc: bind("--listen", config.listen).await?, http: bind("--http", config.http).await? })
+        let grpc = match config.bootstrap {
+            Bootstrap::Edge { .. } => None,
+            _ => Some(bind("--listen", config.listen).await?),
+        };
+        Ok(Self { grpc, http: bind("--http", config.http).await? })
     }
 }
 
@@ -98,6 +110,24 @@ impl Listeners {
 /// leadership) or a fatal error occurs.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     data_dir::make_private(&config.data_dir)?;
+    match (&config.bootstrap, listeners.grpc) {
+        (Bootstrap::Edge { control_plane }, _) => {
+            let control_plane = control_plane.clone();
+            edge::run(config, control_plane, listeners.http, shutdown).await
+        }
+        (_, Some(grpc)) => run_control_plane(config, grpc, listeners.http, shutdown).await,
+        (_, None) => Err(Error::Internal("a control-plane node needs its gRPC listener".into())),
+    }
+}
+
+/// A control-plane node: Raft, the gRPC API, the leader's loops, and the
+/// agent when it also serves users (`--dataplane`).
+async fn run_control_plane(
+    config: Config,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let identity = Identity::load_or_create(&config.data_dir, config.id)?;
     let (log, sm) = vpn_storage::open(&config.data_dir)?;
     let cluster = ClusterCell::new(identity.cluster_id);
@@ -164,21 +194,35 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
     let agent = match &config.dataplane {
         None => None,
-        Some(dataplane) => match agent::start(&node, dataplane, &config.data_dir, stop_rx.clone()).await {
-            Ok(agent) => Some(agent),
-            Err(e) => {
-                let _ = node.raft.shutdown().await;
-                return Err(e);
+        Some(dataplane) => {
+            // The agent speaks to this node first, as it would to any other.
+            let host = agent::Host {
+                identity,
+                data_dir: config.data_dir.clone(),
+                peers: node.peers.clone(),
+                control_plane: control_plane_endpoints(&config),
+                heartbeat: config.scheduling.node_heartbeat,
+                metrics: node.metrics.clone(),
+                cert_not_after: node.tls.as_ref().map(|cert| cert.not_after),
+                fatal: fatal_tx.clone(),
+            };
+            match agent::start(host, dataplane, stop_rx.clone()).await {
+                Ok(agent) => Some(agent),
+                Err(e) => {
+                    let _ = node.raft.shutdown().await;
+                    return Err(e);
+                }
             }
-        },
+        }
     };
-    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
     let server_tls = material.as_ref().map(tls::ServerTls::new).transpose()?.map(Arc::new);
+    let assignments = dispatcher::Assignments::start(node.clone(), stop_rx.clone());
     let routes = tonic::transport::Server::builder()
         .layer(auth::AuthLayer::new(node.clone(), material.is_some()))
         .add_service(health_service)
@@ -189,15 +233,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            RefuseOtherClusters(cluster.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            AgentServer::new(dispatcher::AgentService { node: node.clone(), assignments }),
             RefuseOtherClusters(cluster),
         ));
     let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &server_tls {
         Some(server_tls) => {
-            Box::pin(routes.serve_with_incoming_shutdown(server_tls.incoming(listeners.grpc), stopped(stop_rx.clone())))
+            Box::pin(routes.serve_with_incoming_shutdown(server_tls.incoming(grpc_listener), stopped(stop_rx.clone())))
         }
         // Without TCP_NODELAY small replies wait for delayed ACKs (~40 ms tails).
         None => Box::pin(routes.serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         )),
     };
@@ -209,9 +257,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
                 Bootstrap::Join { seeds, .. } => seeds.clone(),
                 _ => Vec::new(),
             };
+            let voters_of = node.clone();
             let renewal = renewal::Renewal {
-                node: node.clone(),
-                server: server.clone(),
+                id: node.id,
+                peers: node.peers.clone(),
+                server: Some(server.clone()),
+                signer: node.ca_signer.clone().map(|ca| (ca, node.cert_lifetime)),
+                voters: Box::new(move || voters_of.voter_addrs()),
                 data_dir: config.data_dir.clone(),
                 hosts: own_hosts(&config),
                 seeds,
@@ -221,7 +273,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         _ => None,
     };
     let http =
-        http::serve(listeners.http, http::router(node.clone()), config.http_tls.clone(), stopped(stop_rx.clone()));
+        http::serve(http_listener, http::router(node.clone()), config.http_tls.clone(), stopped(stop_rx.clone()));
     let http_task = tokio::spawn(http);
     let observer_task = tokio::spawn(observer::run(node.clone(), health, stop_rx.clone()));
     let leader_task = tokio::spawn(leader::run(node.clone(), config.scheduling.clone(), stop_rx.clone()));
@@ -285,6 +337,19 @@ fn write_dev_context(config: &Config) {
     }
 }
 
+/// The control-plane nodes an in-process agent talks to: this node first,
+/// then the other members it was started with.
+fn control_plane_endpoints(config: &Config) -> Vec<String> {
+    let others = match &config.bootstrap {
+        Bootstrap::Initial(members) => members.values().cloned().collect(),
+        Bootstrap::Join { seeds, .. } => seeds.clone(),
+        Bootstrap::Restart | Bootstrap::Edge { .. } => Vec::new(),
+    };
+    let mut endpoints = vec![config.advertise.clone()];
+    endpoints.extend(others.into_iter().filter(|e| *e != config.advertise));
+    endpoints
+}
+
 /// The names a certificate made here is valid for (`--dev`'s, or one asked
 /// for with a join token): the listen and advertised hosts, and localhost.
 fn own_hosts(config: &Config) -> Vec<String> {
@@ -320,11 +385,13 @@ async fn start_membership(node: &Arc<Node>, config: &Config, fatal: mpsc::Sender
             if !initialized {
                 return Err(Error::DataDir {
                     path: config.data_dir.clone(),
-                    detail: "holds no cluster state: give --initial-members to form a cluster or --join to join one"
+                    detail: "holds no cluster state: give --initial-members to form a cluster or --join to join one \
+                             (a data-plane-only node needs --join on every start)"
                         .into(),
                 });
             }
         }
+        Bootstrap::Edge { .. } => return Err(Error::Internal("a data-plane-only node has no membership".into())),
     }
     let (node, advertise) = (node.clone(), config.advertise.clone());
     tokio::spawn(async move {

@@ -93,6 +93,14 @@ impl Node {
         Some((id, addr))
     }
 
+    /// The addresses of the current voters.
+    pub fn voter_addrs(&self) -> Vec<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().filter_map(|v| membership.get_node(&v).map(|n| n.addr.clone())).collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();

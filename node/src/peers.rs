@@ -1,6 +1,6 @@
-//! Lazily connected gRPC channels to other nodes, shared by the Raft network
-//! and by request forwarding (one channel per address, reused), and the
-//! cluster id that every call to another node's Raft service presents.
+//! Lazily connected gRPC channels to other nodes, shared by the Raft network,
+//! request forwarding and the data-plane agent (one channel per address,
+//! reused), and the cluster id that every call to another node presents.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use vpn_proto::internal::agent_client::AgentClient;
 use vpn_proto::internal::raft_client::RaftClient;
 
 use crate::error::Error;
@@ -26,6 +27,8 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A client of another node's internal Raft service.
 pub type PeerRaftClient = RaftClient<InterceptedService<Channel, PresentCluster>>;
+/// A data-plane agent's client of a control-plane node.
+pub type PeerAgentClient = AgentClient<InterceptedService<Channel, PresentCluster>>;
 
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
@@ -79,6 +82,11 @@ impl Peers {
     /// which cluster it comes from.
     pub fn raft_client(&self, channel: Channel) -> PeerRaftClient {
         RaftClient::with_interceptor(channel, PresentCluster(self.cluster.clone()))
+    }
+
+    /// A client of the agent service on `channel`, presenting the cluster too.
+    pub fn agent_client(&self, channel: Channel) -> PeerAgentClient {
+        AgentClient::with_interceptor(channel, PresentCluster(self.cluster.clone()))
     }
 }
 

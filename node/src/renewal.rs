@@ -15,7 +15,7 @@ use vpn_pki::{CertInfo, Principal};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::RenewCertificateRequest;
 
-use crate::node::Node;
+use crate::peers::Peers;
 use crate::tls::{Material, ServerTls};
 
 /// Wait after a failed attempt, doubled up to the longest.
@@ -23,10 +23,20 @@ const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The current control-plane voters' addresses, asked first.
+pub type Voters = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Where a renewing node finds its files and whom it asks.
 pub struct Renewal {
-    pub node: Arc<Node>,
-    pub server: Arc<ServerTls>,
+    pub id: u64,
+    pub peers: Arc<Peers>,
+    /// The gRPC port's acceptor, which serves the new certificate at once;
+    /// `None` on a data-plane-only node (it serves no gRPC).
+    pub server: Option<Arc<ServerTls>>,
+    /// The CA key, when this node holds it (it then signs for itself), and
+    /// the lifetime of what it signs.
+    pub signer: Option<(Arc<vpn_pki::Ca>, Duration)>,
+    pub voters: Voters,
     pub data_dir: PathBuf,
     /// The names the certificate is for.
     pub hosts: Vec<String>,
@@ -39,7 +49,7 @@ impl Renewal {
         let dir = self.data_dir.join("pki");
         let mut retry = FIRST_RETRY;
         loop {
-            let wait = match load(&dir, self.node.id) {
+            let wait = match load(&dir, self.id) {
                 Ok(current) => until_due(&current.info),
                 Err(e) => {
                     tracing::warn!("certificate renewal: cannot read {}: {e}", dir.display());
@@ -53,11 +63,11 @@ impl Renewal {
             match self.renew(&dir).await {
                 Ok(material) => {
                     retry = FIRST_RETRY;
-                    if let Err(e) = self.server.replace(&material) {
+                    if let Some(Err(e)) = self.server.as_ref().map(|server| server.replace(&material)) {
                         tracing::error!("certificate renewal: the new certificate cannot be served: {e}");
                         continue;
                     }
-                    self.node.peers.set_tls(material.client());
+                    self.peers.set_tls(material.client());
                     tracing::info!(not_after = material.info.not_after, "renewed this node's certificate");
                 }
                 Err(e) => {
@@ -73,13 +83,13 @@ impl Renewal {
     }
 
     async fn renew(&self, dir: &Path) -> Result<Material, String> {
-        let current = load(dir, self.node.id)?;
+        let current = load(dir, self.id)?;
         let Principal::Node { id, role } = current.info.principal else {
             return Err("this node's certificate names no node".into());
         };
         let (key_pem, csr_pem) = vpn_pki::make_csr(&self.hosts).map_err(|e| e.to_string())?;
-        let cert_pem = match &self.node.ca_signer {
-            Some(ca) => ca.sign_node_csr(&csr_pem, id, role, self.node.cert_lifetime).map_err(|e| e.to_string())?,
+        let cert_pem = match &self.signer {
+            Some((ca, lifetime)) => ca.sign_node_csr(&csr_pem, id, role, *lifetime).map_err(|e| e.to_string())?,
             None => self.ask(&csr_pem).await?,
         };
         replace_files(dir, &key_pem, &cert_pem)?;
@@ -88,15 +98,9 @@ impl Renewal {
 
     /// A signature from the first member (or seed) that gives one.
     async fn ask(&self, csr_pem: &str) -> Result<String, String> {
-        let members: Vec<String> = {
-            let metrics = self.node.raft.metrics();
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            membership.voter_ids().filter_map(|v| membership.get_node(&v).map(|n| n.addr.clone())).collect()
-        };
         let mut tried = Vec::new();
-        for addr in members.iter().chain(&self.seeds) {
-            let channel = match self.node.peers.channel(addr) {
+        for addr in (self.voters)().iter().chain(&self.seeds) {
+            let channel = match self.peers.channel(addr) {
                 Ok(channel) => channel,
                 Err(e) => {
                     tried.push(format!("{addr}: {e}"));

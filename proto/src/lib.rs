@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`v1`]: the public API (`vpn.v1`): `Users`, `Cluster` and `Nodes` services.
 //! - [`internal`]: node-to-node traffic (`vpn.internal.v1`): Raft RPCs,
+//!   the data-plane agent's session (`Agent`),
 //!   read-index, leadership transfer and forwarded proposals. Not a stable interface.
 
 /// The public API, package `vpn.v1`.

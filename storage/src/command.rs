@@ -203,6 +203,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             state.users.insert(user.name.clone(), user.clone());
             state.index_token(user);
             state.generation += 1;
+            reassign(state, user.placed_nodes());
             CommandResponse::User(user.clone())
         }
         Command::UpdateUser { name, status, limits, at_ms } => {
@@ -233,7 +234,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             *user = next;
             let reply = CommandResponse::User(user.clone());
             if changed_service {
+                let nodes: Vec<NodeId> = user.placed_nodes().collect();
                 state.generation += 1;
+                reassign(state, nodes);
             }
             reply
         }
@@ -242,6 +245,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             Some(removed) => {
                 state.unindex_token(&removed.sub_token);
                 state.generation += 1;
+                reassign(state, removed.placed_nodes());
                 CommandResponse::Deleted
             }
         },
@@ -254,7 +258,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             let changed = settle_status(user, *at_ms);
             let reply = CommandResponse::User(user.clone());
             if changed {
+                let nodes: Vec<NodeId> = user.placed_nodes().collect();
                 state.generation += 1;
+                reassign(state, nodes);
             }
             reply
         }
@@ -269,7 +275,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             }
         },
         Command::Reevaluate { names, at_ms } => {
-            let mut changed = 0;
+            let (mut changed, mut nodes) = (0, Vec::new());
             for name in names {
                 let Some(user) = state.users.get_mut(name) else { continue };
                 if roll_period(user, *at_ms) {
@@ -277,15 +283,17 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 }
                 if settle_status(user, *at_ms) {
                     changed += 1;
+                    nodes.extend(user.placed_nodes());
                 }
             }
             if changed > 0 {
                 state.generation += 1;
+                reassign(state, nodes);
             }
             CommandResponse::Reevaluated(changed)
         }
         Command::Place(moves) => {
-            let mut placed = 0;
+            let (mut placed, mut nodes) = (0, Vec::new());
             let since_generation = state.generation + 1;
             for m in moves {
                 let Some(user) = state.users.get_mut(&m.user) else { continue };
@@ -298,10 +306,17 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 user.placements.retain(|p| !m.remove.contains(&p.node));
                 if user.placements != before {
                     placed += 1;
+                    // Only an active user is served: another one moves nobody's engines.
+                    if user.status == UserStatus::Active {
+                        let (now, was) = (&user.placements, &before);
+                        nodes.extend(was.iter().filter(|p| !user.placed_on(p.node)).map(|p| p.node));
+                        nodes.extend(now.iter().filter(|p| !was.iter().any(|b| b.node == p.node)).map(|p| p.node));
+                    }
                 }
             }
             if placed > 0 {
                 state.generation += 1;
+                reassign(state, nodes);
             }
             CommandResponse::Placed(placed)
         }
@@ -309,8 +324,14 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             Some(existing) if existing.incarnation != record.incarnation => {
                 CommandResponse::Refused(Refusal::IncarnationConflict { id: record.id, existing: existing.incarnation })
             }
-            _ => {
-                state.members.insert(record.id, record.clone());
+            known => {
+                // A data-plane agent registers no address: keep the one a
+                // control-plane node registered for itself.
+                let mut record = record.clone();
+                if record.addr.is_empty() {
+                    record.addr = known.map(|k| k.addr.clone()).unwrap_or_default();
+                }
+                state.members.insert(record.id, record);
                 CommandResponse::MemberRegistered
             }
         },
@@ -330,6 +351,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 Some(known) if known.same_offer(offer) => return CommandResponse::DataplaneNode(known.clone()),
                 Some(known) => {
                     node.applied_generation = known.applied_generation;
+                    node.assigned_generation = known.assigned_generation;
                     node.health = known.health;
                     node.schedule = known.schedule;
                     node.traffic_seq = known.traffic_seq;
@@ -340,8 +362,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                     node.traffic_seq = 0;
                 }
             }
-            state.dataplane_nodes.insert(node.id, node.clone());
             state.generation += 1;
+            node.assigned_generation = state.generation;
+            state.dataplane_nodes.insert(node.id, node.clone());
             CommandResponse::DataplaneNode(node)
         }
         Command::ReportApplied { node, generation } => match state.dataplane_nodes.get_mut(node) {
@@ -370,6 +393,17 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         Command::RecordTraffic { node, reports, at_ms } => record_traffic(state, *node, reports, *at_ms),
         Command::Batch(cmds) => CommandResponse::Batch(cmds.iter().map(|c| apply(state, c)).collect()),
         Command::Trust(cmd) => crate::trust::apply(state, cmd),
+    }
+}
+
+/// Stamps `nodes`' assignments with the current generation (call it after
+/// the bump): what each of them should serve changed in this command.
+fn reassign(state: &mut State, nodes: impl IntoIterator<Item = NodeId>) {
+    let generation = state.generation;
+    for node in nodes {
+        if let Some(record) = state.dataplane_nodes.get_mut(&node) {
+            record.assigned_generation = generation;
+        }
     }
 }
 
@@ -408,7 +442,7 @@ fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at
         return CommandResponse::Refused(Refusal::NotADataplaneNode(node));
     };
     let mut through = record.traffic_seq;
-    let mut served_changed = false;
+    let (mut served_changed, mut reassigned) = (false, Vec::new());
     for report in reports {
         if report.seq <= through {
             continue;
@@ -418,8 +452,9 @@ fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at
             match state.users.get_mut(&usage.name) {
                 Some(user) if user.id == usage.id => {
                     user.used_bytes = user.used_bytes.saturating_add(usage.bytes);
-                    if user.status == UserStatus::Active {
-                        served_changed |= settle_status(user, at_ms);
+                    if user.status == UserStatus::Active && settle_status(user, at_ms) {
+                        served_changed = true;
+                        reassigned.extend(user.placed_nodes());
                     }
                 }
                 // Traffic of a deleted user counts for no one.
@@ -432,6 +467,7 @@ fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at
     }
     if served_changed {
         state.generation += 1;
+        reassign(state, reassigned);
     }
     CommandResponse::TrafficRecorded { through_seq: through }
 }
@@ -479,10 +515,8 @@ mod tests {
     #[test]
     fn registering_upserts_and_keeps_the_applied_generation() {
         let mut state = State::default();
-        assert_eq!(
-            apply(&mut state, &Command::RegisterDataplaneNode(node(4, 443))),
-            CommandResponse::DataplaneNode(node(4, 443))
-        );
+        let recorded = CommandResponse::DataplaneNode(DataplaneNode { assigned_generation: 1, ..node(4, 443) });
+        assert_eq!(apply(&mut state, &Command::RegisterDataplaneNode(node(4, 443))), recorded);
         assert_eq!(state.generation, 1);
         assert_eq!(
             apply(&mut state, &Command::ReportApplied { node: 4, generation: 1 }),
@@ -540,6 +574,33 @@ mod tests {
         assert_eq!(state.generation, 2);
         apply(&mut state, &Command::ForgetMember { id: 5 });
         assert_eq!(state.generation, 2);
+    }
+
+    #[test]
+    fn a_node_is_reassigned_only_by_changes_to_what_it_serves() {
+        let mut state = State::default();
+        apply_all(
+            &mut state,
+            &[Command::RegisterDataplaneNode(node(4, 443)), Command::RegisterDataplaneNode(node(5, 443))],
+        );
+        let assigned = |state: &State| {
+            (state.dataplane_nodes[&4].assigned_generation, state.dataplane_nodes[&5].assigned_generation)
+        };
+        let (four, five) = assigned(&state);
+        apply(&mut state, &Command::CreateUser(User::new("alice".into(), 0)));
+        assert_eq!(assigned(&state), (four, five), "an unplaced user moves no node");
+        apply(&mut state, &Command::Place(vec![Move { user: "alice".into(), add: vec![4], remove: vec![] }]));
+        assert_eq!(assigned(&state), (state.generation, five), "placed on 4 only");
+        apply(&mut state, &set_status("alice", UserStatus::Disabled));
+        assert_eq!(assigned(&state), (state.generation, five), "disabled: 4 stops serving her");
+        let disabled_at = state.generation;
+        apply(&mut state, &Command::Place(vec![Move { user: "alice".into(), add: vec![5], remove: vec![4] }]));
+        assert_eq!(assigned(&state), (disabled_at, five), "moving a user nobody serves moves no engine");
+        apply(&mut state, &set_status("alice", UserStatus::Active));
+        assert_eq!(assigned(&state), (disabled_at, state.generation), "active again, on 5");
+        apply(&mut state, &Command::DeleteUser { name: "alice".into() });
+        assert_eq!(assigned(&state).1, state.generation, "deleted: 5 drops her");
+        assert!(state.dataplane_nodes.values().all(|n| n.assigned_generation <= state.generation));
     }
 
     fn traffic(node: NodeId, seq: u64, user: &User, bytes: u64) -> Command {

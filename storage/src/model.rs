@@ -196,6 +196,11 @@ impl User {
         self.placements.iter().any(|p| p.node == node)
     }
 
+    /// The nodes the user is placed on, in placement order.
+    pub fn placed_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.placements.iter().map(|p| p.node)
+    }
+
     /// The status the user's limits give it at `at_ms`: an operator's
     /// `Disabled` stays; otherwise expiry, then the data limit, decide.
     pub fn status_at(&self, at_ms: i64) -> UserStatus {
@@ -335,6 +340,12 @@ pub struct DataplaneNode {
     /// the epoch), as it registered it; `None` without mutual TLS.
     #[serde(default)]
     pub cert_not_after_ms: Option<i64>,
+    /// The [`State::generation`](crate::state::State::generation) at which
+    /// what this node should serve (its active users, their credentials,
+    /// its offer) last changed: the generation of its assignment, which the
+    /// node reports back as applied once its engines serve it.
+    #[serde(default)]
+    pub assigned_generation: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +383,7 @@ impl DataplaneNode {
             traffic_seq: 0,
             engine_error: None,
             cert_not_after_ms: None,
+            assigned_generation: 0,
         }
     }
 
@@ -390,7 +402,13 @@ impl DataplaneNode {
         self.health == NodeHealth::Ready
     }
 
-    /// Whether `other` describes the same offer (everything but the applied generation).
+    /// Whether the node's engines serve its current assignment.
+    pub fn caught_up(&self) -> bool {
+        self.applied_generation >= self.assigned_generation
+    }
+
+    /// Whether `other` describes the same offer (what the node registers, not
+    /// what the cluster records about it).
     pub fn same_offer(&self, other: &DataplaneNode) -> bool {
         self.id == other.id
             && self.public_host == other.public_host

@@ -173,6 +173,9 @@ fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
 /// The keys one apply call changed, written from the final state in one batch.
 #[derive(Default)]
 struct Touched {
+    /// The generation before the first entry: a node whose assignment moved
+    /// past it is written too, whatever command moved it.
+    generation_before: u64,
     all_users: bool,
     users: BTreeSet<String>,
     members: BTreeSet<NodeId>,
@@ -233,9 +236,15 @@ impl Touched {
             let value = state.members.get(id).map(encode).transpose()?;
             changes.push((member_key(*id).into_bytes(), value));
         }
-        for id in &self.dataplane {
-            let value = state.dataplane_nodes.get(id).map(encode).transpose()?;
-            changes.push((dataplane_key(*id).into_bytes(), value));
+        let reassigned = state
+            .dataplane_nodes
+            .values()
+            .filter(|n| state.generation > self.generation_before && n.assigned_generation > self.generation_before)
+            .map(|n| n.id);
+        let dataplane: BTreeSet<NodeId> = self.dataplane.iter().copied().chain(reassigned).collect();
+        for id in dataplane {
+            let value = state.dataplane_nodes.get(&id).map(encode).transpose()?;
+            changes.push((dataplane_key(id).into_bytes(), value));
         }
         put_meta(&mut changes, state)?;
         Ok(changes)
@@ -258,6 +267,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut touched = Touched::default();
         let changes = {
             let mut state = self.state.write();
+            touched.generation_before = state.generation;
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {

@@ -1,12 +1,9 @@
-//! Pure builders from this node's settings, its secrets and the replicated
-//! state: the offer it registers (public parameters only) and the
-//! [`DesiredState`] its reconciler applies.
+//! Pure builders from this node's settings and its secrets: the offer it
+//! registers (public parameters only) and the inbounds its engines serve.
 
-use vpn_runtime::desired::{
-    DesiredState, EngineUser, InboundSpec, Protocol as EngineProtocol, RealitySettings, TlsFiles,
-};
-use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol};
-use vpn_storage::state::State;
+use vpn_proto::internal::{OfferedInbound, RegisterRequest};
+use vpn_runtime::desired::{InboundSpec, Protocol as EngineProtocol, RealitySettings, TlsFiles};
+use vpn_storage::model::Protocol;
 use vpn_storage::types::NodeId;
 
 use super::secrets::Secrets;
@@ -51,65 +48,56 @@ pub fn inbound_specs(config: &DataplaneConfig, secrets: &Secrets) -> Vec<Inbound
         .collect()
 }
 
-/// The record this node registers: what clients need, never a private key.
-pub fn offer(id: NodeId, config: &DataplaneConfig, secrets: &Secrets) -> DataplaneNode {
+/// The offer this node registers: what clients need, never a private key.
+/// The caller fills in the data dir's incarnation and the certificate's expiry.
+pub fn offer(id: NodeId, config: &DataplaneConfig, secrets: &Secrets) -> RegisterRequest {
     let inbounds = config
         .inbounds
         .iter()
         .map(|i| {
-            let mut record = InboundRecord::new(i.protocol, i.port);
+            let mut offered = OfferedInbound {
+                protocol: i.protocol.as_str().to_owned(),
+                port: u32::from(i.port),
+                ..Default::default()
+            };
             match i.protocol {
                 Protocol::Shadowsocks2022 => {
-                    record.ss2022_server_key = secrets.ss2022_server_keys.get(&i.port).cloned()
+                    offered.ss2022_server_key = secrets.ss2022_server_keys.get(&i.port).cloned().unwrap_or_default()
                 }
                 Protocol::VlessTls => {
                     if let Some(tls) = &secrets.tls {
-                        record.tls_server_name = Some(tls.server_name.clone());
-                        record.tls_cert_sha256 = Some(tls.cert_sha256.clone());
-                        record.tls_self_signed = tls.self_signed;
+                        offered.tls_server_name = tls.server_name.clone();
+                        offered.tls_cert_sha256 = tls.cert_sha256.clone();
+                        offered.tls_self_signed = tls.self_signed;
                     }
                 }
                 Protocol::VlessReality => {
-                    record.reality_public_key = secrets.reality.as_ref().map(|k| k.public_key.clone());
-                    record.reality_short_id = secrets.reality.as_ref().map(|k| k.short_id.clone());
-                    record.reality_server_name = config.reality.as_ref().map(|r| r.server_name.clone());
+                    if let Some(keys) = &secrets.reality {
+                        offered.reality_public_key = keys.public_key.clone();
+                        offered.reality_short_id = keys.short_id.clone();
+                    }
+                    if let Some(r) = &config.reality {
+                        offered.reality_server_name = r.server_name.clone();
+                    }
                 }
             }
-            record
+            offered
         })
         .collect();
-    let mut node = DataplaneNode::new(id, config.public_host.clone(), inbounds);
-    node.labels = config.labels.clone();
-    node.capacity = config.capacity;
-    node
-}
-
-/// What node `id` should serve in `state`: its inbounds and the users placed
-/// on it, at the state's generation. `None` until the node is registered in
-/// `state`: before that this copy of the state says nothing about it.
-pub fn desired(state: &State, id: NodeId, inbounds: &[InboundSpec]) -> Option<DesiredState> {
-    state.dataplane_nodes.contains_key(&id).then(|| DesiredState {
-        generation: state.generation,
+    RegisterRequest {
         node_id: id,
-        inbounds: inbounds.to_vec(),
-        users: state
-            .users_on(id)
-            .map(|u| EngineUser {
-                name: u.name.clone(),
-                vless_uuid: u.credentials.vless_uuid,
-                ss2022_key: u.credentials.ss2022_key.clone(),
-            })
-            .collect(),
-    })
+        public_host: config.public_host.clone(),
+        inbounds,
+        labels: config.labels.clone().into_iter().collect(),
+        capacity: config.capacity,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
-
-    use vpn_storage::command::{apply, Command, LimitsChange, Move};
-    use vpn_storage::model::{User, UserStatus};
 
     use super::*;
     use crate::agent::secrets::{RealityKeys, TlsMaterial};
@@ -158,14 +146,14 @@ mod tests {
     #[test]
     fn the_offer_carries_public_parameters_only() {
         let offer = offer(7, &config(), &secrets());
-        let json = serde_json::to_string(&offer).expect("json");
-        assert!(!json.contains("PRIVATE") && !json.contains("key.pem"), "a secret leaked: {json}");
-        assert_eq!(offer.inbounds[0].ss2022_server_key.as_deref(), Some("c2VydmVyLWtleS0xNmJ5dA=="));
-        assert_eq!(offer.inbounds[1].tls_cert_sha256, Some("ab".repeat(32)));
+        let debug = format!("{offer:?}");
+        assert!(!debug.contains("PRIVATE") && !debug.contains("key.pem"), "a secret leaked: {debug}");
+        assert_eq!(offer.inbounds[0].ss2022_server_key, "c2VydmVyLWtleS0xNmJ5dA==");
+        assert_eq!(offer.inbounds[1].tls_cert_sha256, "ab".repeat(32));
         assert!(offer.inbounds[1].tls_self_signed);
-        assert_eq!(offer.inbounds[2].reality_public_key.as_deref(), Some("PUBLIC"));
-        assert_eq!(offer.inbounds[2].reality_server_name.as_deref(), Some("www.example.org"));
-        assert_eq!((offer.capacity, offer.labels.len()), (100, 1));
+        assert_eq!(offer.inbounds[2].reality_public_key, "PUBLIC");
+        assert_eq!(offer.inbounds[2].reality_server_name, "www.example.org");
+        assert_eq!((offer.capacity, offer.labels.len(), offer.node_id), (100, 1, 7));
     }
 
     #[test]
@@ -176,32 +164,5 @@ mod tests {
         assert!(specs[1].tls.is_some() && specs[1].ss2022_server_key.is_none() && specs[1].reality.is_none());
         let reality = specs[2].reality.as_ref().expect("reality");
         assert_eq!((reality.private_key.as_str(), reality.handshake_port), ("PRIVATE", 443));
-    }
-
-    #[test]
-    fn a_node_serves_the_active_users_placed_on_it() {
-        let mut state = State::default();
-        let specs = inbound_specs(&config(), &secrets());
-        for name in ["carol", "alice", "bob", "dave"] {
-            apply(&mut state, &Command::CreateUser(User::new(name.into(), 0)));
-        }
-        let disable = LimitsChange::default();
-        apply(
-            &mut state,
-            &Command::UpdateUser { name: "bob".into(), status: Some(UserStatus::Disabled), limits: disable, at_ms: 0 },
-        );
-        assert_eq!(desired(&state, 7, &specs), None, "nothing is known for an unregistered node");
-
-        apply(&mut state, &Command::RegisterDataplaneNode(offer(7, &config(), &secrets())));
-        apply(&mut state, &Command::RegisterDataplaneNode(offer(8, &config(), &secrets())));
-        let place = |user: &str, node| Move { user: user.into(), add: vec![node], remove: vec![] };
-        apply(
-            &mut state,
-            &Command::Place(vec![place("alice", 7), place("bob", 7), place("carol", 7), place("dave", 8)]),
-        );
-        let d = desired(&state, 7, &specs).expect("registered");
-        let names: Vec<&str> = d.users.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["alice", "carol"], "active users placed here, sorted by name");
-        assert_eq!((d.generation, d.node_id, d.inbounds.len()), (state.generation, 7, 3));
     }
 }

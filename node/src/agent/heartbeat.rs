@@ -1,10 +1,14 @@
-//! The data-plane node's heartbeat to the leader, every `--node-heartbeat-ms`:
+//! The data-plane node's heartbeat, every `--node-heartbeat-ms`, through the
+//! control-plane node the agent talks to (which relays it to the leader):
 //! its engines' health and applied generation, and its traffic. Traffic is
 //! read from the engines, journaled on this node's disk first, and sent until
 //! the leader replies that the cluster recorded it (at-least-once delivery,
 //! made exactly-once by the leader's per-(node, sequence) deduplication).
+//! The journal opens once the cluster said which report it recorded last (at
+//! registration), so a journal lost with its disk never reuses a number.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,20 +16,30 @@ use tokio::sync::watch;
 use vpn_proto::internal::{HeartbeatReply, HeartbeatRequest, TrafficReport as WireReport, UserUsage as WireUsage};
 use vpn_runtime::{ApplyStatus, UsageReader};
 
+use super::session::ControlPlane;
 use super::traffic::TrafficJournal;
+use super::UserIds;
 use crate::error::Error;
-use crate::leader::heartbeat::MAX_REPORTS;
-use crate::node::Node;
+use crate::identity::Identity;
 use crate::observer::as_i64;
 
-/// A heartbeat the leader did not answer within this is counted as failed.
+/// Most traffic reports sent in one heartbeat (oldest first); the leader
+/// takes as many (`leader::heartbeat::MAX_REPORTS`).
+const MAX_REPORTS: usize = 64;
+
+/// A heartbeat not answered within this is counted as failed.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Heartbeat {
-    pub node: Arc<Node>,
+    pub identity: Identity,
+    pub control_plane: Arc<ControlPlane>,
+    /// The agent's directory, where the traffic journal lives.
+    pub dir: PathBuf,
+    /// The last traffic report the cluster recorded, once registered.
+    pub registered: watch::Receiver<Option<u64>>,
+    pub ids: UserIds,
     pub status: watch::Receiver<ApplyStatus>,
     pub usage: UsageReader,
-    pub journal: TrafficJournal,
     pub interval: Duration,
     /// Traffic reports waiting for the cluster's acknowledgement.
     pub pending_gauge: Gauge,
@@ -33,10 +47,11 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
+        let mut journal: Option<TrafficJournal> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -53,22 +68,34 @@ impl Heartbeat {
                 }
                 last_error = status.last_error.clone();
             }
-            self.measure().await;
-            let request = self.request(&status);
+            if journal.is_none() {
+                journal = self.open_journal();
+            }
+            if let Some(journal) = journal.as_mut() {
+                self.measure(journal).await;
+            }
+            let request = self.request(&status, journal.as_ref());
             match self.send(request).await {
                 Ok(reply) => {
-                    if let Err(e) = self.journal.acknowledge(reply.traffic_acked_seq) {
+                    if let Some(Err(e)) = journal.as_mut().map(|j| j.acknowledge(reply.traffic_acked_seq)) {
                         tracing::error!("traffic journal: {e}");
                     }
                 }
                 Err(e) => tracing::debug!("heartbeat not delivered: {e}"),
             }
-            self.pending_gauge.set(as_i64(self.journal.pending_len() as u64));
+            self.pending_gauge.set(as_i64(journal.as_ref().map_or(0, |j| j.pending_len() as u64)));
         }
     }
 
+    /// The journal, once the cluster said what it recorded; a damaged file
+    /// is logged with its fix on every try (traffic then waits, serving not).
+    fn open_journal(&self) -> Option<TrafficJournal> {
+        let recorded = (*self.registered.borrow())?;
+        TrafficJournal::open(&self.dir, recorded).map_err(|e| tracing::error!("{e}")).ok()
+    }
+
     /// Reads the engines' counters into the journal (persisted before use).
-    async fn measure(&mut self) {
+    async fn measure(&self, journal: &mut TrafficJournal) {
         let counters = match self.usage.counters().await {
             Ok(c) => c,
             Err(e) => {
@@ -76,21 +103,16 @@ impl Heartbeat {
                 return;
             }
         };
-        let ids = self.node.state.read(|s| {
-            counters
-                .iter()
-                .filter_map(|c| s.users.get(&c.user).map(|u| (c.user.clone(), u.id)))
-                .collect::<std::collections::HashMap<_, _>>()
-        });
-        if let Err(e) = self.journal.observe(&counters, |name| ids.get(name).copied()) {
+        let ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Err(e) = journal.observe(&counters, |name| ids.get(name).copied()) {
             tracing::error!("traffic journal: {e}");
         }
     }
 
-    fn request(&self, status: &ApplyStatus) -> HeartbeatRequest {
-        let traffic = self
-            .journal
-            .pending(MAX_REPORTS)
+    fn request(&self, status: &ApplyStatus, journal: Option<&TrafficJournal>) -> HeartbeatRequest {
+        let traffic = journal
+            .map(|j| j.pending(MAX_REPORTS))
+            .unwrap_or_default()
             .into_iter()
             .map(|r| WireReport {
                 seq: r.seq,
@@ -102,29 +124,25 @@ impl Heartbeat {
             })
             .collect();
         HeartbeatRequest {
-            node_id: self.node.id,
-            incarnation: self.node.identity.incarnation.to_string(),
+            node_id: self.identity.node_id,
+            incarnation: self.identity.incarnation.to_string(),
             applied_generation: status.applied_generation,
             engine_error: status.last_error.clone().unwrap_or_default(),
             traffic,
         }
     }
 
-    /// To the leader: handled here when this node leads, else over gRPC.
+    /// Through the control-plane node talked to now; a failure moves on to the next.
     async fn send(&self, request: HeartbeatRequest) -> Result<HeartbeatReply, Error> {
-        if self.node.is_leader() {
-            return crate::leader::heartbeat::handle(&self.node, request).await;
-        }
-        let (_, addr) = self.node.leader().ok_or_else(|| Error::unavailable("no leader known"))?;
+        let (addr, mut client) = self.control_plane.current()?;
         let mut req = tonic::Request::new(request);
         req.set_timeout(HEARTBEAT_TIMEOUT);
-        let reply = self
-            .node
-            .peers
-            .raft_client(self.node.peers.channel(&addr)?)
-            .heartbeat(req)
-            .await
-            .map_err(|s| Error::unavailable(format!("leader at {addr}: {}", s.message())))?;
-        Ok(reply.into_inner())
+        match client.heartbeat(req).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(s) => {
+                self.control_plane.failed(&addr);
+                Err(Error::unavailable(format!("control-plane node {addr}: {}", s.message())))
+            }
+        }
     }
 }

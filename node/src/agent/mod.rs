@@ -1,46 +1,55 @@
 //! The node agent of a data-plane node (`vpnd --dataplane`): makes the
-//! node's secrets, registers its offer through the cluster, turns the local
-//! replicated state into the runtime's [`DesiredState`] and hands it to the
-//! reconciler, and reports back what the engines applied.
+//! node's secrets, registers its offer with the control plane, follows the
+//! node's assignment (the users placed on it) over the agent protocol, hands
+//! it to the reconciler as the runtime's [`DesiredState`], and reports back
+//! what the engines applied and the traffic they counted.
 //!
-//! The desired state is built from this node's own copy of the replicated
-//! state, so when the leader (or every other node) is away the engines keep
-//! serving the last state this node applied: nothing here clears it. Until
-//! this node's registration is in that copy the reconciler is given no state
-//! at all (it then touches nothing).
+//! The agent needs nothing of the Raft store: it speaks the same protocol to
+//! a control-plane node whether it runs in a data-plane-only vpnd or inside
+//! a control-plane node (`--dev`, `--voter --dataplane`). Its last assignment
+//! is kept on disk, so when every control-plane node is away the engines
+//! keep serving it, also after a restart; nothing here clears it.
 //! Stopping vpnd stops the reconciler, never the engine containers.
 //!
 //! Layout:
 //! - `secrets`: the node's keys and certificate in `<data-dir>/dataplane/`.
-//! - `desired`: pure builders of the offer and the desired state.
-//! - `report`: registration of the node's offer through the leader.
+//! - `desired`: pure builders of the offer and the engines' inbounds.
+//! - `session`: registration and the assignment stream, with failover
+//!   among the control-plane nodes it knows.
+//! - `assignment`: the last assignment on disk.
 //! - `heartbeat`: liveness, applied generation and traffic to the leader.
 //! - `traffic`: the on-disk journal of traffic not yet recorded by the cluster.
 
+mod assignment;
 mod desired;
 mod heartbeat;
-mod report;
 mod secrets;
+mod session;
 mod traffic;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 use vpn_runtime::desired::{DesiredState, InboundSpec};
 use vpn_runtime::{Reconciler, ReconcilerHandle, RuntimeConfig};
 
+use self::assignment::{AssignmentFile, Stored};
 use self::heartbeat::Heartbeat;
 use self::secrets::Secrets;
+use self::session::{ControlPlane, Event, Session};
 pub use self::traffic::JournalError;
-use self::traffic::TrafficJournal;
 use crate::config::DataplaneConfig;
 use crate::error::Error;
-use crate::node::Node;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::observer::as_i64;
+use crate::peers::Peers;
 
 /// Where the agent keeps its files, under the data dir.
 const DIR: &str = "dataplane";
@@ -52,6 +61,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// What the engines applied last, and whether it failed.
+    pub fn status(&self) -> watch::Receiver<vpn_runtime::ApplyStatus> {
+        self.reconciler.status.clone()
+    }
+
     /// After `shutdown` turned true: lets a reconcile in flight finish (the
     /// runtime bounds that), then ends the agent's tasks. Engines keep running.
     pub async fn stopped(self) {
@@ -62,23 +76,40 @@ impl Agent {
     }
 }
 
-/// Starts the agent: secrets, the reconciler (a Docker it cannot reach is an
-/// error here, at startup), registration, the state follower and the
-/// reporter. Everything stops when `shutdown` turns true.
-pub async fn start(
-    node: &Arc<Node>,
-    config: &DataplaneConfig,
-    data_dir: &Path,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Agent, Error> {
-    let dir = data_dir.join(DIR);
+/// What the agent needs of the process it runs in.
+pub struct Host {
+    pub identity: Identity,
+    pub data_dir: PathBuf,
+    /// Channels to the control plane (mutual TLS unless `--insecure`).
+    pub peers: Arc<Peers>,
+    /// Control-plane nodes to talk to, host:port, tried in this order.
+    pub control_plane: Vec<String>,
+    pub heartbeat: Duration,
+    pub metrics: Arc<Metrics>,
+    /// When the node's certificate expires (seconds since the epoch).
+    pub cert_not_after: Option<i64>,
+    /// Where a refusal that no retry can change goes: the process stops.
+    pub fatal: mpsc::Sender<Error>,
+}
+
+/// User name -> id of the users of the current and the previous assignment:
+/// traffic of a user who just left the node is still reported.
+type UserIds = Arc<Mutex<HashMap<String, Uuid>>>;
+
+/// Starts the agent: secrets, the last assignment on disk, the reconciler
+/// (a Docker it cannot reach is an error here, at startup), the session with
+/// the control plane and the heartbeat. Everything stops when `shutdown`
+/// turns true.
+pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiver<bool>) -> Result<Agent, Error> {
+    let id = host.identity.node_id;
+    let dir = host.data_dir.join(DIR);
     let secrets = Secrets::load_or_create(&dir, config)?;
     let inbounds = desired::inbound_specs(config, &secrets);
     let (desired_gauge, applied_gauge, pending_gauge) = (Gauge::default(), Gauge::default(), Gauge::default());
-    node.metrics.register_with(|r| {
+    host.metrics.register_with(|r| {
         r.register(
             "dataplane_desired_generation",
-            "Generation of the replicated state this node's engines should serve",
+            "Generation of the assignment this node's engines should serve",
             desired_gauge.clone(),
         );
         r.register(
@@ -92,77 +123,110 @@ pub async fn start(
             pending_gauge.clone(),
         );
     });
-    let initial = node.state.read(|s| desired::desired(s, node.id, &inbounds));
-    desired_gauge.set(initial.as_ref().map_or(0, |d| as_i64(d.generation)));
-    let (desired_tx, desired_rx) = watch::channel(initial);
+    let file = AssignmentFile::new(&dir);
+    let last = file.load(id)?;
+    if let Some(last) = &last {
+        tracing::info!(
+            generation = last.generation,
+            users = last.users.len(),
+            "serving the last assignment kept on disk"
+        );
+    }
+    let ids: UserIds = Arc::new(Mutex::new(last.as_ref().map(Stored::ids).unwrap_or_default()));
+    desired_gauge.set(last.as_ref().map_or(0, |l| as_i64(l.generation)));
+    let (desired_tx, desired_rx) = watch::channel(last.as_ref().map(|l| l.desired(&inbounds)));
 
-    let mut runtime = RuntimeConfig::new(node.id, &config.engine_image, dir.join("engines"));
+    let mut runtime = RuntimeConfig::new(id, &config.engine_image, dir.join("engines"));
     runtime.resync = config.resync;
     runtime.docker_host = config.docker_host.clone();
     let reconciler = Reconciler::start(runtime, desired_rx, shutdown.clone()).await?;
-    node.metrics.register_with(|r| reconciler.metrics.register(r));
+    host.metrics.register_with(|r| reconciler.metrics.register(r));
     tracing::info!(image = %config.engine_image, inbounds = inbounds.len(), "data-plane agent started");
 
-    let recorded_seq = node.state.read(|s| s.dataplane_nodes.get(&node.id).map_or(0, |n| n.traffic_seq));
-    let journal = TrafficJournal::open(&dir, recorded_seq)?;
+    let control_plane = Arc::new(ControlPlane::new(host.control_plane.clone(), host.peers.clone()));
+    let mut offer = desired::offer(id, config, &secrets);
+    offer.incarnation = host.identity.incarnation.to_string();
+    offer.cert_not_after_ms = host.cert_not_after.map_or(0, |s| s.saturating_mul(1000));
+    let (events_tx, events_rx) = mpsc::channel(16);
+    let (registered_tx, registered_rx) = watch::channel(None);
+    let session = Session {
+        control_plane: control_plane.clone(),
+        offer,
+        identity: host.identity,
+        data_dir: host.data_dir.clone(),
+        events: events_tx,
+        fatal: host.fatal.clone(),
+    };
+    let follower = Follower { id, inbounds, file, last, ids: ids.clone(), desired_tx, desired_gauge, registered_tx };
     let heartbeat = Heartbeat {
-        node: node.clone(),
+        identity: host.identity,
+        control_plane,
+        dir,
+        registered: registered_rx,
+        ids,
         status: reconciler.status.clone(),
         usage: reconciler.usage.clone(),
-        journal,
-        interval: node.scheduling.node_heartbeat,
+        interval: host.heartbeat,
         pending_gauge,
         applied_gauge,
     };
-    let mut offer = desired::offer(node.id, config, &secrets);
-    offer.cert_not_after_ms = node.tls.as_ref().map(|cert| cert.not_after.saturating_mul(1000));
     let tasks = vec![
-        tokio::spawn(report::register(node.clone(), offer, shutdown.clone())),
-        tokio::spawn(follow(node.clone(), inbounds, desired_tx, desired_gauge, config.resync, shutdown.clone())),
+        tokio::spawn(session.run(shutdown.clone())),
+        tokio::spawn(follower.run(events_rx)),
         tokio::spawn(heartbeat.run(shutdown)),
     ];
     Ok(Agent { reconciler, tasks })
 }
 
-/// Rebuilds the desired state whenever the replicated state's generation
-/// moved (the cheap check runs on every applied entry; the rebuild walks every
-/// user) and on every resync tick, publishing it only when it changed.
-async fn follow(
-    node: Arc<Node>,
+/// Turns what the session hears into the engines' desired state.
+struct Follower {
+    id: u64,
     inbounds: Vec<InboundSpec>,
+    file: AssignmentFile,
+    last: Option<Stored>,
+    ids: UserIds,
     desired_tx: watch::Sender<Option<DesiredState>>,
     desired_gauge: Gauge,
-    resync: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut raft = node.raft.metrics();
-    let mut built = None;
-    let mut tick = tokio::time::interval(resync);
-    loop {
-        tokio::select! {
-            changed = raft.changed() => {
-                if changed.is_err() {
-                    return;
+    registered_tx: watch::Sender<Option<u64>>,
+}
+
+impl Follower {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Registered { traffic_acked_seq } => {
+                    self.registered_tx.send_replace(Some(traffic_acked_seq));
                 }
-                raft.borrow_and_update();
-                if built == Some(node.state.read(|s| s.generation)) {
-                    continue;
-                }
+                Event::Assignment(wire) => self.assigned(&wire),
             }
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
         }
-        built = Some(node.state.read(|s| s.generation));
-        let next = node.state.read(|s| desired::desired(s, node.id, &inbounds));
-        if let Some(d) = &next {
-            desired_gauge.set(as_i64(d.generation));
-        }
-        desired_tx.send_if_modified(|current| {
-            let changed = *current != next;
-            if changed {
-                *current = next;
+    }
+
+    /// Takes an assignment newer than the one served; an older one (from a
+    /// control-plane node that lags after a failover) is ignored.
+    fn assigned(&mut self, wire: &vpn_proto::internal::Assignment) {
+        let stored = match Stored::from_wire(self.id, wire) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!("an assignment was refused: {e}");
+                return;
             }
-            changed
-        });
+        };
+        if self.last.as_ref().is_some_and(|l| l.generation >= stored.generation) {
+            return;
+        }
+        if let Err(e) = self.file.save(&stored) {
+            // Served all the same; only a restart without the control plane would miss it.
+            tracing::warn!("keeping the assignment on disk failed: {e}");
+        }
+        {
+            let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+            let previous = self.last.as_ref().map(Stored::ids).unwrap_or_default();
+            *ids = previous.into_iter().chain(stored.ids()).collect();
+        }
+        self.desired_gauge.set(as_i64(stored.generation));
+        tracing::debug!(generation = stored.generation, users = stored.users.len(), "new assignment");
+        self.desired_tx.send_replace(Some(stored.desired(&self.inbounds)));
+        self.last = Some(stored);
     }
 }

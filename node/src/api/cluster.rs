@@ -131,7 +131,14 @@ impl ClusterApi {
     async fn remove_member_here(&self, id: u64) -> Result<(), Error> {
         self.node.linearizable_barrier().await?;
         if self.member_addr(id).is_none() {
-            return Err(Error::NotFound(format!("member {id} not found: see `vpnctl cluster status`")));
+            // A data-plane-only node is no Raft member: only its records go.
+            if self.node.state.read(|s| s.dataplane_nodes.contains_key(&id)) {
+                self.node.propose(Command::ForgetMember { id }).await?;
+                return Ok(());
+            }
+            return Err(Error::NotFound(format!(
+                "member {id} not found: see `vpnctl cluster status` and `vpnctl node list`"
+            )));
         }
         let change = if self.is_voter(id) {
             let voters = self.node.raft.metrics().borrow().membership_config.membership().voter_ids().count();
@@ -188,7 +195,7 @@ impl Cluster for ClusterApi {
 
     async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         check_add(req.get_ref())?;
-        crate::auth::check_join(&req, req.get_ref().id, req.get_ref().voter)?;
+        crate::auth::check_join(&req, req.get_ref().id)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let mut fwd = forward::to_leader(&self.node, "AddMember", req.into_inner());
             fwd.set_timeout(CATCH_UP_TIMEOUT + Duration::from_secs(5));

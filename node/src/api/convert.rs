@@ -4,7 +4,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use vpn_proto::v1;
 use vpn_storage::model::{DataplaneNode, User, UserStatus};
-use vpn_storage::state::State;
 
 /// `sub_base`: where this cluster's subscriptions are served (no trailing slash).
 pub fn user(u: &User, sub_base: &str) -> v1::User {
@@ -34,14 +33,14 @@ pub fn user(u: &User, sub_base: &str) -> v1::User {
 }
 
 /// A data-plane node as the API shows it; `users` is how many are placed on it.
-pub fn node(state: &State, n: &DataplaneNode, users: u64) -> v1::Node {
+pub fn node(n: &DataplaneNode, users: u64) -> v1::Node {
     v1::Node {
         id: n.id,
         public_host: n.public_host.clone(),
         status: n.status().to_owned(),
         users,
         applied_generation: n.applied_generation,
-        desired_generation: state.generation,
+        desired_generation: n.assigned_generation,
         inbounds: n
             .inbounds
             .iter()

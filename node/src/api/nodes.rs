@@ -26,7 +26,7 @@ impl Nodes for NodesApi {
         read_barrier(&self.node, req.get_ref().consistency).await?;
         let nodes = self.node.state.read(|s| {
             let counts = s.placement_counts();
-            s.dataplane_nodes.values().map(|n| convert::node(s, n, counts.get(&n.id).copied().unwrap_or(0))).collect()
+            s.dataplane_nodes.values().map(|n| convert::node(n, counts.get(&n.id).copied().unwrap_or(0))).collect()
         });
         Ok(Response::new(ListNodesResponse { nodes }))
     }
@@ -82,7 +82,7 @@ impl NodesApi {
 fn shown(state: &State, id: NodeId) -> Option<NodeMsg> {
     let node = state.dataplane_nodes.get(&id)?;
     let users = state.users.values().filter(|u| u.placed_on(id)).count() as u64;
-    Some(convert::node(state, node, users))
+    Some(convert::node(node, users))
 }
 
 fn not_found(id: NodeId) -> Error {

@@ -129,14 +129,16 @@ fn other_bad_values_name_their_flag() {
 }
 
 #[test]
-fn data_plane_nodes_join_as_learners_unless_voter() {
+fn data_plane_nodes_hold_no_replicated_state_unless_voter() {
     let join = ["--join", "127.0.0.1:7001", "--dataplane", "--public-host", "h.example", "--inbound", "vless-tls=443"];
-    let learner = config(&join).expect("valid");
-    assert_eq!(learner.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7001".into()], voter: false });
+    let edge = config(&join).expect("valid");
+    assert_eq!(edge.bootstrap, Bootstrap::Edge { control_plane: vec!["127.0.0.1:7001".into()] });
     let voter = config(&[&join[..], &["--voter"]].concat()).expect("valid");
     assert_eq!(voter.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7001".into()], voter: true });
     let e = config(&[&join[..], &["--voter", "--learner"]].concat()).expect_err("both");
     assert!(e.starts_with("--voter"), "{e}");
+    let e = config(&[&join[..], &["--learner"]].concat()).expect_err("a data-plane learner");
+    assert!(e.starts_with("--learner") && e.contains("replicates nothing"), "{e}");
     let plain = config(&["--join", "127.0.0.1:7001"]).expect("valid");
     assert_eq!(plain.bootstrap, Bootstrap::Join { seeds: vec!["127.0.0.1:7001".into()], voter: true });
 }

@@ -31,10 +31,11 @@ use crate::tls::{HttpTls, Material, Security};
         vpnd --id 1 --listen 10.0.0.1:7000 --http 10.0.0.1:7080 --data-dir /var/lib/vpnd \\\n       \
         --initial-members 1=10.0.0.1:7000,2=10.0.0.2:7000,3=10.0.0.3:7000\n\n\
         Add a node to a running cluster with --join <any member>. Try it locally with `vpnd --dev`.\n\n\
-        A data-plane node also runs engines that serve users:\n  \
-        vpnd ... --join 10.0.0.1:7000 --dataplane --public-host vpn4.example.com \\\n       \
-        --inbound vless-tls=443 --inbound shadowsocks-2022=8388\n\
-        It joins as a learner (no vote) unless --voter is given."
+        A data-plane node runs engines that serve users:\n  \
+        vpnd --id 4 --http :7080 --data-dir /var/lib/vpnd --join 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000 \\\n       \
+        --dataplane --public-host vpn4.example.com --inbound vless-tls=443 --inbound shadowsocks-2022=8388\n\
+        It holds no replicated state and serves no gRPC: its agent fetches the users placed on it from the\n\
+        control-plane nodes of --join (give it every start). With --voter it is also a control-plane member."
 )]
 pub struct Args {
     /// This node's id (a positive integer, unique in the cluster, never reused).
@@ -61,7 +62,8 @@ pub struct Args {
     /// With --join: stay a learner (replicates, never votes) instead of becoming a voter.
     #[arg(long)]
     pub learner: bool,
-    /// With --join --dataplane: become a voter (data-plane nodes join as learners by default).
+    /// With --join --dataplane: also be a control-plane member (a voter); without it a
+    /// data-plane node holds no replicated state.
     #[arg(long)]
     pub voter: bool,
     /// TOML file with any of these settings (flags win).
@@ -181,6 +183,9 @@ pub enum Bootstrap {
     Join { seeds: Vec<String>, voter: bool },
     /// Neither flag: the data dir must already hold this node's state.
     Restart,
+    /// A data-plane-only node (`--dataplane --join` without `--voter`): no
+    /// Raft, no gRPC port; its agent talks to these control-plane nodes.
+    Edge { control_plane: Vec<String> },
 }
 
 /// Raft timings; defaults suit loopback and a LAN.
@@ -236,7 +241,16 @@ impl Config {
         if id == 0 {
             return Err(Error::invalid("--id", "0 is reserved: use a positive integer"));
         }
-        let listen_raw = args.listen.or(file.listen).ok_or(Error::MissingFlag("--listen"))?;
+        // A data-plane-only node serves no gRPC: --listen means nothing to it.
+        let edge = !dev
+            && (args.data_plane.dataplane || file.dataplane.unwrap_or(false))
+            && (args.join.is_some() || file.join.is_some())
+            && !(args.voter || file.voter.unwrap_or(false));
+        let listen_raw = match args.listen.or(file.listen) {
+            Some(listen) => listen,
+            None if edge => "127.0.0.1:0".to_owned(),
+            None => return Err(Error::MissingFlag("--listen")),
+        };
         let listen = parse_socket_addr("--listen", &listen_raw)?;
         let http_raw = args.http.or(file.http).ok_or(Error::MissingFlag("--http"))?;
         let http = parse_socket_addr("--http", &http_raw)?;
@@ -278,8 +292,13 @@ impl Config {
         if learner && wants_vote {
             return Err(Error::invalid("--voter", "give either --voter or --learner, not both"));
         }
-        // Voters stay few (3 or 5) while data-plane nodes grow: those join as learners.
-        let voter = wants_vote || (!learner && dataplane.is_none());
+        if learner && dataplane.is_some() {
+            return Err(Error::invalid(
+                "--learner",
+                "a data-plane node replicates nothing: drop --learner (or give --voter to make it a control-plane member too)",
+            ));
+        }
+        let voter = !learner;
         let bootstrap = match (initial, join) {
             (Some(_), _) | (_, Some(_)) if dev => {
                 return Err(Error::invalid(
@@ -312,6 +331,7 @@ impl Config {
                     Some(_) => Bootstrap::Initial(members),
                 }
             }
+            (None, Some(list)) if edge => Bootstrap::Edge { control_plane: parse_seed_list(&list)? },
             (None, Some(list)) => Bootstrap::Join { seeds: parse_seed_list(&list)?, voter },
             (None, None) => Bootstrap::Restart,
         };
@@ -450,7 +470,7 @@ fn parse_lifetime(raw: &str) -> Option<std::time::Duration> {
 
 /// `--join-token`: only with `--join`, and instead of certificate files.
 fn join_security(token: &str, bootstrap: &Bootstrap, files: [&Option<PathBuf>; 3]) -> Result<Security, Error> {
-    if !matches!(bootstrap, Bootstrap::Join { .. }) {
+    if !matches!(bootstrap, Bootstrap::Join { .. } | Bootstrap::Edge { .. }) {
         return Err(Error::invalid("--join-token", "goes with --join (the members to ask)"));
     }
     if files.iter().any(|f| f.is_some()) {

@@ -1,0 +1,154 @@
+//! The agent's session with the control plane: it registers the node's offer
+//! with one control-plane node, then watches the node's assignment there;
+//! when that node fails, the session moves to the next one it knows.
+//! Heartbeats go to the node the session is on ([`ControlPlane::current`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tonic::Code;
+use vpn_proto::internal::{Assignment, RegisterRequest, WatchAssignmentRequest};
+
+use crate::error::Error;
+use crate::identity::{self, ClusterId, Identity};
+use crate::peers::{PeerAgentClient as Client, Peers};
+
+/// A call that got no answer within this counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits after a failed session, doubled up to the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The control-plane nodes an agent knows, and which of them it talks to.
+pub struct ControlPlane {
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    peers: Arc<Peers>,
+}
+
+impl ControlPlane {
+    pub fn new(endpoints: Vec<String>, peers: Arc<Peers>) -> Self {
+        Self { endpoints, current: AtomicUsize::new(0), peers }
+    }
+
+    /// The node talked to now: its address and a client of its agent service.
+    pub fn current(&self) -> Result<(String, Client), Error> {
+        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        let addr = self.endpoints.get(i).ok_or_else(|| Error::unavailable("no control-plane node known"))?.clone();
+        let channel = self.peers.channel(&addr)?;
+        Ok((addr, self.peers.agent_client(channel)))
+    }
+
+    /// Moves on from `addr` to the next node (unless someone already did).
+    pub fn failed(&self, addr: &str) {
+        let i = self.current.load(Ordering::Relaxed);
+        if self.endpoints.get(i % self.endpoints.len().max(1)).is_some_and(|a| a == addr) {
+            let _ = self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the session tells the rest of the agent.
+pub enum Event {
+    /// The cluster recorded the offer; its last recorded traffic report.
+    Registered { traffic_acked_seq: u64 },
+    /// An assignment, as the control-plane node sent it.
+    Assignment(Assignment),
+}
+
+pub struct Session {
+    pub control_plane: Arc<ControlPlane>,
+    pub offer: RegisterRequest,
+    pub identity: Identity,
+    pub data_dir: PathBuf,
+    pub events: mpsc::Sender<Event>,
+    /// Where a refusal that no retry can change goes (this node must stop).
+    pub fatal: mpsc::Sender<Error>,
+}
+
+impl Session {
+    /// Runs sessions until `stop`, or until the cluster says this node was
+    /// removed or is another data dir (then stops and reports it as fatal).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let (addr, client) = match self.control_plane.current() {
+                Ok(current) => current,
+                Err(e) => {
+                    let _ = self.fatal.send(e).await;
+                    return;
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = self.once(client, &mut backoff) => outcome,
+                _ = stop.changed() => return,
+            };
+            match outcome {
+                Ok(()) => tracing::info!(control_plane = %addr, "assignment stream ended; reconnecting"),
+                Err(status) if final_refusal(&status) => {
+                    let e =
+                        Error::Identity(format!("the control plane at {addr} refused this node: {}", status.message()));
+                    let _ = self.fatal.send(e).await;
+                    return;
+                }
+                Err(status) => {
+                    match status.code() {
+                        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                            tracing::debug!(control_plane = %addr, "agent session: {}", status.message())
+                        }
+                        _ => tracing::warn!(control_plane = %addr, "agent session refused: {}", status.message()),
+                    }
+                    self.control_plane.failed(&addr);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(LONGEST_BACKOFF);
+        }
+    }
+
+    /// One session: register, then follow the assignment until the stream fails.
+    async fn once(&self, mut client: Client, backoff: &mut Duration) -> Result<(), tonic::Status> {
+        let mut req = tonic::Request::new(self.offer.clone());
+        req.set_timeout(CALL_TIMEOUT);
+        let reply = client.register(req).await?.into_inner();
+        self.learn_cluster(&reply.cluster_id);
+        let _ = self.events.send(Event::Registered { traffic_acked_seq: reply.traffic_acked_seq }).await;
+        // No deadline: the stream lasts as long as the session. A node that
+        // dies or is cut off is noticed by the channel's keepalive pings.
+        let req = tonic::Request::new(WatchAssignmentRequest { node_id: self.offer.node_id });
+        let mut stream = client.watch_assignment(req).await?.into_inner();
+        while let Some(assignment) = stream.message().await? {
+            *backoff = FIRST_BACKOFF;
+            if self.events.send(Event::Assignment(assignment)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the cluster's id in the data dir the first time it is heard.
+    fn learn_cluster(&self, id: &str) {
+        let cell = self.control_plane.peers.cluster();
+        if cell.get().is_some() {
+            return;
+        }
+        if let Ok(id) = id.parse::<ClusterId>() {
+            if let Err(e) = identity::record_cluster(&self.data_dir, self.identity, cell, id) {
+                tracing::warn!("recording the cluster id: {e}");
+            }
+        }
+    }
+}
+
+/// Refusals that mean this data dir must not serve under this id: another
+/// incarnation (FAILED_PRECONDITION) or a node the operator removed (NOT_FOUND).
+fn final_refusal(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied)
+        && !status.message().contains("not registered")
+}
