@@ -1,6 +1,6 @@
 //! A cluster with data-plane nodes on the machine's real Docker engine, for
 //! the end-to-end traffic tests: voters formed by `--initial-members`,
-//! data-plane nodes that join as learners with inbounds on free ports, waits
+//! data-plane-only nodes (agents of the voters) with inbounds on free ports, waits
 //! until their engines applied the cluster's state, users' links, and real
 //! sing-box clients built from those links.
 
@@ -127,10 +127,15 @@ impl DataplaneCluster {
         Self { cluster, engines: Vec::new(), admin_flags }
     }
 
-    /// Starts a data-plane node (a learner joining through the voters) with
+    /// Starts a data-plane-only node (its agent talks to the voters) with
     /// one inbound per protocol in `protocols`, each on a free port, public
     /// host 127.0.0.1 and the engine image the tests build.
     pub fn add_node(&mut self, protocols: &[&str]) -> DataplaneNode {
+        self.add_node_with(protocols, &[])
+    }
+
+    /// As [`Self::add_node`], with `extra` flags (e.g. `--labels region=eu`).
+    pub fn add_node_with(&mut self, protocols: &[&str], extra: &[&str]) -> DataplaneNode {
         let id = loop {
             let id = unique_node_id();
             if !self.cluster.nodes.contains_key(&id) {
@@ -147,6 +152,7 @@ impl DataplaneCluster {
         if protocols.contains(&"vless-tls") {
             flags.extend(["--tls-server-name".to_owned(), SERVER_NAME.to_owned()]);
         }
+        flags.extend(extra.iter().map(|f| (*f).to_owned()));
         if !self.admin_flags.is_empty() {
             // Under mutual TLS the node gets its certificate with a join token.
             let mut args: Vec<&str> = self.admin_flags.iter().map(String::as_str).collect();

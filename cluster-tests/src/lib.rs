@@ -25,6 +25,7 @@ pub mod linearizability;
 pub mod net;
 pub mod netns;
 pub mod process;
+pub mod secrecy;
 pub mod sim;
 pub mod traffic;
 

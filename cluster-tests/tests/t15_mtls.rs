@@ -13,8 +13,11 @@ use cluster_tests::process::own_binary;
 use cluster_tests::{eventually, Cluster};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::Code;
+use vpn_proto::internal::agent_client::AgentClient;
 use vpn_proto::internal::raft_client::RaftClient;
-use vpn_proto::internal::{HeartbeatRequest, RaftPayload, TimeoutNowRequest};
+use vpn_proto::internal::{
+    HeartbeatRequest, RaftPayload, RegisterRequest, TimeoutNowRequest, TrafficReport, UserUsage, WatchAssignmentRequest,
+};
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{AddMemberRequest, CreateUserRequest, ListUsersRequest, StatusRequest};
@@ -99,7 +102,8 @@ fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
 async fn state(cluster: &Cluster, leader: u64) -> (Vec<(String, String)>, Vec<u64>) {
     let mut users = cluster.users(leader);
     let page = users.list_users(ListUsersRequest { page_size: 1000, ..Default::default() }).await.expect("list");
-    let users = page.into_inner().users.into_iter().map(|u| (u.name, u.id)).collect();
+    // Each user's name, id and bytes used: a forged traffic report would move the last.
+    let users = page.into_inner().users.into_iter().map(|u| (u.name, format!("{} {}", u.id, u.used_bytes))).collect();
     let status = cluster.status(leader).await.expect("status");
     (users, status.members.iter().map(|m| m.id).collect())
 }
@@ -150,10 +154,25 @@ async fn mtls_cluster_serves_writes_through_any_node_and_refuses_every_outsider(
     let other = Pki::init(other_root.path());
     assert_ne!(code_of(create(Some(other.client(&other.dir, "admin"))).await), Code::Ok, "another CA");
 
-    // A data-plane node's certificate: no Raft, no public API, no joining as
-    // a voter or as someone else, no heartbeat as another node.
+    // A data-plane node's certificate: no Raft, no public API, no joining,
+    // and in the agent protocol nothing about another node: no registering,
+    // watching, heartbeating or reporting traffic as node 8.
     let edge = pki.client(&pki.node(9, "dataplane", &host), "node");
     assert_eq!(code_of(create(Some(edge.clone())).await), Code::PermissionDenied);
+    let list = UsersClient::new(tls_channel(addr, edge.clone())).list_users(ListUsersRequest::default()).await;
+    assert_eq!(code_of(list), Code::PermissionDenied, "a data-plane node reads no user");
+    let mut agent = AgentClient::new(tls_channel(addr, edge.clone()));
+    let watch = agent.watch_assignment(WatchAssignmentRequest { node_id: 8 }).await;
+    assert_eq!(watch.err().map(|s| s.code()), Some(Code::PermissionDenied), "another node's assignment");
+    let incarnation = "00000000-0000-4000-8000-000000000008".to_owned();
+    let as_8 = HeartbeatRequest { node_id: 8, incarnation, ..Default::default() };
+    assert_eq!(code_of(agent.heartbeat(as_8.clone()).await), Code::PermissionDenied, "a heartbeat as node 8");
+    let alice_id = before.0[0].1.split(' ').next().unwrap_or_default().to_owned();
+    let usage = vec![UserUsage { name: "alice".into(), user_id: alice_id, bytes: 1 << 30 }];
+    let traffic = HeartbeatRequest { traffic: vec![TrafficReport { seq: u64::MAX, usage }], ..as_8 };
+    assert_eq!(code_of(agent.heartbeat(traffic).await), Code::PermissionDenied, "node 8's traffic");
+    let register = RegisterRequest { node_id: 8, public_host: host.clone(), ..Default::default() };
+    assert_eq!(code_of(agent.register(register).await), Code::PermissionDenied, "registering node 8");
     let raft = |tls: ClientTlsConfig| RaftClient::new(tls_channel(addr, tls));
     let vote = RaftPayload { json: b"{}".to_vec() };
     assert_eq!(code_of(raft(edge.clone()).vote(vote.clone()).await), Code::PermissionDenied);

@@ -6,14 +6,19 @@
 //! (b) a Shadowsocks-2022 download survives adding and deleting other users;
 //! (c) disabling a user refuses her new connections within 1 s and ends her
 //!     live VLESS session within 5 s, while another user's session on the same
-//!     engine runs to completion; enabling her lets her in again.
+//!     engine runs to completion; enabling her lets her in again;
+//! (d) under mutual TLS, data-plane-only nodes joined by token hold only the
+//!     credentials of the users placed on them (files and process memory are
+//!     searched) and no CA key, and a node restarted while every control-plane
+//!     node is down serves its users from the assignment it kept.
 
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::http_get;
-use cluster_tests::dataplane::DataplaneCluster;
+use cluster_tests::dataplane::{DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker;
 use cluster_tests::eventually;
+use cluster_tests::secrecy;
 use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
 
 const VLESS: &str = "vless-tls";
@@ -199,32 +204,96 @@ async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_se
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn docker_mtls_a_node_joined_by_token_serves_a_user_end_to_end() {
-    if !docker::available("docker_mtls_a_node_joined_by_token_serves_a_user_end_to_end") {
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_mtls_edges_joined_by_token_hold_only_their_users_and_serve_without_the_control_plane() {
+    if !docker::available("docker_mtls_edges_joined_by_token_hold_only_their_users_and_serve_without_the_control_plane")
+    {
         return;
     }
     let source = HttpSource::start().await;
     let mut dp = DataplaneCluster::start_mtls(3).await;
-    let node = dp.add_node(&[VLESS, SS]);
-    dp.ok(&["user", "add", "alice"]).await;
+    let node = dp.add_node_with(&[VLESS, SS], &["--labels", "region=a"]);
+    let other = dp.add_node_with(&[SS], &["--labels", "region=b"]);
+    dp.ok(&["user", "add", "alice", "--constraint", "region=a"]).await;
+    dp.ok(&["user", "add", "bob", "--constraint", "region=b"]).await;
     let listed = dp.caught_up(node.id, 1).await;
+    dp.caught_up(other.id, 1).await;
     let expires = listed["cert_expires_at"].as_str().unwrap_or_default().to_owned();
     assert!(expires.starts_with("20"), "node list shows the certificate's expiry: {listed}");
     let status = dp.ok(&["-o", "json", "cluster", "status"]).await.json();
     assert_eq!(status["tls"], true);
 
     // The data-plane node made its key itself and holds a data-plane certificate.
-    let pki = dp.cluster.node(node.id).data_dir.join("pki");
+    let data_dir = dp.cluster.node(node.id).data_dir.clone();
+    let pki = data_dir.join("pki");
     let (_, der) = vpn_pki::files::read_pem(&pki.join("node.crt"), "CERTIFICATE").expect("node.crt");
     let principal = vpn_pki::CertInfo::from_der(&der).expect("identity").principal;
     assert_eq!(principal, vpn_pki::Principal::Node { id: node.id, role: vpn_pki::Role::DataPlane });
     assert!(pki.join("node.key").exists() && !pki.join("ca.key").exists(), "its own key, no CA key");
 
+    let mut links = Vec::new();
     for protocol in [VLESS, SS] {
         let link = dp.link("alice", node.id, protocol).await;
         let client = dp.client(&link).await;
         let moved = fetch_via_socks(client.proxy, source.addr, &format!("/{MIB}"), MIB).await;
         assert_eq!(moved, Ok(MIB), "1 MiB over {protocol} through node {}\n{}", node.id, dp.diagnose(node.id));
+        links.push(link);
+    }
+
+    // Edge secrecy: the node holds alice's credentials (it serves her), and
+    // neither bob's (placed elsewhere), nor any subscription token, nor the CA key.
+    let (alice, bob) = (dp.user("alice").await, dp.user("bob").await);
+    let secret = |user: &serde_json::Value, field: &str| {
+        let value = user["credentials"][field].as_str().unwrap_or_else(|| panic!("{field} in {user}"));
+        value.to_owned()
+    };
+    let token = |user: &serde_json::Value| {
+        let url = user["subscription_url"].as_str().unwrap_or_else(|| panic!("subscription_url in {user}"));
+        url.rsplit('/').next().unwrap_or_default().to_owned()
+    };
+    let ca_key = std::fs::read_to_string(dp.cluster.root.path().join("ca").join("ca.key")).expect("the CA key");
+    let ca_key_line = ca_key.lines().find(|l| !l.starts_with("-----")).expect("a PEM body").to_owned();
+    let foreign = [secret(&bob, "vless_uuid"), secret(&bob, "ss2022_key"), token(&bob), token(&alice), ca_key_line];
+    let foreign: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    let own = secret(&alice, "ss2022_key");
+    let on_disk = secrecy::in_files(&data_dir, &[&own]);
+    assert!(!on_disk.is_empty(), "the search finds what the node does hold (alice's key)");
+    assert_eq!(secrecy::in_files(&data_dir, &foreign), Vec::new(), "files of node {} hold a secret", node.id);
+    let pid = dp.cluster.node(node.id).pid().expect("running");
+    assert_eq!(secrecy::in_memory(pid, &[&own]), std::slice::from_ref(&own), "the search finds alice's key in memory");
+    assert_eq!(
+        secrecy::in_memory(pid, &foreign),
+        Vec::<String>::new(),
+        "the memory of node {} holds a secret",
+        node.id
+    );
+
+    // Serving without the control plane: every voter is down, the node's
+    // host fails (vpnd and its engines gone) and comes back; it makes its
+    // engines again from the assignment it kept and serves alice.
+    for voter in 1..=3 {
+        dp.cluster.node_mut(voter).kill9();
+    }
+    dp.kill_node(node.id);
+    assert!(dp.engines(node.id).is_empty(), "the engines went with the host");
+    dp.cluster.node_mut(node.id).start();
+    let http = dp.cluster.node(node.id).http;
+    eventually("the restarted node is ready on its kept assignment", ENGINES_UP, || async {
+        match http_get(http, "/readyz?verbose").await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for link in &links {
+        let client = dp.client(link).await;
+        let moved = fetch_via_socks(client.proxy, source.addr, &format!("/{MIB}"), MIB).await;
+        assert_eq!(
+            moved,
+            Ok(MIB),
+            "1 MiB over {} with the control plane down\n{}",
+            link.protocol,
+            dp.diagnose(node.id)
+        );
     }
 }
