@@ -20,7 +20,7 @@ use vpn_runtime::ApplyStatus;
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::{ClusterCell, Identity};
-use crate::metrics::Metrics;
+use crate::metrics::Exposition;
 use crate::peers::Peers;
 use crate::tls::{Material, Security};
 use crate::{agent, join_token, renewal};
@@ -49,7 +49,7 @@ pub async fn run(
         Security::Dev => return Err(Error::invalid("--dev", "runs a control-plane node: drop --join")),
     };
     let peers = Arc::new(Peers::new(ClusterCell::new(identity.cluster_id), material.as_ref().map(Material::client)));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Exposition::shared();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
     let host = agent::Host {
@@ -107,7 +107,7 @@ pub async fn run(
 }
 
 struct Health {
-    metrics: Arc<Metrics>,
+    metrics: Arc<Exposition>,
     engines: watch::Receiver<ApplyStatus>,
     tls: bool,
 }

@@ -205,7 +205,7 @@ async fn run_control_plane(
                 peers: node.peers.clone(),
                 control_plane: control_plane_endpoints(&config),
                 heartbeat: config.scheduling.node_heartbeat,
-                metrics: node.metrics.clone(),
+                metrics: node.metrics.exposition.clone(),
                 cert_not_after: node.tls.as_ref().map(|cert| cert.not_after),
                 fatal: fatal_tx.clone(),
             };

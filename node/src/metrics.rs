@@ -45,12 +45,42 @@ pub struct NodeLabel {
     pub node: u64,
 }
 
-/// Every metric of the node. Raft gauges are refreshed by a watcher on
-/// openraft's metrics channel; counters are bumped where things happen.
-/// Components that start later (the data-plane agent and its reconciler)
-/// add theirs through [`Metrics::register_with`].
+/// What `GET /metrics` renders. A data-plane-only node has one of its own
+/// (the agent's and the reconciler's metrics); a control-plane node's is
+/// inside its [`Metrics`].
+pub struct Exposition(Mutex<Registry>);
+
+impl Exposition {
+    fn new() -> Self {
+        Self(Mutex::new(Registry::with_prefix("vpn")))
+    }
+
+    /// Adds metrics (names get the `vpn_` prefix).
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// An empty one, for a data-plane-only node.
+    pub fn shared() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new())
+    }
+}
+
+/// Every metric of a control-plane node. Raft gauges are refreshed by a
+/// watcher on openraft's metrics channel; counters are bumped where things
+/// happen. Components that start later (the data-plane agent and its
+/// reconciler) add theirs to [`Metrics::exposition`].
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    pub exposition: std::sync::Arc<Exposition>,
     pub term: Gauge,
     pub leader_id: Gauge,
     pub is_leader: Gauge,
@@ -75,8 +105,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut m = Self {
-            registry: Mutex::new(Registry::with_prefix("vpn")),
+        let m = Self {
+            exposition: std::sync::Arc::new(Exposition::new()),
             term: Gauge::default(),
             leader_id: Gauge::default(),
             is_leader: Gauge::default(),
@@ -98,7 +128,7 @@ impl Default for Metrics {
             placement_changes: Counter::default(),
             plan_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
         };
-        let registry = m.registry.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let mut registry = m.exposition.0.lock().unwrap_or_else(PoisonError::into_inner);
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_leader_id", "Id of the known leader, 0 when none", m.leader_id.clone());
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
@@ -147,22 +177,14 @@ impl Default for Metrics {
             "Time one scheduler plan took on the leader",
             m.plan_duration.clone(),
         );
+        drop(registry);
         m
     }
 }
 
 impl Metrics {
-    /// Adds metrics to the node's registry (names get the `vpn_` prefix).
-    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
-        add(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        self.exposition.render()
     }
 }

@@ -47,7 +47,7 @@ pub use self::traffic::JournalError;
 use crate::config::DataplaneConfig;
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::metrics::Exposition;
 use crate::observer::as_i64;
 use crate::peers::Peers;
 
@@ -85,7 +85,8 @@ pub struct Host {
     /// Control-plane nodes to talk to, host:port, tried in this order.
     pub control_plane: Vec<String>,
     pub heartbeat: Duration,
-    pub metrics: Arc<Metrics>,
+    /// Where the agent's and the reconciler's metrics go.
+    pub metrics: Arc<Exposition>,
     /// When the node's certificate expires (seconds since the epoch).
     pub cert_not_after: Option<i64>,
     /// Where a refusal that no retry can change goes: the process stops.
