@@ -1,12 +1,13 @@
 //! Simulated data-plane agents, for scale runs without containers.
 //!
-//! Each agent of a [`Fleet`] speaks the wire protocol of a real one: it
-//! registers its offer through `Raft/Propose` and reports to the leader
-//! through `Raft/Heartbeat` every second, following the leader when it moves.
-//! Its engine is a test double that applies any desired state at once: it
-//! reports as applied the cluster's current generation, which one poller reads
-//! from any node (`Nodes/GetNode`, a local read), as a real agent reads its
-//! own replica. Simulated nodes are not Raft members: their ids start at
+//! Each agent of a [`Fleet`] speaks to the leader what a control-plane node
+//! relays for a real agent: it registers its offer through `Raft/Propose` and
+//! reports through `Raft/Heartbeat` every second, following the leader when
+//! it moves (so the fleet costs no watch streams; the scenario runs
+//! `--insecure`). Its engine is a test double that applies any assignment at
+//! once: it reports as applied its node's assigned generation, which one
+//! poller reads for the whole fleet from any node (`Nodes/ListNodes`, a local
+//! read). Simulated nodes are not Raft members: their ids start at
 //! [`FIRST_ID`], clear of the members', and no member record checks them.
 //!
 //! Beside the fleet, what a scale run needs around it: [`create_users`] (many
@@ -29,7 +30,7 @@ use vpn_proto::internal::raft_client::RaftClient;
 use vpn_proto::internal::{HeartbeatRequest, RaftPayload};
 use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::users_client::UsersClient;
-use vpn_proto::v1::{CreateUserRequest, GetNodeRequest, ListUsersRequest, ReadConsistency};
+use vpn_proto::v1::{CreateUserRequest, ListNodesRequest, ListUsersRequest, ReadConsistency};
 use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol};
 
@@ -41,7 +42,7 @@ pub const FIRST_ID: u64 = 1000;
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A heartbeat the leader did not answer within this counts as failed (as in the real agent).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often the engine double learns the cluster's generation.
+/// How often the engine doubles learn their nodes' assigned generations.
 const GENERATION_POLL: Duration = Duration::from_millis(250);
 /// Longest a proposal (a registration) is retried: elections, a busy leader.
 const PROPOSE_WITHIN: Duration = Duration::from_secs(30);
@@ -140,7 +141,7 @@ impl Fleet {
                 other => bail!("registering {n} nodes at once: the leader answered {other:?}"),
             }
         }
-        let (generation_tx, generation) = watch::channel(0);
+        let (generation_tx, generation) = watch::channel(BTreeMap::new());
         let counts = Arc::new(Counts::default());
         let mut fleet = Self { agents: BTreeMap::new(), poller: None, counts: counts.clone() };
         let first_beat = tokio::time::Instant::now();
@@ -152,7 +153,7 @@ impl Fleet {
                 }
             }
             if fleet.poller.is_none() {
-                fleet.poller = Some(tokio::spawn(poll_generation(links.clone(), id, generation_tx.clone())));
+                fleet.poller = Some(tokio::spawn(poll_generations(links.clone(), generation_tx.clone())));
             }
             let acked = Arc::new(Mutex::new(None));
             let beat = Beat { id, links: links.clone(), generation: generation.clone(), acked: acked.clone() };
@@ -248,7 +249,8 @@ where
 struct Beat {
     id: u64,
     links: Arc<Links>,
-    generation: watch::Receiver<u64>,
+    /// Every node's assigned generation, as last polled.
+    generation: watch::Receiver<BTreeMap<u64, u64>>,
     acked: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -265,7 +267,7 @@ impl Beat {
                     node_id: self.id,
                     incarnation: INCARNATION.into(),
                     // The engine double applied everything it was shown.
-                    applied_generation: *self.generation.borrow(),
+                    applied_generation: self.generation.borrow().get(&self.id).copied().unwrap_or(0),
                     engine_error: String::new(),
                     traffic: Vec::new(),
                 });
@@ -288,9 +290,9 @@ impl Beat {
     }
 }
 
-/// Keeps `generation` at the newest `desired_generation` any endpoint shows
-/// for node `probe`, trying the endpoints in turn.
-async fn poll_generation(links: Arc<Links>, probe: u64, generation: watch::Sender<u64>) {
+/// Keeps `generations` at each node's newest `desired_generation` (its
+/// assigned generation) any endpoint shows, trying the endpoints in turn.
+async fn poll_generations(links: Arc<Links>, generations: watch::Sender<BTreeMap<u64, u64>>) {
     let mut tick = tokio::time::interval(GENERATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let n = links.endpoints.len();
@@ -300,16 +302,14 @@ async fn poll_generation(links: Arc<Links>, probe: u64, generation: watch::Sende
         for _ in 0..n {
             let ch = links.endpoints[next].1.clone();
             next = (next + 1) % n;
-            let mut req = Request::new(GetNodeRequest { id: probe, consistency: ReadConsistency::Local.into() });
+            let mut req = Request::new(ListNodesRequest { consistency: ReadConsistency::Local.into() });
             req.set_timeout(Duration::from_secs(2));
-            if let Ok(node) = NodesClient::new(ch).get_node(req).await {
-                let desired = node.into_inner().desired_generation;
-                generation.send_if_modified(|g| {
-                    let newer = desired > *g;
-                    if newer {
-                        *g = desired;
+            if let Ok(list) = NodesClient::new(ch).list_nodes(req).await {
+                generations.send_modify(|known| {
+                    for node in list.into_inner().nodes {
+                        let g = known.entry(node.id).or_default();
+                        *g = (*g).max(node.desired_generation);
                     }
-                    newer
                 });
                 break;
             }

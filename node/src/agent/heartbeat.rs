@@ -27,8 +27,9 @@ use crate::observer::as_i64;
 /// takes as many (`leader::heartbeat::MAX_REPORTS`).
 const MAX_REPORTS: usize = 64;
 
-/// A heartbeat not answered within this is counted as failed.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A heartbeat not answered within this is counted as failed (two tries fit
+/// in the leader's default 5 s before it marks a node down).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Heartbeat {
     pub identity: Identity,
@@ -132,17 +133,24 @@ impl Heartbeat {
         }
     }
 
-    /// Through the control-plane node talked to now; a failure moves on to the next.
+    /// Through the control-plane node talked to now; when that fails, once
+    /// more through the next one, so that one dead or cut-off control-plane
+    /// node costs no missed heartbeat (the leader marks a node down after a
+    /// few).
     async fn send(&self, request: HeartbeatRequest) -> Result<HeartbeatReply, Error> {
-        let (addr, mut client) = self.control_plane.current()?;
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(HEARTBEAT_TIMEOUT);
-        match client.heartbeat(req).await {
-            Ok(reply) => Ok(reply.into_inner()),
-            Err(s) => {
-                self.control_plane.failed(&addr);
-                Err(Error::unavailable(format!("control-plane node {addr}: {}", s.message())))
+        let mut failure = None;
+        for _ in 0..2 {
+            let (addr, mut client) = self.control_plane.current()?;
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(HEARTBEAT_TIMEOUT);
+            match client.heartbeat(req).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(s) => {
+                    self.control_plane.failed(&addr);
+                    failure = Some(Error::unavailable(format!("control-plane node {addr}: {}", s.message())));
+                }
             }
         }
+        Err(failure.unwrap_or_else(|| Error::unavailable("no control-plane node answered")))
     }
 }

@@ -1,10 +1,11 @@
 //! The agent's session with the control plane: it registers the node's offer
 //! with one control-plane node, then watches the node's assignment there;
 //! when that node fails, the session moves to the next one it knows.
-//! Heartbeats go to the node the session is on ([`ControlPlane::current`]).
+//! Heartbeats go to the node the session is on ([`ControlPlane::current`]);
+//! when one fails (that node died, or is cut off from the leader and so
+//! may serve a stale assignment) both move on, the session included.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,18 +26,19 @@ const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
 /// The control-plane nodes an agent knows, and which of them it talks to.
 pub struct ControlPlane {
     endpoints: Vec<String>,
-    current: AtomicUsize,
+    /// Index (modulo the endpoints) of the node talked to; every move bumps it.
+    current: watch::Sender<usize>,
     peers: Arc<Peers>,
 }
 
 impl ControlPlane {
     pub fn new(endpoints: Vec<String>, peers: Arc<Peers>) -> Self {
-        Self { endpoints, current: AtomicUsize::new(0), peers }
+        Self { endpoints, current: watch::channel(0).0, peers }
     }
 
     /// The node talked to now: its address and a client of its agent service.
     pub fn current(&self) -> Result<(String, Client), Error> {
-        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        let i = *self.current.borrow() % self.endpoints.len().max(1);
         let addr = self.endpoints.get(i).ok_or_else(|| Error::unavailable("no control-plane node known"))?.clone();
         let channel = self.peers.channel(&addr)?;
         Ok((addr, self.peers.agent_client(channel)))
@@ -44,10 +46,21 @@ impl ControlPlane {
 
     /// Moves on from `addr` to the next node (unless someone already did).
     pub fn failed(&self, addr: &str) {
-        let i = self.current.load(Ordering::Relaxed);
-        if self.endpoints.get(i % self.endpoints.len().max(1)).is_some_and(|a| a == addr) {
-            let _ = self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
-        }
+        let n = self.endpoints.len().max(1);
+        self.current.send_if_modified(|i| {
+            let on_it = self.endpoints.get(*i % n).is_some_and(|a| a == addr);
+            if on_it {
+                *i = i.wrapping_add(1);
+            }
+            on_it
+        });
+    }
+
+    /// Resolves when the agent moved on to another node.
+    async fn moved(&self, from: &str) {
+        let mut current = self.current.subscribe();
+        let n = self.endpoints.len().max(1);
+        let _ = current.wait_for(|i| self.endpoints.get(*i % n).is_none_or(|a| a != from)).await;
     }
 }
 
@@ -84,6 +97,10 @@ impl Session {
             };
             let outcome = tokio::select! {
                 outcome = self.once(client, &mut backoff) => outcome,
+                () = self.control_plane.moved(&addr) => {
+                    tracing::info!(control_plane = %addr, "heartbeats failed there; moving on");
+                    continue;
+                }
                 _ = stop.changed() => return,
             };
             match outcome {

@@ -1,19 +1,22 @@
-//! Every data-plane node's assignment as this control-plane node's copy of
-//! the state says, rebuilt as the state moves and published to the watch
-//! streams of the agents connected here.
+//! The assignments of the data-plane nodes watched through this
+//! control-plane node, as its copy of the state says, rebuilt as the state
+//! moves and published to the watch streams of the agents connected here.
+//! Nodes nobody watches here cost nothing.
 //!
 //! A node's assignment changes only when the state stamps it with a new
 //! [`assigned_generation`](vpn_storage::model::DataplaneNode::assigned_generation),
-//! so a write that touches no node (a user created but not yet placed,
-//! traffic recorded) costs one pass over the nodes, and only a write that
-//! moves some node's users costs a pass over the users, which rebuilds just
-//! the nodes it moved.
+//! so a write that touches no watched node (a user created but not yet
+//! placed, traffic recorded) costs one pass over the watched nodes, and only
+//! a write that moves some watched node's users costs a pass over the users,
+//! which rebuilds just the nodes it moved. Rebuilds are spaced by at least
+//! [`COALESCE`] and by a multiple of the last one's duration, so a burst of
+//! placements (a bulk import, a failover) costs a bounded share of a core.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use vpn_proto::internal::{AssignedUser, Assignment};
 use vpn_storage::model::UserStatus;
 use vpn_storage::state::State;
@@ -23,65 +26,105 @@ use crate::node::Node;
 
 /// Shortest time between two rebuilds: a burst of writes costs one pass.
 const COALESCE: Duration = Duration::from_millis(20);
+/// After a rebuild that took `d`, the next waits at least `d` times this.
+const PAUSE_PER_PASS: u32 = 4;
 
-/// Each registered data-plane node's current assignment.
+/// Each watched data-plane node's current assignment.
 pub type Table = HashMap<NodeId, Arc<Assignment>>;
 
 /// The published table; cheap to clone.
 #[derive(Clone)]
 pub struct Assignments {
     table: watch::Receiver<Arc<Table>>,
+    interest: Arc<Interest>,
+}
+
+/// Which nodes are watched here, and how many times each.
+#[derive(Default)]
+struct Interest {
+    watched: Mutex<HashMap<NodeId, usize>>,
+    changed: Notify,
+}
+
+impl Interest {
+    fn watched(&self) -> BTreeSet<NodeId> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
+    }
+}
+
+/// Keeps node `id` in the table while it lives (one watch stream).
+pub struct Watching {
+    id: NodeId,
+    interest: Arc<Interest>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut watched = self.interest.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = watched.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                watched.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Assignments {
     /// Starts following `node`'s state; stops when `stop` turns true.
     pub fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
-        let first = Arc::new(node.state.read(|s| rebuild(s, &Table::new())));
-        let (tx, table) = watch::channel(first);
-        tokio::spawn(follow(node, tx, stop));
-        Self { table }
+        let (tx, table) = watch::channel(Arc::new(Table::new()));
+        let interest = Arc::new(Interest::default());
+        tokio::spawn(follow(node, tx, interest.clone(), stop));
+        Self { table, interest }
     }
 
-    /// A receiver that sees every new table.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
-        self.table.clone()
-    }
-
-    /// Node `id`'s assignment as published now.
-    pub fn get(&self, id: NodeId) -> Option<Arc<Assignment>> {
-        self.table.borrow().get(&id).cloned()
+    /// Node `id`'s assignment from now on: a receiver that sees every new
+    /// table (which holds the node from the next rebuild on), and the guard
+    /// that keeps it there.
+    pub fn watch(&self, id: NodeId) -> (Watching, watch::Receiver<Arc<Table>>) {
+        *self.interest.watched.lock().unwrap_or_else(PoisonError::into_inner).entry(id).or_default() += 1;
+        self.interest.changed.notify_one();
+        (Watching { id, interest: self.interest.clone() }, self.table.clone())
     }
 }
 
-async fn follow(node: Arc<Node>, tx: watch::Sender<Arc<Table>>, mut stop: watch::Receiver<bool>) {
+async fn follow(
+    node: Arc<Node>,
+    tx: watch::Sender<Arc<Table>>,
+    interest: Arc<Interest>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut raft = node.raft.metrics();
-    let mut seen = node.state.read(|s| s.generation);
+    let mut seen = (u64::MAX, BTreeSet::new());
     loop {
         tokio::select! {
             changed = raft.changed() => if changed.is_err() { return },
+            () = interest.changed.notified() => {}
             _ = stop.changed() => return,
         }
         raft.borrow_and_update();
-        let generation = node.state.read(|s| s.generation);
-        if generation == seen {
+        let now = (node.state.read(|s| s.generation), interest.watched());
+        if now == seen {
             continue;
         }
-        seen = generation;
+        let started = Instant::now();
         let current = tx.borrow().clone();
-        let next = node.state.read(|s| rebuild(s, &current));
+        let next = node.state.read(|s| rebuild(s, &current, &now.1));
         if next != *current {
             tx.send_replace(Arc::new(next));
         }
-        tokio::time::sleep(COALESCE).await;
+        seen = now;
+        tokio::time::sleep(COALESCE.max(started.elapsed() * PAUSE_PER_PASS)).await;
     }
 }
 
-/// The table for `state`, reusing `current`'s entry of every node whose
-/// assigned generation did not move.
-fn rebuild(state: &State, current: &Table) -> Table {
-    let mut table = Table::with_capacity(state.dataplane_nodes.len());
+/// The table of the `watched` nodes in `state`, reusing `current`'s entry of
+/// every node whose assigned generation did not move.
+fn rebuild(state: &State, current: &Table, watched: &BTreeSet<NodeId>) -> Table {
+    let mut table = Table::with_capacity(watched.len());
     let mut moved: HashMap<NodeId, Vec<AssignedUser>> = HashMap::new();
-    for node in state.dataplane_nodes.values() {
+    for node in watched.iter().filter_map(|id| state.dataplane_nodes.get(id)) {
         match current.get(&node.id) {
             Some(a) if a.generation == node.assigned_generation => {
                 table.insert(node.id, a.clone());
@@ -127,6 +170,10 @@ mod tests {
         apply(state, &Command::Place(vec![Move { user: user.into(), add: vec![node], remove: vec![] }]));
     }
 
+    fn both() -> BTreeSet<NodeId> {
+        BTreeSet::from([7, 8])
+    }
+
     fn names(table: &Table, id: NodeId) -> Vec<String> {
         table[&id].users.iter().map(|u| u.name.clone()).collect()
     }
@@ -142,8 +189,10 @@ mod tests {
         place(&mut state, "alice", 7);
         place(&mut state, "bob", 8);
         place(&mut state, "carol", 7);
-        let table = rebuild(&state, &Table::new());
+        let table = rebuild(&state, &Table::new(), &both());
         assert_eq!(names(&table, 7), ["alice", "carol"]);
+        let only_8 = rebuild(&state, &Table::new(), &BTreeSet::from([8, 9]));
+        assert_eq!((only_8.len(), names(&only_8, 8)), (1, vec!["bob".to_owned()]), "watched and registered only");
         assert_eq!(names(&table, 8), ["bob"]);
         let alice = &state.users["alice"];
         let assigned = &table[&7].users[0];
@@ -161,14 +210,14 @@ mod tests {
         apply(&mut state, &Command::CreateUser(User::new("bob".into(), 0)));
         place(&mut state, "alice", 7);
         place(&mut state, "bob", 8);
-        let before = rebuild(&state, &Table::new());
+        let before = rebuild(&state, &Table::new(), &both());
 
         apply(&mut state, &Command::CreateUser(User::new("carol".into(), 0)));
-        let unplaced = rebuild(&state, &before);
+        let unplaced = rebuild(&state, &before, &both());
         assert!(Arc::ptr_eq(&unplaced[&7], &before[&7]) && Arc::ptr_eq(&unplaced[&8], &before[&8]));
 
         apply(&mut state, &Command::DeleteUser { name: "bob".into() });
-        let after = rebuild(&state, &before);
+        let after = rebuild(&state, &before, &both());
         assert!(Arc::ptr_eq(&after[&7], &before[&7]), "node 7 kept its assignment");
         assert!(names(&after, 8).is_empty(), "bob left node 8");
         assert!(after[&8].generation > before[&8].generation);

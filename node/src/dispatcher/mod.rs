@@ -53,6 +53,17 @@ impl AgentRpc for AgentService {
             field: "incarnation",
             detail: format!("{:?} is not a UUID", req.incarnation),
         })?;
+        // An agent registers at the start of every session: when this copy
+        // already holds the same identity and offer, nothing needs writing.
+        let known = self.node.state.read(|s| {
+            let member = s.members.get(&req.node_id).is_some_and(|m| m.incarnation == incarnation);
+            let registered = s.dataplane_nodes.get(&req.node_id).filter(|n| n.same_offer(&offer));
+            registered.filter(|_| member).map(|n| n.traffic_seq)
+        });
+        let cluster_id = self.node.peers.cluster().get().map(|id| id.to_string()).unwrap_or_default();
+        if let Some(traffic_acked_seq) = known {
+            return Ok(Response::new(RegisterReply { traffic_acked_seq, cluster_id }));
+        }
         // The data dir's identity first: a wiped node must not take over the
         // record (and the placements) of the node it was.
         let member = MemberRecord { id: req.node_id, addr: String::new(), incarnation };
@@ -71,7 +82,6 @@ impl AgentRpc for AgentService {
             CommandResponse::DataplaneNode(node) => node,
             other => return Err(Error::Internal(format!("unexpected apply result {other:?}")).into()),
         };
-        let cluster_id = self.node.peers.cluster().get().map(|id| id.to_string()).unwrap_or_default();
         Ok(Response::new(RegisterReply { traffic_acked_seq: recorded.traffic_seq, cluster_id }))
     }
 
@@ -85,36 +95,39 @@ impl AgentRpc for AgentService {
     ) -> Result<Response<AssignmentStream>, Status> {
         let id = req.get_ref().node_id;
         require_node(&req, id, "watch the assignment")?;
-        if self.assignments.get(id).is_none() {
+        let registered = |node: &Node| node.state.read(|s| s.dataplane_nodes.contains_key(&id));
+        if !registered(&self.node) {
             // Registered a moment ago through another node, maybe: look again
             // once this copy holds every acknowledged write.
             self.node.linearizable_barrier().await?;
-            if !self.node.state.read(|s| s.dataplane_nodes.contains_key(&id)) {
+            if !registered(&self.node) {
                 return Err(not_registered(id).into());
             }
         }
-        let table = self.assignments.subscribe();
-        let stream = futures::stream::unfold((table, 0u64, false), move |(mut table, sent, done)| async move {
-            if done {
+        let (watching, table) = self.assignments.watch(id);
+        let start = Follow { table, _watching: watching, sent: 0, done: false };
+        let stream = futures::stream::unfold(start, move |mut f| async move {
+            if f.done {
                 return None;
             }
             loop {
-                let current = table.borrow_and_update().get(&id).cloned();
+                let current = f.table.borrow_and_update().get(&id).cloned();
                 match current {
-                    None if sent > 0 => {
-                        let gone = Status::not_found(format!("node {id} was removed from the cluster"));
-                        return Some((Err(gone), (table, sent, true)));
+                    None if f.sent > 0 => {
+                        f.done = true;
+                        return Some((Err(Status::not_found(format!("node {id} was removed from the cluster"))), f));
                     }
-                    // Registered, but not in this node's table yet: wait for it.
+                    // Not in this node's table yet (the next rebuild adds it): wait.
                     None => {}
-                    Some(a) if a.generation != sent => {
-                        let generation = a.generation;
-                        return Some((Ok(Assignment::clone(&a)), (table, generation, false)));
+                    Some(a) if a.generation != f.sent => {
+                        f.sent = a.generation;
+                        return Some((Ok(Assignment::clone(&a)), f));
                     }
                     Some(_) => {}
                 }
-                if table.changed().await.is_err() {
-                    return Some((Err(Status::unavailable("this node is stopping")), (table, sent, true)));
+                if f.table.changed().await.is_err() {
+                    f.done = true;
+                    return Some((Err(Status::unavailable("this node is stopping")), f));
                 }
             }
         });
@@ -138,6 +151,16 @@ impl AgentRpc for AgentService {
             _ => s,
         })
     }
+}
+
+/// One watch stream's state: what it last sent, and the guard that keeps its
+/// node in the table while the stream lives.
+struct Follow {
+    table: tokio::sync::watch::Receiver<Arc<assignments::Table>>,
+    /// Held, never read: dropping the stream drops it.
+    _watching: assignments::Watching,
+    sent: u64,
+    done: bool,
 }
 
 fn not_registered(id: NodeId) -> Error {
