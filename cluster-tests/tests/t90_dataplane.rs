@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cluster_tests::cli::{vpnctl, Run};
-use cluster_tests::dataplane::{node_caught_up, ENGINES_UP};
+use cluster_tests::dataplane::{node_caught_up, DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker::{self, Engines, ENGINE_IMAGE};
 use cluster_tests::net::free_port;
 use cluster_tests::{eventually, Cluster};
@@ -126,4 +126,42 @@ async fn docker_node_list_and_user_links() {
 
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// A data-plane node's agent talks to one control-plane node at a time (the
+/// first of `--join`, node 1). When that node dies, the agent moves to
+/// another: its heartbeats keep arriving (the leader never marks it down)
+/// and it keeps following its assignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies() {
+    if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies") {
+        return;
+    }
+    let mut dp = DataplaneCluster::start(3).await;
+    // Node 1 must not lead: its death alone should move nothing (a SIGTERM hands leadership over).
+    for _ in 0..3 {
+        if dp.cluster.wait_leader().await != 1 {
+            break;
+        }
+        let stopped = dp.cluster.node_mut(1).terminate(Duration::from_secs(20));
+        assert!(stopped.success(), "{stopped:?}");
+        dp.cluster.node_mut(1).start();
+    }
+    let node = dp.add_node(&["shadowsocks-2022"]);
+    dp.ok(&["user", "add", "alice"]).await;
+    dp.caught_up(node.id, 1).await;
+    let leader = dp.cluster.wait_leader().await;
+    assert_ne!(leader, 1, "node 1 still leads");
+
+    dp.cluster.node_mut(1).kill9();
+    dp.ok(&["user", "add", "bob"]).await;
+    let listed = dp.caught_up(node.id, 2).await;
+    assert_eq!(listed["status"], "ready", "{listed}");
+    // Longer than the leader's 5 s down-after: a node whose heartbeats stopped would be down by now.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let listed = dp.caught_up(node.id, 2).await;
+    assert_eq!(listed["status"], "ready", "{listed}");
+    let leader_now = dp.cluster.wait_leader().await;
+    let failovers = dp.cluster.metric(leader_now, "vpn_failovers_total").await.expect("metric");
+    assert_eq!(failovers, 0.0, "node {} was marked down (leader {leader} before, {leader_now} now)", node.id);
 }
