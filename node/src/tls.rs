@@ -4,6 +4,8 @@
 //! The files are read and checked before anything starts: the certificate
 //! must come from the trusted CA, name this node's `--id`, and match its key;
 //! the key must be readable by its owner only. Each problem names the flag.
+//! They are parsed once, by what TLS itself runs (rustls, webpki, ring): the
+//! key loaded for the check is the one the server signs with.
 //! `--dev` makes its own CA and certificates in `<data-dir>/pki` instead.
 
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use vpn_pki::files::{pem_to_der, private_dir, read_pem, write_private};
+use vpn_pki::files::{private_dir, read_pem, write_private};
 use vpn_pki::{CertInfo, Principal, Role};
 
 use crate::error::Error;
@@ -41,6 +43,10 @@ pub struct Material {
     pub ca_pem: String,
     pub cert_pem: String,
     key_pem: String,
+    /// The trusted CA's certificate (the first in its file), DER.
+    ca_der: Vec<u8>,
+    /// The certificate chain and the loaded key, as the server presents them.
+    certified: Arc<CertifiedKey>,
     /// What this node's own certificate names, and when it expires.
     pub info: CertInfo,
 }
@@ -75,26 +81,18 @@ impl Material {
                 })
             }
         }
-        if !vpn_pki::key_matches(&cert_der, &key_pem).map_err(|e| flag("--key-file", e))? {
-            return Err(Error::InvalidFlag {
-                flag: "--key-file",
-                detail: format!("{} is not the key of {}", key.display(), cert.display()),
-            });
+        let certified = certified_key(&cert_pem, &ca_pem, &key_pem)?;
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(Error::InvalidFlag {
+                    flag: "--key-file",
+                    detail: format!("{} is not the key of {}", key.display(), cert.display()),
+                })
+            }
+            Err(e) => return Err(Error::InvalidFlag { flag: "--key-file", detail: unusable_key(e) }),
         }
-        Ok(Self { ca_pem, cert_pem, key_pem, info })
-    }
-
-    /// This node's certificate (with the CA's, so a client sees the whole
-    /// chain, which a joining node pins by digest) and key, for rustls.
-    fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
-        let bad = |e: String| Error::InvalidFlag { flag: "--cert-file", detail: format!("TLS cannot use it: {e}") };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(e.to_string()))?;
-        Ok(Arc::new(CertifiedKey::new(chain, signing)))
+        Ok(Self { ca_pem, cert_pem, key_pem, ca_der, certified: Arc::new(certified), info })
     }
 
     /// The client side, for calls to other nodes: presents this node's certificate.
@@ -133,8 +131,30 @@ impl Material {
 
     /// SHA-256 of the trusted CA's certificate: what join tokens pin.
     pub fn ca_digest(&self) -> String {
-        vpn_pki::digest(&pem_to_der(&self.ca_pem, "CERTIFICATE").unwrap_or_default())
+        vpn_pki::digest(&self.ca_der)
     }
+}
+
+/// This node's certificate (with the CA's, so a client sees the whole chain,
+/// which a joining node pins by digest) and its key, loaded for rustls.
+fn certified_key(cert_pem: &str, ca_pem: &str, key_pem: &str) -> Result<CertifiedKey, Error> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::InvalidFlag { flag: "--key-file", detail: unusable_key(e) })?;
+    // PKCS#8, as `vpnctl pki` and `--dev` write keys (and as vpnd has always required).
+    if !matches!(key, PrivateKeyDer::Pkcs8(_)) {
+        return Err(Error::InvalidFlag { flag: "--key-file", detail: unusable_key("not PKCS#8 (BEGIN PRIVATE KEY)") });
+    }
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| Error::InvalidFlag { flag: "--key-file", detail: unusable_key(e) })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .chain(CertificateDer::pem_slice_iter(ca_pem.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::InvalidFlag { flag: "--cert-file", detail: format!("TLS cannot use it: {e}") })?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+fn unusable_key(e: impl std::fmt::Display) -> String {
+    format!("key: not a usable private key: {e}")
 }
 
 /// The gRPC port's server side of mutual TLS. Client certificates are
@@ -168,7 +188,7 @@ impl ServerTls {
             .allow_unauthenticated()
             .build()
             .map_err(|e| Error::InvalidFlag { flag: "--trusted-ca-file", detail: e.to_string() })?;
-        let current = Arc::new(CurrentCert(RwLock::new(material.certified_key()?)));
+        let current = Arc::new(CurrentCert(RwLock::new(material.certified.clone())));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -180,8 +200,7 @@ impl ServerTls {
 
     /// Serves `material`'s certificate to every new connection from now on.
     pub fn replace(&self, material: &Material) -> Result<(), Error> {
-        let next = material.certified_key()?;
-        *self.current.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+        *self.current.0.write().unwrap_or_else(PoisonError::into_inner) = material.certified.clone();
         Ok(())
     }
 
@@ -351,6 +370,10 @@ mod tests {
         let wrong_key = files.write("wrong.key", &node3.key_pem, 0o600);
         let err = Material::load(&ca_file, &cert, &wrong_key, 2).expect_err("key of another cert");
         assert!(err.to_string().starts_with("--key-file:") && err.to_string().contains("is not the key of"), "{err}");
+
+        let sec1 = files.write("sec1.key", &node2.key_pem.replace("PRIVATE KEY", "EC PRIVATE KEY"), 0o600);
+        let err = Material::load(&ca_file, &cert, &sec1, 2).expect_err("not PKCS#8");
+        assert!(err.to_string().starts_with("--key-file: key: not a usable private key"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType, SerialNumber,
 };
+use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use crate::files::read_pem;
@@ -193,28 +194,56 @@ pub fn make_csr(hosts: &[String]) -> Result<(String, String), PkiError> {
 }
 
 /// Checks that `der` was issued by the CA certificate `ca_der` and is valid
-/// now; what it names. (TLS checks the same on every connection; this is for
-/// files, before a node starts with them.)
+/// now; what it names. This is the check TLS makes of a client certificate
+/// on every connection (webpki, with rustls' signature algorithms), made here
+/// on files, before a node starts with them.
 pub fn verify_issued(ca_der: &[u8], der: &[u8]) -> Result<CertInfo, PkiError> {
-    let (_, ca) = x509_parser::parse_x509_certificate(ca_der)
+    let ca_der = CertificateDer::from(ca_der);
+    let anchor = webpki::anchor_from_trusted_cert(&ca_der)
         .map_err(|e| PkiError::invalid("CA certificate", format!("not an X.509 certificate: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
-    cert.verify_signature(Some(ca.public_key()))
-        .map_err(|_| PkiError::invalid("certificate", "was not issued by this cluster's CA"))?;
-    if !cert.validity().is_valid() {
-        return Err(PkiError::invalid("certificate", "has expired or is not valid yet"));
+    let der = CertificateDer::from(der);
+    let cert = crate::principal::parse(&der)?;
+    // Every certificate the CA issues can authenticate a TLS client: nodes
+    // present theirs to each other, clients to the nodes.
+    let usage = webpki::KeyUsage::client_auth();
+    let now = UnixTime::now();
+    match cert.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], now, usage, None, None) {
+        Ok(_) => CertInfo::read(&cert),
+        Err(e) => Err(refusal(e, &cert)),
     }
-    CertInfo::from_der(der)
+}
+
+/// Why webpki refused `cert`, in the words vpnctl and vpnd use.
+fn refusal(e: webpki::Error, cert: &webpki::EndEntityCert<'_>) -> PkiError {
+    match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            PkiError::invalid("certificate", "has expired or is not valid yet")
+        }
+        webpki::Error::UnknownIssuer
+        | webpki::Error::InvalidSignatureForPublicKey
+        | webpki::Error::UnsupportedSignatureAlgorithmContext(_)
+        | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            PkiError::invalid("certificate", "was not issued by this cluster's CA")
+        }
+        // What TLS refuses beyond issue and validity (a CA certificate as a
+        // node's, a usage other than client authentication): a certificate
+        // that names no identity is still said to be that first.
+        other => match CertInfo::read(cert) {
+            Err(identity) => identity,
+            Ok(_) => PkiError::invalid("certificate", format!("cannot be used with this cluster's CA: {other}")),
+        },
+    }
 }
 
 /// Whether the private key `key_pem` belongs to the certificate `cert_der`.
 pub fn key_matches(cert_der: &[u8], key_pem: &str) -> Result<bool, PkiError> {
     let key =
         KeyPair::from_pem(key_pem).map_err(|e| PkiError::invalid("key", format!("not a usable private key: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
-    Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+    let cert_der = CertificateDer::from(cert_der);
+    let spki = crate::principal::parse(&cert_der)?.subject_public_key_info();
+    let bits = crate::der::public_key_bits(spki.as_ref())
+        .ok_or_else(|| PkiError::invalid("certificate", "unreadable public key"))?;
+    Ok(bits == key.public_key_raw())
 }
 
 fn is_dns_name(host: &str) -> bool {
@@ -261,6 +290,31 @@ mod tests {
         let other = Ca::generate("another CA").expect("ca");
         let refused = other.verify(&der).expect_err("another CA's certificate");
         assert!(refused.to_string().contains("not issued by this cluster's CA"), "{refused}");
+    }
+
+    #[test]
+    fn the_validity_read_is_the_one_x509_parser_reads_and_an_expired_certificate_is_refused() {
+        let ca = Ca::generate("test CA").expect("ca");
+        let node = ca.issue_node(4, Role::DataPlane, &[], NODE_LIFETIME).expect("node cert");
+        let der = crate::files::pem_to_der(&node.cert_pem, "CERTIFICATE").expect("pem");
+        let info = ca.verify(&der).expect("verifies");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        assert_eq!(info.not_before, parsed.validity().not_before.timestamp());
+        assert_eq!(info.not_after, parsed.validity().not_after.timestamp());
+
+        let mut params = CertificateParams::default();
+        let now = OffsetDateTime::now_utc();
+        (params.not_before, params.not_after) = (now - time::Duration::days(2), now - time::Duration::days(1));
+        params.subject_alt_names.push(SanType::URI("urn:vpn:node:4:dataplane".try_into().expect("uri")));
+        let issuer = Issuer::from_ca_cert_pem(ca.cert_pem(), &ca.key).expect("issuer");
+        let expired = params.signed_by(&KeyPair::generate().expect("key"), &issuer).expect("signed");
+        let refused = ca.verify(expired.der()).expect_err("expired");
+        assert_eq!(refused.to_string(), "certificate: has expired or is not valid yet");
+        let ca_der = crate::files::pem_to_der(ca.cert_pem(), "CERTIFICATE").expect("pem");
+        let refused = ca.verify(&ca_der).expect_err("the CA's own certificate");
+        assert!(refused.to_string().contains("names no node or client identity"), "{refused}");
+        let garbage = ca.verify(b"not DER").expect_err("garbage");
+        assert!(garbage.to_string().starts_with("certificate: not an X.509 certificate"), "{garbage}");
     }
 
     #[test]

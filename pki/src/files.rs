@@ -4,6 +4,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use rustls_pki_types::pem::{PemObject, SectionKind};
+
 use crate::PkiError;
 
 /// The first PEM block labelled `label` in `path` (a key's label only has
@@ -16,14 +18,31 @@ pub fn read_pem(path: &Path, label: &str) -> Result<(String, Vec<u8>), PkiError>
     Ok((text, der))
 }
 
-/// The first PEM block labelled `label` in `text`, as DER.
+/// The first PEM block labelled `label` in `text`, as DER. Blocks are read
+/// as rustls reads them (rustls-pki-types), which knows the labels TLS uses
+/// (certificates, keys, CSRs, CRLs) and skips others.
 pub fn pem_to_der(text: &str, label: &str) -> Result<Vec<u8>, &'static str> {
-    let mut blocks = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes());
-    let found = blocks.find_map(|block| block.ok().filter(|pem| pem.label.ends_with(label)));
+    let found = <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes())
+        .find_map(|block| block.ok().filter(|(kind, _)| section_label(*kind).ends_with(label)));
     match found {
-        Some(pem) => Ok(pem.contents),
+        Some((_, der)) => Ok(der),
         None if label == "CERTIFICATE" => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
         None => Err("holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+    }
+}
+
+/// What follows `-----BEGIN ` for a kind of PEM block.
+fn section_label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        SectionKind::EchConfigList => "ECHCONFIG",
+        _ => "",
     }
 }
 

@@ -14,11 +14,13 @@
 //! - [`principal`]: [`Principal`], [`Role`], reading them from a certificate.
 //! - [`ca`]: [`Ca`]: make or load a CA, issue node and client certificates.
 //! - [`files`]: reading PEM files and writing private ones (0600, never over another).
+//! - `der`: a certificate's validity and raw public key, which webpki reads but keeps to itself.
 //! - [`join_token`]: `vpnj1-<CA digest>-<id>-<secret>`, made, read, hashed.
 //! - [`contexts`]: vpnctl's named endpoints-and-credentials (`vpnd --dev` adds its own).
 
 pub mod ca;
 pub mod contexts;
+mod der;
 pub mod files;
 pub mod join_token;
 pub mod principal;

@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+use rustls_pki_types::CertificateDer;
+use webpki::EndEntityCert;
+
 use crate::PkiError;
 
 const NODE: &str = "urn:vpn:node:";
@@ -109,15 +112,13 @@ pub struct CertInfo {
 impl CertInfo {
     /// Reads the one principal a certificate (DER) names.
     pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))?;
-        let sans = cert
-            .subject_alternative_name()
-            .map_err(|e| PkiError::invalid("certificate", format!("unreadable subject alternative names: {e}")))?;
-        let mut found = sans.into_iter().flat_map(|ext| ext.value.general_names.iter()).filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Principal::from_uri(uri),
-            _ => None,
-        });
+        let der = CertificateDer::from(der);
+        Self::read(&parse(&der)?)
+    }
+
+    /// What `cert` names, and when it is valid.
+    pub(crate) fn read(cert: &EndEntityCert<'_>) -> Result<Self, PkiError> {
+        let mut found = cert.valid_uri_names().filter_map(Principal::from_uri);
         let principal = match (found.next(), found.next()) {
             (Some(one), None) => one?,
             (None, _) => {
@@ -128,11 +129,13 @@ impl CertInfo {
             }
             (Some(_), Some(_)) => return Err(PkiError::invalid("certificate", "names more than one identity")),
         };
-        let validity = cert.validity();
-        Ok(CertInfo {
-            principal,
-            not_before: validity.not_before.timestamp(),
-            not_after: validity.not_after.timestamp(),
-        })
+        let (not_before, not_after) = crate::der::validity(cert.der().as_ref())
+            .ok_or_else(|| PkiError::invalid("certificate", "unreadable validity period"))?;
+        Ok(CertInfo { principal, not_before, not_after })
     }
+}
+
+/// `der` parsed as rustls parses a peer's certificate.
+pub(crate) fn parse<'a>(der: &'a CertificateDer<'a>) -> Result<EndEntityCert<'a>, PkiError> {
+    EndEntityCert::try_from(der).map_err(|e| PkiError::invalid("certificate", format!("not an X.509 certificate: {e}")))
 }
