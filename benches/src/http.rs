@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 GET over loopback, enough for health endpoints.
+//! A minimal HTTP/1.1 GET over loopback, enough for health endpoints and
+//! a `/metrics` scrape.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,12 +13,18 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 
 /// `GET path` on `addr`: the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    get_up_to(addr, path, timeout, MAX_RESPONSE).await
+}
+
+/// [`get`], reading at most `max` bytes of the response (a `/metrics` page
+/// with a line per data-plane node outgrows the health answers' bound).
+pub async fn get_up_to(addr: SocketAddr, path: &str, timeout: Duration, max: u64) -> Result<(u16, String)> {
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
-        stream.take(MAX_RESPONSE).read_to_end(&mut buf).await?;
+        stream.take(max).read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let code = text
             .split_whitespace()

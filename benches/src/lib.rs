@@ -14,6 +14,8 @@
 //!   `vpnd`'s TLS overhead against its own `--insecure` run.
 //! - [`tls`]: a throwaway CA and the member and client certificates of a run.
 //! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
+//! - [`fleet`]: `loadgen fleet`: 1,000 simulated data-plane agents (the real
+//!   agent protocol over mutual TLS) against a 3-node control plane.
 //! - [`single`]: one node: startup to `/readyz` with 10k users, idle RSS.
 //! - [`refusals`]: what an ALREADY_EXISTS costs next to a create and a linearizable read.
 //! - [`report`]: the printed tables.
@@ -26,6 +28,7 @@ pub mod compare_tls;
 pub mod criterion_summary;
 pub mod etcd;
 pub mod failover;
+pub mod fleet;
 pub mod http;
 pub mod load;
 pub mod proc;

@@ -4,9 +4,12 @@
 //! certificate for the load generator. The same material serves `vpnd` and
 //! etcd: `vpn-pki` issues node certificates with both the serverAuth and the
 //! clientAuth EKU and IP SANs, which is what etcd's peer TLS wants.
+//! The CA stays in memory for the run, so `loadgen fleet` can issue each of
+//! its simulated data-plane agents an identity of its own
+//! ([`TestPki::dataplane_identity`]), never written to disk.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -33,6 +36,15 @@ pub struct TestPki {
     pub ca_file: PathBuf,
     pub members: Vec<MemberFiles>,
     client: ClientTlsConfig,
+    ca: Ca,
+}
+
+/// What a simulated data-plane node presents: its own certificate (role
+/// dataplane, URI SAN `urn:vpn:node:<id>:dataplane`), trusting this CA only.
+pub struct DataplaneIdentity {
+    pub tls: ClientTlsConfig,
+    /// When the certificate expires (ms since the epoch), as `Register` reports it.
+    pub not_after_ms: i64,
 }
 
 impl TestPki {
@@ -58,7 +70,21 @@ impl TestPki {
         let client = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca.cert_pem()))
             .identity(Identity::from_pem(&admin.cert_pem, &admin.key_pem));
-        Ok(Self { ca_file, members: files, client })
+        Ok(Self { ca_file, members: files, client, ca })
+    }
+
+    /// Issues data-plane node `id` a certificate, in memory only.
+    pub fn dataplane_identity(&self, id: u64) -> Result<DataplaneIdentity> {
+        let issued = self
+            .ca
+            .issue_node(id, Role::DataPlane, &[HOST.to_owned()], LIFETIME)
+            .with_context(|| format!("issue data-plane node {id} a certificate"))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem));
+        // Within a second or so of the certificate's own notAfter: enough for a report.
+        let not_after = SystemTime::now().duration_since(UNIX_EPOCH)? + LIFETIME;
+        Ok(DataplaneIdentity { tls, not_after_ms: i64::try_from(not_after.as_millis())? })
     }
 
     /// What a client presents and trusts: the admin certificate, this CA only.
@@ -91,5 +117,8 @@ mod tests {
             let info = vpn_pki::CertInfo::from_der(&der).expect("parse");
             assert_eq!(info.principal, vpn_pki::Principal::Node { id: i as u64 + 1, role: Role::ControlPlane });
         }
+        let agent = pki.dataplane_identity(1001).expect("data-plane identity");
+        assert!(agent.not_after_ms > 0);
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 7, "nothing of the agent's is written");
     }
 }

@@ -166,6 +166,11 @@ impl VpndCluster {
         self.pki.as_ref().map(TestPki::client_tls)
     }
 
+    /// The run's CA and certificates; `None` for an `--insecure` cluster.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
+    }
+
     /// Waits for `/readyz` = 200 on member `i`; returns the time since its spawn.
     pub async fn wait_ready(&mut self, i: usize, deadline: Duration) -> Result<Duration> {
         let http = self.specs[i].http;

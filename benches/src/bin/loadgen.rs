@@ -14,6 +14,7 @@ use vpn_benches::compare_tls::{self, Dial};
 use vpn_benches::criterion_summary;
 use vpn_benches::etcd::EtcdCluster;
 use vpn_benches::failover::{self, FailoverConfig};
+use vpn_benches::fleet::{self, FleetConfig};
 use vpn_benches::report::log_problems;
 use vpn_benches::single::{self, SingleConfig};
 use vpn_benches::vpnd::VpndCluster;
@@ -69,6 +70,11 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         ops: usize,
     },
+    /// Simulated data-plane agents (the real agent protocol, each with its own
+    /// certificate) against 3 vpnd members: assignments, propagation, failover,
+    /// and the control plane's CPU, RSS and network per agent. Always mutual
+    /// TLS, with or without --tls.
+    Fleet(FleetOpts),
     /// Criterion's saved results (after `cargo bench`) as ratios to their baselines.
     CriterionSummary {
         #[arg(long, default_value = "target/criterion")]
@@ -136,6 +142,45 @@ struct SingleOpts {
     /// Idle time before VmRSS is read.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     settle: Duration,
+}
+
+#[derive(Args, Clone)]
+struct FleetOpts {
+    /// Simulated data-plane agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Users created (c=--create-concurrency) before the steady window.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Each agent's heartbeat interval (vpnd runs its defaults: 1 s heartbeats, down after 5 s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// The replica count vpnd's scheduler uses (its default); for the checks.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    #[arg(long, default_value_t = 64)]
+    create_concurrency: usize,
+    /// Agents connecting and registering at once at the start.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Window with agents and no users.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    idle_window: Duration,
+    /// Window with every user placed, heartbeats only.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    steady_window: Duration,
+    /// Users created one at a time for the propagation times.
+    #[arg(long, default_value_t = 200)]
+    probe_users: usize,
+    /// Longest wait for one probe user to reach its agents.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    probe_timeout: Duration,
+    /// Longest wait for registration and for placement of every user.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    settle_timeout: Duration,
+    /// Longest wait for a failover.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    failover_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -209,8 +254,27 @@ async fn run(cmd: &Cmd, ctx: &Ctx) -> Result<Value> {
         Cmd::Failover(f) => json!({ "failover": failover_cmd(f, ctx).await? }),
         Cmd::SingleNode(s) => json!({ "single_node": single_cmd(s, ctx).await? }),
         Cmd::Refusals { ops } => json!({ "refusals": refusals_cmd(*ops, ctx).await? }),
+        Cmd::Fleet(o) => json!({ "fleet": fleet_cmd(o, ctx).await? }),
         Cmd::CriterionSummary { dir } => json!({ "criterion": criterion_summary::summarize(dir)? }),
     })
+}
+
+async fn fleet_cmd(o: &FleetOpts, ctx: &Ctx) -> Result<Value> {
+    let cfg = FleetConfig {
+        agents: o.agents,
+        users: o.users,
+        heartbeat: o.heartbeat,
+        replicas: o.replicas,
+        create_concurrency: o.create_concurrency,
+        connect_concurrency: o.connect_concurrency,
+        idle_window: o.idle_window,
+        steady_window: o.steady_window,
+        probe_users: o.probe_users,
+        probe_timeout: o.probe_timeout,
+        settle_timeout: o.settle_timeout,
+        failover_timeout: o.failover_timeout,
+    };
+    fleet::run(&ctx.vpnd, &ctx.work_dir, &ctx.log_dir, &cfg).await
 }
 
 async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
