@@ -58,6 +58,12 @@ impl DataplaneCluster {
     /// and the CA key (so the leader signs for joiners), and data-plane nodes
     /// that get their certificates with a join token (`add_node`).
     pub async fn start_mtls(voters: u64) -> Self {
+        Self::start_mtls_with(voters, &[]).await
+    }
+
+    /// As [`Self::start_mtls`], every voter also given `extra` flags (e.g.
+    /// `--node-cert-lifetime 30s` for what it signs).
+    pub async fn start_mtls_with(voters: u64, extra: &[&str]) -> Self {
         let mut cluster = Cluster::new(voters, &[]);
         let root = cluster.root.path().to_owned();
         let path = |p: std::path::PathBuf| p.display().to_string();
@@ -88,6 +94,7 @@ impl DataplaneCluster {
                 ["--trusted-ca-file", &ca_cert, "--cert-file", &cert, "--key-file", &key, "--ca-key-file", &ca_key]
                     .map(String::from)
                     .to_vec();
+            node.extra.extend(extra.iter().map(|f| (*f).to_owned()));
         }
         let read = |name: &str| std::fs::read(ca.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tls = tonic::transport::ClientTlsConfig::new()

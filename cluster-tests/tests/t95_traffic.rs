@@ -9,8 +9,9 @@
 //!     engine runs to completion; enabling her lets her in again;
 //! (d) under mutual TLS, data-plane-only nodes joined by token hold only the
 //!     credentials of the users placed on them (files and process memory are
-//!     searched) and no CA key, and a node restarted while every control-plane
-//!     node is down serves its users from the assignment it kept.
+//!     searched) and no CA key, renew their certificates (`node list` shows
+//!     the new expiry), and a node restarted while every control-plane node
+//!     is down serves its users from the assignment it kept.
 
 use std::time::{Duration, Instant};
 
@@ -211,7 +212,8 @@ async fn docker_mtls_edges_joined_by_token_hold_only_their_users_and_serve_witho
         return;
     }
     let source = HttpSource::start().await;
-    let mut dp = DataplaneCluster::start_mtls(3).await;
+    // The voters sign 30 s certificates: the edges renew theirs during the test.
+    let mut dp = DataplaneCluster::start_mtls_with(3, &["--node-cert-lifetime", "30s"]).await;
     let node = dp.add_node_with(&[VLESS, SS], &["--labels", "region=a"]);
     let other = dp.add_node_with(&[SS], &["--labels", "region=b"]);
     dp.ok(&["user", "add", "alice", "--constraint", "region=a"]).await;
@@ -267,6 +269,16 @@ async fn docker_mtls_edges_joined_by_token_hold_only_their_users_and_serve_witho
         "the memory of node {} holds a secret",
         node.id
     );
+
+    // An edge's certificate renews itself, and `node list` shows the new expiry.
+    eventually("node list shows the renewed certificate's expiry", Duration::from_secs(90), || async {
+        let now = dp.ok(&["-o", "json", "node", "show", &node.id.to_string()]).await.json();
+        match now["cert_expires_at"].as_str() {
+            Some(later) if later > expires.as_str() => Ok(()),
+            other => Err(format!("still {other:?} (first {expires})")),
+        }
+    })
+    .await;
 
     // Serving without the control plane: every voter is down, the node's
     // host fails (vpnd and its engines gone) and comes back; it makes its

@@ -52,6 +52,8 @@ pub async fn run(
     let metrics = Exposition::shared();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
+    // The certificate's expiry: renewal moves it, the agent registers it.
+    let (renewed, cert_not_after) = watch::channel(material.as_ref().map(|m| m.info.not_after));
     let host = agent::Host {
         identity,
         data_dir: config.data_dir.clone(),
@@ -59,7 +61,7 @@ pub async fn run(
         control_plane: control_plane.clone(),
         heartbeat: config.scheduling.node_heartbeat,
         metrics: metrics.clone(),
-        cert_not_after: material.as_ref().map(|m| m.info.not_after),
+        cert_not_after,
         fatal: fatal_tx,
     };
     let agent = agent::start(host, dataplane, stop_rx.clone()).await?;
@@ -84,6 +86,7 @@ pub async fn run(
             server: None,
             signer: None,
             voters: Box::new(Vec::new),
+            renewed,
             data_dir: config.data_dir.clone(),
             hosts,
             seeds: control_plane,

@@ -195,6 +195,8 @@ async fn run_control_plane(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(4);
+    // The node certificate's expiry: renewal moves it, the agent registers it.
+    let cert_expiry = watch::channel(node.tls.as_ref().map(|cert| cert.not_after));
     let agent = match &config.dataplane {
         None => None,
         Some(dataplane) => {
@@ -206,7 +208,7 @@ async fn run_control_plane(
                 control_plane: control_plane_endpoints(&config),
                 heartbeat: config.scheduling.node_heartbeat,
                 metrics: node.metrics.exposition.clone(),
-                cert_not_after: node.tls.as_ref().map(|cert| cert.not_after),
+                cert_not_after: cert_expiry.1.clone(),
                 fatal: fatal_tx.clone(),
             };
             match agent::start(host, dataplane, stop_rx.clone()).await {
@@ -264,6 +266,7 @@ async fn run_control_plane(
                 server: Some(server.clone()),
                 signer: node.ca_signer.clone().map(|ca| (ca, node.cert_lifetime)),
                 voters: Box::new(move || voters_of.voter_addrs()),
+                renewed: cert_expiry.0,
                 data_dir: config.data_dir.clone(),
                 hosts: own_hosts(&config),
                 seeds,

@@ -37,6 +37,8 @@ pub struct Renewal {
     /// the lifetime of what it signs.
     pub signer: Option<(Arc<vpn_pki::Ca>, Duration)>,
     pub voters: Voters,
+    /// Told each new certificate's expiry (seconds since the epoch).
+    pub renewed: watch::Sender<Option<i64>>,
     pub data_dir: PathBuf,
     /// The names the certificate is for.
     pub hosts: Vec<String>,
@@ -68,6 +70,7 @@ impl Renewal {
                         continue;
                     }
                     self.peers.set_tls(material.client());
+                    self.renewed.send_replace(Some(material.info.not_after));
                     tracing::info!(not_after = material.info.not_after, "renewed this node's certificate");
                 }
                 Err(e) => {

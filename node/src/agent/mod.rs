@@ -87,8 +87,10 @@ pub struct Host {
     pub heartbeat: Duration,
     /// Where the agent's and the reconciler's metrics go.
     pub metrics: Arc<Exposition>,
-    /// When the node's certificate expires (seconds since the epoch).
-    pub cert_not_after: Option<i64>,
+    /// When the node's certificate expires (seconds since the epoch); it
+    /// moves when the certificate renews itself, and the agent then
+    /// registers again so that `node list` shows the new expiry.
+    pub cert_not_after: watch::Receiver<Option<i64>>,
     /// Where a refusal that no retry can change goes: the process stops.
     pub fatal: mpsc::Sender<Error>,
 }
@@ -147,12 +149,12 @@ pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiv
     let control_plane = Arc::new(ControlPlane::new(host.control_plane.clone(), host.peers.clone()));
     let mut offer = desired::offer(id, config, &secrets);
     offer.incarnation = host.identity.incarnation.to_string();
-    offer.cert_not_after_ms = host.cert_not_after.map_or(0, |s| s.saturating_mul(1000));
     let (events_tx, events_rx) = mpsc::channel(16);
     let (registered_tx, registered_rx) = watch::channel(None);
     let session = Session {
         control_plane: control_plane.clone(),
         offer,
+        cert_not_after: host.cert_not_after,
         identity: host.identity,
         data_dir: host.data_dir.clone(),
         events: events_tx,

@@ -74,7 +74,10 @@ pub enum Event {
 
 pub struct Session {
     pub control_plane: Arc<ControlPlane>,
+    /// The offer without the certificate's expiry, which comes from
+    /// `cert_not_after` at each registration.
     pub offer: RegisterRequest,
+    pub cert_not_after: watch::Receiver<Option<i64>>,
     pub identity: Identity,
     pub data_dir: PathBuf,
     pub events: mpsc::Sender<Event>,
@@ -87,7 +90,13 @@ impl Session {
     /// removed or is another data dir (then stops and reports it as fatal).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_BACKOFF;
+        let mut cert = self.cert_not_after.clone();
         loop {
+            let expires = *cert.borrow_and_update();
+            let offer = RegisterRequest {
+                cert_not_after_ms: expires.map_or(0, |s| s.saturating_mul(1000)),
+                ..self.offer.clone()
+            };
             let (addr, client) = match self.control_plane.current() {
                 Ok(current) => current,
                 Err(e) => {
@@ -96,7 +105,10 @@ impl Session {
                 }
             };
             let outcome = tokio::select! {
-                outcome = self.once(client, &mut backoff) => outcome,
+                outcome = self.once(client, offer, &mut backoff) => outcome,
+                // A renewed certificate: register again with its expiry (a
+                // node whose certificate never renews drops the sender: no branch).
+                Ok(()) = cert.changed() => continue,
                 () = self.control_plane.moved(&addr) => {
                     tracing::info!(control_plane = %addr, "heartbeats failed there; moving on");
                     continue;
@@ -130,8 +142,13 @@ impl Session {
     }
 
     /// One session: register, then follow the assignment until the stream fails.
-    async fn once(&self, mut client: Client, backoff: &mut Duration) -> Result<(), tonic::Status> {
-        let mut req = tonic::Request::new(self.offer.clone());
+    async fn once(
+        &self,
+        mut client: Client,
+        offer: RegisterRequest,
+        backoff: &mut Duration,
+    ) -> Result<(), tonic::Status> {
+        let mut req = tonic::Request::new(offer);
         req.set_timeout(CALL_TIMEOUT);
         let reply = client.register(req).await?.into_inner();
         self.learn_cluster(&reply.cluster_id);
