@@ -39,8 +39,8 @@ pub enum Rule {
     /// Calls every node makes about itself (the agent protocol, certificate
     /// renewal); the handler checks that the request is about the caller.
     AnyNode,
-    /// Adding a member: a client, or a node adding itself (`vpnd --join`;
-    /// the handler checks the id, and that a data-plane node stays a learner).
+    /// Adding a member: a client, or a control-plane node adding itself
+    /// (`vpnd --join`; the handler checks the id and refuses a data-plane node).
     Join,
 }
 
