@@ -116,4 +116,26 @@ mod tests {
         assert_eq!(validity(&[SEQUENCE, 0]), None);
         assert_eq!(public_key_bits(&[SEQUENCE, 4, SEQUENCE, 0, BIT_STRING, 0]), None);
     }
+
+    proptest::proptest! {
+        /// Any bytes, and any corruption of a real certificate: an answer or
+        /// `None`, never a panic (what a peer sends reaches these readers).
+        #[test]
+        fn no_input_makes_the_readers_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flips in proptest::collection::vec((0usize..2048, proptest::num::u8::ANY), 1..8),
+        ) {
+            let _ = validity(&bytes);
+            let _ = public_key_bits(&bytes);
+            let ca = crate::Ca::generate("fuzz").expect("a CA");
+            let issued = ca.issue_client("fuzz", std::time::Duration::from_secs(3600)).expect("a certificate");
+            let mut der = crate::files::pem_to_der(&issued.cert_pem, "CERTIFICATE").expect("der");
+            for (at, byte) in flips {
+                let len = der.len();
+                der[at % len] ^= byte;
+            }
+            let _ = validity(&der);
+            let _ = crate::CertInfo::from_der(&der);
+        }
+    }
 }
