@@ -35,6 +35,8 @@ use crate::node::Node;
 
 /// How long a relayed heartbeat may wait for the leader.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Shortest time between two assignments sent to one agent.
+const SEND_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct AgentService {
     pub node: Arc<Node>,
@@ -105,10 +107,16 @@ impl AgentRpc for AgentService {
             }
         }
         let (watching, table) = self.assignments.watch(id);
-        let start = Follow { table, _watching: watching, sent: 0, done: false };
+        let start = Follow { table, _watching: watching, sent: 0, sent_at: None, done: false };
         let stream = futures::stream::unfold(start, move |mut f| async move {
             if f.done {
                 return None;
+            }
+            // A burst of changes (a bulk import, a failover) reaches the agent
+            // as its newest assignment at most once per SEND_INTERVAL, not as
+            // every intermediate one; a change after a quiet spell goes at once.
+            if let Some(at) = f.sent_at {
+                tokio::time::sleep_until((at + SEND_INTERVAL).into()).await;
             }
             loop {
                 let current = f.table.borrow_and_update().get(&id).cloned();
@@ -120,7 +128,7 @@ impl AgentRpc for AgentService {
                     // Not in this node's table yet (the next rebuild adds it): wait.
                     None => {}
                     Some(a) if a.generation != f.sent => {
-                        f.sent = a.generation;
+                        (f.sent, f.sent_at) = (a.generation, Some(std::time::Instant::now()));
                         return Some((Ok(Assignment::clone(&a)), f));
                     }
                     Some(_) => {}
@@ -160,6 +168,7 @@ struct Follow {
     /// Held, never read: dropping the stream drops it.
     _watching: assignments::Watching,
     sent: u64,
+    sent_at: Option<std::time::Instant>,
     done: bool,
 }
 
