@@ -131,7 +131,7 @@ fn percent_decode(s: &str) -> String {
 /// A data-plane node's agent talks to one control-plane node at a time (the
 /// first of `--join`, node 1). When that node dies, the agent moves to
 /// another: its heartbeats keep arriving (the leader never marks it down)
-/// and it keeps following its assignment.
+/// and it keeps following its assignment. `member remove` then stops it.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies() {
     if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies") {
@@ -164,4 +164,15 @@ async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies()
     let leader_now = dp.cluster.wait_leader().await;
     let failovers = dp.cluster.metric(leader_now, "vpn_failovers_total").await.expect("metric");
     assert_eq!(failovers, 0.0, "node {} was marked down (leader {leader} before, {leader_now} now)", node.id);
+
+    // Removed by the operator, the node is told so by its assignment stream
+    // and stops (it would otherwise register itself again).
+    dp.ok(&["member", "remove", &node.id.to_string()]).await;
+    let exit = dp.cluster.node_mut(node.id).wait_exit(Duration::from_secs(60));
+    assert!(!exit.success(), "{exit:?}");
+    let log = dp.cluster.node(node.id).log_text();
+    assert!(log.contains("was removed from the cluster"), "{}", dp.cluster.node(node.id).log_tail());
+    let list = dp.ok(&["-o", "json", "node", "list"]).await.json();
+    let ids: Vec<u64> = list["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["id"].as_u64()).collect();
+    assert!(!ids.contains(&node.id), "node {} is still listed: {list}", node.id);
 }
