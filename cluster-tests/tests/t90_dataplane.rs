@@ -10,6 +10,7 @@ use cluster_tests::cli::{vpnctl, Run};
 use cluster_tests::dataplane::{node_caught_up, DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker::{self, Engines, ENGINE_IMAGE};
 use cluster_tests::net::free_port;
+use cluster_tests::process::send_signal;
 use cluster_tests::{eventually, Cluster};
 use url::Url;
 
@@ -128,17 +129,22 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-/// A data-plane node's agent talks to one control-plane node at a time (the
-/// first of `--join`, node 1). When that node dies, the agent moves to
-/// another: its heartbeats keep arriving (the leader never marks it down)
-/// and it keeps following its assignment. `member remove` then stops it.
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies() {
-    if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies") {
-        return;
-    }
+/// What happens to node 1, the control-plane node an edge's agent talks to
+/// first (the first of `--join`).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// kill -9: connections are refused at once.
+    Dies,
+    /// SIGSTOP: connections stay open and nothing answers (calls time out).
+    Hangs,
+}
+
+/// An edge's agent talks to one control-plane node at a time. When that
+/// node fails, the agent moves to another: its heartbeats keep arriving (the
+/// leader never marks it down) and it keeps following its assignment.
+async fn an_edge_survives_its_control_plane_node(fault: Fault) -> (DataplaneCluster, u64) {
     let mut dp = DataplaneCluster::start(3).await;
-    // Node 1 must not lead: its death alone should move nothing (a SIGTERM hands leadership over).
+    // Node 1 must not lead: its failure alone should move nothing (a SIGTERM hands leadership over).
     for _ in 0..3 {
         if dp.cluster.wait_leader().await != 1 {
             break;
@@ -153,26 +159,51 @@ async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies()
     let leader = dp.cluster.wait_leader().await;
     assert_ne!(leader, 1, "node 1 still leads");
 
-    dp.cluster.node_mut(1).kill9();
+    match fault {
+        Fault::Dies => dp.cluster.node_mut(1).kill9(),
+        Fault::Hangs => send_signal(dp.cluster.node(1).pid().expect("node 1 runs"), "STOP"),
+    }
     dp.ok(&["user", "add", "bob"]).await;
     let listed = dp.caught_up(node.id, 2).await;
-    assert_eq!(listed["status"], "ready", "{listed}");
+    assert_eq!(listed["status"], "ready", "{fault:?}: {listed}");
     // Longer than the leader's 5 s down-after: a node whose heartbeats stopped would be down by now.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let listed = dp.caught_up(node.id, 2).await;
-    assert_eq!(listed["status"], "ready", "{listed}");
-    let leader_now = dp.cluster.wait_leader().await;
-    let failovers = dp.cluster.metric(leader_now, "vpn_failovers_total").await.expect("metric");
-    assert_eq!(failovers, 0.0, "node {} was marked down (leader {leader} before, {leader_now} now)", node.id);
+    assert_eq!(listed["status"], "ready", "{fault:?}: {listed}");
+    // Whichever of the others leads (node 1 cannot answer), none marked it down.
+    for id in [2, 3] {
+        let failovers = dp.cluster.metric(id, "vpn_failovers_total").await.expect("metric");
+        assert_eq!(failovers, 0.0, "{fault:?}: node {id} marked node {} down (leader {leader})", node.id);
+    }
+    (dp, node.id)
+}
+
+/// Node 1 dies; then `member remove` stops the edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies() {
+    if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies") {
+        return;
+    }
+    let (mut dp, id) = an_edge_survives_its_control_plane_node(Fault::Dies).await;
 
     // Removed by the operator, the node is told so by its assignment stream
     // and stops (it would otherwise register itself again).
-    dp.ok(&["member", "remove", &node.id.to_string()]).await;
-    let exit = dp.cluster.node_mut(node.id).wait_exit(Duration::from_secs(60));
+    dp.ok(&["member", "remove", &id.to_string()]).await;
+    let exit = dp.cluster.node_mut(id).wait_exit(Duration::from_secs(60));
     assert!(!exit.success(), "{exit:?}");
-    let log = dp.cluster.node(node.id).log_text();
-    assert!(log.contains("was removed from the cluster"), "{}", dp.cluster.node(node.id).log_tail());
+    let log = dp.cluster.node(id).log_text();
+    assert!(log.contains("was removed from the cluster"), "{}", dp.cluster.node(id).log_tail());
     let list = dp.ok(&["-o", "json", "node", "list"]).await.json();
     let ids: Vec<u64> = list["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["id"].as_u64()).collect();
-    assert!(!ids.contains(&node.id), "node {} is still listed: {list}", node.id);
+    assert!(!ids.contains(&id), "node {id} is still listed: {list}");
+}
+
+/// Node 1 hangs (no connection refused to tell the agent: its calls time out).
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_hangs() {
+    if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_hangs") {
+        return;
+    }
+    let (dp, _) = an_edge_survives_its_control_plane_node(Fault::Hangs).await;
+    send_signal(dp.cluster.node(1).pid().expect("node 1 runs"), "CONT");
 }

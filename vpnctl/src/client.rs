@@ -28,6 +28,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Caps one connect attempt so a black-holed node cannot eat the whole deadline.
 const MAX_CONNECT: Duration = Duration::from_secs(2);
+/// A node whose process hangs (stopped, or its host frozen) still accepts
+/// TCP in the kernel and never answers: HTTP/2 pings tell it from a node
+/// that is only slow, and a call on a connection whose pings go unanswered
+/// fails as a transport error, so the next endpoint is tried.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a TLS connection trusts and presents, as PEM.
 #[derive(Debug, Clone, Default)]
@@ -171,6 +177,9 @@ impl Client {
         let mut builder = Channel::from_shared(endpoint.uri())
             .map_err(|err| err.to_string())?
             .connect_timeout(left.min(MAX_CONNECT))
+            .http2_keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if endpoint.is_tls() {
             let mut tls = ClientTlsConfig::new().with_native_roots();
