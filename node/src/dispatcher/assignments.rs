@@ -110,7 +110,16 @@ async fn follow(
         }
         let started = Instant::now();
         let current = tx.borrow().clone();
-        let next = node.state.read(|s| rebuild(s, &current, &now.1));
+        // A pass over every user takes milliseconds at 100k: off the async workers.
+        let (state, watched, base) = (node.state.clone(), now.1.clone(), current.clone());
+        let next = match tokio::task::spawn_blocking(move || state.read(|s| rebuild(s, &base, &watched))).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("rebuilding assignments failed: {e}");
+                tokio::time::sleep(COALESCE).await;
+                continue;
+            }
+        };
         if next != *current {
             tx.send_replace(Arc::new(next));
         }
