@@ -178,7 +178,7 @@ async fn an_edge_survives_its_control_plane_node(fault: Fault) -> (DataplaneClus
     (dp, node.id)
 }
 
-/// Node 1 dies; then `member remove` stops the edge.
+/// Node 1 dies; then `member remove` empties and stops the edge.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies() {
     if !docker::available("docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies") {
@@ -186,13 +186,18 @@ async fn docker_an_edge_moves_to_another_control_plane_node_when_its_node_dies()
     }
     let (mut dp, id) = an_edge_survives_its_control_plane_node(Fault::Dies).await;
 
-    // Removed by the operator, the node is told so by its assignment stream
-    // and stops (it would otherwise register itself again).
+    // Removed by the operator, the node is told so by its assignment stream:
+    // it removes its engines (nobody is served by a removed node) and stops.
+    assert!(!dp.engines(id).is_empty(), "engines before the removal");
     dp.ok(&["member", "remove", &id.to_string()]).await;
-    let exit = dp.cluster.node_mut(id).wait_exit(Duration::from_secs(60));
+    let exit = dp.cluster.node_mut(id).wait_exit(ENGINES_UP);
     assert!(!exit.success(), "{exit:?}");
     let log = dp.cluster.node(id).log_text();
     assert!(log.contains("was removed from the cluster"), "{}", dp.cluster.node(id).log_tail());
+    assert!(log.contains("its engines are removed"), "{}", dp.cluster.node(id).log_tail());
+    assert_eq!(dp.engines(id), Vec::<String>::new(), "a removed node's engines are gone");
+    let kept = dp.cluster.node(id).data_dir.join("dataplane/assignment.json");
+    assert!(!kept.exists(), "{} is still there", kept.display());
     let list = dp.ok(&["-o", "json", "node", "list"]).await.json();
     let ids: Vec<u64> = list["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["id"].as_u64()).collect();
     assert!(!ids.contains(&id), "node {id} is still listed: {list}");

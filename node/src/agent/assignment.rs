@@ -127,6 +127,14 @@ impl AssignmentFile {
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", self.dir.display()))
     }
 
+    /// Forgets the kept assignment (the node was removed).
+    pub fn remove(&self) -> Result<(), String> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", self.path.display())),
+            _ => Ok(()),
+        }
+    }
+
     fn damaged(&self, detail: &str) -> Error {
         Error::DataDir {
             path: self.path.clone(),

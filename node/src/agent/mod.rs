@@ -53,6 +53,8 @@ use crate::peers::Peers;
 
 /// Where the agent keeps its files, under the data dir.
 const DIR: &str = "dataplane";
+/// How long a removed node waits for its engines to go before it stops anyway.
+const ENGINES_GONE_WITHIN: Duration = Duration::from_secs(60);
 
 /// A running agent: its reconciler and its tasks.
 pub struct Agent {
@@ -160,7 +162,18 @@ pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiv
         events: events_tx,
         fatal: host.fatal.clone(),
     };
-    let follower = Follower { id, inbounds, file, last, ids: ids.clone(), desired_tx, desired_gauge, registered_tx };
+    let follower = Follower {
+        id,
+        inbounds,
+        file,
+        last,
+        ids: ids.clone(),
+        desired_tx,
+        desired_gauge,
+        registered_tx,
+        engines: reconciler.status.clone(),
+        fatal: host.fatal.clone(),
+    };
     let heartbeat = Heartbeat {
         identity: host.identity,
         control_plane,
@@ -191,6 +204,9 @@ struct Follower {
     desired_tx: watch::Sender<Option<DesiredState>>,
     desired_gauge: Gauge,
     registered_tx: watch::Sender<Option<u64>>,
+    /// What the engines applied, to wait for their removal.
+    engines: watch::Receiver<vpn_runtime::ApplyStatus>,
+    fatal: mpsc::Sender<Error>,
 }
 
 impl Follower {
@@ -201,8 +217,28 @@ impl Follower {
                     self.registered_tx.send_replace(Some(traffic_acked_seq));
                 }
                 Event::Assignment(wire) => self.assigned(&wire),
+                Event::Removed(why) => return self.removed(why).await,
             }
         }
+    }
+
+    /// The operator removed this node: its engines go (no inbound, no user),
+    /// its kept assignment too, then vpnd stops with the reason.
+    async fn removed(mut self, why: String) {
+        tracing::error!("{why}: removing this node's engines and stopping");
+        let generation = self.last.as_ref().map_or(0, |l| l.generation) + 1;
+        let nothing = DesiredState { generation, node_id: self.id, inbounds: Vec::new(), users: Vec::new() };
+        self.desired_tx.send_replace(Some(nothing));
+        if let Err(e) = self.file.remove() {
+            tracing::warn!("removing the kept assignment: {e}");
+        }
+        let gone = self.engines.wait_for(|s| s.applied_generation >= generation && s.last_error.is_none());
+        let detail = match tokio::time::timeout(ENGINES_GONE_WITHIN, gone).await {
+            Ok(Ok(_)) => "its engines are removed".to_owned(),
+            _ => format!("its engines were not all removed within {ENGINES_GONE_WITHIN:?}: remove its containers"),
+        };
+        let e = Error::Identity(format!("{why}: {detail}; this vpnd stops (start it under a new --id to rejoin)"));
+        let _ = self.fatal.send(e).await;
     }
 
     /// Takes an assignment newer than the one served; an older one (from a

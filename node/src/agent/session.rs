@@ -70,6 +70,8 @@ pub enum Event {
     Registered { traffic_acked_seq: u64 },
     /// An assignment, as the control-plane node sent it.
     Assignment(Assignment),
+    /// The cluster removed this node (what it said).
+    Removed(String),
 }
 
 pub struct Session {
@@ -117,6 +119,11 @@ impl Session {
             };
             match outcome {
                 Ok(()) => tracing::info!(control_plane = %addr, "assignment stream ended; reconnecting"),
+                // The operator removed this node: the agent stops its engines, then vpnd stops.
+                Err(status) if status.code() == Code::NotFound => {
+                    let _ = self.events.send(Event::Removed(status.message().to_owned())).await;
+                    return;
+                }
                 Err(status) if final_refusal(&status) => {
                     let e =
                         Error::Identity(format!("the control plane at {addr} refused this node: {}", status.message()));
@@ -181,8 +188,8 @@ impl Session {
 }
 
 /// Refusals that mean this data dir must not serve under this id: another
-/// incarnation (FAILED_PRECONDITION) or a node the operator removed (NOT_FOUND).
+/// incarnation (FAILED_PRECONDITION), or a certificate for another node.
 fn final_refusal(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied)
+    matches!(status.code(), Code::FailedPrecondition | Code::PermissionDenied)
         && !status.message().contains("not registered")
 }
