@@ -20,6 +20,16 @@ pub struct Trust {
     pub issued_node_ids: BTreeSet<NodeId>,
 }
 
+impl Trust {
+    /// Whether token `id` with this secret may be redeemed at `at_ms`: known,
+    /// the same secret, not expired, a use left.
+    pub fn admits(&self, id: &str, secret_sha256: &str, at_ms: i64) -> bool {
+        self.join_tokens
+            .get(id)
+            .is_some_and(|t| t.secret_sha256 == secret_sha256 && t.expires_at_ms > at_ms && t.uses_left > 0)
+    }
+}
+
 /// The role a joining node's certificate gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,10 +80,8 @@ pub fn apply(state: &mut State, cmd: &TrustCommand) -> CommandResponse {
         TrustCommand::RedeemJoinToken { id, secret_sha256, node, at_ms } => {
             // One answer for every way a token fails: which one says nothing
             // useful to an honest node and something to a guesser.
-            let refused = || CommandResponse::Refused(Refusal::JoinTokenRefused);
-            let Some(token) = trust.join_tokens.get_mut(id) else { return refused() };
-            if token.secret_sha256 != *secret_sha256 || token.expires_at_ms <= *at_ms || token.uses_left == 0 {
-                return refused();
+            if !trust.admits(id, secret_sha256, *at_ms) {
+                return CommandResponse::Refused(Refusal::JoinTokenRefused);
             }
             let in_use = trust.issued_node_ids.contains(node)
                 || state.members.contains_key(node)
@@ -82,9 +90,12 @@ pub fn apply(state: &mut State, cmd: &TrustCommand) -> CommandResponse {
             if in_use {
                 return CommandResponse::Refused(Refusal::NodeIdTaken(*node));
             }
+            let Some(token) = state.trust.join_tokens.get_mut(id) else {
+                return CommandResponse::Refused(Refusal::JoinTokenRefused);
+            };
             token.uses_left -= 1;
             let role = token.role;
-            trust.issued_node_ids.insert(*node);
+            state.trust.issued_node_ids.insert(*node);
             CommandResponse::JoinTokenRedeemed(role)
         }
     }

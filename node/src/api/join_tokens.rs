@@ -17,7 +17,7 @@ use vpn_proto::v1::{
     CreateJoinTokenRequest, JoinRequest, JoinResponse, JoinTokenInfo, JoinTokenSecret, ListJoinTokensRequest,
     ListJoinTokensResponse, RenewCertificateRequest, RevokeJoinTokenRequest,
 };
-use vpn_storage::command::{Command, CommandResponse};
+use vpn_storage::command::{Command, CommandResponse, Refusal};
 use vpn_storage::trust::{JoinRole, JoinToken, TrustCommand};
 
 use super::{convert, forward};
@@ -175,6 +175,12 @@ pub async fn join(node: &Arc<Node>, req: Request<JoinRequest>) -> Result<Respons
         ))
     })?;
     let req = req.into_inner();
+    // A token this leader's state refuses costs nothing more (the apply
+    // decides for good): no CSR parsed, no trial signature for a guesser.
+    let now = convert::now_ms();
+    if !node.state.read(|s| s.trust.admits(&token.id, &token.secret_sha256(), now)) {
+        return Err(Error::from(Refusal::JoinTokenRefused).into());
+    }
     // A CSR that cannot be signed spends no use of the token.
     let lifetime = node.cert_lifetime;
     ca.sign_node_csr(&req.csr_pem, req.node_id, Role::DataPlane, lifetime)
