@@ -448,10 +448,12 @@ async fn mtls_a_node_joins_with_a_token_and_every_bad_token_is_refused() {
     refused_to_start(&args, "--join-token");
 }
 
-/// GET `path` over HTTPS from `addr`, trusting only `ca_pem`; status and body.
-async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> (u16, String) {
+/// A TLS connection to `addr` trusting only `ca_pem`, with no client certificate.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca")).expect("root");
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -463,7 +465,20 @@ async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> (u16
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with --http");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// When the certificate `addr` serves expires.
+async fn served_not_after(addr: std::net::SocketAddr, ca_pem: &str) -> i64 {
+    let tls = tls_connect(addr, ca_pem).await;
+    let certs = tls.get_ref().1.peer_certificates().expect("a server certificate");
+    vpn_pki::CertInfo::from_der(&certs[0]).expect("identity").not_after
+}
+
+/// GET `path` over HTTPS from `addr`, trusting only `ca_pem`; status and body.
+async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(addr, ca_pem).await;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
@@ -516,4 +531,50 @@ async fn mtls_a_joined_nodes_certificate_renews_itself_before_it_expires() {
     );
     let log = cluster.node(4).log_text();
     assert!(log.contains("renewed this node's certificate"), "{}", cluster.node(4).log_tail());
+}
+
+/// Certificate files the operator replaces are taken in without a restart:
+/// a replacement that fails the start checks is refused (the current
+/// certificate stays), a good one is served at once and presented to peers.
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_replaced_certificate_files_are_taken_in_without_a_restart() {
+    let (cluster, pki, leader) = mtls_cluster(false, &[]).await;
+    let id = (1..=3).find(|id| *id != leader).expect("a follower");
+    let addr = cluster.node(id).grpc;
+    let ca_pem = std::fs::read_to_string(pki.dir.join("ca.crt")).expect("ca.crt");
+    let first = served_not_after(addr, &ca_pem).await;
+    let pid = cluster.node(id).pid();
+    let files = pki.dir.with_file_name(format!("node-{id}-controlplane"));
+
+    // Another node's certificate in its place: refused, the current one stays.
+    let other = pki.dir.with_file_name(format!("node-{}-controlplane", if id == 1 { 2 } else { 1 }));
+    std::fs::copy(other.join("node.crt"), files.join("node.crt")).expect("replace");
+    eventually("the wrong certificate is refused", CONVERGE, || async {
+        let log = cluster.node(id).log_text();
+        log.contains("replaced certificate files are refused").then_some(()).ok_or("not yet".to_owned())
+    })
+    .await;
+    assert_eq!(served_not_after(addr, &ca_pem).await, first, "the refused files changed what is served");
+
+    // A good replacement (a 30-day certificate for this node): served without a restart.
+    let fresh = pki.dir.with_file_name(format!("node-{id}-fresh"));
+    let (ca, out, id_s) = (pki.dir.display().to_string(), fresh.display().to_string(), id.to_string());
+    let host = cluster.ip.to_string();
+    let args = ["pki", "node-cert", "--ca", &ca, "--id", &id_s, "--host", &host, "--days", "30", "--out", &out];
+    let run = vpnctl("127.0.0.1:1", &args);
+    assert_eq!(run.code, 0, "pki node-cert: {}", run.stderr);
+    std::fs::copy(fresh.join("node.key"), files.join("node.key")).expect("key");
+    std::fs::copy(fresh.join("node.crt"), files.join("node.crt")).expect("certificate");
+    let renewed = eventually("the replacement is served", CONVERGE, || async {
+        let now = served_not_after(addr, &ca_pem).await;
+        (now < first).then_some(now).ok_or(format!("still {now} (first {first})"))
+    })
+    .await;
+    assert!(first - renewed > 50 * 86_400, "{first} -> {renewed}");
+    assert_eq!(cluster.node(id).pid(), pid, "the node was restarted");
+    // It presents the new certificate to its peers: a write through it is forwarded.
+    let mut req = tonic::Request::new(CreateUserRequest { name: "after-reload".into(), ..Default::default() });
+    req.set_timeout(Duration::from_secs(10));
+    let created = UsersClient::new(cluster.channel(id)).create_user(req).await;
+    assert!(created.is_ok(), "a write through node {id}: {created:?}\n{}", cluster.node(id).log_tail());
 }

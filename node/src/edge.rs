@@ -42,7 +42,7 @@ pub async fn run(
             tracing::warn!("--insecure: this node talks to the control plane in plaintext, unauthenticated");
             None
         }
-        Security::Mtls(material) => Some(material.clone()),
+        Security::Mtls(material, _) => Some(material.clone()),
         Security::JoinToken(token) => {
             Some(join_token::material(&config.data_dir, config.id, &control_plane, token, &hosts).await?)
         }
@@ -78,21 +78,29 @@ pub async fn run(
         }
     };
     let http_task = tokio::spawn(crate::http::serve(http, router, config.http_tls.clone(), stopped));
-    // A certificate got with a join token renews itself through the control plane.
-    let renewal_task = matches!(config.security, Security::JoinToken(_)).then(|| {
-        let renewal = renewal::Renewal {
-            id: config.id,
-            peers,
-            server: None,
-            signer: None,
-            voters: Box::new(Vec::new),
-            renewed,
-            data_dir: config.data_dir.clone(),
-            hosts,
-            seeds: control_plane,
-        };
-        tokio::spawn(renewal.run(stop_rx.clone()))
-    });
+    // A certificate got with a join token renews itself through the control
+    // plane; the operator's files are taken in when replaced.
+    let renewal_task = match &config.security {
+        Security::JoinToken(_) => {
+            let renewal = renewal::Renewal {
+                id: config.id,
+                peers,
+                server: None,
+                signer: None,
+                voters: Box::new(Vec::new),
+                renewed,
+                data_dir: config.data_dir.clone(),
+                hosts,
+                seeds: control_plane,
+            };
+            Some(tokio::spawn(renewal.run(stop_rx.clone())))
+        }
+        Security::Mtls(_, files) => {
+            let reload = renewal::Reload { id: config.id, files: files.clone(), peers, server: None, renewed };
+            Some(tokio::spawn(reload.run(stop_rx.clone())))
+        }
+        Security::Insecure | Security::Dev => None,
+    };
     tracing::info!(id = config.id, http = %config.http, "vpnd started (data plane only)");
 
     let outcome = tokio::select! {

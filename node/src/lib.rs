@@ -147,7 +147,7 @@ async fn run_control_plane(
             );
             None
         }
-        Security::Mtls(material) => Some(material.clone()),
+        Security::Mtls(material, _) => Some(material.clone()),
         Security::Dev => {
             let material = tls::Material::dev(&config.data_dir, config.id, &own_hosts(&config))?;
             write_dev_context(&config);
@@ -252,7 +252,8 @@ async fn run_control_plane(
         )),
     };
     let mut grpc_task = tokio::spawn(grpc);
-    // Certificates this node keeps in its data dir renew themselves.
+    // Certificates this node keeps in its data dir renew themselves; the
+    // operator's files are taken in when replaced.
     let renewal_task = match (&server_tls, &config.security) {
         (Some(server), Security::Dev | Security::JoinToken(_)) => {
             let seeds = match &config.bootstrap {
@@ -272,6 +273,16 @@ async fn run_control_plane(
                 seeds,
             };
             Some(tokio::spawn(renewal.run(stop_rx.clone())))
+        }
+        (Some(server), Security::Mtls(_, files)) => {
+            let reload = renewal::Reload {
+                id: node.id,
+                files: files.clone(),
+                peers: node.peers.clone(),
+                server: Some(server.clone()),
+                renewed: cert_expiry.0,
+            };
+            Some(tokio::spawn(reload.run(stop_rx.clone())))
         }
         _ => None,
     };

@@ -4,7 +4,9 @@
 //! (`Cluster/RenewCertificate`, answered by a node holding the CA key), or
 //! signs itself when it holds the CA key. The new certificate is written,
 //! served to new connections and presented to peers at once, with no
-//! restart. Files given with `--cert-file` are the operator's to renew.
+//! restart. Files given with `--cert-file` are the operator's to renew:
+//! [`Reload`] takes them in when they are replaced, with the same checks as
+//! at start, also with no restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::RenewCertificateRequest;
 
 use crate::peers::Peers;
-use crate::tls::{Material, ServerTls};
+use crate::tls::{Files, Material, ServerTls};
 
 /// Wait after a failed attempt, doubled up to the longest.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
@@ -65,13 +67,12 @@ impl Renewal {
             match self.renew(&dir).await {
                 Ok(material) => {
                     retry = FIRST_RETRY;
-                    if let Some(Err(e)) = self.server.as_ref().map(|server| server.replace(&material)) {
-                        tracing::error!("certificate renewal: the new certificate cannot be served: {e}");
-                        continue;
+                    match present(&material, self.server.as_deref(), &self.peers, &self.renewed) {
+                        Ok(()) => {
+                            tracing::info!(not_after = material.info.not_after, "renewed this node's certificate")
+                        }
+                        Err(e) => tracing::error!("certificate renewal: the new certificate cannot be served: {e}"),
                     }
-                    self.peers.set_tls(material.client());
-                    self.renewed.send_replace(Some(material.info.not_after));
-                    tracing::info!(not_after = material.info.not_after, "renewed this node's certificate");
                 }
                 Err(e) => {
                     tracing::warn!("certificate renewal failed: {e}; retrying in {retry:?}");
@@ -118,6 +119,71 @@ impl Renewal {
             }
         }
         Err(format!("no member signed: {}", tried.join("; ")))
+    }
+}
+
+/// Serves `material` to new connections and presents it to peers from now
+/// on, and tells whoever registers the certificate's expiry.
+fn present(
+    material: &Material,
+    server: Option<&ServerTls>,
+    peers: &Peers,
+    renewed: &watch::Sender<Option<i64>>,
+) -> Result<(), String> {
+    if let Some(server) = server {
+        server.replace(material).map_err(|e| e.to_string())?;
+    }
+    peers.set_tls(material.client());
+    renewed.send_replace(Some(material.info.not_after));
+    Ok(())
+}
+
+/// How often the operator's files are looked at.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// Takes in the operator's certificate files (`--trusted-ca-file`,
+/// `--cert-file`, `--key-file`) when they are replaced: checked as at start
+/// (issued by the CA, naming this node, matching key, key not readable by
+/// others), then served and presented at once. A replacement that fails a
+/// check is logged, naming the file and why, and the current one stays.
+pub struct Reload {
+    pub id: u64,
+    pub files: Files,
+    pub peers: Arc<Peers>,
+    /// `None` on a data-plane-only node (it serves no gRPC).
+    pub server: Option<Arc<ServerTls>>,
+    pub renewed: watch::Sender<Option<i64>>,
+}
+
+impl Reload {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut seen = self.files.stamp();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RELOAD_CHECK) => {}
+                _ = stop.changed() => return,
+            }
+            let now = self.files.stamp();
+            if now == seen {
+                continue;
+            }
+            // Files written one after the other: give the writer a moment, then read all three.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            seen = self.files.stamp();
+            match self.files.load(self.id) {
+                Ok(material) => match present(&material, self.server.as_deref(), &self.peers, &self.renewed) {
+                    Ok(()) => tracing::info!(
+                        not_after = material.info.not_after,
+                        "reloaded this node's certificate from {}",
+                        self.files.cert.display()
+                    ),
+                    Err(e) => {
+                        tracing::error!("the replaced certificate cannot be served: {e}; keeping the current one")
+                    }
+                },
+                Err(e) => tracing::error!("the replaced certificate files are refused: {e}; keeping the current ones"),
+            }
+        }
     }
 }
 

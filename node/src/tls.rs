@@ -9,7 +9,7 @@
 //! `--dev` makes its own CA and certificates in `<data-dir>/pki` instead.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -28,13 +28,37 @@ use crate::error::Error;
 pub enum Security {
     /// `--insecure`: plaintext, and any caller may do anything.
     Insecure,
-    /// Mutual TLS with these (checked) files.
-    Mtls(Material),
+    /// Mutual TLS with these (checked) files, loaded from `Files`.
+    Mtls(Material, Files),
     /// `--dev`: a CA and certificates made in the data dir on first start.
     Dev,
     /// `--join-token`: a certificate fetched by CSR on first start, kept in
     /// the data dir (see `join`).
     JoinToken(vpn_pki::join_token::JoinToken),
+}
+
+/// The operator's certificate files (`--trusted-ca-file`, `--cert-file`,
+/// `--key-file`): vpnd reloads them when they are replaced.
+#[derive(Clone, Debug)]
+pub struct Files {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Files {
+    /// The files, checked as at start.
+    pub fn load(&self, id: u64) -> Result<Material, Error> {
+        Material::load(&self.ca, &self.cert, &self.key, id)
+    }
+
+    /// The files' modification times and sizes: a replacement changes them.
+    pub fn stamp(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        [&self.ca, &self.cert, &self.key]
+            .iter()
+            .map(|path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .collect()
+    }
 }
 
 /// This node's certificate, its key and the CA it trusts, as PEM.

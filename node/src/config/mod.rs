@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub use self::dataplane::DataplaneConfig;
 pub use self::scheduling::SchedulingConfig;
 use crate::error::Error;
-use crate::tls::{HttpTls, Material, Security};
+use crate::tls::{Files, HttpTls, Security};
 
 /// `vpnd`: one node of the replicated VPN control plane.
 #[derive(Debug, Default, Parser)]
@@ -430,7 +430,10 @@ fn security(id: u64, dev: bool, insecure: bool, files: [Option<PathBuf>; 3]) -> 
     match (insecure, files) {
         (true, [None, None, None]) => Ok(Security::Insecure),
         (true, _) => Err(Error::invalid("--insecure", &format!("turns TLS off: drop {FLAGS}, or --insecure"))),
-        (false, [Some(ca), Some(cert), Some(key)]) => Ok(Security::Mtls(Material::load(&ca, &cert, &key, id)?)),
+        (false, [Some(ca), Some(cert), Some(key)]) => {
+            let files = Files { ca, cert, key };
+            Ok(Security::Mtls(files.load(id)?, files))
+        }
         (false, [None, None, None]) if dev => Ok(Security::Dev),
         (false, [None, None, None]) => Err(Error::InvalidFlag {
             flag: "--trusted-ca-file",
