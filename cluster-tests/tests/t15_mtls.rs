@@ -556,6 +556,23 @@ async fn mtls_replaced_certificate_files_are_taken_in_without_a_restart() {
     .await;
     assert_eq!(served_not_after(addr, &ca_pem).await, first, "the refused files changed what is served");
 
+    // A whole set from another CA: consistent, but a new CA needs a restart.
+    let other_root = tempfile::tempdir().expect("tempdir");
+    let other_ca = Pki::init(other_root.path());
+    let foreign = other_ca.node(id, "controlplane", &cluster.ip.to_string());
+    // (--trusted-ca-file is the CA file every node was given.)
+    std::fs::copy(foreign.join("ca.crt"), pki.dir.join("ca.crt")).expect("replace the CA");
+    for file in ["node.key", "node.crt"] {
+        std::fs::copy(foreign.join(file), files.join(file)).expect("replace");
+    }
+    eventually("the other CA is refused", CONVERGE, || async {
+        let log = cluster.node(id).log_text();
+        log.contains("now holds another CA").then_some(()).ok_or("not yet".to_owned())
+    })
+    .await;
+    assert_eq!(served_not_after(addr, &ca_pem).await, first, "another CA's files changed what is served");
+    std::fs::write(pki.dir.join("ca.crt"), &ca_pem).expect("the cluster's CA back");
+
     // A good replacement (a 30-day certificate for this node): served without a restart.
     let fresh = pki.dir.with_file_name(format!("node-{id}-fresh"));
     let (ca, out, id_s) = (pki.dir.display().to_string(), fresh.display().to_string(), id.to_string());

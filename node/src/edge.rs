@@ -95,8 +95,9 @@ pub async fn run(
             };
             Some(tokio::spawn(renewal.run(stop_rx.clone())))
         }
-        Security::Mtls(_, files) => {
-            let reload = renewal::Reload { id: config.id, files: files.clone(), peers, server: None, renewed };
+        Security::Mtls(material, files) => {
+            let (files, ca_digest) = (files.clone(), material.ca_digest());
+            let reload = renewal::Reload { id: config.id, files, ca_digest, peers, server: None, renewed };
             Some(tokio::spawn(reload.run(stop_rx.clone())))
         }
         Security::Insecure | Security::Dev => None,

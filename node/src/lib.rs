@@ -274,10 +274,11 @@ async fn run_control_plane(
             };
             Some(tokio::spawn(renewal.run(stop_rx.clone())))
         }
-        (Some(server), Security::Mtls(_, files)) => {
+        (Some(server), Security::Mtls(material, files)) => {
             let reload = renewal::Reload {
                 id: node.id,
                 files: files.clone(),
+                ca_digest: material.ca_digest(),
                 peers: node.peers.clone(),
                 server: Some(server.clone()),
                 renewed: cert_expiry.0,

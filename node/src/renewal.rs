@@ -149,6 +149,8 @@ const RELOAD_CHECK: Duration = Duration::from_secs(5);
 pub struct Reload {
     pub id: u64,
     pub files: Files,
+    /// The CA trusted since start (the server's check of clients keeps it).
+    pub ca_digest: String,
     pub peers: Arc<Peers>,
     /// `None` on a data-plane-only node (it serves no gRPC).
     pub server: Option<Arc<ServerTls>>,
@@ -171,6 +173,11 @@ impl Reload {
             tokio::time::sleep(Duration::from_millis(200)).await;
             seen = self.files.stamp();
             match self.files.load(self.id) {
+                Ok(material) if material.ca_digest() != self.ca_digest => tracing::error!(
+                    "{} now holds another CA: changing the CA needs a restart (CA rotation is not supported yet); \
+                     keeping the current certificate",
+                    self.files.ca.display()
+                ),
                 Ok(material) => match present(&material, self.server.as_deref(), &self.peers, &self.renewed) {
                     Ok(()) => tracing::info!(
                         not_after = material.info.not_after,
