@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tonic::Code;
@@ -22,6 +22,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits after a failed session, doubled up to the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
+/// An unreachable control plane is said (a warning) after this, then this often.
+const SAY_UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
+const SAY_UNREACHABLE_EVERY: Duration = Duration::from_secs(60);
 
 /// The control-plane nodes an agent knows, and which of them it talks to.
 pub struct ControlPlane {
@@ -93,6 +96,8 @@ impl Session {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_BACKOFF;
         let mut cert = self.cert_not_after.clone();
+        // Since when no control-plane node took a session, and when that was last said.
+        let (mut failing_since, mut said_at): (Option<Instant>, Option<Instant>) = (None, None);
         loop {
             let expires = *cert.borrow_and_update();
             let offer = RegisterRequest {
@@ -107,7 +112,7 @@ impl Session {
                 }
             };
             let outcome = tokio::select! {
-                outcome = self.once(client, offer, &mut backoff) => outcome,
+                outcome = self.once(client, offer, &mut backoff, &mut failing_since) => outcome,
                 // A renewed certificate: register again with its expiry (a
                 // node whose certificate never renews drops the sender: no branch).
                 Ok(()) = cert.changed() => continue,
@@ -138,6 +143,18 @@ impl Session {
                         _ => tracing::warn!(control_plane = %addr, "agent session refused: {}", status.message()),
                     }
                     self.control_plane.failed(&addr);
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SAY_UNREACHABLE_AFTER
+                        && said_at.is_none_or(|at| at.elapsed() >= SAY_UNREACHABLE_EVERY)
+                    {
+                        said_at = Some(Instant::now());
+                        tracing::warn!(
+                            last = %addr,
+                            "no control-plane node of --join has taken a session for {:?}; the engines serve the last assignment ({})",
+                            since.elapsed(),
+                            status.message()
+                        );
+                    }
                 }
             }
             tokio::select! {
@@ -154,10 +171,12 @@ impl Session {
         mut client: Client,
         offer: RegisterRequest,
         backoff: &mut Duration,
+        failing_since: &mut Option<Instant>,
     ) -> Result<(), tonic::Status> {
         let mut req = tonic::Request::new(offer);
         req.set_timeout(CALL_TIMEOUT);
         let reply = client.register(req).await?.into_inner();
+        *failing_since = None;
         self.learn_cluster(&reply.cluster_id);
         let _ = self.events.send(Event::Registered { traffic_acked_seq: reply.traffic_acked_seq }).await;
         // No deadline: the stream lasts as long as the session. A node that
