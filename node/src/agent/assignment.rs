@@ -4,9 +4,6 @@
 //! engine credentials: what the node serves anyway, and nothing more.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +11,7 @@ use uuid::Uuid;
 use vpn_proto::internal::Assignment;
 use vpn_runtime::desired::{DesiredState, EngineUser, InboundSpec};
 
+use super::secrets::write_private;
 use crate::error::Error;
 
 const FILE: &str = "assignment.json";
@@ -87,13 +85,12 @@ impl Stored {
 
 /// The file in the agent's directory.
 pub struct AssignmentFile {
-    dir: PathBuf,
     path: PathBuf,
 }
 
 impl AssignmentFile {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned(), path: dir.join(FILE) }
+        Self { path: dir.join(FILE) }
     }
 
     /// The last assignment of node `node_id`; `None` when there is none yet.
@@ -111,20 +108,10 @@ impl AssignmentFile {
         Ok(Some(stored))
     }
 
-    /// Replaces the file: a temp file (0600), fsync, rename, fsync of the dir.
-    pub fn save(&self, stored: &Stored) -> Result<(), String> {
-        let bytes = serde_json::to_vec(stored).map_err(|e| e.to_string())?;
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", self.dir.display()))
+    /// Replaces the file atomically (mode 0600).
+    pub fn save(&self, stored: &Stored) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(stored).map_err(|e| Error::Internal(format!("encoding an assignment: {e}")))?;
+        write_private(&self.path, &bytes)
     }
 
     /// Forgets the kept assignment (the node was removed).

@@ -160,15 +160,20 @@ fn first_certificate(pem: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok().filter(|der| !der.is_empty())
 }
 
-/// Writes `path` atomically with mode 0600.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+/// Replaces `path` with `contents`, mode 0600: a temp file, fsync, rename,
+/// fsync of the directory, so a crash leaves the old file or the new one.
+pub(super) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
     };
     write().map_err(|e| disk(path, e))
 }

@@ -39,19 +39,22 @@ impl ControlPlane {
         Self { endpoints, current: watch::channel(0).0, peers }
     }
 
+    /// The node at position `i` of the endless rotation over the endpoints.
+    fn at(&self, i: usize) -> Option<&String> {
+        self.endpoints.get(i % self.endpoints.len().max(1))
+    }
+
     /// The node talked to now: its address and a client of its agent service.
     pub fn current(&self) -> Result<(String, Client), Error> {
-        let i = *self.current.borrow() % self.endpoints.len().max(1);
-        let addr = self.endpoints.get(i).ok_or_else(|| Error::unavailable("no control-plane node known"))?.clone();
-        let channel = self.peers.channel(&addr)?;
-        Ok((addr, self.peers.agent_client(channel)))
+        let addr = self.at(*self.current.borrow()).ok_or_else(|| Error::unavailable("no control-plane node known"))?;
+        let channel = self.peers.channel(addr)?;
+        Ok((addr.clone(), self.peers.agent_client(channel)))
     }
 
     /// Moves on from `addr` to the next node (unless someone already did).
     pub fn failed(&self, addr: &str) {
-        let n = self.endpoints.len().max(1);
         self.current.send_if_modified(|i| {
-            let on_it = self.endpoints.get(*i % n).is_some_and(|a| a == addr);
+            let on_it = self.at(*i).is_some_and(|a| a == addr);
             if on_it {
                 *i = i.wrapping_add(1);
             }
@@ -62,8 +65,7 @@ impl ControlPlane {
     /// Resolves when the agent moved on to another node.
     async fn moved(&self, from: &str) {
         let mut current = self.current.subscribe();
-        let n = self.endpoints.len().max(1);
-        let _ = current.wait_for(|i| self.endpoints.get(*i % n).is_none_or(|a| a != from)).await;
+        let _ = current.wait_for(|i| self.at(*i).is_none_or(|a| a != from)).await;
     }
 }
 
@@ -125,17 +127,17 @@ impl Session {
             match outcome {
                 Ok(()) => tracing::info!(control_plane = %addr, "assignment stream ended; reconnecting"),
                 // The operator removed this node: the agent stops its engines, then vpnd stops.
-                Err(status) if status.code() == Code::NotFound => {
+                Err(Failure { status, .. }) if status.code() == Code::NotFound => {
                     let _ = self.events.send(Event::Removed(status.message().to_owned())).await;
                     return;
                 }
-                Err(status) if final_refusal(&status) => {
-                    let e =
-                        Error::Identity(format!("the control plane at {addr} refused this node: {}", status.message()));
+                Err(failure) if failure.is_final() => {
+                    let why = failure.status.message();
+                    let e = Error::Identity(format!("the control plane at {addr} refused this node: {why}"));
                     let _ = self.fatal.send(e).await;
                     return;
                 }
-                Err(status) => {
+                Err(Failure { status, .. }) => {
                     match status.code() {
                         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                             tracing::debug!(control_plane = %addr, "agent session: {}", status.message())
@@ -172,18 +174,19 @@ impl Session {
         offer: RegisterRequest,
         backoff: &mut Duration,
         failing_since: &mut Option<Instant>,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<(), Failure> {
         let mut req = tonic::Request::new(offer);
         req.set_timeout(CALL_TIMEOUT);
-        let reply = client.register(req).await?.into_inner();
+        let reply = client.register(req).await.map_err(|status| Failure { status, registered: false })?.into_inner();
         *failing_since = None;
+        let failed = |status| Failure { status, registered: true };
         self.learn_cluster(&reply.cluster_id);
         let _ = self.events.send(Event::Registered { traffic_acked_seq: reply.traffic_acked_seq }).await;
         // No deadline: the stream lasts as long as the session. A node that
         // dies or is cut off is noticed by the channel's keepalive pings.
         let req = tonic::Request::new(WatchAssignmentRequest { node_id: self.offer.node_id });
-        let mut stream = client.watch_assignment(req).await?.into_inner();
-        while let Some(assignment) = stream.message().await? {
+        let mut stream = client.watch_assignment(req).await.map_err(failed)?.into_inner();
+        while let Some(assignment) = stream.message().await.map_err(failed)? {
             *backoff = FIRST_BACKOFF;
             if self.events.send(Event::Assignment(assignment)).await.is_err() {
                 return Ok(());
@@ -206,9 +209,23 @@ impl Session {
     }
 }
 
-/// Refusals that mean this data dir must not serve under this id: another
-/// incarnation (FAILED_PRECONDITION), or a certificate for another node.
-fn final_refusal(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::FailedPrecondition | Code::PermissionDenied)
-        && !status.message().contains("not registered")
+/// Why a session ended, and whether its registration had been taken.
+struct Failure {
+    status: tonic::Status,
+    registered: bool,
+}
+
+impl Failure {
+    /// Whether this data dir must not serve under this id: a registration
+    /// refused as another incarnation (FAILED_PRECONDITION), or a certificate
+    /// for another node. After a registration was taken, FAILED_PRECONDITION
+    /// ("not registered" on a watch that raced a removal) only asks for a new
+    /// session.
+    fn is_final(&self) -> bool {
+        match self.status.code() {
+            Code::PermissionDenied => true,
+            Code::FailedPrecondition => !self.registered,
+            _ => false,
+        }
+    }
 }
