@@ -13,6 +13,7 @@
 //! placements (a bulk import, a failover) costs a bounded share of a core.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,10 +44,17 @@ pub struct Assignments {
 #[derive(Default)]
 struct Interest {
     watched: Mutex<HashMap<NodeId, usize>>,
+    /// Bumped by every change of `watched`: a cheap "did it change" check.
+    version: AtomicU64,
     changed: Notify,
 }
 
 impl Interest {
+    fn edit(&self, edit: impl FnOnce(&mut HashMap<NodeId, usize>)) {
+        edit(&mut self.watched.lock().unwrap_or_else(PoisonError::into_inner));
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn watched(&self) -> BTreeSet<NodeId> {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
     }
@@ -60,13 +68,14 @@ pub struct Watching {
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        let mut watched = self.interest.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = watched.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                watched.remove(&self.id);
+        self.interest.edit(|watched| {
+            if let Some(n) = watched.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    watched.remove(&self.id);
+                }
             }
-        }
+        });
     }
 }
 
@@ -83,7 +92,7 @@ impl Assignments {
     /// table (which holds the node from the next rebuild on), and the guard
     /// that keeps it there.
     pub fn watch(&self, id: NodeId) -> (Watching, watch::Receiver<Arc<Table>>) {
-        *self.interest.watched.lock().unwrap_or_else(PoisonError::into_inner).entry(id).or_default() += 1;
+        self.interest.edit(|watched| *watched.entry(id).or_default() += 1);
         self.interest.changed.notify_one();
         (Watching { id, interest: self.interest.clone() }, self.table.clone())
     }
@@ -96,7 +105,8 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut raft = node.raft.metrics();
-    let mut seen = (u64::MAX, BTreeSet::new());
+    // (state generation, interest version) last looked at, and the watched set then.
+    let (mut seen, mut watched) = ((u64::MAX, u64::MAX), BTreeSet::new());
     loop {
         tokio::select! {
             changed = raft.changed() => if changed.is_err() { return },
@@ -104,64 +114,84 @@ async fn follow(
             _ = stop.changed() => return,
         }
         raft.borrow_and_update();
-        let now = (node.state.read(|s| s.generation), interest.watched());
+        let now = (node.state.read(|s| s.generation), interest.version.load(Ordering::Relaxed));
         if now == seen {
             continue;
         }
-        let started = Instant::now();
-        let current = tx.borrow().clone();
-        // A pass over every user takes milliseconds at 100k: off the async workers.
-        let (state, watched, base) = (node.state.clone(), now.1.clone(), current.clone());
-        let next = match tokio::task::spawn_blocking(move || state.read(|s| rebuild(s, &base, &watched))).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!("rebuilding assignments failed: {e}");
-                tokio::time::sleep(COALESCE).await;
-                continue;
-            }
-        };
-        if next != *current {
-            tx.send_replace(Arc::new(next));
+        if now.1 != seen.1 {
+            watched = interest.watched();
         }
         seen = now;
+        let started = Instant::now();
+        let current = tx.borrow().clone();
+        let Sorted { mut kept, moved } = node.state.read(|s| sort_out(s, &current, &watched));
+        if moved.is_empty() && kept.len() == current.len() {
+            continue;
+        }
+        if !moved.is_empty() {
+            // A pass over every user takes milliseconds at 100k: off the async workers.
+            let state = node.state.clone();
+            match tokio::task::spawn_blocking(move || state.read(|s| assign(s, &moved))).await {
+                Ok(assigned) => kept.extend(assigned),
+                Err(e) => {
+                    tracing::error!("rebuilding assignments failed: {e}");
+                    seen.0 = u64::MAX;
+                    tokio::time::sleep(COALESCE).await;
+                    continue;
+                }
+            }
+        }
+        tx.send_replace(Arc::new(kept));
         tokio::time::sleep(COALESCE.max(started.elapsed() * PAUSE_PER_PASS)).await;
     }
 }
 
-/// The table of the `watched` nodes in `state`, reusing `current`'s entry of
-/// every node whose assigned generation did not move.
-fn rebuild(state: &State, current: &Table, watched: &BTreeSet<NodeId>) -> Table {
-    let mut table = Table::with_capacity(watched.len());
-    let mut moved: HashMap<NodeId, Vec<AssignedUser>> = HashMap::new();
+/// The watched nodes of `state`, sorted out against the published table.
+struct Sorted {
+    /// Nodes whose assigned generation did not move: their published entry.
+    kept: Table,
+    /// Nodes new to the table or whose assigned generation moved.
+    moved: BTreeSet<NodeId>,
+}
+
+/// One pass over the watched nodes (not the users).
+fn sort_out(state: &State, current: &Table, watched: &BTreeSet<NodeId>) -> Sorted {
+    let mut sorted = Sorted { kept: Table::with_capacity(watched.len()), moved: BTreeSet::new() };
     for node in watched.iter().filter_map(|id| state.dataplane_nodes.get(id)) {
         match current.get(&node.id) {
             Some(a) if a.generation == node.assigned_generation => {
-                table.insert(node.id, a.clone());
+                sorted.kept.insert(node.id, a.clone());
             }
             _ => {
-                moved.insert(node.id, Vec::new());
+                sorted.moved.insert(node.id);
             }
         }
     }
-    if !moved.is_empty() {
-        for user in state.users.values().filter(|u| u.status == UserStatus::Active) {
-            for node in user.placed_nodes() {
-                if let Some(users) = moved.get_mut(&node) {
-                    users.push(AssignedUser {
-                        name: user.name.clone(),
-                        id: user.id.to_string(),
-                        vless_uuid: user.credentials.vless_uuid.to_string(),
-                        ss2022_key: user.credentials.ss2022_key.clone(),
-                    });
-                }
+    sorted
+}
+
+/// The assignments of the `moved` nodes: one pass over the users.
+fn assign(state: &State, moved: &BTreeSet<NodeId>) -> Table {
+    let mut users: HashMap<NodeId, Vec<AssignedUser>> = moved.iter().map(|id| (*id, Vec::new())).collect();
+    for user in state.users.values().filter(|u| u.status == UserStatus::Active) {
+        for node in user.placed_nodes() {
+            if let Some(users) = users.get_mut(&node) {
+                users.push(AssignedUser {
+                    name: user.name.clone(),
+                    id: user.id.to_string(),
+                    vless_uuid: user.credentials.vless_uuid.to_string(),
+                    ss2022_key: user.credentials.ss2022_key.clone(),
+                });
             }
         }
     }
-    for (id, users) in moved {
-        let generation = state.dataplane_nodes.get(&id).map_or(0, |n| n.assigned_generation);
-        table.insert(id, Arc::new(Assignment { generation, users }));
-    }
-    table
+    users
+        .into_iter()
+        .filter_map(|(id, users)| {
+            let generation = state.dataplane_nodes.get(&id)?.assigned_generation;
+            Some((id, Arc::new(Assignment { generation, users })))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,6 +207,13 @@ mod tests {
 
     fn place(state: &mut State, user: &str, node: NodeId) {
         apply(state, &Command::Place(vec![Move { user: user.into(), add: vec![node], remove: vec![] }]));
+    }
+
+    /// What `follow` publishes for `state` after `current`.
+    fn rebuild(state: &State, current: &Table, watched: &BTreeSet<NodeId>) -> Table {
+        let Sorted { mut kept, moved } = sort_out(state, current, watched);
+        kept.extend(assign(state, &moved));
+        kept
     }
 
     fn both() -> BTreeSet<NodeId> {
