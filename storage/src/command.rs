@@ -202,8 +202,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             }
             state.users.insert(user.name.clone(), user.clone());
             state.index_token(user);
-            state.generation += 1;
-            reassign(state, user.placed_nodes());
+            next_generation(state, user.placed_nodes());
             CommandResponse::User(user.clone())
         }
         Command::UpdateUser { name, status, limits, at_ms } => {
@@ -235,8 +234,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             let reply = CommandResponse::User(user.clone());
             if changed_service {
                 let nodes: Vec<NodeId> = user.placed_nodes().collect();
-                state.generation += 1;
-                reassign(state, nodes);
+                next_generation(state, nodes);
             }
             reply
         }
@@ -244,8 +242,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
             Some(removed) => {
                 state.unindex_token(&removed.sub_token);
-                state.generation += 1;
-                reassign(state, removed.placed_nodes());
+                next_generation(state, removed.placed_nodes());
                 CommandResponse::Deleted
             }
         },
@@ -259,8 +256,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             let reply = CommandResponse::User(user.clone());
             if changed {
                 let nodes: Vec<NodeId> = user.placed_nodes().collect();
-                state.generation += 1;
-                reassign(state, nodes);
+                next_generation(state, nodes);
             }
             reply
         }
@@ -287,8 +283,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 }
             }
             if changed > 0 {
-                state.generation += 1;
-                reassign(state, nodes);
+                next_generation(state, nodes);
             }
             CommandResponse::Reevaluated(changed)
         }
@@ -315,8 +310,7 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 }
             }
             if placed > 0 {
-                state.generation += 1;
-                reassign(state, nodes);
+                next_generation(state, nodes);
             }
             CommandResponse::Placed(placed)
         }
@@ -341,7 +335,8 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 for user in state.users.values_mut() {
                     user.placements.retain(|p| p.node != *id);
                 }
-                state.generation += 1;
+                // The node is gone: no one else's assignment moves.
+                next_generation(state, []);
             }
             CommandResponse::MemberForgotten
         }
@@ -351,7 +346,6 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                 Some(known) if known.same_offer(offer) => return CommandResponse::DataplaneNode(known.clone()),
                 Some(known) => {
                     node.applied_generation = known.applied_generation;
-                    node.assigned_generation = known.assigned_generation;
                     node.health = known.health;
                     node.schedule = known.schedule;
                     node.traffic_seq = known.traffic_seq;
@@ -362,10 +356,10 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
                     node.traffic_seq = 0;
                 }
             }
-            state.generation += 1;
-            node.assigned_generation = state.generation;
-            state.dataplane_nodes.insert(node.id, node.clone());
-            CommandResponse::DataplaneNode(node)
+            let id = node.id;
+            state.dataplane_nodes.insert(id, node);
+            next_generation(state, [id]);
+            CommandResponse::DataplaneNode(state.dataplane_nodes[&id].clone())
         }
         Command::ReportApplied { node, generation } => match state.dataplane_nodes.get_mut(node) {
             None => CommandResponse::Refused(Refusal::NotADataplaneNode(*node)),
@@ -396,9 +390,11 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
     }
 }
 
-/// Stamps `nodes`' assignments with the current generation (call it after
-/// the bump): what each of them should serve changed in this command.
-fn reassign(state: &mut State, nodes: impl IntoIterator<Item = NodeId>) {
+/// A change to what some data-plane node serves: the next generation, with
+/// which `nodes`' assignments are stamped (what each of them should serve
+/// changed in this command).
+fn next_generation(state: &mut State, nodes: impl IntoIterator<Item = NodeId>) {
+    state.generation += 1;
     let generation = state.generation;
     for node in nodes {
         if let Some(record) = state.dataplane_nodes.get_mut(&node) {
@@ -466,8 +462,7 @@ fn record_traffic(state: &mut State, node: NodeId, reports: &[TrafficReport], at
         record.traffic_seq = through;
     }
     if served_changed {
-        state.generation += 1;
-        reassign(state, reassigned);
+        next_generation(state, reassigned);
     }
     CommandResponse::TrafficRecorded { through_seq: through }
 }
