@@ -71,13 +71,8 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(Arc::new(health));
-    let stopped = {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
-    let http_task = tokio::spawn(crate::http::serve(http, router, config.http_tls.clone(), stopped));
+    let http_task =
+        tokio::spawn(crate::http::serve(http, router, config.http_tls.clone(), crate::stopped(stop_rx.clone())));
     // A certificate got with a join token renews itself through the control
     // plane; the operator's files are taken in when replaced.
     let renewal_task = match &config.security {
