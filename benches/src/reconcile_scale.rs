@@ -26,7 +26,7 @@ use crate::writers::VpndWriter;
 /// Creates `users` users at `concurrency` through the leader while
 /// data-plane node `i` runs; then waits until it applied them.
 pub async fn bulk(fx: &mut Fixture, i: usize, users: u64, concurrency: usize) -> Result<Value> {
-    let reloads_before = fx.gauge(i, "vpn_runtime_engine_reloads_total").await.unwrap_or(0.0);
+    let generations_before = fx.gauge(i, "vpn_runtime_engine_generations_started_total").await.unwrap_or(0.0);
     let runs_before = fx.gauge(i, "vpn_runtime_reconcile_runs_total").await.unwrap_or(0.0);
     let writer = Arc::new(VpndWriter::new(vec![fx.leader.clone()], Duration::from_secs(10)));
     let level = Level { concurrency, duration: Duration::from_secs(900), max_ops: users };
@@ -50,7 +50,7 @@ pub async fn bulk(fx: &mut Fixture, i: usize, users: u64, concurrency: usize) ->
         "last_ack_to_applied_ms": ms(tail),
         "first_create_to_applied_ms": ms(last_ack.duration_since(start) + tail),
         "engine_users_sum": served,
-        "engine_reloads_during": fx.gauge(i, "vpn_runtime_engine_reloads_total").await.unwrap_or(0.0) - reloads_before,
+        "engine_generations_during": fx.gauge(i, "vpn_runtime_engine_generations_started_total").await.unwrap_or(0.0) - generations_before,
         "reconcile_runs_during": fx.gauge(i, "vpn_runtime_reconcile_runs_total").await.unwrap_or(0.0) - runs_before,
     }))
 }
@@ -94,7 +94,8 @@ pub fn render_only(users: usize, reps: usize) -> Result<Value> {
         let mut bytes = 0;
         for _ in 0..reps {
             let t = Instant::now();
-            let rendered = SingBox.render(&inbound, &all, &api).map_err(|e| anyhow!("render: {e}"))?;
+            let rendered =
+                SingBox.render(&inbound, inbound.listen_port, &all, &api).map_err(|e| anyhow!("render: {e}"))?;
             times.push(ms(t.elapsed()));
             bytes = rendered.iter().map(|f| f.contents.len()).sum();
         }

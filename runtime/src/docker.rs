@@ -24,6 +24,9 @@ pub const LABEL_HASH: &str = "vpn.config-hash";
 pub const LABEL_PORT: &str = "vpn.listen-port";
 pub const LABEL_API_PORTS: &str = "vpn.api-ports";
 pub const LABEL_API_SECRET: &str = "vpn.api-secret";
+/// Generations (VLESS): the generation's number and the port it listens on.
+pub const LABEL_GENERATION: &str = "vpn.generation";
+pub const LABEL_ENGINE_PORT: &str = "vpn.engine-port";
 /// `check` on the throwaway containers that validate a config.
 pub const LABEL_ROLE: &str = "vpn.role";
 
@@ -61,6 +64,8 @@ pub struct ContainerInfo {
     pub running: bool,
     /// Changes whenever the engine process (re)starts.
     pub started_at: String,
+    /// When the container was created (RFC 3339); never changes.
+    pub created: String,
 }
 
 impl Docker {
@@ -131,19 +136,27 @@ impl Docker {
         Ok(out)
     }
 
-    /// API ports recorded by every engine container on this host, whichever node owns it.
-    pub async fn recorded_api_ports(&self) -> Result<BTreeSet<u16>, RuntimeError> {
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&HashMap::from([("label", vec![LABEL_API_PORTS.to_string()])]))
-            .build();
-        let summaries =
-            self.api.list_containers(Some(options)).await.map_err(|e| RuntimeError::docker("list containers", e))?;
-        Ok(summaries
-            .iter()
-            .filter_map(|s| s.labels.as_ref()?.get(LABEL_API_PORTS))
-            .flat_map(|ports| ports.split(',').filter_map(|p| p.parse().ok()))
-            .collect())
+    /// API and generation ports recorded by every engine container on this host, whichever node owns it.
+    pub async fn recorded_ports(&self) -> Result<BTreeSet<u16>, RuntimeError> {
+        let mut ports = BTreeSet::new();
+        for label in [LABEL_API_PORTS, LABEL_ENGINE_PORT] {
+            let options = ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&HashMap::from([("label", vec![label.to_string()])]))
+                .build();
+            let summaries = self
+                .api
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| RuntimeError::docker("list containers", e))?;
+            ports.extend(
+                summaries
+                    .iter()
+                    .filter_map(|s| s.labels.as_ref()?.get(label))
+                    .flat_map(|ports| ports.split(',').filter_map(|p| p.parse::<u16>().ok())),
+            );
+        }
+        Ok(ports)
     }
 
     pub async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
@@ -156,6 +169,7 @@ impl Docker {
             labels: c.config.and_then(|cfg| cfg.labels).unwrap_or_default(),
             running: state.running == Some(true) && state.restarting != Some(true),
             started_at: state.started_at.unwrap_or_default(),
+            created: c.created.unwrap_or_default(),
         })
     }
 

@@ -38,6 +38,12 @@ pub enum RuntimeError {
         source: bollard::errors::Error,
     },
 
+    #[error(
+        "cannot {action} the nftables rules that hand VLESS connections to the current engine generation: \
+         {detail}"
+    )]
+    Handoff { action: &'static str, detail: String },
+
     #[error("engine container {name} did not become ready: {detail}")]
     EngineNotReady { name: String, detail: String },
 

@@ -36,6 +36,7 @@ pub mod docker;
 pub mod engine;
 mod error;
 mod fsutil;
+pub mod handoff;
 pub mod keys;
 pub mod metrics;
 pub mod ports;

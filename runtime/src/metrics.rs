@@ -29,7 +29,9 @@ pub struct Metrics {
     desired_generation: Gauge,
     applied_generation: Gauge,
     containers_created: Family<ProtocolLabel, Counter>,
-    engine_reloads: Family<ProtocolLabel, Counter>,
+    generations_started: Family<ProtocolLabel, Counter>,
+    generations_live: Family<ProtocolLabel, Gauge>,
+    sessions_dropped: Family<ProtocolLabel, Counter>,
     engine_users: Family<ProtocolLabel, Gauge>,
     sessions_closed: Family<ProtocolLabel, Counter>,
 }
@@ -44,7 +46,9 @@ impl Default for Metrics {
             desired_generation: Gauge::default(),
             applied_generation: Gauge::default(),
             containers_created: Family::default(),
-            engine_reloads: Family::default(),
+            generations_started: Family::default(),
+            generations_live: Family::default(),
+            sessions_dropped: Family::default(),
             engine_users: Family::default(),
             sessions_closed: Family::default(),
         }
@@ -73,7 +77,21 @@ impl Metrics {
             self.applied_generation.clone(),
         );
         r.register("containers_created", "Engine containers created", self.containers_created.clone());
-        r.register("engine_reloads", "Engine reloads (each cuts that engine's sessions)", self.engine_reloads.clone());
+        r.register(
+            "engine_generations_started",
+            "Engine generations started (each takes the new connections; the previous one drains)",
+            self.generations_started.clone(),
+        );
+        r.register(
+            "engine_generations",
+            "Engine generations alive (the current one plus those still serving their sessions)",
+            self.generations_live.clone(),
+        );
+        r.register(
+            "sessions_dropped",
+            "Live sessions cut because their generation hit --engine-drain or the cap on live generations",
+            self.sessions_dropped.clone(),
+        );
         r.register("engine_users", "Users each engine serves", self.engine_users.clone());
         r.register(
             "sessions_closed",
@@ -82,8 +100,12 @@ impl Metrics {
         );
     }
 
-    pub fn engine_reloads(&self, protocol: Protocol) -> u64 {
-        self.engine_reloads.get_or_create(&protocol.into()).get()
+    pub fn generations_started(&self, protocol: Protocol) -> u64 {
+        self.generations_started.get_or_create(&protocol.into()).get()
+    }
+
+    pub fn sessions_dropped(&self, protocol: Protocol) -> u64 {
+        self.sessions_dropped.get_or_create(&protocol.into()).get()
     }
 
     pub fn sessions_closed(&self, protocol: Protocol) -> u64 {
@@ -116,8 +138,17 @@ impl Metrics {
         self.containers_created.get_or_create(&protocol.into()).inc();
     }
 
-    pub(crate) fn reloaded(&self, protocol: Protocol) {
-        self.engine_reloads.get_or_create(&protocol.into()).inc();
+    pub(crate) fn generation_started(&self, protocol: Protocol) {
+        self.generations_started.get_or_create(&protocol.into()).inc();
+    }
+
+    /// A generation was removed, cutting `dropped` sessions.
+    pub(crate) fn generation_ended(&self, protocol: Protocol, dropped: usize) {
+        self.sessions_dropped.get_or_create(&protocol.into()).inc_by(u64::try_from(dropped).unwrap_or(u64::MAX));
+    }
+
+    pub(crate) fn set_generations_live(&self, protocol: Protocol, n: usize) {
+        self.generations_live.get_or_create(&protocol.into()).set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn set_users(&self, protocol: Protocol, users: usize) {

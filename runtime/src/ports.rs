@@ -51,19 +51,29 @@ impl Reserved {
 
 /// `count` free loopback ports, none of them in `exclude` (ports recorded by other engines).
 pub fn reserve_loopback(count: usize, exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
+    reserve(Ipv4Addr::LOCALHOST, count, exclude)
+}
+
+/// A port free on every address, not in `exclude`: where a VLESS generation
+/// listens (the public port is redirected to it, see [`crate::handoff`]).
+pub fn reserve_generation_port(exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
+    reserve(Ipv4Addr::UNSPECIFIED, 1, exclude)
+}
+
+fn reserve(ip: Ipv4Addr, count: usize, exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
     let mut listeners = Vec::with_capacity(count);
     // Rejected picks stay bound until the end so the kernel does not hand them out again.
     let mut rejected = Vec::new();
     while listeners.len() < count {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| RuntimeError::io("bind a loopback API port on", "127.0.0.1:0", e))?;
-        let port = listener.local_addr().map_err(|e| RuntimeError::io("read address of", "127.0.0.1:0", e))?.port();
+        let listener =
+            TcpListener::bind((ip, 0)).map_err(|e| RuntimeError::io("bind a free port on", ip.to_string(), e))?;
+        let port = listener.local_addr().map_err(|e| RuntimeError::io("read address of", ip.to_string(), e))?.port();
         if exclude.contains(&port) {
             rejected.push(listener);
             if rejected.len() > 1000 {
                 return Err(RuntimeError::io(
-                    "find a free loopback API port on",
-                    "127.0.0.1",
+                    "find a free port on",
+                    ip.to_string(),
                     std::io::Error::other("every port offered is recorded by another engine"),
                 ));
             }

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use crate::docker::Docker;
 use crate::engine::singbox::SingBox;
 use crate::engine::Engine;
+use crate::handoff::PortRoutes;
 use crate::reconcile::env::Env;
 use crate::reconcile::observe::observe;
-use crate::reconcile::plan::{plan, DesiredInbound, Op, PlanInput};
+use crate::reconcile::plan::{plan, DesiredInbound, DrainPolicy, Op, PlanInput};
 use crate::reconcile::{executor, Observed};
 use crate::usage::{FinalReadings, UsageReader};
 use crate::{validate, DesiredState, Metrics, Protocol, RuntimeError};
@@ -35,9 +36,11 @@ pub struct RuntimeConfig {
     pub resync: Duration,
     /// `unix:///path` or `tcp://host:port`; `None`: `DOCKER_HOST`, else `/var/run/docker.sock`.
     pub docker_host: Option<String>,
-    /// A reload (it cuts every session of a VLESS engine) waits until the user set has been
-    /// quiet this long, at most five times this since the first change.
-    pub reload_debounce: Duration,
+    /// At most one new engine generation (VLESS) starts per this interval: the
+    /// changes that arrive meanwhile go into the next one together.
+    pub generation_interval: Duration,
+    /// How long previous generations serve their sessions, and how many may live.
+    pub drain: DrainPolicy,
     /// On shutdown, a reconcile in flight may finish within this.
     pub shutdown_grace: Duration,
 }
@@ -50,7 +53,8 @@ impl RuntimeConfig {
             config_dir: config_dir.into(),
             resync: Duration::from_secs(10),
             docker_host: None,
-            reload_debounce: Duration::from_millis(200),
+            generation_interval: Duration::from_secs(1),
+            drain: DrainPolicy { deadline: Duration::from_secs(3600), max_generations: 8 },
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -116,6 +120,8 @@ impl Reconciler {
             config_dir,
             metrics: metrics.clone(),
             finals,
+            routes: PortRoutes::new(config.node_id),
+            drain: config.drain,
         };
         let (status_tx, status) = watch::channel(ApplyStatus::default());
         let task = tokio::spawn(run(env, config, desired, shutdown, status_tx));
@@ -124,11 +130,17 @@ impl Reconciler {
 }
 
 /// How one reconcile ended.
-enum Outcome {
-    Converged,
-    /// Only a debounced reload is left.
-    ReloadDeferred,
+#[derive(Default)]
+struct Outcome {
+    /// Only a throttled new generation is left.
+    generation_deferred: bool,
+    /// Previous generations still serve sessions.
+    draining: bool,
+    started_generation: bool,
 }
+
+/// How often generations that drain are looked at, so one is removed soon after its last session ends.
+const DRAIN_CHECK: Duration = Duration::from_secs(2);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// A reconcile that still has work after this many observe-plan-apply passes is an error.
@@ -142,7 +154,7 @@ async fn run<E: Engine>(
     status: watch::Sender<ApplyStatus>,
 ) {
     let mut current = desired_rx.borrow_and_update().clone();
-    let mut debounce = Debounce::new(config.reload_debounce);
+    let mut throttle = Throttle { interval: config.generation_interval, last: None };
     let mut backoff = MIN_BACKOFF;
     let mut desired_open = true;
     let mut next = Instant::now();
@@ -158,9 +170,7 @@ async fn run<E: Engine>(
                 // The node dropped its sender: keep serving the last state, resync only.
                 Err(_) => desired_open = false,
                 Ok(()) => {
-                    let new = desired_rx.borrow_and_update().clone();
-                    debounce.note(current.as_ref(), new.as_ref(), Instant::now());
-                    current = new;
+                    current = desired_rx.borrow_and_update().clone();
                     next = Instant::now();
                 }
             },
@@ -172,7 +182,7 @@ async fn run<E: Engine>(
                 env.metrics.set_generations(state.generation, None);
                 let started = Instant::now();
                 env.metrics.run_started();
-                let mut work = pin!(reconcile(&env, &state, debounce.reload_allowed(started)));
+                let mut work = pin!(reconcile(&env, &state, throttle.allowed(started)));
                 let result = tokio::select! {
                     result = &mut work => result,
                     // A dropped sender counts as shutdown too.
@@ -185,17 +195,23 @@ async fn run<E: Engine>(
                 };
                 env.metrics.run_finished(started.elapsed().as_secs_f64(), result.is_ok());
                 next = match result {
-                    Ok(Outcome::Converged) => {
-                        debounce.settled();
+                    Ok(outcome) => {
                         backoff = MIN_BACKOFF;
-                        env.metrics.set_generations(state.generation, Some(state.generation));
-                        status.send_modify(|s| {
-                            s.applied_generation = s.applied_generation.max(state.generation);
-                            s.last_error = None;
-                        });
-                        Instant::now() + config.resync
+                        if outcome.started_generation {
+                            throttle.last = Some(started);
+                        }
+                        if outcome.generation_deferred {
+                            throttle.allowed_at()
+                        } else {
+                            env.metrics.set_generations(state.generation, Some(state.generation));
+                            status.send_modify(|s| {
+                                s.applied_generation = s.applied_generation.max(state.generation);
+                                s.last_error = None;
+                            });
+                            let resync = if outcome.draining { config.resync.min(DRAIN_CHECK) } else { config.resync };
+                            Instant::now() + resync
+                        }
                     }
-                    Ok(Outcome::ReloadDeferred) => debounce.allowed_at().unwrap_or_else(Instant::now),
                     Err(e) => {
                         tracing::warn!(node = env.node_id, generation = state.generation, error = %e, "reconcile failed");
                         status.send_modify(|s| s.last_error = Some(e.to_string()));
@@ -214,7 +230,7 @@ async fn run<E: Engine>(
 async fn reconcile<E: Engine>(
     env: &Env<E>,
     desired: &DesiredState,
-    reload_allowed: bool,
+    generation_allowed: bool,
 ) -> Result<Outcome, RuntimeError> {
     validate(desired, env.node_id)?;
     let inbounds = desired
@@ -230,27 +246,45 @@ async fn reconcile<E: Engine>(
         })
         .collect::<Result<Vec<_>, RuntimeError>>()?;
     let current: BTreeMap<_, _> = inbounds.iter().map(|i| (i.protocol, i.config_hash.clone())).collect();
-    let input = PlanInput { inbounds: &inbounds, users: &desired.users, reload_allowed };
+    let mut outcome = Outcome::default();
     // One broken inbound (say a port in use) must not hold back the others: its
     // ops are skipped for the rest of this reconcile, the others go on.
     let mut failed: Vec<(Option<Protocol>, RuntimeError)> = Vec::new();
     let mut last_plan = Vec::new();
     for _ in 0..MAX_PASSES {
         let observed = observe(env, &current).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let input = PlanInput {
+            inbounds: &inbounds,
+            users: &desired.users,
+            // One new generation per reconcile at most: the next pass routes to it.
+            generation_allowed: generation_allowed && !outcome.started_generation,
+            drain: env.drain,
+            now_ms,
+        };
         let plan = plan(input, &observed);
-        let ops: Vec<&Op> = plan.ops.iter().filter(|op| !failed.iter().any(|(p, _)| *p == op.protocol())).collect();
-        if ops.is_empty() {
+        let failed_in =
+            |failed: &[(Option<Protocol>, RuntimeError)], op: &Op| failed.iter().any(|(p, _)| *p == op.protocol());
+        if plan.ops.iter().all(|op| failed_in(&failed, op)) {
             record_users(env, &observed);
+            outcome.generation_deferred = plan.generation_deferred;
+            outcome.draining = plan.draining;
             return match failed.len() {
-                0 if plan.reload_deferred => Ok(Outcome::ReloadDeferred),
-                0 => Ok(Outcome::Converged),
+                0 => Ok(outcome),
                 1 => Err(failed.remove(0).1),
                 _ => Err(RuntimeError::Several(failed.into_iter().map(|(_, e)| e).collect())),
             };
         }
-        for op in ops {
-            if let Err(e) = executor::apply(env, desired, &observed, op).await {
-                failed.push((op.protocol(), e));
+        for op in &plan.ops {
+            // After a failed op, the rest of its inbound's ops wait (a route must not follow a failed start).
+            if failed_in(&failed, op) {
+                continue;
+            }
+            match executor::apply(env, desired, &observed, op).await {
+                Ok(()) => outcome.started_generation |= matches!(op, Op::StartGeneration { .. }),
+                Err(e) => failed.push((op.protocol(), e)),
             }
         }
         last_plan = plan.ops;
@@ -259,71 +293,53 @@ async fn reconcile<E: Engine>(
 }
 
 fn record_users<E: Engine>(env: &Env<E>, observed: &Observed) {
+    let mut generations: BTreeMap<Protocol, usize> = BTreeMap::new();
     for c in &observed.containers {
-        if let (Some(p), Some(users)) = (c.protocol, &c.users) {
+        let Some(p) = c.protocol else { continue };
+        if c.generation.is_some() && c.running {
+            *generations.entry(p).or_default() += 1;
+        }
+        // A generation's users count while new connections reach it.
+        let current =
+            c.generation.is_none() || c.engine_port.is_some_and(|port| observed.routes.values().any(|r| *r == port));
+        if let (true, Some(users)) = (current, &c.users) {
             env.metrics.set_users(p, users.live.keys().filter(|n| !users.refused.contains(*n)).count());
         }
     }
+    for (p, n) in generations {
+        env.metrics.set_generations_live(p, n);
+    }
 }
 
-/// Holds reloads back while the user set keeps changing.
-struct Debounce {
-    quiet: Duration,
-    changed_at: Option<Instant>,
-    pending_since: Option<Instant>,
+/// Spaces new generations: one may start `interval` after the last one.
+struct Throttle {
+    interval: Duration,
+    last: Option<Instant>,
 }
 
-impl Debounce {
-    fn new(quiet: Duration) -> Self {
-        Debounce { quiet, changed_at: None, pending_since: None }
+impl Throttle {
+    fn allowed_at(&self) -> Instant {
+        self.last.map_or_else(Instant::now, |t| t + self.interval)
     }
 
-    fn note(&mut self, old: Option<&DesiredState>, new: Option<&DesiredState>, now: Instant) {
-        if old.map(|d| &d.users) != new.map(|d| &d.users) {
-            self.changed_at = Some(now);
-            self.pending_since.get_or_insert(now);
-        }
-    }
-
-    /// When a reload may run: after `quiet` without changes, or `5 * quiet` after the first.
-    fn allowed_at(&self) -> Option<Instant> {
-        Some((self.changed_at? + self.quiet).min(self.pending_since? + self.quiet * 5))
-    }
-
-    fn reload_allowed(&self, now: Instant) -> bool {
-        self.allowed_at().is_none_or(|at| now >= at)
-    }
-
-    fn settled(&mut self) {
-        self.changed_at = None;
-        self.pending_since = None;
+    fn allowed(&self, now: Instant) -> bool {
+        self.last.is_none_or(|t| now >= t + self.interval)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{desired, user};
 
     #[test]
-    fn debounce_waits_for_quiet_but_not_forever() {
+    fn a_generation_may_start_an_interval_after_the_last_one() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut d = Debounce::new(ms(200));
-        assert!(d.reload_allowed(t0), "nothing pending");
-        let a = desired(vec![], vec![user("a", 1)]);
-        let b = desired(vec![], vec![user("a", 1), user("b", 2)]);
-        d.note(Some(&a), Some(&a), t0);
-        assert!(d.allowed_at().is_none(), "same users: no change");
-        d.note(Some(&a), Some(&b), t0);
-        assert!(!d.reload_allowed(t0 + ms(100)));
-        assert!(d.reload_allowed(t0 + ms(200)));
-        // Changes every 150 ms keep pushing it back, up to 5 x 200 ms after the first.
-        for i in 1..10 {
-            d.note(Some(&a), Some(&b), t0 + ms(150 * i));
-        }
-        assert_eq!(d.allowed_at(), Some(t0 + ms(1000)));
-        d.settled();
-        assert!(d.reload_allowed(t0));
+        let mut t = Throttle { interval: ms(1000), last: None };
+        assert!(t.allowed(t0), "the first change starts one at once");
+        t.last = Some(t0);
+        assert!(!t.allowed(t0 + ms(999)));
+        assert_eq!(t.allowed_at(), t0 + ms(1000));
+        assert!(t.allowed(t0 + ms(1000)));
     }
 }

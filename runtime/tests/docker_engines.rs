@@ -66,7 +66,6 @@ async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions()
     assert_eq!(node.container_id("shadowsocks-2022"), Some(id), "user changes never restart the engine");
     let metrics = &node.handle().metrics;
     assert_eq!(metrics.containers_created(Protocol::Shadowsocks2022), 1);
-    assert_eq!(metrics.engine_reloads(Protocol::Shadowsocks2022), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +113,7 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
     assert!(!alice_dl.is_finished(), "alice's session continues");
     node.wait_applied(g).await;
     let metrics = node.handle().metrics.clone();
-    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 0, "disabling needs no reload");
+    assert_eq!(metrics.generations_started(Protocol::VlessTls), 1, "disabling needs no new generation");
     assert!(metrics.sessions_closed(Protocol::VlessTls) >= 1);
 
     // Enabled again: served at once, still without a reload.
@@ -124,20 +123,34 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
         .await;
     eprintln!("vless: enable -> bob served again in {:?}", enabled.elapsed());
     node.wait_applied(g).await;
-    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 0);
+    assert_eq!(metrics.generations_started(Protocol::VlessTls), 1);
     assert!(!alice_dl.is_finished(), "alice's session still continues");
-    drop(alice_dl);
 
-    // A new user needs the one reload sing-box offers.
+    // A new user starts the next generation, which takes the new connections;
+    // alice's session stays on the previous one until it ends.
     let added = Instant::now();
     let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone(), carol.clone()]);
     wait_for("carol to be served", Duration::from_secs(5), async || {
         carol_client.get(http.port, "/bytes/1024", Duration::from_millis(500)).await.ok()
     })
     .await;
-    eprintln!("vless: add -> carol served in {:?} (debounce + check + reload)", added.elapsed());
+    eprintln!("vless: add -> carol served in {:?} (a new generation, then the route)", added.elapsed());
     node.wait_applied(g).await;
     carol_client.fetch_1mib(http.port).await.expect("carol moves 1 MiB intact");
-    assert_eq!(metrics.engine_reloads(Protocol::VlessTls), 1);
-    assert_eq!(node.container_id("vless-tls"), Some(id), "user changes never recreate the engine");
+    assert_eq!(metrics.generations_started(Protocol::VlessTls), 2);
+    assert_ne!(node.container_id("vless-tls"), Some(id.clone()), "the new generation serves new connections");
+    assert_eq!(
+        node.generations("vless-tls").len(),
+        2,
+        "the previous one serves alice: {:?}",
+        node.generations("vless-tls")
+    );
+    let (all, _) = alice_dl.end(Duration::from_secs(60)).await;
+    let body = split_body(&all).expect("alice's download finished whole");
+    assert!(body.len() == 20 << 20 && is_pattern(&body), "alice's download through the handoff is intact");
+    wait_for("the previous generation to go after its last session", Duration::from_secs(30), async || {
+        (node.generations("vless-tls").len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(metrics.sessions_dropped(Protocol::VlessTls), 0);
 }

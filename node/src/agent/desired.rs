@@ -122,6 +122,8 @@ mod tests {
             }),
             resync: Duration::from_secs(10),
             docker_host: None,
+            engine_drain: std::time::Duration::from_secs(3600),
+            engine_max_generations: 8,
         }
     }
 

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use vpn_runtime::desired::{DesiredState, InboundSpec};
+use vpn_runtime::reconcile::plan::DrainPolicy;
 use vpn_runtime::{Reconciler, ReconcilerHandle, RuntimeConfig};
 
 use self::assignment::{AssignmentFile, Stored};
@@ -144,6 +145,7 @@ pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiv
     let mut runtime = RuntimeConfig::new(id, &config.engine_image, dir.join("engines"));
     runtime.resync = config.resync;
     runtime.docker_host = config.docker_host.clone();
+    runtime.drain = DrainPolicy { deadline: config.engine_drain, max_generations: config.engine_max_generations };
     let reconciler = Reconciler::start(runtime, desired_rx, shutdown.clone()).await?;
     host.metrics.register_with(|r| reconciler.metrics.register(r));
     tracing::info!(image = %config.engine_image, inbounds = inbounds.len(), "data-plane agent started");

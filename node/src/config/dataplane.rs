@@ -14,6 +14,13 @@ use crate::error::Error;
 /// local one with `ops/images/build-sing-box.sh` and pass `--engine-image`.
 pub const DEFAULT_ENGINE_IMAGE: &str = "ghcr.io/sagernet/sing-box:v1.14.4";
 const DEFAULT_RESYNC_SECS: u64 = 10;
+/// A VLESS generation that no longer takes new connections serves its own for
+/// up to this long; the sessions still open then are cut (and counted).
+const DEFAULT_ENGINE_DRAIN: Duration = Duration::from_secs(3600);
+/// Generations of one inbound alive at once (each is a sing-box process of
+/// ~15-25 MB): beyond it the oldest one's sessions are cut (and counted).
+const DEFAULT_MAX_GENERATIONS: usize = 8;
+const MAX_GENERATIONS: std::ops::RangeInclusive<usize> = 2..=64;
 
 /// A validated data-plane configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +41,10 @@ pub struct DataplaneConfig {
     pub resync: Duration,
     /// `None`: the runtime's default (`$DOCKER_HOST`, else the local socket).
     pub docker_host: Option<String>,
+    /// How long a previous VLESS generation serves its sessions.
+    pub engine_drain: Duration,
+    /// Most VLESS generations of one inbound alive at once.
+    pub engine_max_generations: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +115,12 @@ pub struct DataplaneArgs {
     /// Docker endpoint, e.g. unix:///var/run/docker.sock (default: $DOCKER_HOST, else the local socket).
     #[arg(long)]
     pub docker_host: Option<String>,
+    /// How long a previous VLESS engine generation serves its live sessions before they are cut, e.g. 90s, 30m, 1h (default 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub engine_drain: Option<String>,
+    /// Most VLESS engine generations of one inbound alive at once, 2-64 (default 8); beyond it the oldest one's sessions are cut.
+    #[arg(long, value_name = "N")]
+    pub engine_max_generations: Option<usize>,
 }
 
 impl DataplaneArgs {
@@ -122,6 +139,8 @@ impl DataplaneArgs {
             ("--reality-handshake", self.reality_handshake.is_some()),
             ("--resync-secs", self.resync_secs.is_some()),
             ("--docker-host", self.docker_host.is_some()),
+            ("--engine-drain", self.engine_drain.is_some()),
+            ("--engine-max-generations", self.engine_max_generations.is_some()),
         ]
         .into_iter()
         .find_map(|(flag, given)| given.then_some(flag))
@@ -203,6 +222,23 @@ pub(super) fn parse(raw: DataplaneArgs, taken: &[(&'static str, u16)]) -> Result
     if !(1..=3600).contains(&resync_secs) {
         return Err(Error::invalid("--resync-secs", "must be 1-3600 seconds (default 10)"));
     }
+    let engine_drain = match raw.engine_drain.as_deref() {
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            Error::invalid("--engine-drain", &format!("{text:?} is not a duration: give e.g. 90s, 30m, 1h or 2d"))
+        })?,
+        None => DEFAULT_ENGINE_DRAIN,
+    };
+    let engine_max_generations = raw.engine_max_generations.unwrap_or(DEFAULT_MAX_GENERATIONS);
+    if !MAX_GENERATIONS.contains(&engine_max_generations) {
+        return Err(Error::invalid(
+            "--engine-max-generations",
+            &format!(
+                "must be {}-{} (default {DEFAULT_MAX_GENERATIONS})",
+                MAX_GENERATIONS.start(),
+                MAX_GENERATIONS.end()
+            ),
+        ));
+    }
     Ok(Some(DataplaneConfig {
         public_host,
         inbounds,
@@ -213,7 +249,24 @@ pub(super) fn parse(raw: DataplaneArgs, taken: &[(&'static str, u16)]) -> Result
         reality,
         resync: Duration::from_secs(resync_secs),
         docker_host: raw.docker_host.filter(|h| !h.trim().is_empty()),
+        engine_drain,
+        engine_max_generations,
     }))
+}
+
+/// `<n><unit>` with unit s, m, h or d (`0s` allowed: cut at once).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    n.checked_mul(secs).map(Duration::from_secs)
 }
 
 /// `<protocol>=<port>` items: known protocols, one inbound per protocol,

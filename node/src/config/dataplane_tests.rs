@@ -69,6 +69,7 @@ fn a_full_data_plane_node_is_parsed_with_defaults() {
     assert_eq!(c.labels.get("tier").map(String::as_str), Some("gold"));
     assert_eq!(c.capacity, 500);
     assert_eq!(c.resync, Duration::from_secs(10));
+    assert_eq!((c.engine_drain, c.engine_max_generations), (Duration::from_secs(3600), 8));
 }
 
 #[test]
@@ -117,6 +118,12 @@ fn other_bad_values_name_their_flag() {
     refused(&[&tls[..], &["--labels", "a=1,a=2"]].concat(), "--labels", "twice");
     refused(&[&tls[..], &["--resync-secs", "0"]].concat(), "--resync-secs", "1-3600");
     refused(&[&tls[..], &["--engine-image", "a b"]].concat(), "--engine-image", "image name");
+    refused(&[&tls[..], &["--engine-drain", "10"]].concat(), "--engine-drain", "90s, 30m, 1h");
+    refused(&[&tls[..], &["--engine-drain=1w"]].concat(), "--engine-drain", "not a duration");
+    refused(&[&tls[..], &["--engine-max-generations", "1"]].concat(), "--engine-max-generations", "2-64");
+    let d =
+        dataplane(&[&tls[..], &["--engine-drain", "90s", "--engine-max-generations", "3"]].concat()).expect("valid");
+    assert_eq!((d.engine_drain, d.engine_max_generations), (Duration::from_secs(90), 3));
     let e = config(&["--dataplane", "--inbound", "vless-tls=443"]).expect_err("no host");
     assert!(e.starts_with("--public-host") && e.contains("required"), "{e}");
     let e =

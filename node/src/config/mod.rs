@@ -167,6 +167,8 @@ struct FileSettings {
     reality_handshake: Option<String>,
     resync_secs: Option<u64>,
     docker_host: Option<String>,
+    engine_drain: Option<String>,
+    engine_max_generations: Option<usize>,
     replicas: Option<usize>,
     down_after_ms: Option<u64>,
     node_heartbeat_ms: Option<u64>,
@@ -282,6 +284,8 @@ impl Config {
                 reality_handshake: dp.reality_handshake.or(file.reality_handshake),
                 resync_secs: dp.resync_secs.or(file.resync_secs),
                 docker_host: dp.docker_host.or(file.docker_host),
+                engine_drain: dp.engine_drain.or(file.engine_drain),
+                engine_max_generations: dp.engine_max_generations.or(file.engine_max_generations),
             },
             &[("--listen", listen.port()), ("--http", http.port())],
         )?;

@@ -16,10 +16,12 @@ pub enum UserStrategy {
     /// Added and removed through a live API: nothing restarts, no session is
     /// disturbed (sing-box `ssm-api` for Shadowsocks-2022).
     Live,
-    /// Users live in the config file: an added user needs a reload, which cuts
-    /// every session of that engine; a removed user is refused at once through
-    /// a live switch and its sessions are closed, with no reload (VLESS).
-    Reload,
+    /// Users live in the config file, and a reload would cut every session: an
+    /// added user starts the next engine generation, which takes the new
+    /// connections while the previous one serves its own until they end (see
+    /// [`crate::handoff`]); a removed user is refused at once on every
+    /// generation through a live switch, and its sessions are closed (VLESS).
+    Generations,
 }
 
 /// The loopback API ports and bearer secret of one engine container,
@@ -76,10 +78,12 @@ pub trait Engine: Send + Sync + 'static {
     /// protocol, port, keys, TLS material); never of the user list.
     fn config_hash(&self, image: &str, inbound: &InboundSpec) -> Result<String, RuntimeError>;
 
-    /// The config dir's files for this inbound serving these users.
+    /// The config dir's files for this inbound serving these users on
+    /// `listen_port` (the inbound's own port, or a generation's).
     fn render(
         &self,
         inbound: &InboundSpec,
+        listen_port: u16,
         users: &[EngineUser],
         api: &ApiAccess,
     ) -> Result<Vec<ConfigFile>, RuntimeError>;
@@ -114,8 +118,11 @@ pub trait Engine: Send + Sync + 'static {
         api: &ApiAccess,
     ) -> impl Future<Output = Result<Vec<EngineCounter>, RuntimeError>> + Send;
 
-    /// [`UserStrategy::Reload`]: refuses (or serves again) these users without a
-    /// reload; refusing also closes their live sessions. Returns sessions closed.
+    /// How many sessions the engine serves now.
+    fn sessions(&self, api: &ApiAccess) -> impl Future<Output = Result<usize, RuntimeError>> + Send;
+
+    /// [`UserStrategy::Generations`]: refuses (or serves again) these users
+    /// live; refusing also closes their live sessions. Returns sessions closed.
     fn set_refused(
         &self,
         api: &ApiAccess,

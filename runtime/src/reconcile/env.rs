@@ -2,10 +2,11 @@
 //! and its config dir, plus the small per-engine state file.
 //!
 //! Config dir layout (`RuntimeConfig::config_dir`), per protocol `<p>`:
-//! - `<p>/`: mounted read-only into the engine container (`config.json`, `tls/`);
+//! - `<p>/`: mounted read-only into a live-API engine's container (`config.json`, `tls/`);
 //! - `<p>.next/`: a new container's files while `sing-box check` validates them;
-//! - `<p>.state.json`: for reload-based engines, the users the running process
-//!   loaded and those refused since, keyed by container id and start time.
+//! - `<p>.g<N>/`: generation N's files, mounted read-only into its container;
+//! - `<p>.g<N>.state.json`: the users generation N's process loaded and
+//!   those refused since, keyed by container id and start time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::docker::{ContainerSpec, Docker, LABEL_ENGINE, LABEL_OWNER, LABEL_ROLE};
 use crate::engine::Engine;
 use crate::fsutil::write_atomic;
+use crate::handoff::PortRoutes;
+use crate::reconcile::plan::DrainPolicy;
 use crate::usage::FinalReadings;
 use crate::{Metrics, Protocol, RuntimeError};
 
@@ -27,6 +30,8 @@ pub struct Env<E: Engine> {
     pub metrics: Metrics,
     /// Counter readings taken just before an op ends their sources (see [`crate::usage`]).
     pub finals: FinalReadings,
+    pub routes: PortRoutes,
+    pub drain: DrainPolicy,
 }
 
 impl<E: Engine> Env<E> {
@@ -39,16 +44,24 @@ impl<E: Engine> Env<E> {
         format!("{LABEL_OWNER}={}", self.node_id)
     }
 
+    pub fn generation_name(&self, protocol: Protocol, generation: u64) -> String {
+        format!("vpn-{}-{}-g{generation}", self.node_id, protocol.as_str())
+    }
+
+    pub fn generation_dir(&self, protocol: Protocol, generation: u64) -> PathBuf {
+        self.config_dir.join(format!("{}.g{generation}", protocol.as_str()))
+    }
+
+    pub fn generation_state_path(&self, protocol: Protocol, generation: u64) -> PathBuf {
+        self.config_dir.join(format!("{}.g{generation}.state.json", protocol.as_str()))
+    }
+
     pub fn engine_dir(&self, protocol: Protocol) -> PathBuf {
         self.config_dir.join(protocol.as_str())
     }
 
     pub fn staging_dir(&self, protocol: Protocol) -> PathBuf {
         self.config_dir.join(format!("{}.next", protocol.as_str()))
-    }
-
-    pub fn state_path(&self, protocol: Protocol) -> PathBuf {
-        self.config_dir.join(format!("{}.state.json", protocol.as_str()))
     }
 
     /// Runs `check` on `file` in `dir` in a throwaway container of the engine image.
@@ -73,20 +86,21 @@ impl<E: Engine> Env<E> {
         Ok(())
     }
 
-    pub fn read_state(&self, protocol: Protocol) -> Option<LiveState> {
-        let bytes = std::fs::read(self.state_path(protocol)).ok()?;
+    pub fn read_state(&self, protocol: Protocol, generation: u64) -> Option<LiveState> {
+        let bytes = std::fs::read(self.generation_state_path(protocol, generation)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn write_state(&self, protocol: Protocol, state: &LiveState) -> Result<(), RuntimeError> {
+    pub fn write_state(&self, protocol: Protocol, generation: u64, state: &LiveState) -> Result<(), RuntimeError> {
+        let path = self.generation_state_path(protocol, generation);
         let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| RuntimeError::io("encode", self.state_path(protocol), std::io::Error::other(e)))?;
-        write_atomic(&self.state_path(protocol), &bytes, true)
+            .map_err(|e| RuntimeError::io("encode", &path, std::io::Error::other(e)))?;
+        write_atomic(&path, &bytes, true)
     }
 }
 
-/// What a reload-based engine's running process serves. Valid only for the
-/// process it names: a restart loads `config.json` afresh and refuses no one.
+/// What a generation's running process serves. Valid only for the process it
+/// names: a restart loads `config.json` afresh and refuses no one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveState {
     pub container_id: String,

@@ -13,10 +13,12 @@ pub(crate) mod executor;
 pub(crate) mod observe;
 pub mod plan;
 
-/// Everything that runs for this node, as Docker and the engines report it.
+/// Everything that runs for this node, as Docker, the engines and nftables report it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub containers: Vec<ObservedContainer>,
+    /// Public port -> the engine port new connections are handed to (see [`crate::handoff`]).
+    pub routes: BTreeMap<u16, u16>,
 }
 
 /// One container labelled as this node's.
@@ -27,13 +29,22 @@ pub struct ObservedContainer {
     /// `None` when no known protocol is labelled (e.g. a leftover check container).
     pub protocol: Option<Protocol>,
     pub config_hash: String,
+    /// The public port it serves.
     pub listen_port: Option<u16>,
+    /// Engines of generations ([`UserStrategy::Generations`](crate::engine::UserStrategy)):
+    /// their number (0 for an engine from before generations) and own port.
+    pub generation: Option<u64>,
+    pub engine_port: Option<u16>,
+    /// When Docker created it (Unix ms): a generation's successor's creation starts its drain.
+    pub created_ms: Option<u64>,
     pub running: bool,
     /// Docker's start time of the engine process; a restart changes it.
     pub started_at: String,
     pub api: Option<ApiAccess>,
     /// What the engine serves; `None` when it is not running or not ours to ask.
     pub users: Option<EngineUsers>,
+    /// Live sessions of a running generation that no longer takes new connections.
+    pub sessions: Option<usize>,
 }
 
 /// The users a running engine serves.

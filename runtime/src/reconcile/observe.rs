@@ -1,19 +1,24 @@
-//! The observing half: this node's containers from Docker, and for each
-//! current, running engine the users it serves (live API or state file).
+//! The observing half: this node's containers from Docker, its port routes
+//! from nftables, and for each running engine the users it serves (live API
+//! or state file) and, for generations that are draining, their sessions.
 
 use std::collections::BTreeMap;
 
 use super::env::Env;
 use super::{EngineUsers, Observed, ObservedContainer};
 use crate::docker::{
-    ContainerInfo, LABEL_API_PORTS, LABEL_API_SECRET, LABEL_ENGINE, LABEL_HASH, LABEL_PORT, LABEL_PROTOCOL, LABEL_ROLE,
+    ContainerInfo, LABEL_API_PORTS, LABEL_API_SECRET, LABEL_ENGINE, LABEL_ENGINE_PORT, LABEL_GENERATION, LABEL_HASH,
+    LABEL_PORT, LABEL_PROTOCOL, LABEL_ROLE,
 };
 use crate::engine::{ApiAccess, Engine, UserStrategy};
 use crate::{Protocol, RuntimeError};
 
-/// Observes this node's containers. Users are read only from engines whose
-/// hash is `current` (others are about to be replaced anyway).
+/// Observes this node's containers and port routes. Users are read from
+/// live-API engines whose hash is `current` (others are about to be replaced
+/// anyway) and from every running generation (a removed user is cut on all);
+/// sessions from running generations that new connections no longer reach.
 pub async fn observe<E: Engine>(env: &Env<E>, current: &BTreeMap<Protocol, String>) -> Result<Observed, RuntimeError> {
+    let routes = env.routes.read().await?;
     let mut containers = Vec::new();
     for info in env.docker.list(&[env.owner_label()]).await? {
         let label = |key: &str| info.labels.get(key).map(String::as_str);
@@ -22,9 +27,29 @@ pub async fn observe<E: Engine>(env: &Env<E>, current: &BTreeMap<Protocol, Strin
         let api = parse_api(label(LABEL_API_PORTS), label(LABEL_API_SECRET));
         // Damaged API labels make the engine unmanageable: an empty hash gets it recreated.
         let config_hash = if api.is_some() { label(LABEL_HASH).unwrap_or_default().to_string() } else { String::new() };
-        let users = match (protocol, &api) {
-            (Some(p), Some(api)) if info.running && current.get(&p) == Some(&config_hash) => {
-                Some(observe_users(env, p, api, &info).await?)
+        let listen_port = label(LABEL_PORT).and_then(|p| p.parse().ok());
+        let strategy = protocol.map(|p| env.engine.user_strategy(p));
+        let generations = strategy == Some(UserStrategy::Generations);
+        // An engine from before generations listened on the public port itself: generation 0.
+        let generation = generations.then(|| label(LABEL_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0));
+        let engine_port = match generation {
+            Some(0) => listen_port,
+            Some(_) => label(LABEL_ENGINE_PORT).and_then(|p| p.parse().ok()),
+            None => None,
+        };
+        let readable = match (protocol, &api) {
+            (Some(p), Some(api)) if info.running && (generations || current.get(&p) == Some(&config_hash)) => {
+                Some((p, api))
+            }
+            _ => None,
+        };
+        let users = match readable {
+            Some((p, api)) => Some(observe_users(env, p, generation, api, &info).await?),
+            None => None,
+        };
+        let sessions = match readable {
+            Some((_, api)) if generations && engine_port.is_some_and(|port| !routes.values().any(|r| *r == port)) => {
+                Some(env.engine.sessions(api).await?)
             }
             _ => None,
         };
@@ -33,36 +58,47 @@ pub async fn observe<E: Engine>(env: &Env<E>, current: &BTreeMap<Protocol, Strin
             name: info.name.clone(),
             protocol,
             config_hash,
-            listen_port: label(LABEL_PORT).and_then(|p| p.parse().ok()),
+            listen_port,
+            generation,
+            engine_port,
+            created_ms: unix_ms(&info.created),
             running: info.running,
             started_at: info.started_at.clone(),
             api,
             users,
+            sessions,
         });
     }
-    Ok(Observed { containers })
+    Ok(Observed { containers, routes })
 }
 
 async fn observe_users<E: Engine>(
     env: &Env<E>,
     protocol: Protocol,
+    generation: Option<u64>,
     api: &ApiAccess,
     info: &ContainerInfo,
 ) -> Result<EngineUsers, RuntimeError> {
-    match env.engine.user_strategy(protocol) {
-        UserStrategy::Live => Ok(EngineUsers { live: env.engine.live_users(api).await?, refused: Default::default() }),
-        UserStrategy::Reload => match env.read_state(protocol) {
-            Some(state) if state.container_id == info.id && state.started_at == info.started_at => {
-                Ok(EngineUsers { live: state.live, refused: state.refused })
-            }
-            // Restarted (or never recorded): the process loaded the config file as it is.
-            _ => {
-                let path = env.engine_dir(protocol).join(env.engine.config_file());
-                let live = std::fs::read(&path).map(|b| env.engine.users_in_config(&b)).unwrap_or_default();
-                Ok(EngineUsers { live, refused: Default::default() })
-            }
-        },
+    let Some(generation) = generation else {
+        return Ok(EngineUsers { live: env.engine.live_users(api).await?, refused: Default::default() });
+    };
+    match env.read_state(protocol, generation) {
+        Some(state) if state.container_id == info.id && state.started_at == info.started_at => {
+            Ok(EngineUsers { live: state.live, refused: state.refused })
+        }
+        // Restarted (or never recorded): the process loaded the config file as it is.
+        _ => {
+            let path = env.generation_dir(protocol, generation).join(env.engine.config_file());
+            let live = std::fs::read(&path).map(|b| env.engine.users_in_config(&b)).unwrap_or_default();
+            Ok(EngineUsers { live, refused: Default::default() })
+        }
     }
+}
+
+/// Docker's RFC 3339 time as Unix milliseconds.
+fn unix_ms(rfc3339: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 pub(crate) fn parse_api(ports: Option<&str>, secret: Option<&str>) -> Option<ApiAccess> {
@@ -72,7 +108,7 @@ pub(crate) fn parse_api(ports: Option<&str>, secret: Option<&str>) -> Option<Api
 
 #[cfg(test)]
 mod tests {
-    use super::parse_api;
+    use super::{parse_api, unix_ms};
 
     #[test]
     fn api_labels_parse_or_mark_the_container_damaged() {
@@ -81,5 +117,12 @@ mod tests {
         assert!(parse_api(Some("4001,x"), Some("s")).is_none());
         assert!(parse_api(Some("4001"), None).is_none());
         assert!(parse_api(None, Some("s")).is_none());
+    }
+
+    #[test]
+    fn docker_times_are_read_to_the_millisecond() {
+        assert_eq!(unix_ms("1970-01-01T00:00:01.234567891Z"), Some(1234));
+        assert_eq!(unix_ms("0001-01-01T00:00:00Z"), None, "Docker's zero time is before the epoch");
+        assert_eq!(unix_ms(""), None);
     }
 }

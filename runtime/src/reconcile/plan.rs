@@ -3,6 +3,7 @@
 //! case is a unit test.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::{EngineUsers, Observed, ObservedContainer};
 use crate::engine::UserStrategy;
@@ -17,12 +18,26 @@ pub struct DesiredInbound {
     pub strategy: UserStrategy,
 }
 
+/// How long a generation that no longer takes new connections may serve the
+/// ones it has, and how many generations may run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainPolicy {
+    /// Sessions still open this long after the next generation started are cut.
+    pub deadline: Duration,
+    /// Most generations of one inbound alive at once, the current one included;
+    /// the oldest beyond it are cut.
+    pub max_generations: usize,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct PlanInput<'a> {
     pub inbounds: &'a [DesiredInbound],
     pub users: &'a [EngineUser],
-    /// False while reloads are debounced; refusing removed users still happens at once.
-    pub reload_allowed: bool,
+    /// False while new generations are throttled; cutting removed users still happens at once.
+    pub generation_allowed: bool,
+    pub drain: DrainPolicy,
+    /// Unix ms, for drain deadlines.
+    pub now_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +54,24 @@ pub enum RemoveReason {
     NotDesired,
     /// A second container for a protocol that already has one.
     Duplicate,
+    /// A generation that is not current and not running (crashed, or failed to start).
+    NotRunning,
+    /// A previous generation whose last session ended.
+    Drained,
+    /// A previous generation still serving `sessions` at the drain deadline: they are cut.
+    DrainDeadline { sessions: usize },
+    /// A previous generation beyond the cap on live generations: its `sessions` are cut.
+    GenerationCap { sessions: usize },
+}
+
+impl RemoveReason {
+    /// Sessions this removal cuts that nobody asked to end (the one documented drop).
+    pub fn dropped_sessions(self) -> usize {
+        match self {
+            RemoveReason::DrainDeadline { sessions } | RemoveReason::GenerationCap { sessions } => sessions,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +98,30 @@ pub enum Op {
         protocol: Option<Protocol>,
         reason: RemoveReason,
     },
-    /// Create (after validating everything, then removing `replaces`) and start an engine serving the desired users.
+    /// Live-API engines: create (after validating everything, then removing
+    /// `replaces`) and start an engine serving the desired users.
     Create {
         protocol: Protocol,
         replaces: Option<Replaced>,
         reason: CreateReason,
+    },
+    /// Generations: start generation `generation` with the desired users on a
+    /// port of its own; the previous one keeps serving meanwhile.
+    StartGeneration {
+        protocol: Protocol,
+        generation: u64,
+    },
+    /// Generations: hand new connections on `public_port` to this running,
+    /// current generation (live sessions stay where they are).
+    Route {
+        protocol: Protocol,
+        public_port: u16,
+        container: ContainerRef,
+        engine_port: u16,
+    },
+    /// A public port no desired inbound serves any more: stop redirecting it.
+    Unroute {
+        public_port: u16,
     },
     /// Live API: serve these (name, credential) pairs.
     AddUsers {
@@ -83,36 +135,33 @@ pub enum Op {
         container: ContainerRef,
         names: Vec<String>,
     },
-    /// Reload-based: refuse these users now and close their sessions (no reload).
+    /// Generations: refuse these users now and close their sessions, on one generation.
     Refuse {
         protocol: Protocol,
         container: ContainerRef,
         names: Vec<String>,
     },
-    /// Reload-based: serve these refused users again (no reload).
+    /// Generations: serve these refused users again on the current generation.
     Readmit {
         protocol: Protocol,
         container: ContainerRef,
         names: Vec<String>,
     },
-    /// Reload-based: re-render with the desired users, check, reload.
-    Reload {
-        protocol: Protocol,
-        container: ContainerRef,
-    },
 }
 
 impl Op {
-    /// The inbound an op belongs to; `None` for containers of no known protocol.
+    /// The inbound an op belongs to; `None` for containers of no known protocol and unroutes.
     pub fn protocol(&self) -> Option<Protocol> {
         match self {
             Op::Remove { protocol, .. } => *protocol,
+            Op::Unroute { .. } => None,
             Op::Create { protocol, .. }
+            | Op::StartGeneration { protocol, .. }
+            | Op::Route { protocol, .. }
             | Op::AddUsers { protocol, .. }
             | Op::RemoveUsers { protocol, .. }
             | Op::Refuse { protocol, .. }
-            | Op::Readmit { protocol, .. }
-            | Op::Reload { protocol, .. } => Some(*protocol),
+            | Op::Readmit { protocol, .. } => Some(*protocol),
         }
     }
 }
@@ -120,47 +169,41 @@ impl Op {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,
-    /// A reload is needed but held back by the debounce.
-    pub reload_deferred: bool,
+    /// A new generation is needed but held back by the throttle.
+    pub generation_deferred: bool,
+    /// Previous generations still serve sessions: look again soon.
+    pub draining: bool,
 }
 
-/// The operations that make `observed` match the desired state, removals first
-/// (they free ports), then creations, then user changes.
+/// Ops in the order they run: removals free ports, new engines start, new
+/// connections are handed over, users are cut (the cheapest cut first), and
+/// drained generations go last.
+#[derive(Default)]
+struct Ops {
+    removes: Vec<Op>,
+    creates: Vec<Op>,
+    routes: Vec<Op>,
+    users: Vec<Op>,
+    drained: Vec<Op>,
+}
+
+/// The operations that make `observed` match the desired state.
 pub fn plan(input: PlanInput<'_>, observed: &Observed) -> Plan {
     let mut out = Plan::default();
-    let mut creates = Vec::new();
-    let mut user_ops = Vec::new();
+    let mut ops = Ops::default();
     let mut kept = Vec::new();
     for inbound in input.inbounds {
-        let mut candidates: Vec<&ObservedContainer> =
-            observed.containers.iter().filter(|c| c.protocol == Some(inbound.protocol)).collect();
-        // Keep the best one: current config first, then running, then a stable order.
-        candidates.sort_by_key(|c| (c.config_hash != inbound.config_hash, !c.running, c.id.clone()));
-        let Some(best) = candidates.first().copied() else {
-            creates.push(Op::Create { protocol: inbound.protocol, replaces: None, reason: CreateReason::Missing });
-            continue;
-        };
-        kept.push(best.id.as_str());
-        let reason = if best.config_hash != inbound.config_hash {
-            Some(CreateReason::ConfigChanged)
-        } else if !best.running {
-            Some(CreateReason::NotRunning)
-        } else {
-            None
-        };
-        match (reason, &best.users) {
-            (Some(reason), _) => {
-                let holds_port = best.running && best.listen_port == Some(inbound.listen_port);
-                let replaces = Some(Replaced { container: container_ref(best), holds_port });
-                creates.push(Op::Create { protocol: inbound.protocol, replaces, reason });
+        let desired = input.users.iter().map(|u| (u.name.clone(), u.credential(inbound.protocol))).collect();
+        let of_protocol = observed.containers.iter().filter(|c| c.protocol == Some(inbound.protocol));
+        match inbound.strategy {
+            UserStrategy::Live => {
+                plan_live(inbound, of_protocol.collect(), &desired, &mut kept, &mut ops);
             }
-            (None, Some(users)) => {
-                let desired = input.users.iter().map(|u| (u.name.clone(), u.credential(inbound.protocol))).collect();
-                let deferred = user_ops_for(inbound, best, users, &desired, input.reload_allowed, &mut user_ops);
-                out.reload_deferred |= deferred;
+            UserStrategy::Generations => {
+                let gens: Vec<&ObservedContainer> = of_protocol.collect();
+                kept.extend(gens.iter().map(|c| c.id.as_str()));
+                plan_generations(inbound, gens, &desired, input, observed, &mut out, &mut ops);
             }
-            // Running with the right config, users unknown: nothing safe to do.
-            (None, None) => {}
         }
     }
     for c in &observed.containers {
@@ -172,77 +215,186 @@ pub fn plan(input: PlanInput<'_>, observed: &Observed) -> Plan {
             Some(p) if input.inbounds.iter().any(|i| i.protocol == p) => RemoveReason::Duplicate,
             Some(_) => RemoveReason::NotDesired,
         };
-        out.ops.push(Op::Remove { container: container_ref(c), protocol: c.protocol, reason });
+        ops.removes.push(Op::Remove { container: container_ref(c), protocol: c.protocol, reason });
     }
-    out.ops.extend(creates);
-    // Cutting access first, the cheapest cut first: a live-API removal takes
-    // milliseconds, a refusal also rewrites and checks the engine's config.
-    user_ops.sort_by_key(|op| match op {
+    let routed: Vec<u16> =
+        input.inbounds.iter().filter(|i| i.strategy == UserStrategy::Generations).map(|i| i.listen_port).collect();
+    for &public_port in observed.routes.keys().filter(|p| !routed.contains(p)) {
+        ops.routes.push(Op::Unroute { public_port });
+    }
+    ops.users.sort_by_key(|op| match op {
         Op::RemoveUsers { .. } => 0,
         Op::Refuse { .. } => 1,
         _ => 2,
     });
-    out.ops.extend(user_ops);
+    out.ops = [ops.removes, ops.creates, ops.routes, ops.users, ops.drained].concat();
     out
 }
 
-/// User operations for one running, current engine; true when a reload was deferred.
-fn user_ops_for(
+/// An inbound whose engine takes user changes live: one container, replaced
+/// (cutting its sessions) only when its static config changes.
+fn plan_live<'a>(
     inbound: &DesiredInbound,
-    container: &ObservedContainer,
-    engine: &EngineUsers,
+    mut candidates: Vec<&'a ObservedContainer>,
     desired: &BTreeMap<String, String>,
-    reload_allowed: bool,
-    ops: &mut Vec<Op>,
-) -> bool {
+    kept: &mut Vec<&'a str>,
+    ops: &mut Ops,
+) {
     let protocol = inbound.protocol;
-    let c = || container_ref(container);
-    // Users whose credential the engine holds differently (or not at all), and those it should not hold.
-    let stale: Vec<String> = engine
+    // Keep the best one: current config first, then running, then a stable order.
+    candidates.sort_by_key(|c| (c.config_hash != inbound.config_hash, !c.running, c.id.clone()));
+    let Some(best) = candidates.first().copied() else {
+        ops.creates.push(Op::Create { protocol, replaces: None, reason: CreateReason::Missing });
+        return;
+    };
+    kept.push(best.id.as_str());
+    let reason = if best.config_hash != inbound.config_hash {
+        Some(CreateReason::ConfigChanged)
+    } else if !best.running {
+        Some(CreateReason::NotRunning)
+    } else {
+        None
+    };
+    match (reason, &best.users) {
+        (Some(reason), _) => {
+            let holds_port = best.running && best.listen_port == Some(inbound.listen_port);
+            let replaces = Some(Replaced { container: container_ref(best), holds_port });
+            ops.creates.push(Op::Create { protocol, replaces, reason });
+        }
+        (None, Some(users)) => {
+            let (stale, missing) = differences(users, desired);
+            if !stale.is_empty() {
+                ops.users.push(Op::RemoveUsers { protocol, container: container_ref(best), names: stale });
+            }
+            if !missing.is_empty() {
+                ops.users.push(Op::AddUsers { protocol, container: container_ref(best), users: missing });
+            }
+        }
+        // Running with the right config, users unknown: nothing safe to do.
+        (None, None) => {}
+    }
+}
+
+/// An inbound served by generations: the newest running generation with the
+/// current config takes new connections; one that lacks a desired user is
+/// followed by the next generation; previous ones serve their sessions until
+/// they end (or the drain policy cuts them); a removed user is cut on all.
+#[allow(clippy::too_many_arguments)]
+fn plan_generations(
+    inbound: &DesiredInbound,
+    mut gens: Vec<&ObservedContainer>,
+    desired: &BTreeMap<String, String>,
+    input: PlanInput<'_>,
+    observed: &Observed,
+    out: &mut Plan,
+    ops: &mut Ops,
+) {
+    let protocol = inbound.protocol;
+    let number = |c: &ObservedContainer| c.generation.unwrap_or(0);
+    gens.sort_by_key(|c| (number(c), c.id.clone()));
+    let next_generation = gens.last().map_or(1, |c| number(c) + 1);
+    let routed_to = observed.routes.get(&inbound.listen_port).copied();
+    let current =
+        gens.iter().rev().copied().find(|c| {
+            c.running && c.config_hash == inbound.config_hash && c.users.is_some() && c.engine_port.is_some()
+        });
+    match current {
+        None => ops.creates.push(Op::StartGeneration { protocol, generation: next_generation }),
+        Some(c) => {
+            let engine_port = c.engine_port.unwrap_or_default();
+            if routed_to != Some(engine_port) {
+                let container = container_ref(c);
+                ops.routes.push(Op::Route { protocol, public_port: inbound.listen_port, container, engine_port });
+            }
+            if let Some(engine) = &c.users {
+                let (stale, missing) = differences(engine, desired);
+                refuse(protocol, c, engine, stale, &mut ops.users);
+                let readmit: Vec<String> = engine
+                    .refused
+                    .iter()
+                    .filter(|n| desired.get(*n).is_some_and(|cred| engine.live.get(*n) == Some(cred)))
+                    .cloned()
+                    .collect();
+                if !readmit.is_empty() {
+                    ops.users.push(Op::Readmit { protocol, container: container_ref(c), names: readmit });
+                }
+                if !missing.is_empty() {
+                    if input.generation_allowed {
+                        ops.creates.push(Op::StartGeneration { protocol, generation: next_generation });
+                    } else {
+                        out.generation_deferred = true;
+                    }
+                }
+            }
+        }
+    }
+    let current_id = current.map(|c| c.id.as_str());
+    let mut draining = Vec::new();
+    for (i, g) in gens.iter().enumerate() {
+        if Some(g.id.as_str()) == current_id {
+            continue;
+        }
+        let remove = |reason| Op::Remove { container: container_ref(g), protocol: Some(protocol), reason };
+        if !g.running {
+            ops.removes.push(remove(RemoveReason::NotRunning));
+            continue;
+        }
+        if let Some(engine) = &g.users {
+            let (stale, _) = differences(engine, desired);
+            refuse(protocol, g, engine, stale, &mut ops.users);
+        }
+        // Still the one new connections reach (until the route moves), or a
+        // newer one starting up: not draining yet.
+        if routed_to.is_some() && routed_to == g.engine_port || current.is_none_or(|c| number(g) > number(c)) {
+            continue;
+        }
+        // Its drain began when the generation after it was created.
+        let successor_created = gens[i + 1..].iter().find_map(|n| n.created_ms);
+        let deadline = successor_created.map(|t| t.saturating_add(millis(input.drain.deadline)));
+        match g.sessions {
+            Some(0) => ops.drained.push(remove(RemoveReason::Drained)),
+            sessions if deadline.is_some_and(|d| input.now_ms >= d) => {
+                ops.drained.push(remove(RemoveReason::DrainDeadline { sessions: sessions.unwrap_or(0) }));
+            }
+            _ => draining.push(*g),
+        }
+    }
+    // The current generation counts against the cap; the oldest go first.
+    let over = (draining.len() + 1).saturating_sub(input.drain.max_generations.max(1));
+    for g in draining.drain(..over) {
+        let reason = RemoveReason::GenerationCap { sessions: g.sessions.unwrap_or(0) };
+        ops.drained.push(Op::Remove { container: container_ref(g), protocol: Some(protocol), reason });
+    }
+    out.draining |= !draining.is_empty();
+}
+
+/// Refuses, on generation `c`, the users in `stale` it does not refuse yet.
+fn refuse(protocol: Protocol, c: &ObservedContainer, engine: &EngineUsers, stale: Vec<String>, ops: &mut Vec<Op>) {
+    let names: Vec<String> = stale.into_iter().filter(|n| !engine.refused.contains(n)).collect();
+    if !names.is_empty() {
+        ops.push(Op::Refuse { protocol, container: container_ref(c), names });
+    }
+}
+
+/// The users an engine holds that it should not (or with another
+/// credential), and the desired (name, credential) pairs it does not hold.
+fn differences(engine: &EngineUsers, desired: &BTreeMap<String, String>) -> (Vec<String>, Vec<(String, String)>) {
+    let stale = engine
         .live
         .iter()
         .filter(|(name, cred)| desired.get(*name) != Some(*cred))
         .map(|(name, _)| name.clone())
         .collect();
-    let missing: Vec<(String, String)> = desired
+    let missing = desired
         .iter()
         .filter(|(name, cred)| engine.live.get(*name) != Some(*cred))
         .map(|(n, c)| (n.clone(), c.clone()))
         .collect();
-    match inbound.strategy {
-        UserStrategy::Live => {
-            if !stale.is_empty() {
-                ops.push(Op::RemoveUsers { protocol, container: c(), names: stale });
-            }
-            if !missing.is_empty() {
-                ops.push(Op::AddUsers { protocol, container: c(), users: missing });
-            }
-            false
-        }
-        UserStrategy::Reload => {
-            let refuse: Vec<String> = stale.into_iter().filter(|n| !engine.refused.contains(n)).collect();
-            let readmit: Vec<String> = engine
-                .refused
-                .iter()
-                .filter(|n| desired.get(*n).is_some_and(|cred| engine.live.get(*n) == Some(cred)))
-                .cloned()
-                .collect();
-            if !refuse.is_empty() {
-                ops.push(Op::Refuse { protocol, container: c(), names: refuse });
-            }
-            if !readmit.is_empty() {
-                ops.push(Op::Readmit { protocol, container: c(), names: readmit });
-            }
-            match (missing.is_empty(), reload_allowed) {
-                (true, _) => false,
-                (false, true) => {
-                    ops.push(Op::Reload { protocol, container: c() });
-                    false
-                }
-                (false, false) => true,
-            }
-        }
-    }
+    (stale, missing)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn container_ref(c: &ObservedContainer) -> ContainerRef {

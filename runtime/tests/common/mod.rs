@@ -244,10 +244,39 @@ impl Node {
             .collect()
     }
 
-    /// The id of this node's running container named for `protocol`.
+    /// The id of this node's running container named for `protocol`: its
+    /// one engine, or its newest generation.
     pub fn container_id(&self, protocol: &str) -> Option<String> {
         let name = format!("vpn-{}-{protocol}", self.id);
-        self.containers().into_iter().find(|(_, n, running)| *n == name && *running).map(|(id, _, _)| id)
+        let newest = self.generations(protocol).into_iter().rfind(|(_, _, running)| *running);
+        let single = self.containers().into_iter().find(|(_, n, running)| *n == name && *running);
+        single.map(|(id, _, _)| id).or(newest.map(|(_, id, _)| id))
+    }
+
+    /// This node's generations of `protocol` as `(generation, id, running)`, oldest first.
+    pub fn generations(&self, protocol: &str) -> Vec<(u64, String, bool)> {
+        let prefix = format!("vpn-{}-{protocol}-g", self.id);
+        let mut out: Vec<(u64, String, bool)> = self
+            .containers()
+            .into_iter()
+            .filter_map(|(id, name, running)| Some((name.strip_prefix(&prefix)?.parse().ok()?, id, running)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The public ports this node's nftables table redirects, to the engine ports.
+    pub fn routes(&self) -> Vec<(u16, u16)> {
+        let table = format!("vpnd_{}", self.id);
+        let out = Command::new("nft").args(["list", "chain", "inet", &table, "prerouting"]).output().expect("nft");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let public = l.split("dport ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+                let engine = l.split("redirect to :").nth(1)?.trim().parse().ok()?;
+                Some((public, engine))
+            })
+            .collect()
     }
 }
 
@@ -258,5 +287,6 @@ impl Drop for Node {
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
         }
+        let _ = Command::new("nft").args(["delete", "table", "inet", &format!("vpnd_{}", self.id)]).output();
     }
 }

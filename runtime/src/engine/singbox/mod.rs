@@ -1,7 +1,8 @@
-//! The sing-box engine (1.14): one container per protocol inbound.
-//! Shadowsocks-2022 users are managed live through `ssm-api`; VLESS users
-//! through the config file and a reload, with removals refused live through
-//! the clash API (see [`render`]).
+//! The sing-box engine (1.14). Shadowsocks-2022: one container per inbound,
+//! users managed live through `ssm-api`. VLESS: users in the config file, so
+//! a change of them starts the next generation (a container of its own; see
+//! [`crate::handoff`]), with removals refused live through the clash API
+//! (see [`render`]).
 //!
 //! Traffic counters: Shadowsocks-2022 per user from `ssm-api` stats (exact);
 //! VLESS per live session from the clash API, attributed to the user whose
@@ -26,7 +27,7 @@ use render::{api_port, CLASH, SSM};
 
 /// Bumped when rendering changes in a way running engines must pick up: it
 /// is part of the config hash, so a new vpnd recreates its engines once.
-const RENDER_VERSION: u32 = 1;
+const RENDER_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingBox;
@@ -54,7 +55,7 @@ impl Engine for SingBox {
     fn user_strategy(&self, protocol: Protocol) -> UserStrategy {
         match protocol {
             Protocol::Shadowsocks2022 => UserStrategy::Live,
-            Protocol::VlessTls | Protocol::VlessReality => UserStrategy::Reload,
+            Protocol::VlessTls | Protocol::VlessReality => UserStrategy::Generations,
         }
     }
 
@@ -113,10 +114,11 @@ impl Engine for SingBox {
     fn render(
         &self,
         inbound: &InboundSpec,
+        listen_port: u16,
         users: &[EngineUser],
         api: &ApiAccess,
     ) -> Result<Vec<ConfigFile>, RuntimeError> {
-        let doc = render::config(inbound, users, api)?;
+        let doc = render::config(inbound, listen_port, users, api)?;
         let mut files = vec![ConfigFile {
             path: render::CONFIG_FILE.into(),
             contents: serde_json::to_vec_pretty(&doc)
@@ -141,6 +143,10 @@ impl Engine for SingBox {
             Self::ssm(api)?.ping().await?;
         }
         Ok(())
+    }
+
+    async fn sessions(&self, api: &ApiAccess) -> Result<usize, RuntimeError> {
+        Ok(Self::clash(api)?.connections().await?.len())
     }
 
     async fn live_users(&self, api: &ApiAccess) -> Result<BTreeMap<String, String>, RuntimeError> {
@@ -187,7 +193,7 @@ impl Engine for SingBox {
         let target = if refused { render::DENY } else { render::DIRECT };
         let selectors: Vec<String> = names.iter().map(|n| render::user_outbound(n)).collect();
         for selector in &selectors {
-            // A user the process does not have is refused already; serving one needs a reload.
+            // A user the process does not have is refused already; serving one needs a new generation.
             if !clash.select(selector, target).await? && !refused {
                 return Err(RuntimeError::EngineApi {
                     api: "sing-box clash API",

@@ -9,6 +9,9 @@
 //! outbound chain (`chains` holds `u-<name>`), so a user's sessions can be
 //! found and closed, and switching the selector to `deny` refuses the user's
 //! new sessions live, without the reload that would cut everyone.
+//!
+//! A VLESS generation listens on a port of its own (the public port reaches
+//! it through [`crate::handoff`]); Shadowsocks listens on the public port.
 
 use serde_json::{json, Value};
 
@@ -57,8 +60,13 @@ pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeErro
 pub(crate) const CLASH: usize = 0;
 pub(crate) const SSM: usize = 1;
 
-/// The whole config document for `inbound` serving `users`.
-pub fn config(inbound: &InboundSpec, users: &[EngineUser], api: &ApiAccess) -> Result<Value, RuntimeError> {
+/// The whole config document for `inbound` serving `users` on `listen_port`.
+pub fn config(
+    inbound: &InboundSpec,
+    listen_port: u16,
+    users: &[EngineUser],
+    api: &ApiAccess,
+) -> Result<Value, RuntimeError> {
     let clash = json!({
         "external_controller": format!("127.0.0.1:{}", api_port(api, CLASH)?),
         "secret": api.secret,
@@ -71,7 +79,7 @@ pub fn config(inbound: &InboundSpec, users: &[EngineUser], api: &ApiAccess) -> R
         return Ok(json!({
             "log": log,
             "inbounds": [{
-                "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": inbound.listen_port,
+                "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
                 "method": SS_METHOD, "password": key, "users": [], "managed": true,
             }],
             "services": [{
@@ -121,7 +129,7 @@ pub fn config(inbound: &InboundSpec, users: &[EngineUser], api: &ApiAccess) -> R
     Ok(json!({
         "log": log,
         "inbounds": [{
-            "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": inbound.listen_port,
+            "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
             "users": vless_users, "tls": tls,
         }],
         "outbounds": outbounds,

@@ -9,7 +9,7 @@ fn api(ports: &[u16]) -> ApiAccess {
 
 #[test]
 fn ss2022_is_managed_with_ssm_and_clash_apis_on_loopback() {
-    let doc = config(&ss2022(8388), &[user("alice", 1)], &api(&[40001, 40002])).expect("render");
+    let doc = config(&ss2022(8388), 8388, &[user("alice", 1)], &api(&[40001, 40002])).expect("render");
     // The checked template (reference/sing-box/ss2022-managed-server.json), filled in.
     assert_eq!(
         doc,
@@ -28,17 +28,17 @@ fn ss2022_is_managed_with_ssm_and_clash_apis_on_loopback() {
 
 #[test]
 fn ss2022_needs_both_api_ports() {
-    let err = config(&ss2022(8388), &[], &api(&[40001])).expect_err("one port").to_string();
+    let err = config(&ss2022(8388), 8388, &[], &api(&[40001])).expect_err("one port").to_string();
     assert!(err.contains("vpn.api-ports"), "{err}");
 }
 
 #[test]
 fn vless_tls_routes_each_user_through_its_own_selector() {
     let users = [user("alice", 1), user("bob", 2)];
-    let doc = config(&vless_tls(8443), &users, &api(&[40003])).expect("render");
+    let doc = config(&vless_tls(8443), 41001, &users, &api(&[40003])).expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
-    assert_eq!(inbound["listen_port"], 8443);
+    assert_eq!(inbound["listen_port"], 41001, "a generation listens on its own port");
     assert_eq!(
         inbound["users"][1],
         json!({"name": "bob", "uuid": "02020202-0202-0202-0202-020202020202", "flow": "xtls-rprx-vision"})
@@ -65,7 +65,7 @@ fn vless_tls_routes_each_user_through_its_own_selector() {
 
 #[test]
 fn vless_without_users_refuses_everything() {
-    let doc = config(&vless_tls(8443), &[], &api(&[40003])).expect("render");
+    let doc = config(&vless_tls(8443), 41001, &[], &api(&[40003])).expect("render");
     assert_eq!(doc["inbounds"][0]["users"], json!([]));
     assert_eq!(doc["route"], json!({"rules": [], "final": "deny"}));
 }
@@ -74,7 +74,7 @@ fn vless_without_users_refuses_everything() {
 /// (configuration/shared/tls.md, "Inbound" with `reality`), field for field.
 #[test]
 fn reality_matches_the_documented_schema() {
-    let doc = config(&vless_reality(443), &[user("alice", 1)], &api(&[40004])).expect("render");
+    let doc = config(&vless_reality(443), 41002, &[user("alice", 1)], &api(&[40004])).expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
     assert_eq!(inbound["tag"], "vless-reality-in");
@@ -99,8 +99,8 @@ fn reality_matches_the_documented_schema() {
 fn a_missing_protocol_block_is_an_error_not_a_panic() {
     let mut inbound = vless_reality(443);
     inbound.reality = None;
-    assert!(config(&inbound, &[], &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &api(&[1])).is_err());
     let mut inbound = vless_tls(443);
     inbound.tls = None;
-    assert!(config(&inbound, &[], &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &api(&[1])).is_err());
 }
