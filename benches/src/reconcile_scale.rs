@@ -80,7 +80,9 @@ pub fn render_only(users: usize, reps: usize) -> Result<Value> {
             }))
         })
         .collect::<Result<_, _>>()?;
-    let api = ApiAccess { ports: vec![40001, 40002], secret: "s".repeat(32) };
+    let api = ApiAccess { ports: vec![40001], secret: "s".repeat(32) };
+    let marks: std::collections::BTreeMap<String, u32> =
+        all.iter().enumerate().map(|(i, u)| (u.name.clone(), 0x8abc_0000 + i as u32 + 1)).collect();
     let mut out = serde_json::Map::new();
     for protocol in [Protocol::Shadowsocks2022, Protocol::VlessTls] {
         let inbound = InboundSpec {
@@ -94,8 +96,9 @@ pub fn render_only(users: usize, reps: usize) -> Result<Value> {
         let mut bytes = 0;
         for _ in 0..reps {
             let t = Instant::now();
-            let rendered =
-                SingBox.render(&inbound, inbound.listen_port, &all, &api).map_err(|e| anyhow!("render: {e}"))?;
+            let rendered = SingBox
+                .render(&inbound, inbound.listen_port, &all, &marks, &api)
+                .map_err(|e| anyhow!("render: {e}"))?;
             times.push(ms(t.elapsed()));
             bytes = rendered.iter().map(|f| f.contents.len()).sum();
         }

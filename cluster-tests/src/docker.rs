@@ -41,7 +41,7 @@ impl Engines {
         self.ps("-q")
     }
 
-    /// Removes the node's containers now (a node's host dying with it).
+    /// Removes the node's containers and its nftables table now (a node's host dying with it).
     pub fn remove_all(&self) {
         let ids = self.ps("-aq");
         if !ids.is_empty() {
@@ -49,6 +49,17 @@ impl Engines {
             args.extend(ids.iter().map(String::as_str));
             let _ = docker(&args);
         }
+        let table = format!("vpnd_{}", self.owner);
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &table]).output();
+    }
+
+    /// Whether the node's nftables table (routes, per-user counts) exists.
+    pub fn has_table(&self) -> bool {
+        let table = format!("vpnd_{}", self.owner);
+        std::process::Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     fn ps(&self, flags: &str) -> Vec<String> {
@@ -68,25 +79,4 @@ impl Drop for Engines {
 pub fn unique_node_id() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     1_000_000 + u64::from(std::process::id() % 1000) * 1_000_000 + u64::from(nanos % 1_000_000)
-}
-
-/// The engine's own byte count (up + down) for `user` on node `owner`'s
-/// Shadowsocks-2022 engine, read from its `ssm-api` stats (the API ports are
-/// in the container's `vpn.api-ports` label): the ground truth accounting is
-/// checked against. `None` when the engine or the user is not there.
-pub async fn ss_engine_user_bytes(owner: u64, user: &str) -> Option<u64> {
-    let filter_owner = format!("label={OWNER_LABEL}={owner}");
-    let ids = docker(&["ps", "-q", "--filter", &filter_owner, "--filter", "label=vpn.protocol=shadowsocks-2022"])?;
-    let id = ids.split_whitespace().next()?.to_owned();
-    let ports = docker(&["inspect", "--format", "{{index .Config.Labels \"vpn.api-ports\"}}", &id])?;
-    for port in ports.trim().split(',').filter_map(|p| p.parse::<u16>().ok()) {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let Ok((200, body)) = crate::cluster::http_get(addr, "/server/v1/stats").await else { continue };
-        let Ok(doc) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
-        let users = doc["users"].as_array()?;
-        let entry = users.iter().find(|u| u["username"] == user)?;
-        let count = |f: &str| entry[f].as_u64().unwrap_or(0);
-        return Some(count("uplinkBytes") + count("downlinkBytes"));
-    }
-    None
 }

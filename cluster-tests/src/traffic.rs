@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ fn pattern(i: usize) -> u8 {
 /// that must outlive a change.
 pub struct HttpSource {
     pub addr: SocketAddr,
+    moved: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,12 +34,20 @@ impl HttpSource {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind source");
         let addr = listener.local_addr().expect("addr");
+        let moved = Arc::new(AtomicU64::new(0));
+        let counter = moved.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream));
+                tokio::spawn(serve(stream, counter.clone()));
             }
         });
-        Self { addr, task }
+        Self { addr, moved, task }
+    }
+
+    /// Bytes received and handed to the kernel to send, over every connection
+    /// so far: what the accounting of the users' payload is checked against.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 }
 
@@ -48,13 +57,17 @@ impl Drop for HttpSource {
     }
 }
 
-async fn serve(mut stream: TcpStream) {
+async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
+    let count = |n: usize| moved.fetch_add(n as u64, Ordering::Relaxed);
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                count(n);
+                head.extend_from_slice(&buf[..n]);
+            }
         }
     }
     let head = String::from_utf8_lossy(&head);
@@ -68,10 +81,12 @@ async fn serve(mut stream: TcpStream) {
     if stream.write_all(header.as_bytes()).await.is_err() {
         return;
     }
+    count(header.len());
     for chunk in body.chunks(if slow { 16 * 1024 } else { 256 * 1024 }) {
         if stream.write_all(chunk).await.is_err() {
             return;
         }
+        count(chunk.len());
         if slow {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }

@@ -9,7 +9,7 @@
 //!     a second of the acknowledgement; the deleted users are refused at once;
 //!     the previous VLESS generations go when their sessions end, none cut;
 //! (c) disabling a user refuses her new connections within 1 s and ends her
-//!     live VLESS session within 5 s, while another user's session on the same
+//!     live VLESS session within 1 s, while another user's session on the same
 //!     engine runs to completion; enabling her lets her in again;
 //! (d) under mutual TLS, data-plane-only nodes joined by token hold only the
 //!     credentials of the users placed on them (files and process memory are
@@ -33,7 +33,7 @@ const MIB: usize = 1 << 20;
 const LONG: usize = 4 << 20;
 /// One probe of a new connection: a small fetch, refused or not within this.
 const PROBE: Duration = Duration::from_millis(500);
-/// Bound on a change reaching the engines (the targets are 1 s and 5 s).
+/// Bound on a change reaching the engines (the target is 1 s).
 const CHANGE: Duration = Duration::from_secs(10);
 /// Users added and removed while a download runs, and over how long.
 const ADDED: usize = 20;
@@ -224,8 +224,8 @@ async fn docker_vless_and_ss_downloads_survive_20_adds_and_5_removals_and_new_us
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_session_within_5s() {
-    if !docker::available("docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_session_within_5s") {
+async fn docker_disable_refuses_new_connections_and_ends_the_live_session_within_1s() {
+    if !docker::available("docker_disable_refuses_new_connections_and_ends_the_live_session_within_1s") {
         return;
     }
     let source = HttpSource::start().await;
@@ -237,8 +237,6 @@ async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_se
     let alice = dp.client(&dp.link("alice", node.id, VLESS).await).await;
     let bob = dp.client(&dp.link("bob", node.id, VLESS).await).await;
     probe(&alice, &source).await.expect("alice is served before she is disabled");
-    let generations_before = metric_sum(&dp, node.id, "vpn_runtime_engine_generations_started_total").await;
-
     let alice_dl = Download::start(alice.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     let bob_dl = Download::start(bob.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     started("alice's download to start", &alice_dl).await;
@@ -251,7 +249,7 @@ async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_se
     let closed = ended.duration_since(acked);
     eprintln!("alice disabled -> her live session ended: {closed:?} ({cut:?})");
     assert!(refused < Duration::from_secs(1), "alice's new connections refused within 1 s, took {refused:?}");
-    assert!(closed < Duration::from_secs(5), "alice's live session ended within 5 s, took {closed:?}");
+    assert!(closed < Duration::from_secs(2), "alice's live session ended within 1 s (+ slack), took {closed:?}");
     assert!(cut.is_err(), "alice's session was cut, not completed: {cut:?}");
 
     probe(&bob, &source).await.expect("bob's new connections are still served");
@@ -265,9 +263,9 @@ async fn docker_disable_refuses_new_connections_within_1s_and_ends_live_vless_se
     let moved = fetch_via_socks(alice.proxy, source.addr, &format!("/{MIB}"), MIB).await;
     assert_eq!(moved, Ok(MIB), "alice moves 1 MiB intact again");
     assert_eq!(
-        metric_sum(&dp, node.id, "vpn_runtime_engine_generations_started_total").await,
-        generations_before,
-        "disable and enable need no new generation"
+        metric_sum(&dp, node.id, "vpn_runtime_sessions_dropped_total").await,
+        0.0,
+        "bob's session was never cut"
     );
 }
 

@@ -2,19 +2,21 @@
 //! engine, with real sing-box clients:
 //!
 //! - a user with a small data limit downloads past it: the usage the cluster
-//!   recorded matches the bytes moved, new connections are refused within
-//!   1 s of the limit being recorded, a live VLESS session is cut within 5 s;
-//! - expiry likewise;
-//! - killing the node agent and the leader while traffic flows loses and
-//!   double counts nothing: the recorded usage ends equal to the engine's own
-//!   counters.
+//!   recorded matches the bytes the origin server moved, new connections are
+//!   refused within 1 s of the limit being recorded, live sessions are cut
+//!   soon after;
+//! - expiry likewise, for a live VLESS and a live Shadowsocks session;
+//! - short connections over both protocols, running through an engine
+//!   generation handoff and a kill -9 of the node's vpnd and of the leader:
+//!   the recorded usage ends within 1% of the bytes the origin moved, nothing
+//!   lost or counted twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_tests::dataplane::DataplaneCluster;
-use cluster_tests::docker::{self, ss_engine_user_bytes};
+use cluster_tests::docker;
 use cluster_tests::eventually;
 use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
 
@@ -24,10 +26,12 @@ const MIB: usize = 1 << 20;
 /// ~32 s at the slow path's ~256 KiB/s: outlives any limit in these tests.
 const LONG: usize = 8 << 20;
 const PROBE: Duration = Duration::from_millis(500);
-/// One Shadowsocks fetch. A fetch running when its user is removed from the
-/// engine finishes uncounted (sing-box 1.14 drops a removed user's counters
-/// and cannot end one user's sessions), so this bounds what may be missed.
+/// One fast fetch. One cut when its user is limited may leave up to this much
+/// in the origin's send buffer, counted by the origin but never sent.
 const FETCH: usize = 256 << 10;
+/// How soon after the status was recorded a live session must have ended
+/// (the target is 1 s from the change reaching the node; slack for CI).
+const CUT_WITHIN: Duration = Duration::from_secs(2);
 
 async fn probe(client: &SingBoxClient, source: &HttpSource) -> Result<usize, String> {
     fetch_via_socks_within(client.proxy, source.addr, "/1024", 1024, PROBE).await
@@ -47,12 +51,12 @@ async fn status_becomes(dp: &DataplaneCluster, name: &str, status: &str, within:
 }
 
 /// Checks the refusal and cut targets from `recorded`: every new connection
-/// of each client refused within 1 s, the live session ended within 5 s.
+/// of each client refused within 1 s, every live session ended soon after.
 async fn refused_and_cut(
     what: &str,
     clients: &[&SingBoxClient],
     source: &HttpSource,
-    live: Download,
+    lives: Vec<(&str, Download)>,
     recorded: Instant,
     diagnose: impl Fn() -> String,
 ) {
@@ -67,11 +71,28 @@ async fn refused_and_cut(
         eprintln!("{what}: client {i}'s new connections refused {refused:?} after the status was recorded");
         assert!(refused <= Duration::from_secs(1) + PROBE, "{what}: refused only after {refused:?}\n{}", diagnose());
     }
-    let (result, ended) = live.end(Duration::from_secs(30)).await;
-    let cut = ended.saturating_duration_since(recorded);
-    eprintln!("{what}: the live VLESS session ended {cut:?} after the status was recorded ({result:?})");
-    assert!(result.is_err(), "{what}: the live session ran to completion");
-    assert!(cut <= Duration::from_secs(5), "{what}: the live session ran {cut:?} past the change\n{}", diagnose());
+    for (protocol, live) in lives {
+        let (result, ended) = live.end(Duration::from_secs(30)).await;
+        let cut = ended.saturating_duration_since(recorded);
+        eprintln!("{what}: the live {protocol} session ended {cut:?} after the status was recorded ({result:?})");
+        assert!(result.is_err(), "{what}: the live {protocol} session ran to completion");
+        assert!(cut <= CUT_WITHIN, "{what}: the live {protocol} session ran {cut:?} past the change\n{}", diagnose());
+    }
+}
+
+/// The user's recorded usage once it stops changing.
+async fn settled_usage(dp: &DataplaneCluster, name: &str) -> u64 {
+    eventually(&format!("{name}'s usage to settle"), Duration::from_secs(30), || async {
+        let a = dp.user(name).await["used_bytes"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let b = dp.user(name).await["used_bytes"].as_u64().unwrap_or(0);
+        if a == b && a > 0 {
+            Ok(a)
+        } else {
+            Err(format!("{a} -> {b}"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,29 +124,17 @@ async fn docker_a_data_limit_is_enforced_and_the_recorded_usage_matches_the_byte
     let recorded = recorded.min(status_becomes(&dp, "bob", "limited", Duration::from_secs(1)).await);
     let live_bytes_at_limit = live.received();
     eprintln!("bob limited after {moved_ss} SS bytes and {live_bytes_at_limit} live VLESS bytes");
-    refused_and_cut("data limit", &[&ss, &vless], &source, live, recorded, || dp.diagnose(node.id)).await;
+    let lives = vec![("VLESS", live)];
+    refused_and_cut("data limit", &[&ss, &vless], &source, lives, recorded, || dp.diagnose(node.id)).await;
 
-    // The usage settles once the last reports arrive; it matches what moved
-    // (HTTP bodies plus small request/response heads), within the engine's
-    // accounting granularity: the rest of a Shadowsocks fetch in flight at
-    // the user's removal, and VLESS bytes between the last reading and the cut.
-    let used = eventually("bob's usage to settle", Duration::from_secs(10), || async {
-        let a = dp.user("bob").await["used_bytes"].as_u64().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let b = dp.user("bob").await["used_bytes"].as_u64().unwrap_or(0);
-        if a == b && a > 0 {
-            Ok(a)
-        } else {
-            Err(format!("{a} -> {b}"))
-        }
-    })
-    .await;
-    let min_moved = moved_ss as u64 + live_bytes_at_limit as u64;
-    eprintln!("bob: recorded {used} bytes; clients received at least {min_moved}");
+    // The usage settles once the last reports arrive; it matches what the
+    // origin received and sent for bob, up to what a cut fetch left in the
+    // origin's send buffer.
+    let used = settled_usage(&dp, "bob").await;
+    let origin = source.moved();
+    eprintln!("bob: recorded {used} bytes; the origin moved {origin}; clients received at least {moved_ss}");
     assert!(used >= 3 * MIB as u64, "recorded {used} < the 3 MiB limit that was reached");
-    let granularity = (FETCH + 64 * 1024) as u64;
-    assert!(used + granularity >= min_moved, "recorded {used} bytes, clients moved at least {min_moved}");
-    assert!(used <= min_moved + 2 * MIB as u64, "recorded {used} bytes, far more than the {min_moved} moved");
+    assert!(used.abs_diff(origin) <= FETCH as u64 + origin / 100, "recorded {used}, origin moved {origin}");
 
     dp.ok(&["user", "reset-traffic", "bob"]).await;
     let back = Instant::now();
@@ -153,9 +162,11 @@ async fn docker_an_expired_user_is_refused_and_her_live_session_cut() {
     let expires = expires.format(&time::format_description::well_known::Rfc3339).expect("rfc3339");
     dp.ok(&["user", "limit", "dave", "--expires", &expires]).await;
     let live = Download::start(vless.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
+    let live_ss = Download::start(ss.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     let carols = Download::start(carol.proxy, source.addr, &format!("/slow/{}", 2 * MIB), 2 * MIB);
     let recorded = status_becomes(&dp, "dave", "expired", Duration::from_secs(20)).await;
-    refused_and_cut("expiry", &[&ss, &vless], &source, live, recorded, || dp.diagnose(node.id)).await;
+    let lives = vec![("VLESS", live), ("Shadowsocks", live_ss)];
+    refused_and_cut("expiry", &[&ss, &vless], &source, lives, recorded, || dp.diagnose(node.id)).await;
     let (carol_result, _) = carols.end(Duration::from_secs(30)).await;
     assert_eq!(carol_result, Ok(2 * MIB), "another user's session on the same engine");
 
@@ -167,34 +178,39 @@ async fn docker_an_expired_user_is_refused_and_her_live_session_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn docker_killing_the_agent_and_the_leader_loses_and_double_counts_no_traffic() {
-    if !docker::available("docker_killing_the_agent_and_the_leader_loses_and_double_counts_no_traffic") {
+async fn docker_usage_through_a_handoff_and_kills_of_the_agent_and_the_leader_is_within_1pct_of_the_origin() {
+    if !docker::available(
+        "docker_usage_through_a_handoff_and_kills_of_the_agent_and_the_leader_is_within_1pct_of_the_origin",
+    ) {
         return;
     }
     let source = HttpSource::start().await;
     let mut dp = DataplaneCluster::start(3).await;
-    let node = dp.add_node(&[SS]);
+    let node = dp.add_node(&[SS, VLESS]);
     dp.ok(&["user", "add", "erin"]).await;
     dp.caught_up(node.id, 1).await;
-    let client = dp.client(&dp.link("erin", node.id, SS).await).await;
+    let clients =
+        [dp.client(&dp.link("erin", node.id, SS).await).await, dp.client(&dp.link("erin", node.id, VLESS).await).await];
 
-    // Traffic flows throughout: the engines outlive their vpnd.
+    // Short connections over both protocols flow throughout: the engines outlive their vpnd.
     let progress = Arc::new(AtomicUsize::new(0));
-    let traffic = {
-        let (proxy, target, progress) = (client.proxy, source.addr, progress.clone());
-        tokio::spawn(async move {
-            for _ in 0..40 {
-                let n = fetch_via_socks(proxy, target, "/262144", 262_144).await.unwrap_or(0);
-                progress.fetch_add(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            progress.load(Ordering::Relaxed)
+    let traffic: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (proxy, target, progress) = (client.proxy, source.addr, progress.clone());
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let n = fetch_via_socks(proxy, target, "/262144", 262_144).await.unwrap_or(0);
+                    progress.fetch_add(n, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
         })
-    };
+        .collect();
     let flowed = |past: usize| {
         let progress = progress.clone();
         async move {
-            eventually("more traffic through the engine", Duration::from_secs(30), || async {
+            eventually("more traffic through the engines", Duration::from_secs(30), || async {
                 let now = progress.load(Ordering::Relaxed);
                 if now >= past + MIB {
                     Ok(now)
@@ -205,7 +221,8 @@ async fn docker_killing_the_agent_and_the_leader_loses_and_double_counts_no_traf
             .await
         }
     };
-    // Some usage recorded, then the agent dies mid-stream; then the leader.
+    // Some usage recorded; a user added (both engines hand over to a new
+    // generation); then the agent dies mid-stream; then the leader.
     eventually("erin's first recorded usage", Duration::from_secs(30), || async {
         let used = dp.user("erin").await["used_bytes"].as_u64().unwrap_or(0);
         if used > 0 {
@@ -215,27 +232,34 @@ async fn docker_killing_the_agent_and_the_leader_loses_and_double_counts_no_traf
         }
     })
     .await;
-    dp.cluster.node_mut(node.id).kill9();
+    dp.ok(&["user", "add", "frank"]).await;
     let at = flowed(progress.load(Ordering::Relaxed)).await;
+    dp.cluster.node_mut(node.id).kill9();
+    let at = flowed(at).await;
     let leader = dp.cluster.wait_leader().await;
     dp.cluster.node_mut(leader).kill9();
     flowed(at).await;
     dp.cluster.node_mut(leader).start();
     dp.cluster.node_mut(node.id).start();
-    let moved = traffic.await.expect("traffic task");
-    assert!(moved >= 8 * MIB, "the client moved {moved} bytes: traffic did not flow through the faults");
+    for task in traffic {
+        task.await.expect("traffic task");
+    }
+    let moved = progress.load(Ordering::Relaxed);
+    assert!(moved >= 8 * MIB, "the clients moved {moved} bytes: traffic did not flow through the faults");
 
-    // The engine counted every byte; the cluster must end with exactly that.
-    let (engine, recorded) =
-        eventually("the recorded usage to equal the engine's counter", Duration::from_secs(30), || async {
-            let engine = ss_engine_user_bytes(node.id, "erin").await.ok_or("no engine counter for erin")?;
-            let recorded = dp.user("erin").await["used_bytes"].as_u64().unwrap_or(0);
-            if recorded == engine {
-                Ok((engine, recorded))
-            } else {
-                Err(format!("engine {engine}, recorded {recorded}"))
-            }
-        })
-        .await;
-    eprintln!("erin: engine counted {engine} bytes, the cluster recorded {recorded}, the client received {moved}");
+    // Every byte the origin received and sent for erin is recorded once.
+    let origin = source.moved();
+    let recorded = eventually("the recorded usage to reach the origin's count", Duration::from_secs(30), || async {
+        let recorded = dp.user("erin").await["used_bytes"].as_u64().unwrap_or(0);
+        if recorded.abs_diff(origin) <= origin / 100 {
+            Ok(recorded)
+        } else {
+            Err(format!("origin {origin}, recorded {recorded}"))
+        }
+    })
+    .await;
+    let ratio = recorded as f64 / origin as f64;
+    eprintln!("erin: the origin moved {origin} bytes, the cluster recorded {recorded} ({ratio:.5}x); clients received {moved}");
+    let after = settled_usage(&dp, "erin").await;
+    assert!(after.abs_diff(origin) <= origin / 100, "settled at {after}, origin {origin}: counted twice?");
 }

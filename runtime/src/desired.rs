@@ -10,9 +10,9 @@ use uuid::Uuid;
 /// A protocol inbound the node serves; one engine container each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
-    /// Shadowsocks-2022 (2022-blake3-aes-128-gcm), users managed live via `ssm-api`.
+    /// Shadowsocks-2022 (2022-blake3-aes-128-gcm), multi-user.
     Shadowsocks2022,
-    /// VLESS with the Vision flow over TLS; users via config file + reload.
+    /// VLESS with the Vision flow over TLS.
     VlessTls,
     /// VLESS with the Vision flow over Reality (needs an engine built with uTLS).
     VlessReality,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -27,7 +27,7 @@ pub const LABEL_API_SECRET: &str = "vpn.api-secret";
 /// Generations (VLESS): the generation's number and the port it listens on.
 pub const LABEL_GENERATION: &str = "vpn.generation";
 pub const LABEL_ENGINE_PORT: &str = "vpn.engine-port";
-/// `check` on the throwaway containers that validate a config.
+/// `check` on the throwaway containers older versions validated configs in (removed when found).
 pub const LABEL_ROLE: &str = "vpn.role";
 
 /// Per Docker request; also bounds connecting to an unreachable daemon.
@@ -49,10 +49,6 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// `host:container:ro` bind mounts.
     pub binds: Vec<String>,
-    /// `host` for engines, `none` for checks.
-    pub network_mode: String,
-    /// Engines restart `unless-stopped`; checks never.
-    pub restart: bool,
 }
 
 /// A container as the reconciler sees it.
@@ -179,13 +175,13 @@ impl Docker {
         if let Some(name) = &spec.name {
             options = options.name(name);
         }
-        let restart = if spec.restart { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO };
+        let restart = RestartPolicyNameEnum::UNLESS_STOPPED;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
             labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
-                network_mode: Some(spec.network_mode.clone()),
+                network_mode: Some("host".into()),
                 binds: Some(spec.binds.clone()),
                 restart_policy: Some(RestartPolicy { name: Some(restart), maximum_retry_count: None }),
                 // Bounded logs: engines run for months.
@@ -210,26 +206,6 @@ impl Docker {
         Ok(created.id)
     }
 
-    /// Runs a throwaway container to completion; returns its exit code and output.
-    pub async fn run_to_completion(&self, spec: &ContainerSpec) -> Result<(i64, String), RuntimeError> {
-        let id = self.run(spec).await?;
-        let mut code = 0;
-        let mut wait = self.api.wait_container(&id, None);
-        while let Some(step) = wait.next().await {
-            match step {
-                Ok(response) => code = response.status_code,
-                Err(BollardError::DockerContainerWaitError { code: c, .. }) => code = c,
-                Err(e) => {
-                    self.remove(&id).await?;
-                    return Err(RuntimeError::docker("wait for a check container", e));
-                }
-            }
-        }
-        let output = self.logs(&id, 50).await;
-        self.remove(&id).await?;
-        Ok((code, output?))
-    }
-
     /// The last `lines` of a container's output, stdout and stderr.
     pub async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
         let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&lines.to_string()).build();
@@ -249,12 +225,6 @@ impl Docker {
             Err(e) if !is_not_found(&e) => Err(RuntimeError::docker(format!("remove {id}"), e)),
             _ => Ok(()),
         }
-    }
-
-    /// Sends a signal (e.g. `SIGHUP` for a reload) to a container's main process.
-    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
-        let options = KillContainerOptionsBuilder::new().signal(signal).build();
-        self.api.kill_container(id, Some(options)).await.map_err(|e| RuntimeError::docker(format!("{signal} {id}"), e))
     }
 }
 

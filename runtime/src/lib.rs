@@ -14,21 +14,26 @@
 //! handle.usage.counters().await?;                // per-user byte counters, for traffic accounting
 //! ```
 //!
-//! One container per protocol inbound (`vpn-<node>-<protocol>`), host
-//! networking, restart `unless-stopped`, labels `vpn.owner-node`,
-//! `vpn.engine`, `vpn.protocol`, `vpn.config-hash` (plus the allocated API
-//! ports, see [`ports`]). Engines keep running when the node exits.
+//! Engines are served in generations: a container per generation of each
+//! protocol inbound (`vpn-<node>-<protocol>-g<N>`), host networking, restart
+//! `unless-stopped`, labels `vpn.owner-node`, `vpn.engine`, `vpn.protocol`,
+//! `vpn.config-hash`, `vpn.generation`, `vpn.engine-port` (plus the allocated
+//! API port, see [`ports`]). nftables redirects each public port to the
+//! current generation and counts every user's bytes. Engines and the rules
+//! keep running when the node exits.
 //!
 //! Layout:
 //! - [`desired`]: what the node should serve (built by `vpn-node`).
 //! - [`validate`](validate()): our own checks before anything is applied.
 //! - [`engine`]: the [`engine::Engine`] trait; [`engine::singbox`] renders
-//!   configs and talks to sing-box's `ssm-api` and clash API.
+//!   configs and talks to sing-box's clash API.
 //! - [`reconcile`]: observe, the pure [`reconcile::plan::plan`], the executor.
 //! - `reconciler`: the loop ([`Reconciler`], [`RuntimeConfig`], [`ApplyStatus`]).
-//! - [`docker`]: the bollard calls and labels; [`ports`]: the port checks and API port scheme.
+//! - [`nftables`]: the node's table (handoff between generations, per-user
+//!   counts); [`marks`]: the users' socket marks.
+//! - [`docker`]: the bollard calls and labels; [`ports`]: the port checks and port scheme.
 //! - [`keys`], [`tls`]: Reality x25519 keys, Shadowsocks keys, self-signed certificates.
-//! - [`usage`]: per-user traffic counters of the running engines ([`UsageReader`]).
+//! - [`usage`]: per-user traffic counters ([`UsageReader`]).
 //! - [`metrics`]: Prometheus series; `error`: [`RuntimeError`].
 
 pub mod desired;
@@ -36,9 +41,10 @@ pub mod docker;
 pub mod engine;
 mod error;
 mod fsutil;
-pub mod handoff;
 pub mod keys;
+pub mod marks;
 pub mod metrics;
+pub mod nftables;
 pub mod ports;
 pub mod reconcile;
 mod reconciler;

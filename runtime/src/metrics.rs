@@ -28,7 +28,6 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     desired_generation: Gauge,
     applied_generation: Gauge,
-    containers_created: Family<ProtocolLabel, Counter>,
     generations_started: Family<ProtocolLabel, Counter>,
     generations_live: Family<ProtocolLabel, Gauge>,
     sessions_dropped: Family<ProtocolLabel, Counter>,
@@ -45,7 +44,6 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             desired_generation: Gauge::default(),
             applied_generation: Gauge::default(),
-            containers_created: Family::default(),
             generations_started: Family::default(),
             generations_live: Family::default(),
             sessions_dropped: Family::default(),
@@ -76,7 +74,6 @@ impl Metrics {
             "Generation of the desired state last fully applied",
             self.applied_generation.clone(),
         );
-        r.register("containers_created", "Engine containers created", self.containers_created.clone());
         r.register(
             "engine_generations_started",
             "Engine generations started (each takes the new connections; the previous one drains)",
@@ -112,10 +109,6 @@ impl Metrics {
         self.sessions_closed.get_or_create(&protocol.into()).get()
     }
 
-    pub fn containers_created(&self, protocol: Protocol) -> u64 {
-        self.containers_created.get_or_create(&protocol.into()).get()
-    }
-
     pub(crate) fn run_started(&self) {
         self.reconcile_runs.inc();
     }
@@ -132,10 +125,6 @@ impl Metrics {
         if let Some(applied) = applied {
             self.applied_generation.set(i64::try_from(applied).unwrap_or(i64::MAX));
         }
-    }
-
-    pub(crate) fn container_created(&self, protocol: Protocol) {
-        self.containers_created.get_or_create(&protocol.into()).inc();
     }
 
     pub(crate) fn generation_started(&self, protocol: Protocol) {

@@ -4,11 +4,11 @@
 //! - An inbound's port must be free before its container is created (a bind
 //!   test on 0.0.0.0, TCP and, for Shadowsocks, UDP), so a taken port is a
 //!   clear error instead of a container that crash-loops.
-//! - Each engine also listens on loopback API ports (clash API; ssm-api for
-//!   Shadowsocks-2022). The port scheme: these are **allocated, not derived**.
+//! - Each engine also listens on a loopback API port (clash API), and each
+//!   generation on a port of its own. The port scheme: these are **allocated, not derived**.
 //!   At container creation the kernel hands out free ports on 127.0.0.1 (bind
 //!   to port 0; the listeners are held until just before the container starts),
-//!   skipping every port recorded in the `vpn.api-ports` label of any engine
+//!   skipping every port recorded in the `vpn.api-ports` or `vpn.engine-port` label of any engine
 //!   container on this host (any node's, running or not). The ports are then
 //!   recorded in the new container's `vpn.api-ports` label, so a restarted
 //!   vpnd adopts them. Derived ports (say listen port + 10000) can hit another
@@ -54,10 +54,20 @@ pub fn reserve_loopback(count: usize, exclude: &BTreeSet<u16>) -> Result<Reserve
     reserve(Ipv4Addr::LOCALHOST, count, exclude)
 }
 
-/// A port free on every address, not in `exclude`: where a VLESS generation
-/// listens (the public port is redirected to it, see [`crate::handoff`]).
-pub fn reserve_generation_port(exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
-    reserve(Ipv4Addr::UNSPECIFIED, 1, exclude)
+/// A port free on every address (for TCP, and UDP if `protocol` uses it),
+/// not in `exclude`: where a generation listens (the public port is
+/// redirected to it, see [`crate::nftables`]).
+pub fn reserve_generation_port(protocol: Protocol, exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {
+    let mut taken = exclude.clone();
+    for _ in 0..100 {
+        let reserved = reserve(Ipv4Addr::UNSPECIFIED, 1, &taken)?;
+        let port = reserved.ports()[0];
+        if !protocol.uses_udp() || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return Ok(reserved);
+        }
+        taken.insert(port);
+    }
+    Err(RuntimeError::io("find a port free on TCP and UDP on", "0.0.0.0", std::io::Error::other("none in 100 tries")))
 }
 
 fn reserve(ip: Ipv4Addr, count: usize, exclude: &BTreeSet<u16>) -> Result<Reserved, RuntimeError> {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -16,7 +17,8 @@ use tokio::time::Instant;
 use crate::docker::Docker;
 use crate::engine::singbox::SingBox;
 use crate::engine::Engine;
-use crate::handoff::PortRoutes;
+use crate::marks::Marks;
+use crate::nftables::{self, NodeTable};
 use crate::reconcile::env::Env;
 use crate::reconcile::observe::observe;
 use crate::reconcile::plan::{plan, DesiredInbound, DrainPolicy, Op, PlanInput};
@@ -53,7 +55,7 @@ impl RuntimeConfig {
             config_dir: config_dir.into(),
             resync: Duration::from_secs(10),
             docker_host: None,
-            generation_interval: Duration::from_secs(1),
+            generation_interval: Duration::from_millis(500),
             drain: DrainPolicy { deadline: Duration::from_secs(3600), max_generations: 8 },
             shutdown_grace: Duration::from_secs(5),
         }
@@ -111,7 +113,10 @@ impl Reconciler {
         let config_dir = dir.canonicalize().map_err(|e| RuntimeError::io("resolve", dir, e))?;
         let metrics = Metrics::default();
         let finals = FinalReadings::default();
-        let usage = UsageReader::new(SingBox, docker.clone(), config.node_id, finals.clone());
+        let table = NodeTable::new(config.node_id);
+        let marks = Marks::load_or_create(&config_dir, config.node_id, &nftables::taken_prefixes().await?)?;
+        let marks = Arc::new(Mutex::new(marks));
+        let usage = UsageReader::new(table.clone(), marks.clone(), finals.clone());
         let env = Env {
             engine: SingBox,
             docker,
@@ -120,7 +125,8 @@ impl Reconciler {
             config_dir,
             metrics: metrics.clone(),
             finals,
-            routes: PortRoutes::new(config.node_id),
+            table,
+            marks,
             drain: config.drain,
         };
         let (status_tx, status) = watch::channel(ApplyStatus::default());
@@ -143,8 +149,9 @@ struct Outcome {
 const DRAIN_CHECK: Duration = Duration::from_secs(2);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// A reconcile that still has work after this many observe-plan-apply passes is an error.
-const MAX_PASSES: usize = 4;
+/// A reconcile that still has work after this many observe-plan-apply passes
+/// is an error (a change takes up to four: start, route, drained removal, forget).
+const MAX_PASSES: usize = 6;
 
 async fn run<E: Engine>(
     env: Env<E>,
@@ -241,18 +248,16 @@ async fn reconcile<E: Engine>(
                 protocol: i.protocol,
                 listen_port: i.listen_port,
                 config_hash: env.engine.config_hash(&env.image, i)?,
-                strategy: env.engine.user_strategy(i.protocol),
             })
         })
         .collect::<Result<Vec<_>, RuntimeError>>()?;
-    let current: BTreeMap<_, _> = inbounds.iter().map(|i| (i.protocol, i.config_hash.clone())).collect();
     let mut outcome = Outcome::default();
     // One broken inbound (say a port in use) must not hold back the others: its
     // ops are skipped for the rest of this reconcile, the others go on.
     let mut failed: Vec<(Option<Protocol>, RuntimeError)> = Vec::new();
     let mut last_plan = Vec::new();
     for _ in 0..MAX_PASSES {
-        let observed = observe(env, &current).await?;
+        let observed = observe(env).await?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -277,14 +282,23 @@ async fn reconcile<E: Engine>(
                 _ => Err(RuntimeError::Several(failed.into_iter().map(|(_, e)| e).collect())),
             };
         }
-        for op in &plan.ops {
-            // After a failed op, the rest of its inbound's ops wait (a route must not follow a failed start).
-            if failed_in(&failed, op) {
-                continue;
+        // Ops run in the plan's order, except that a run of new generations
+        // (of different inbounds, each a container start) starts side by side.
+        let mut ops = plan.ops.iter().peekable();
+        while let Some(op) = ops.next() {
+            let mut group = vec![op];
+            while matches!(op, Op::StartGeneration { .. }) && matches!(ops.peek(), Some(Op::StartGeneration { .. })) {
+                group.extend(ops.next());
             }
-            match executor::apply(env, desired, &observed, op).await {
-                Ok(()) => outcome.started_generation |= matches!(op, Op::StartGeneration { .. }),
-                Err(e) => failed.push((op.protocol(), e)),
+            // After a failed op, the rest of its inbound's ops wait (a route must not follow a failed start).
+            group.retain(|op| !failed_in(&failed, op));
+            let results =
+                futures::future::join_all(group.iter().map(|op| executor::apply(env, desired, &observed, op))).await;
+            for (op, result) in group.into_iter().zip(results) {
+                match result {
+                    Ok(()) => outcome.started_generation |= matches!(op, Op::StartGeneration { .. }),
+                    Err(e) => failed.push((op.protocol(), e)),
+                }
             }
         }
         last_plan = plan.ops;

@@ -40,12 +40,20 @@ async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions()
     bob_client.fetch_1mib(http.port).await.expect("bob moves 1 MiB intact");
     assert!(carol_client.get(http.port, "/bytes/1024", SHORT).await.is_err(), "carol is not a user yet");
 
-    // While alice downloads (~2.6 s), carol is added and bob removed.
+    // While alice and bob download (~2.6 s), carol is added and bob removed.
     let len = 2 << 20;
     let download = Download::spawn(alice_client.request(http.port, &format!("/slow/{len}")).await.expect("request"));
-    wait_for("alice's download to start", TO_START, async || (download.received() > 0).then_some(())).await;
+    let bob_dl = Download::spawn(bob_client.request(http.port, &format!("/slow/{len}")).await.expect("request"));
+    wait_for("both downloads to start", TO_START, async || {
+        (download.received() > 0 && bob_dl.received() > 0).then_some(())
+    })
+    .await;
     let changed = Instant::now();
     let g = node.set(vec![inbound.clone()], vec![alice.clone(), carol.clone()]);
+    let (_, bob_end) = bob_dl.end(Duration::from_secs(5)).await;
+    let cut = bob_end.duration_since(changed);
+    eprintln!("ss2022: bob removed -> his live session ended after {cut:?}");
+    assert!(cut < Duration::from_secs(1), "bob's live session ends within 1 s, took {cut:?}");
     wait_for("carol's first connection", Duration::from_secs(5), async || {
         carol_client.get(http.port, "/bytes/1024", Duration::from_millis(300)).await.ok()
     })
@@ -60,12 +68,17 @@ async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions()
 
     let (all, _) = download.end(Duration::from_secs(30)).await;
     let body = split_body(&all).expect("alice's download finished whole");
-    assert!(body.len() == len && is_pattern(&body), "alice's download is intact");
+    assert!(body.len() == len && is_pattern(&body), "alice's download through the handoff is intact");
     carol_client.fetch_1mib(http.port).await.expect("carol moves 1 MiB intact");
 
-    assert_eq!(node.container_id("shadowsocks-2022"), Some(id), "user changes never restart the engine");
+    assert_ne!(node.container_id("shadowsocks-2022"), Some(id), "a new generation serves the new user set");
+    wait_for("the previous generation to go after its last session", Duration::from_secs(30), async || {
+        (node.generations("shadowsocks-2022").len() == 1).then_some(())
+    })
+    .await;
     let metrics = &node.handle().metrics;
-    assert_eq!(metrics.containers_created(Protocol::Shadowsocks2022), 1);
+    assert_eq!(metrics.generations_started(Protocol::Shadowsocks2022), 2);
+    assert_eq!(metrics.sessions_dropped(Protocol::Shadowsocks2022), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,23 +120,23 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
     let closed = bob_end.duration_since(disabled);
     eprintln!("vless: disable -> new sessions refused {refused:?}, live session closed {closed:?}");
     assert!(refused < Duration::from_secs(1), "refused within 1 s, took {refused:?}");
-    assert!(closed < Duration::from_secs(5), "bob's session ended within 5 s, took {closed:?}");
+    assert!(closed < Duration::from_secs(1), "bob's session ended within 1 s, took {closed:?}");
     let before = alice_dl.received();
     wait_for("alice's session to keep moving", TO_START, async || (alice_dl.received() > before).then_some(())).await;
     assert!(!alice_dl.is_finished(), "alice's session continues");
     node.wait_applied(g).await;
     let metrics = node.handle().metrics.clone();
-    assert_eq!(metrics.generations_started(Protocol::VlessTls), 1, "disabling needs no new generation");
     assert!(metrics.sessions_closed(Protocol::VlessTls) >= 1);
+    // The next generation leaves bob out of its config; the first one serves alice's session on.
+    assert_ne!(node.container_id("vless-tls"), Some(id.clone()), "a generation without bob");
 
-    // Enabled again: served at once, still without a reload.
+    // Enabled again: served at once (by the next generation), alice still untouched.
     let enabled = Instant::now();
     let g = node.set(vec![inbound.clone()], vec![alice.clone(), bob.clone()]);
     wait_for("bob to be served again", SHORT, async || bob_client.get(http.port, "/bytes/1024", SHORT).await.ok())
         .await;
     eprintln!("vless: enable -> bob served again in {:?}", enabled.elapsed());
     node.wait_applied(g).await;
-    assert_eq!(metrics.generations_started(Protocol::VlessTls), 1);
     assert!(!alice_dl.is_finished(), "alice's session still continues");
 
     // A new user starts the next generation, which takes the new connections;
@@ -137,14 +150,8 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
     eprintln!("vless: add -> carol served in {:?} (a new generation, then the route)", added.elapsed());
     node.wait_applied(g).await;
     carol_client.fetch_1mib(http.port).await.expect("carol moves 1 MiB intact");
-    assert_eq!(metrics.generations_started(Protocol::VlessTls), 2);
-    assert_ne!(node.container_id("vless-tls"), Some(id.clone()), "the new generation serves new connections");
-    assert_eq!(
-        node.generations("vless-tls").len(),
-        2,
-        "the previous one serves alice: {:?}",
-        node.generations("vless-tls")
-    );
+    let generations = node.generations("vless-tls");
+    assert!(generations.iter().any(|(_, gid, _)| *gid == id), "the first one serves alice: {generations:?}");
     let (all, _) = alice_dl.end(Duration::from_secs(60)).await;
     let body = split_body(&all).expect("alice's download finished whole");
     assert!(body.len() == 20 << 20 && is_pattern(&body), "alice's download through the handoff is intact");

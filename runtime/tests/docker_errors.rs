@@ -37,7 +37,7 @@ async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
     assert!(error.contains("--inbound vless-tls=<port>"), "names the fix: {error}");
     // The other inbound is not held back; the failed one left nothing behind.
     let names: Vec<String> = node.containers().into_iter().map(|(_, name, _)| name).collect();
-    assert_eq!(names, vec![format!("vpn-{}-shadowsocks-2022", node.id)], "only the good inbound runs");
+    assert_eq!(names, vec![format!("vpn-{}-shadowsocks-2022-g1", node.id)], "only the good inbound runs");
 
     // Once the port is free the same desired state applies.
     drop(taken);

@@ -1,20 +1,17 @@
 //! The doing half: applies one planned [`Op`] through Docker, nftables and
-//! the engine. A live-API engine's new config is validated in full (render,
-//! our checks, `sing-box check`, image, ports) before anything running is
-//! touched; a new generation is started and must answer before new
-//! connections are routed to it. Either way a failure leaves the working
-//! engine as it was.
+//! the engine. A new generation is started and must answer before new
+//! connections are routed to it, so a failure leaves the working generation
+//! as it was.
 //!
-//! An op that ends counting sources (removes an engine or a Shadowsocks
-//! user, refuses a VLESS user) first takes a final reading of them for
-//! traffic accounting (see [`crate::usage`]).
+//! An op that ends counting sources (forgets users) first takes a final
+//! reading of them for traffic accounting (see [`crate::usage`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::env::{Env, LiveState};
-use super::plan::{ContainerRef, Op, RemoveReason, Replaced};
+use super::plan::{ContainerRef, Op};
 use super::{Observed, ObservedContainer};
 use crate::docker::{
     ContainerSpec, LABEL_API_PORTS, LABEL_API_SECRET, LABEL_ENGINE, LABEL_ENGINE_PORT, LABEL_GENERATION, LABEL_HASH,
@@ -24,7 +21,7 @@ use crate::engine::{ApiAccess, ConfigFile, Engine};
 use crate::fsutil::{remove_dir, write_atomic};
 use crate::{keys, ports, usage, DesiredState, InboundSpec, Protocol, RuntimeError};
 
-/// How long a new engine may take to answer on its APIs.
+/// How long a new engine may take to answer on its API.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn apply<E: Engine>(
@@ -36,54 +33,42 @@ pub async fn apply<E: Engine>(
     tracing::info!(node = env.node_id, ?op, "applying");
     match op {
         Op::Remove { container, protocol, reason } => {
-            final_reading(env, observed, &container.id, None).await;
             env.docker.remove(&container.id).await?;
             let generation = observed.containers.iter().find(|c| c.id == container.id).and_then(|c| c.generation);
             if let (Some(p), Some(g)) = (protocol, generation) {
                 remove_dir(&env.generation_dir(*p, g))?;
                 remove_file(&env.generation_state_path(*p, g))?;
                 env.metrics.generation_ended(*p, reason.dropped_sessions());
-            } else if let (Some(p), RemoveReason::NotDesired) = (protocol, reason) {
-                remove_dir(&env.engine_dir(*p))?;
-                remove_dir(&env.staging_dir(*p))?;
             }
             Ok(())
         }
-        Op::Create { protocol, replaces, .. } => create(env, desired, observed, *protocol, replaces.as_ref()).await,
         Op::StartGeneration { protocol, generation } => {
             let inbound = inbound(desired, *protocol)?;
             if !observed.routes.contains_key(&inbound.listen_port) {
                 // The first generation's route will take the port over: nothing else may listen there.
                 ports::ensure_free(*protocol, inbound.listen_port)?;
             }
-            start_generation(env, desired, *protocol, *generation).await
+            start_generation(env, desired, inbound, *generation).await
         }
         Op::Route { protocol, public_port, container, engine_port } => {
             let (_, api) = find(observed, container)?;
             // Only a generation that answers gets the new connections.
-            env.engine.ping(*protocol, api).await?;
-            let mut routes = observed.routes.clone();
+            env.engine.ping(api).await?;
+            // Read afresh: an earlier op of this pass may have routed another port.
+            let mut routes = env.table.routes().await?.unwrap_or_default();
             if !routes.contains_key(public_port) {
-                // The first route takes the port over: nothing else may listen there.
                 ports::ensure_free(*protocol, *public_port)?;
             }
             routes.insert(*public_port, *engine_port);
-            env.routes.write(&routes).await
+            write_table(env, &routes).await
         }
         Op::Unroute { public_port } => {
-            let mut routes = observed.routes.clone();
+            let mut routes = env.table.routes().await?.unwrap_or_default();
             routes.remove(public_port);
-            env.routes.write(&routes).await
-        }
-        Op::AddUsers { container, users, .. } => env.engine.add_users(find(observed, container)?.1, users).await,
-        Op::RemoveUsers { container, names, .. } => {
-            let api = find(observed, container)?.1;
-            final_reading(env, observed, &container.id, Some(names)).await;
-            env.engine.remove_users(api, names).await
+            write_table(env, &routes).await
         }
         Op::Refuse { protocol, container, names } => {
             let (container, api) = find(observed, container)?;
-            final_reading(env, observed, &container.id, Some(names)).await;
             // Refuse first (at once), then record it so the plan does not ask again.
             let closed = env.engine.set_refused(api, names, true).await?;
             env.metrics.closed_sessions(*protocol, closed);
@@ -94,35 +79,60 @@ pub async fn apply<E: Engine>(
             env.engine.set_refused(api, names, false).await?;
             update_state(env, *protocol, container, |s| s.refused.retain(|n| !names.contains(n)))
         }
+        Op::Forget { names } => forget(env, names).await,
+        Op::DeleteTable => env.table.write(None).await,
     }
 }
 
-/// Starts generation `generation` of `protocol` with the desired users, on a
-/// port of its own, and waits until it answers. Nothing running is touched:
-/// if it fails, the previous generation goes on serving and the error says why.
+/// Rewrites the node's nftables table with `routes` (and the accounting rules for its marks).
+async fn write_table<E: Engine>(env: &Env<E>, routes: &BTreeMap<u16, u16>) -> Result<(), RuntimeError> {
+    let prefix = env.marks().prefix;
+    env.table.write(Some((routes, prefix))).await
+}
+
+/// Reads the counts of users no engine holds any more a last time, then
+/// deletes them and frees the users' marks.
+async fn forget<E: Engine>(env: &Env<E>, names: &[String]) -> Result<(), RuntimeError> {
+    let prefix = env.marks().prefix;
+    let counted = env.table.payload_bytes(prefix).await?;
+    let marks: Vec<u32> = names.iter().filter_map(|n| env.marks().mark(n)).collect();
+    let last: BTreeMap<u32, u64> = counted.into_iter().filter(|(m, _)| marks.contains(m)).collect();
+    env.finals.keep(usage::named(&env.marks(), last), Instant::now());
+    env.table.forget(&marks).await?;
+    env.marks().release(names)
+}
+
+/// Starts generation `generation` of the inbound with the desired users, on
+/// a port of its own, and waits until it answers. Nothing running is
+/// touched: if it fails, the previous generation goes on serving and the
+/// error says why.
 async fn start_generation<E: Engine>(
     env: &Env<E>,
     desired: &DesiredState,
-    protocol: Protocol,
+    inbound: &InboundSpec,
     generation: u64,
 ) -> Result<(), RuntimeError> {
-    let inbound = inbound(desired, protocol)?;
+    let protocol = inbound.protocol;
     env.docker.ensure_image(&env.image).await?;
     let hash = env.engine.config_hash(&env.image, inbound)?;
+    // Marks first: the table must count them before the engine sends a packet.
+    env.marks().assign(desired.users.iter().map(|u| u.name.as_str()))?;
+    let marks = env.marks().all();
+    write_table(env, &env.table.routes().await?.unwrap_or_default()).await?;
     let recorded = env.docker.recorded_ports().await?;
-    let reserved_api = ports::reserve_loopback(env.engine.api_port_count(protocol), &recorded)?;
-    let reserved_port = ports::reserve_generation_port(&recorded)?;
+    let reserved_api = ports::reserve_loopback(env.engine.api_port_count(), &recorded)?;
+    let reserved_port = ports::reserve_generation_port(protocol, &recorded)?;
     let engine_port = reserved_port.ports()[0];
     let api = ApiAccess { ports: reserved_api.ports(), secret: keys::random_secret() };
     let dir = env.generation_dir(protocol, generation);
     remove_dir(&dir)?;
-    write_files(&dir, env.engine.render(inbound, engine_port, &desired.users, &api)?)?;
+    write_files(&dir, env.engine.render(inbound, engine_port, &desired.users, &marks, &api)?)?;
     reserved_api.release();
     reserved_port.release();
     let name = env.generation_name(protocol, generation);
     let extra = [(LABEL_GENERATION, generation.to_string()), (LABEL_ENGINE_PORT, engine_port.to_string())];
     let id = env.docker.run(&engine_spec(env, inbound, &hash, &api, name.clone(), &dir, &extra)).await?;
-    if let Err(e) = wait_ready(env, protocol, &name, &id, &api).await {
+    if let Err(e) = wait_ready(env, &name, &id, &api).await {
         env.docker.remove(&id).await?;
         remove_dir(&dir)?;
         return Err(e);
@@ -132,48 +142,6 @@ async fn start_generation<E: Engine>(
     let live = desired.users.iter().map(|u| (u.name.clone(), u.credential(protocol))).collect();
     let state = LiveState { container_id: id, started_at, live, refused: Default::default() };
     env.write_state(protocol, generation, &state)
-}
-
-/// Validates everything about the new engine, then replaces the old one.
-async fn create<E: Engine>(
-    env: &Env<E>,
-    desired: &DesiredState,
-    observed: &Observed,
-    protocol: Protocol,
-    replaces: Option<&Replaced>,
-) -> Result<(), RuntimeError> {
-    let inbound = inbound(desired, protocol)?;
-    env.docker.ensure_image(&env.image).await?;
-    let hash = env.engine.config_hash(&env.image, inbound)?;
-    let recorded = env.docker.recorded_ports().await?;
-    let reserved = ports::reserve_loopback(env.engine.api_port_count(protocol), &recorded)?;
-    let api = ApiAccess { ports: reserved.ports(), secret: keys::random_secret() };
-    let staging = env.staging_dir(protocol);
-    remove_dir(&staging)?;
-    write_files(&staging, env.engine.render(inbound, inbound.listen_port, &desired.users, &api)?)?;
-    env.check(protocol, &staging, env.engine.config_file()).await?;
-    if !replaces.is_some_and(|r| r.holds_port) {
-        ports::ensure_free(protocol, inbound.listen_port)?;
-    }
-
-    // Everything checked: the old engine may go.
-    if let Some(old) = replaces {
-        final_reading(env, observed, &old.container.id, None).await;
-        env.docker.remove(&old.container.id).await?;
-        ports::ensure_free(protocol, inbound.listen_port)?;
-    }
-    let dir = env.engine_dir(protocol);
-    remove_dir(&dir)?;
-    std::fs::rename(&staging, &dir).map_err(|e| RuntimeError::io("rename into place", &dir, e))?;
-    reserved.release();
-    let name = env.container_name(protocol);
-    let id = env.docker.run(&engine_spec(env, inbound, &hash, &api, name.clone(), &dir, &[])).await?;
-    if let Err(e) = wait_ready(env, protocol, &name, &id, &api).await {
-        env.docker.remove(&id).await?;
-        return Err(e);
-    }
-    env.metrics.container_created(protocol);
-    Ok(())
 }
 
 /// Writes an engine's rendered files into `dir`.
@@ -217,39 +185,14 @@ fn engine_spec<E: Engine>(
             .map(|(k, v)| (k.to_string(), v))
             .collect::<HashMap<_, _>>(),
         binds: vec![format!("{}:{}:ro", dir.display(), env.engine.container_dir())],
-        network_mode: "host".into(),
-        restart: true,
-    }
-}
-
-/// Reads the counters of `id`'s sources that are about to end (all, or only
-/// those of `users`) and keeps them as final readings. Best effort: an engine
-/// that does not answer has nothing to give.
-async fn final_reading<E: Engine>(env: &Env<E>, observed: &Observed, id: &str, users: Option<&[String]>) {
-    let Some(c) = observed.containers.iter().find(|c| c.id == id && c.running) else { return };
-    let (Some(protocol), Some(api)) = (c.protocol, &c.api) else { return };
-    match usage::read_engine(&env.engine, protocol, &c.id, &c.started_at, api).await {
-        Ok(mut counters) => {
-            if let Some(users) = users {
-                counters.retain(|counter| users.contains(&counter.user));
-            }
-            env.finals.keep(counters, Instant::now());
-        }
-        Err(e) => tracing::debug!(node = env.node_id, container = %c.name, error = %e, "no final traffic reading"),
     }
 }
 
 /// Polls the engine's APIs until they answer; a container that stops meanwhile fails at once, with its log.
-async fn wait_ready<E: Engine>(
-    env: &Env<E>,
-    protocol: Protocol,
-    name: &str,
-    id: &str,
-    api: &ApiAccess,
-) -> Result<(), RuntimeError> {
+async fn wait_ready<E: Engine>(env: &Env<E>, name: &str, id: &str, api: &ApiAccess) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let Err(last) = env.engine.ping(protocol, api).await else { return Ok(()) };
+        let Err(last) = env.engine.ping(api).await else { return Ok(()) };
         let running = env.docker.inspect(id).await?.running;
         if !running || Instant::now() > deadline {
             let log = env.docker.logs(id, 20).await.unwrap_or_else(|e| format!("(no log: {e})"));

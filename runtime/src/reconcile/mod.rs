@@ -17,8 +17,12 @@ pub mod plan;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub containers: Vec<ObservedContainer>,
-    /// Public port -> the engine port new connections are handed to (see [`crate::handoff`]).
+    /// Public port -> the engine port new connections are handed to (see [`crate::nftables`]).
     pub routes: BTreeMap<u16, u16>,
+    /// Users with a socket mark (see [`crate::marks`]).
+    pub marked: BTreeSet<String>,
+    /// This node's nftables table exists.
+    pub table: bool,
 }
 
 /// One container labelled as this node's.
@@ -31,8 +35,7 @@ pub struct ObservedContainer {
     pub config_hash: String,
     /// The public port it serves.
     pub listen_port: Option<u16>,
-    /// Engines of generations ([`UserStrategy::Generations`](crate::engine::UserStrategy)):
-    /// their number (0 for an engine from before generations) and own port.
+    /// The generation's number (0 for an engine from before generations) and own port.
     pub generation: Option<u64>,
     pub engine_port: Option<u16>,
     /// When Docker created it (Unix ms): a generation's successor's creation starts its drain.
@@ -52,6 +55,6 @@ pub struct ObservedContainer {
 pub struct EngineUsers {
     /// Name -> credential (Shadowsocks key or VLESS UUID).
     pub live: BTreeMap<String, String>,
-    /// Users still in the engine but refused (reload-based engines).
+    /// Users still in the engine but refused.
     pub refused: BTreeSet<String>,
 }

@@ -1,8 +1,7 @@
 //! The observing half: this node's containers from Docker, its port routes
-//! from nftables, and for each running engine the users it serves (live API
-//! or state file) and, for generations that are draining, their sessions.
-
-use std::collections::BTreeMap;
+//! from nftables, its users' marks, and for each running generation the
+//! users it serves (state file or config) and, once new connections no
+//! longer reach it, its sessions.
 
 use super::env::Env;
 use super::{EngineUsers, Observed, ObservedContainer};
@@ -10,49 +9,37 @@ use crate::docker::{
     ContainerInfo, LABEL_API_PORTS, LABEL_API_SECRET, LABEL_ENGINE, LABEL_ENGINE_PORT, LABEL_GENERATION, LABEL_HASH,
     LABEL_PORT, LABEL_PROTOCOL, LABEL_ROLE,
 };
-use crate::engine::{ApiAccess, Engine, UserStrategy};
+use crate::engine::{ApiAccess, Engine};
 use crate::{Protocol, RuntimeError};
 
-/// Observes this node's containers and port routes. Users are read from
-/// live-API engines whose hash is `current` (others are about to be replaced
-/// anyway) and from every running generation (a removed user is cut on all);
-/// sessions from running generations that new connections no longer reach.
-pub async fn observe<E: Engine>(env: &Env<E>, current: &BTreeMap<Protocol, String>) -> Result<Observed, RuntimeError> {
-    let routes = env.routes.read().await?;
+/// Observes this node's containers, routes and marks.
+pub async fn observe<E: Engine>(env: &Env<E>) -> Result<Observed, RuntimeError> {
+    let routes = env.table.routes().await?;
+    let table = routes.is_some();
+    let routes = routes.unwrap_or_default();
     let mut containers = Vec::new();
     for info in env.docker.list(&[env.owner_label()]).await? {
         let label = |key: &str| info.labels.get(key).map(String::as_str);
         let protocol = Protocol::parse(label(LABEL_PROTOCOL).unwrap_or_default())
             .filter(|_| label(LABEL_ENGINE) == Some(env.engine.name()) && label(LABEL_ROLE).is_none());
         let api = parse_api(label(LABEL_API_PORTS), label(LABEL_API_SECRET));
-        // Damaged API labels make the engine unmanageable: an empty hash gets it recreated.
+        // Damaged API labels make the engine unmanageable: an empty hash gets it replaced.
         let config_hash = if api.is_some() { label(LABEL_HASH).unwrap_or_default().to_string() } else { String::new() };
         let listen_port = label(LABEL_PORT).and_then(|p| p.parse().ok());
-        let strategy = protocol.map(|p| env.engine.user_strategy(p));
-        let generations = strategy == Some(UserStrategy::Generations);
         // An engine from before generations listened on the public port itself: generation 0.
-        let generation = generations.then(|| label(LABEL_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0));
+        let generation = protocol.map(|_| label(LABEL_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0));
         let engine_port = match generation {
             Some(0) => listen_port,
             Some(_) => label(LABEL_ENGINE_PORT).and_then(|p| p.parse().ok()),
             None => None,
         };
-        let readable = match (protocol, &api) {
-            (Some(p), Some(api)) if info.running && (generations || current.get(&p) == Some(&config_hash)) => {
-                Some((p, api))
+        let (mut users, mut sessions) = (None, None);
+        if let (Some(p), Some(g), Some(api), true) = (protocol, generation, &api, info.running) {
+            users = Some(observe_users(env, p, g, &info));
+            if engine_port.is_some_and(|port| !routes.values().any(|r| *r == port)) {
+                sessions = Some(env.engine.sessions(api).await?);
             }
-            _ => None,
-        };
-        let users = match readable {
-            Some((p, api)) => Some(observe_users(env, p, generation, api, &info).await?),
-            None => None,
-        };
-        let sessions = match readable {
-            Some((_, api)) if generations && engine_port.is_some_and(|port| !routes.values().any(|r| *r == port)) => {
-                Some(env.engine.sessions(api).await?)
-            }
-            _ => None,
-        };
+        }
         containers.push(ObservedContainer {
             id: info.id.clone(),
             name: info.name.clone(),
@@ -69,28 +56,21 @@ pub async fn observe<E: Engine>(env: &Env<E>, current: &BTreeMap<Protocol, Strin
             sessions,
         });
     }
-    Ok(Observed { containers, routes })
+    let marked = env.marks().users().map(str::to_string).collect();
+    Ok(Observed { containers, routes, marked, table })
 }
 
-async fn observe_users<E: Engine>(
-    env: &Env<E>,
-    protocol: Protocol,
-    generation: Option<u64>,
-    api: &ApiAccess,
-    info: &ContainerInfo,
-) -> Result<EngineUsers, RuntimeError> {
-    let Some(generation) = generation else {
-        return Ok(EngineUsers { live: env.engine.live_users(api).await?, refused: Default::default() });
-    };
+/// The users a running generation serves: as recorded for this very process,
+/// or (restarted, or never recorded) as its config file has them.
+fn observe_users<E: Engine>(env: &Env<E>, protocol: Protocol, generation: u64, info: &ContainerInfo) -> EngineUsers {
     match env.read_state(protocol, generation) {
         Some(state) if state.container_id == info.id && state.started_at == info.started_at => {
-            Ok(EngineUsers { live: state.live, refused: state.refused })
+            EngineUsers { live: state.live, refused: state.refused }
         }
-        // Restarted (or never recorded): the process loaded the config file as it is.
         _ => {
             let path = env.generation_dir(protocol, generation).join(env.engine.config_file());
             let live = std::fs::read(&path).map(|b| env.engine.users_in_config(&b)).unwrap_or_default();
-            Ok(EngineUsers { live, refused: Default::default() })
+            EngineUsers { live, refused: Default::default() }
         }
     }
 }

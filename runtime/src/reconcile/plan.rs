@@ -2,11 +2,10 @@
 //! what was observed, the operations that close the gap. No I/O, so every
 //! case is a unit test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{EngineUsers, Observed, ObservedContainer};
-use crate::engine::UserStrategy;
 use crate::{EngineUser, Protocol};
 
 /// One desired inbound, with what the plan compares.
@@ -15,7 +14,6 @@ pub struct DesiredInbound {
     pub protocol: Protocol,
     pub listen_port: u16,
     pub config_hash: String,
-    pub strategy: UserStrategy,
 }
 
 /// How long a generation that no longer takes new connections may serve the
@@ -48,12 +46,10 @@ pub struct ContainerRef {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
-    /// Labelled as ours but names no protocol (e.g. a check container left by a crash).
+    /// Labelled as ours but names no protocol (e.g. a check container left by an older vpnd).
     Unknown,
     /// Its protocol is no longer desired on this node.
     NotDesired,
-    /// A second container for a protocol that already has one.
-    Duplicate,
     /// A generation that is not current and not running (crashed, or failed to start).
     NotRunning,
     /// A previous generation whose last session ended.
@@ -74,23 +70,6 @@ impl RemoveReason {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreateReason {
-    Missing,
-    /// The static config hash differs (image, port, keys, TLS material).
-    ConfigChanged,
-    /// Stopped or crash-looping.
-    NotRunning,
-}
-
-/// A container being replaced by a new one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Replaced {
-    pub container: ContainerRef,
-    /// Running and listening on the port the new one needs, so the port is ours.
-    pub holds_port: bool,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Remove {
@@ -98,21 +77,14 @@ pub enum Op {
         protocol: Option<Protocol>,
         reason: RemoveReason,
     },
-    /// Live-API engines: create (after validating everything, then removing
-    /// `replaces`) and start an engine serving the desired users.
-    Create {
-        protocol: Protocol,
-        replaces: Option<Replaced>,
-        reason: CreateReason,
-    },
-    /// Generations: start generation `generation` with the desired users on a
-    /// port of its own; the previous one keeps serving meanwhile.
+    /// Start generation `generation` with the desired users on a port of its
+    /// own; the previous one keeps serving meanwhile.
     StartGeneration {
         protocol: Protocol,
         generation: u64,
     },
-    /// Generations: hand new connections on `public_port` to this running,
-    /// current generation (live sessions stay where they are).
+    /// Hand new connections on `public_port` to this running, current
+    /// generation (live sessions stay where they are).
     Route {
         protocol: Protocol,
         public_port: u16,
@@ -123,43 +95,35 @@ pub enum Op {
     Unroute {
         public_port: u16,
     },
-    /// Live API: serve these (name, credential) pairs.
-    AddUsers {
-        protocol: Protocol,
-        container: ContainerRef,
-        users: Vec<(String, String)>,
-    },
-    /// Live API: stop serving these users.
-    RemoveUsers {
-        protocol: Protocol,
-        container: ContainerRef,
-        names: Vec<String>,
-    },
-    /// Generations: refuse these users now and close their sessions, on one generation.
+    /// Refuse these users now and close their sessions, on one generation.
     Refuse {
         protocol: Protocol,
         container: ContainerRef,
         names: Vec<String>,
     },
-    /// Generations: serve these refused users again on the current generation.
+    /// Serve these refused users again on the current generation.
     Readmit {
         protocol: Protocol,
         container: ContainerRef,
         names: Vec<String>,
     },
+    /// Users neither desired nor held by any generation: read their counts a
+    /// last time, then free their marks and the kernel's counts.
+    Forget {
+        names: Vec<String>,
+    },
+    /// Nothing to serve and nothing to count: delete this node's nftables table.
+    DeleteTable,
 }
 
 impl Op {
-    /// The inbound an op belongs to; `None` for containers of no known protocol and unroutes.
+    /// The inbound an op belongs to; `None` for node-wide ops and containers of no known protocol.
     pub fn protocol(&self) -> Option<Protocol> {
         match self {
             Op::Remove { protocol, .. } => *protocol,
-            Op::Unroute { .. } => None,
-            Op::Create { protocol, .. }
-            | Op::StartGeneration { protocol, .. }
+            Op::Unroute { .. } | Op::Forget { .. } | Op::DeleteTable => None,
+            Op::StartGeneration { protocol, .. }
             | Op::Route { protocol, .. }
-            | Op::AddUsers { protocol, .. }
-            | Op::RemoveUsers { protocol, .. }
             | Op::Refuse { protocol, .. }
             | Op::Readmit { protocol, .. } => Some(*protocol),
         }
@@ -175,13 +139,14 @@ pub struct Plan {
     pub draining: bool,
 }
 
-/// Ops in the order they run: removals free ports, new engines start, new
-/// connections are handed over, users are cut (the cheapest cut first), and
-/// drained generations go last.
+/// Ops in the order they run: removals free ports, removed users are cut
+/// (at once, before anything slower), new engines start, new connections are
+/// handed over, drained generations go, and the marks of users no engine
+/// holds any more are freed.
 #[derive(Default)]
 struct Ops {
     removes: Vec<Op>,
-    creates: Vec<Op>,
+    starts: Vec<Op>,
     routes: Vec<Op>,
     users: Vec<Op>,
     drained: Vec<Op>,
@@ -194,93 +159,47 @@ pub fn plan(input: PlanInput<'_>, observed: &Observed) -> Plan {
     let mut kept = Vec::new();
     for inbound in input.inbounds {
         let desired = input.users.iter().map(|u| (u.name.clone(), u.credential(inbound.protocol))).collect();
-        let of_protocol = observed.containers.iter().filter(|c| c.protocol == Some(inbound.protocol));
-        match inbound.strategy {
-            UserStrategy::Live => {
-                plan_live(inbound, of_protocol.collect(), &desired, &mut kept, &mut ops);
-            }
-            UserStrategy::Generations => {
-                let gens: Vec<&ObservedContainer> = of_protocol.collect();
-                kept.extend(gens.iter().map(|c| c.id.as_str()));
-                plan_generations(inbound, gens, &desired, input, observed, &mut out, &mut ops);
-            }
-        }
+        let gens: Vec<&ObservedContainer> =
+            observed.containers.iter().filter(|c| c.protocol == Some(inbound.protocol)).collect();
+        kept.extend(gens.iter().map(|c| c.id.as_str()));
+        plan_inbound(inbound, gens, &desired, input, observed, &mut out, &mut ops);
     }
-    for c in &observed.containers {
-        if kept.contains(&c.id.as_str()) {
-            continue;
-        }
-        let reason = match c.protocol {
-            None => RemoveReason::Unknown,
-            Some(p) if input.inbounds.iter().any(|i| i.protocol == p) => RemoveReason::Duplicate,
-            Some(_) => RemoveReason::NotDesired,
-        };
+    for c in observed.containers.iter().filter(|c| !kept.contains(&c.id.as_str())) {
+        let reason = if c.protocol.is_some() { RemoveReason::NotDesired } else { RemoveReason::Unknown };
         ops.removes.push(Op::Remove { container: container_ref(c), protocol: c.protocol, reason });
     }
-    let routed: Vec<u16> =
-        input.inbounds.iter().filter(|i| i.strategy == UserStrategy::Generations).map(|i| i.listen_port).collect();
-    for &public_port in observed.routes.keys().filter(|p| !routed.contains(p)) {
+    let public: Vec<u16> = input.inbounds.iter().map(|i| i.listen_port).collect();
+    for &public_port in observed.routes.keys().filter(|p| !public.contains(p)) {
         ops.routes.push(Op::Unroute { public_port });
     }
-    ops.users.sort_by_key(|op| match op {
-        Op::RemoveUsers { .. } => 0,
-        Op::Refuse { .. } => 1,
-        _ => 2,
-    });
-    out.ops = [ops.removes, ops.creates, ops.routes, ops.users, ops.drained].concat();
+    let held: BTreeSet<&str> = observed
+        .containers
+        .iter()
+        .filter_map(|c| c.users.as_ref())
+        .flat_map(|u| u.live.keys().map(String::as_str))
+        .chain(input.users.iter().map(|u| u.name.as_str()))
+        .collect();
+    let forget: Vec<String> = observed.marked.iter().filter(|n| !held.contains(n.as_str())).cloned().collect();
+    let mut last = Vec::new();
+    if !forget.is_empty() {
+        last.push(Op::Forget { names: forget });
+    } else if observed.table
+        && input.inbounds.is_empty()
+        && observed.containers.is_empty()
+        && observed.marked.is_empty()
+    {
+        last.push(Op::DeleteTable);
+    }
+    out.ops = [ops.removes, ops.users, ops.starts, ops.routes, ops.drained, last].concat();
     out
 }
 
-/// An inbound whose engine takes user changes live: one container, replaced
-/// (cutting its sessions) only when its static config changes.
-fn plan_live<'a>(
-    inbound: &DesiredInbound,
-    mut candidates: Vec<&'a ObservedContainer>,
-    desired: &BTreeMap<String, String>,
-    kept: &mut Vec<&'a str>,
-    ops: &mut Ops,
-) {
-    let protocol = inbound.protocol;
-    // Keep the best one: current config first, then running, then a stable order.
-    candidates.sort_by_key(|c| (c.config_hash != inbound.config_hash, !c.running, c.id.clone()));
-    let Some(best) = candidates.first().copied() else {
-        ops.creates.push(Op::Create { protocol, replaces: None, reason: CreateReason::Missing });
-        return;
-    };
-    kept.push(best.id.as_str());
-    let reason = if best.config_hash != inbound.config_hash {
-        Some(CreateReason::ConfigChanged)
-    } else if !best.running {
-        Some(CreateReason::NotRunning)
-    } else {
-        None
-    };
-    match (reason, &best.users) {
-        (Some(reason), _) => {
-            let holds_port = best.running && best.listen_port == Some(inbound.listen_port);
-            let replaces = Some(Replaced { container: container_ref(best), holds_port });
-            ops.creates.push(Op::Create { protocol, replaces, reason });
-        }
-        (None, Some(users)) => {
-            let (stale, missing) = differences(users, desired);
-            if !stale.is_empty() {
-                ops.users.push(Op::RemoveUsers { protocol, container: container_ref(best), names: stale });
-            }
-            if !missing.is_empty() {
-                ops.users.push(Op::AddUsers { protocol, container: container_ref(best), users: missing });
-            }
-        }
-        // Running with the right config, users unknown: nothing safe to do.
-        (None, None) => {}
-    }
-}
-
-/// An inbound served by generations: the newest running generation with the
-/// current config takes new connections; one that lacks a desired user is
-/// followed by the next generation; previous ones serve their sessions until
-/// they end (or the drain policy cuts them); a removed user is cut on all.
+/// One inbound, served by generations: the newest running generation with
+/// the current config takes new connections; one that lacks a desired user
+/// is followed by the next generation; previous ones serve their sessions
+/// until they end (or the drain policy cuts them); a removed user is cut on all.
 #[allow(clippy::too_many_arguments)]
-fn plan_generations(
+fn plan_inbound(
     inbound: &DesiredInbound,
     mut gens: Vec<&ObservedContainer>,
     desired: &BTreeMap<String, String>,
@@ -299,7 +218,7 @@ fn plan_generations(
             c.running && c.config_hash == inbound.config_hash && c.users.is_some() && c.engine_port.is_some()
         });
     match current {
-        None => ops.creates.push(Op::StartGeneration { protocol, generation: next_generation }),
+        None => ops.starts.push(Op::StartGeneration { protocol, generation: next_generation }),
         Some(c) => {
             let engine_port = c.engine_port.unwrap_or_default();
             if routed_to != Some(engine_port) {
@@ -308,6 +227,9 @@ fn plan_generations(
             }
             if let Some(engine) = &c.users {
                 let (stale, missing) = differences(engine, desired);
+                // A removed user is refused at once, and the next generation leaves them out
+                // (their credentials leave the config, their mark can be freed).
+                let changed = !missing.is_empty() || !stale.is_empty();
                 refuse(protocol, c, engine, stale, &mut ops.users);
                 let readmit: Vec<String> = engine
                     .refused
@@ -318,9 +240,9 @@ fn plan_generations(
                 if !readmit.is_empty() {
                     ops.users.push(Op::Readmit { protocol, container: container_ref(c), names: readmit });
                 }
-                if !missing.is_empty() {
+                if changed {
                     if input.generation_allowed {
-                        ops.creates.push(Op::StartGeneration { protocol, generation: next_generation });
+                        ops.starts.push(Op::StartGeneration { protocol, generation: next_generation });
                     } else {
                         out.generation_deferred = true;
                     }

@@ -11,8 +11,7 @@ const HOUR_MS: u64 = 3_600_000;
 const NOW: u64 = 10 * HOUR_MS;
 
 fn inbound(protocol: Protocol, port: u16, hash: &str) -> DesiredInbound {
-    let strategy = if protocol == SS { UserStrategy::Live } else { UserStrategy::Generations };
-    DesiredInbound { protocol, listen_port: port, config_hash: hash.into(), strategy }
+    DesiredInbound { protocol, listen_port: port, config_hash: hash.into() }
 }
 
 fn container(id: &str, protocol: Option<Protocol>, hash: &str, port: u16, running: bool) -> ObservedContainer {
@@ -79,7 +78,16 @@ fn run_routed(
     routes: &[(u16, u16)],
 ) -> Plan {
     let input = PlanInput { inbounds, users, generation_allowed, drain: DRAIN, now_ms: NOW };
-    plan(input, &Observed { containers: observed, routes: routes.iter().copied().collect::<BTreeMap<_, _>>() })
+    // Every user an engine holds or the state wants has a mark; the table exists while anything runs.
+    let marked = observed
+        .iter()
+        .filter_map(|c| c.users.as_ref())
+        .flat_map(|u| u.live.keys().cloned())
+        .chain(users.iter().map(|u| u.name.clone()))
+        .collect();
+    let table = !observed.is_empty() || !routes.is_empty();
+    let routes = routes.iter().copied().collect::<BTreeMap<_, _>>();
+    plan(input, &Observed { containers: observed, routes, marked, table })
 }
 
 fn ss_key(n: u8) -> String {
@@ -101,98 +109,6 @@ fn remove(n: u64, reason: RemoveReason) -> Op {
 #[test]
 fn nothing_desired_nothing_running_is_a_no_op() {
     assert_eq!(run(&[], &[], true, vec![]), Plan::default());
-}
-
-#[test]
-fn a_missing_engine_is_created() {
-    let plan = run(&[inbound(SS, 8388, "h")], &[user("a", 1)], true, vec![]);
-    assert_eq!(plan.ops, vec![Op::Create { protocol: SS, replaces: None, reason: CreateReason::Missing }]);
-    let plan = run(&[inbound(VL, 443, "h")], &[user("a", 1)], false, vec![]);
-    assert_eq!(
-        plan.ops,
-        vec![Op::StartGeneration { protocol: VL, generation: 1 }],
-        "the throttle never holds the first"
-    );
-}
-
-#[test]
-fn a_changed_config_replaces_the_container_and_says_whether_it_holds_the_port() {
-    let same_port = run(&[inbound(SS, 8388, "new")], &[], true, vec![container("c1", Some(SS), "old", 8388, true)]);
-    let replaces = Some(Replaced { container: cref("c1"), holds_port: true });
-    assert_eq!(same_port.ops, vec![Op::Create { protocol: SS, replaces, reason: CreateReason::ConfigChanged }]);
-
-    let new_port = run(&[inbound(SS, 9000, "new")], &[], true, vec![container("c1", Some(SS), "old", 8388, true)]);
-    let replaces = Some(Replaced { container: cref("c1"), holds_port: false });
-    assert_eq!(new_port.ops, vec![Op::Create { protocol: SS, replaces, reason: CreateReason::ConfigChanged }]);
-}
-
-#[test]
-fn a_stopped_engine_is_recreated_and_holds_no_port() {
-    let plan = run(&[inbound(SS, 8388, "h")], &[user("a", 1)], true, vec![container("c1", Some(SS), "h", 8388, false)]);
-    let replaces = Some(Replaced { container: cref("c1"), holds_port: false });
-    assert_eq!(plan.ops, vec![Op::Create { protocol: SS, replaces, reason: CreateReason::NotRunning }]);
-}
-
-#[test]
-fn containers_not_desired_or_unknown_or_duplicate_are_removed() {
-    let observed = vec![
-        container("a-unknown", None, "", 0, false),
-        generation(1, "h", 0, &[]),
-        container("c-ss-old", Some(SS), "old", 8388, true),
-        container("d-ss", Some(SS), "h", 8388, true),
-    ];
-    let plan = run_routed(&[inbound(SS, 8388, "h")], &[], true, observed, &[(443, 40001)]);
-    assert_eq!(
-        plan.ops,
-        vec![
-            Op::Remove { container: cref("a-unknown"), protocol: None, reason: RemoveReason::Unknown },
-            remove(1, RemoveReason::NotDesired),
-            Op::Remove { container: cref("c-ss-old"), protocol: Some(SS), reason: RemoveReason::Duplicate },
-            Op::Unroute { public_port: 443 },
-        ]
-    );
-}
-
-#[test]
-fn among_duplicates_a_running_current_one_is_kept() {
-    let observed = vec![container("a", Some(SS), "h", 1, false), container("b", Some(SS), "h", 1, true)];
-    let plan = run(&[inbound(SS, 1, "h")], &[], true, observed);
-    assert_eq!(
-        plan.ops,
-        vec![Op::Remove { container: cref("a"), protocol: Some(SS), reason: RemoveReason::Duplicate }]
-    );
-}
-
-#[test]
-fn live_users_are_added_removed_and_rekeyed() {
-    let c = with_users(
-        container("ss", Some(SS), "h", 1, true),
-        &[("keep", ss_key(1)), ("gone", ss_key(2)), ("rekey", ss_key(3))],
-        &[],
-    );
-    let users = [user("keep", 1), user("new", 4), user("rekey", 5)];
-    let plan = run(&[inbound(SS, 1, "h")], &users, false, vec![c]);
-    assert_eq!(
-        plan.ops,
-        vec![
-            Op::RemoveUsers { protocol: SS, container: cref("ss"), names: vec!["gone".into(), "rekey".into()] },
-            Op::AddUsers {
-                protocol: SS,
-                container: cref("ss"),
-                users: vec![("new".into(), ss_key(4)), ("rekey".into(), ss_key(5))]
-            },
-        ]
-    );
-    assert!(!plan.generation_deferred, "live users never wait for the generation throttle");
-}
-
-#[test]
-fn in_sync_engines_need_nothing() {
-    let ss = with_users(container("ss", Some(SS), "h", 1, true), &[("a", ss_key(1))], &[]);
-    let vl = generation(1, "h", 0, &[("a", uuid(1))]);
-    let plan =
-        run_routed(&[inbound(SS, 1, "h"), inbound(VL, 443, "h")], &[user("a", 1)], true, vec![ss, vl], &[(443, 40001)]);
-    assert_eq!(plan, Plan::default());
 }
 
 #[test]
@@ -246,16 +162,14 @@ fn a_removed_user_is_refused_on_every_generation_at_once() {
             Op::Refuse { protocol: VL, container: cref("g1"), names: vec!["b".into()] },
         ]
     );
-    assert!(!plan.generation_deferred, "a removal needs no new generation");
+    assert!(plan.generation_deferred, "the next generation leaves the removed user out");
 }
 
 #[test]
 fn a_refused_user_stays_refused_and_is_readmitted_when_desired_again() {
     let c = || with_users(generation(1, "h", 0, &[]), &[("a", uuid(1)), ("b", uuid(2))], &["b"]);
-    assert_eq!(
-        run_routed(&[inbound(VL, 443, "h")], &[user("a", 1)], true, vec![c()], &[(443, 40001)]),
-        Plan::default()
-    );
+    let refused = run_routed(&[inbound(VL, 443, "h")], &[user("a", 1)], true, vec![c()], &[(443, 40001)]);
+    assert_eq!(refused.ops, vec![Op::StartGeneration { protocol: VL, generation: 2 }], "not refused again");
 
     let back = run_routed(&[inbound(VL, 443, "h")], &[user("a", 1), user("b", 2)], true, vec![c()], &[(443, 40001)]);
     assert_eq!(back.ops, vec![Op::Readmit { protocol: VL, container: cref("g1"), names: vec!["b".into()] }]);
@@ -269,8 +183,8 @@ fn a_new_uuid_refuses_the_old_one_now_and_starts_a_generation_for_the_new_one() 
     assert_eq!(
         allowed.ops,
         vec![
-            Op::StartGeneration { protocol: VL, generation: 2 },
             Op::Refuse { protocol: VL, container: cref("g1"), names: vec!["a".into()] },
+            Op::StartGeneration { protocol: VL, generation: 2 },
         ]
     );
     let deferred = run_routed(&[inbound(VL, 443, "h")], &users, false, vec![c()], &[(443, 40001)]);
@@ -337,22 +251,97 @@ fn an_engine_from_before_generations_drains_as_generation_zero() {
     );
 }
 
-#[test]
-fn unknown_users_of_a_current_engine_plan_nothing() {
-    let mut c = container("ss", Some(SS), "h", 1, true);
-    c.users = None;
-    assert_eq!(run(&[inbound(SS, 1, "h")], &[user("a", 1)], true, vec![c]), Plan::default());
+fn ss_generation(n: u64, live: &[(&str, String)]) -> ObservedContainer {
+    let mut c = generation(n, "h", 0, live);
+    c.id = format!("s{n}");
+    c.name = format!("name-s{n}");
+    c.protocol = Some(SS);
+    c.listen_port = Some(8388);
+    c.engine_port = Some(41000 + n as u16);
+    c
 }
 
 #[test]
-fn cuts_come_before_anything_else_and_the_live_api_cut_first() {
-    // The VLESS inbound is listed first; its refusal still waits for the SS removal.
+fn a_missing_engine_starts_its_first_generation_whatever_the_throttle() {
+    let plan = run(&[inbound(SS, 8388, "h")], &[user("a", 1)], false, vec![]);
+    assert_eq!(plan.ops, vec![Op::StartGeneration { protocol: SS, generation: 1 }]);
+}
+
+#[test]
+fn in_sync_engines_need_nothing() {
+    let ss = ss_generation(1, &[("a", ss_key(1))]);
+    let vl = generation(1, "h", 0, &[("a", uuid(1))]);
+    let routes = [(443, 40001), (8388, 41001)];
+    let plan =
+        run_routed(&[inbound(SS, 8388, "h"), inbound(VL, 443, "h")], &[user("a", 1)], true, vec![ss, vl], &routes);
+    assert_eq!(plan, Plan::default());
+}
+
+#[test]
+fn containers_not_desired_or_unknown_are_removed_and_their_ports_unrouted() {
+    let observed = vec![container("a-unknown", None, "", 0, false), generation(1, "h", 0, &[]), ss_generation(1, &[])];
+    let plan = run_routed(&[inbound(SS, 8388, "h")], &[], true, observed, &[(443, 40001), (8388, 41001)]);
+    assert_eq!(
+        plan.ops,
+        vec![
+            Op::Remove { container: cref("a-unknown"), protocol: None, reason: RemoveReason::Unknown },
+            remove(1, RemoveReason::NotDesired),
+            Op::Unroute { public_port: 443 },
+        ]
+    );
+}
+
+#[test]
+fn a_removed_user_is_cut_at_once_and_left_out_of_the_next_generation_then_forgotten() {
+    let current = || ss_generation(3, &[("a", ss_key(1)), ("gone", ss_key(2))]);
+    let users = [user("a", 1)];
+    let plan = run_routed(&[inbound(SS, 8388, "h")], &users, false, vec![current()], &[(8388, 41003)]);
+    assert_eq!(plan.ops, vec![Op::Refuse { protocol: SS, container: cref("s3"), names: vec!["gone".into()] }]);
+    assert!(plan.generation_deferred);
+    let plan = run_routed(&[inbound(SS, 8388, "h")], &users, true, vec![current()], &[(8388, 41003)]);
+    assert_eq!(
+        plan.ops,
+        vec![
+            Op::Refuse { protocol: SS, container: cref("s3"), names: vec!["gone".into()] },
+            Op::StartGeneration { protocol: SS, generation: 4 },
+        ]
+    );
+    // Once no generation holds the user, their mark and counts go (after a last reading).
+    let next = ss_generation(4, &[("a", ss_key(1))]);
+    let input = PlanInput {
+        inbounds: &[inbound(SS, 8388, "h")],
+        users: &users,
+        generation_allowed: true,
+        drain: DRAIN,
+        now_ms: NOW,
+    };
+    let observed = Observed {
+        containers: vec![next],
+        routes: BTreeMap::from([(8388, 41004)]),
+        marked: ["a".to_string(), "gone".to_string()].into(),
+        table: true,
+    };
+    assert_eq!(super::plan(input, &observed).ops, vec![Op::Forget { names: vec!["gone".into()] }]);
+}
+
+#[test]
+fn a_node_that_serves_nothing_deletes_its_table_last() {
+    let input = PlanInput { inbounds: &[], users: &[], generation_allowed: true, drain: DRAIN, now_ms: NOW };
+    let empty = Observed { table: true, ..Observed::default() };
+    assert_eq!(plan(input, &empty).ops, vec![Op::DeleteTable]);
+    let marked = Observed { table: true, marked: ["a".to_string()].into(), ..Observed::default() };
+    assert_eq!(plan(input, &marked).ops, vec![Op::Forget { names: vec!["a".into()] }], "counts are read first");
+    assert_eq!(plan(input, &Observed::default()), Plan::default());
+}
+
+#[test]
+fn cuts_come_before_anything_else() {
     let vl = generation(1, "h", 0, &[("a", uuid(1)), ("b", uuid(2))]);
-    let ss = with_users(container("s", Some(SS), "h", 8388, true), &[("a", ss_key(1))], &[]);
+    let ss = ss_generation(1, &[("a", ss_key(1))]);
     let plan = run_routed(
         &[inbound(VL, 443, "h"), inbound(SS, 8388, "h")],
         &[user("b", 2), user("c", 3)],
-        false,
+        true,
         vec![vl, ss],
         &[(443, 40001)],
     );
@@ -360,11 +349,11 @@ fn cuts_come_before_anything_else_and_the_live_api_cut_first() {
         .ops
         .iter()
         .map(|op| match op {
-            Op::RemoveUsers { .. } => "remove",
+            Op::StartGeneration { .. } => "start",
+            Op::Route { .. } => "route",
             Op::Refuse { .. } => "refuse",
-            Op::AddUsers { .. } => "add",
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["remove", "refuse", "add"], "{:?}", plan.ops);
+    assert_eq!(kinds, ["refuse", "refuse", "start", "start", "route"], "{:?}", plan.ops);
 }

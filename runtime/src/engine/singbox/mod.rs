@@ -1,33 +1,25 @@
-//! The sing-box engine (1.14). Shadowsocks-2022: one container per inbound,
-//! users managed live through `ssm-api`. VLESS: users in the config file, so
-//! a change of them starts the next generation (a container of its own; see
-//! [`crate::handoff`]), with removals refused live through the clash API
-//! (see [`render`]).
-//!
-//! Traffic counters: Shadowsocks-2022 per user from `ssm-api` stats (exact);
-//! VLESS per live session from the clash API, attributed to the user whose
-//! selector is in the session's chain. This build has no `with_v2ray_api`
-//! (`sing-box version` lists `with_quic,with_wireguard,with_clash_api,
-//! with_gvisor`), so VLESS has no per-user totals: a session's bytes after
-//! the last read before it ends are not seen (see [`crate::usage`]).
+//! The sing-box engine (1.14): a container per generation of one protocol
+//! inbound, users in the config file (see [`render`]), refused and their
+//! sessions closed live through the clash API. Traffic is counted by the
+//! kernel under each user's socket mark, not by the engine (see
+//! [`crate::nftables`]).
 
 use std::collections::BTreeMap;
 
 use ring::digest;
 
-use super::{ApiAccess, ConfigFile, Engine, EngineCounter, UserStrategy};
-use crate::{EngineUser, InboundSpec, Protocol, RuntimeError};
+use super::{ApiAccess, ConfigFile, Engine};
+use crate::{EngineUser, InboundSpec, RuntimeError};
 
 pub mod clash;
 pub mod http;
 pub mod render;
-pub mod ssm;
 
-use render::{api_port, CLASH, SSM};
+use render::{api_port, CLASH};
 
 /// Bumped when rendering changes in a way running engines must pick up: it
-/// is part of the config hash, so a new vpnd recreates its engines once.
-const RENDER_VERSION: u32 = 2;
+/// is part of the config hash, so a new vpnd starts new generations once.
+const RENDER_VERSION: u32 = 3;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingBox;
@@ -35,10 +27,6 @@ pub struct SingBox;
 impl SingBox {
     fn clash(api: &ApiAccess) -> Result<clash::Clash, RuntimeError> {
         Ok(clash::Clash::new(api_port(api, CLASH)?, &api.secret))
-    }
-
-    fn ssm(api: &ApiAccess) -> Result<ssm::Ssm, RuntimeError> {
-        Ok(ssm::Ssm::new(api_port(api, SSM)?))
     }
 }
 
@@ -52,18 +40,8 @@ impl Engine for SingBox {
         "sing-box"
     }
 
-    fn user_strategy(&self, protocol: Protocol) -> UserStrategy {
-        match protocol {
-            Protocol::Shadowsocks2022 => UserStrategy::Live,
-            Protocol::VlessTls | Protocol::VlessReality => UserStrategy::Generations,
-        }
-    }
-
-    fn api_port_count(&self, protocol: Protocol) -> usize {
-        match protocol {
-            Protocol::Shadowsocks2022 => 2,
-            Protocol::VlessTls | Protocol::VlessReality => 1,
-        }
+    fn api_port_count(&self) -> usize {
+        1
     }
 
     fn container_dir(&self) -> &'static str {
@@ -78,10 +56,6 @@ impl Engine for SingBox {
         ["run", "--disable-color", "-c", &format!("{}/{}", render::CONTAINER_DIR, render::CONFIG_FILE)]
             .map(String::from)
             .to_vec()
-    }
-
-    fn check_args(&self, file: &str) -> Vec<String> {
-        ["check", "--disable-color", "-c", &format!("{}/{file}", render::CONTAINER_DIR)].map(String::from).to_vec()
     }
 
     fn config_hash(&self, image: &str, inbound: &InboundSpec) -> Result<String, RuntimeError> {
@@ -116,9 +90,10 @@ impl Engine for SingBox {
         inbound: &InboundSpec,
         listen_port: u16,
         users: &[EngineUser],
+        marks: &BTreeMap<String, u32>,
         api: &ApiAccess,
     ) -> Result<Vec<ConfigFile>, RuntimeError> {
-        let doc = render::config(inbound, listen_port, users, api)?;
+        let doc = render::config(inbound, listen_port, users, marks, api)?;
         let mut files = vec![ConfigFile {
             path: render::CONFIG_FILE.into(),
             contents: serde_json::to_vec_pretty(&doc)
@@ -137,64 +112,21 @@ impl Engine for SingBox {
         serde_json::from_slice(config).map(|doc| render::users_in(&doc)).unwrap_or_default()
     }
 
-    async fn ping(&self, protocol: Protocol, api: &ApiAccess) -> Result<(), RuntimeError> {
-        Self::clash(api)?.ping().await?;
-        if protocol == Protocol::Shadowsocks2022 {
-            Self::ssm(api)?.ping().await?;
-        }
-        Ok(())
+    async fn ping(&self, api: &ApiAccess) -> Result<(), RuntimeError> {
+        Self::clash(api)?.ping().await
     }
 
     async fn sessions(&self, api: &ApiAccess) -> Result<usize, RuntimeError> {
         Ok(Self::clash(api)?.connections().await?.len())
     }
 
-    async fn live_users(&self, api: &ApiAccess) -> Result<BTreeMap<String, String>, RuntimeError> {
-        Self::ssm(api)?.users().await
-    }
-
-    async fn add_users(&self, api: &ApiAccess, users: &[(String, String)]) -> Result<(), RuntimeError> {
-        let ssm = Self::ssm(api)?;
-        for (name, key) in users {
-            ssm.add(name, key).await?;
-        }
-        Ok(())
-    }
-
-    async fn remove_users(&self, api: &ApiAccess, names: &[String]) -> Result<(), RuntimeError> {
-        let ssm = Self::ssm(api)?;
-        for name in names {
-            ssm.delete(name).await?;
-        }
-        Ok(())
-    }
-
-    async fn counters(&self, protocol: Protocol, api: &ApiAccess) -> Result<Vec<EngineCounter>, RuntimeError> {
-        if protocol == Protocol::Shadowsocks2022 {
-            let stats = Self::ssm(api)?.stats().await?;
-            return Ok(stats
-                .into_iter()
-                .map(|(user, bytes)| EngineCounter { key: format!("ss/{user}"), user, bytes })
-                .collect());
-        }
-        let connections = Self::clash(api)?.connections().await?;
-        Ok(connections
-            .into_iter()
-            .filter_map(|c| {
-                // Sessions no user rule claimed went to `deny` and carry no user's bytes.
-                let user = c.chains.iter().find_map(|tag| render::outbound_user(tag))?.to_string();
-                Some(EngineCounter { key: format!("conn/{}", c.id), user, bytes: c.bytes })
-            })
-            .collect())
-    }
-
     async fn set_refused(&self, api: &ApiAccess, names: &[String], refused: bool) -> Result<u64, RuntimeError> {
         let clash = Self::clash(api)?;
-        let target = if refused { render::DENY } else { render::DIRECT };
         let selectors: Vec<String> = names.iter().map(|n| render::user_outbound(n)).collect();
-        for selector in &selectors {
+        for (name, selector) in names.iter().zip(&selectors) {
+            let target = if refused { render::DENY.to_string() } else { render::user_direct(name) };
             // A user the process does not have is refused already; serving one needs a new generation.
-            if !clash.select(selector, target).await? && !refused {
+            if !clash.select(selector, &target).await? && !refused {
                 return Err(RuntimeError::EngineApi {
                     api: "sing-box clash API",
                     addr: format!("selector {selector}"),

@@ -1,17 +1,21 @@
-//! sing-box 1.14 configuration, one document per inbound (one engine
-//! container per protocol inbound). Pure: the tests compare the output with
-//! the checked templates in `shared/reference/sing-box` and sing-box's
-//! documented schema.
+//! sing-box 1.14 configuration: one document per engine generation of one
+//! protocol inbound. Pure: the tests compare the output with the checked
+//! templates in `shared/reference/sing-box` and sing-box's documented schema.
 //!
-//! VLESS users are attributed through the routing: each user's sessions go
-//! through a rule `auth_user: [name] -> u-<name>`, where `u-<name>` is a
-//! selector over `direct` and `deny`. The clash API lists a session's
-//! outbound chain (`chains` holds `u-<name>`), so a user's sessions can be
-//! found and closed, and switching the selector to `deny` refuses the user's
-//! new sessions live, without the reload that would cut everyone.
+//! Every user's sessions go through a rule `auth_user: [name] -> u-<name>`,
+//! where `u-<name>` is a selector over the user's own `direct` outbound
+//! `d-<name>` and `deny`:
+//! - `d-<name>` sets the user's socket mark (`routing_mark`, see
+//!   [`crate::marks`]), so the kernel counts the user's bytes;
+//! - the clash API lists a session's outbound chain (`chains` holds
+//!   `u-<name>`), so a user's sessions can be found and closed, and switching
+//!   the selector to `deny` refuses the user's new sessions live, without
+//!   the reload that would cut everyone.
 //!
-//! A VLESS generation listens on a port of its own (the public port reaches
-//! it through [`crate::handoff`]); Shadowsocks listens on the public port.
+//! A generation listens on a port of its own; the public port reaches it
+//! through [`crate::nftables`].
+
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -27,13 +31,17 @@ pub const TLS_CERT: &str = "tls/cert.pem";
 pub const TLS_KEY: &str = "tls/key.pem";
 /// Outbound a refused user's selector points at.
 pub const DENY: &str = "deny";
-pub const DIRECT: &str = "direct";
 /// The only method the contract offers (16-byte keys).
 pub const SS_METHOD: &str = "2022-blake3-aes-128-gcm";
 
 /// The per-user selector a VLESS user's sessions are routed through.
 pub fn user_outbound(name: &str) -> String {
     format!("u-{name}")
+}
+
+/// The user's own `direct` outbound, which marks the user's sockets.
+pub fn user_direct(name: &str) -> String {
+    format!("d-{name}")
 }
 
 /// The user whose selector `tag` is (the inverse of [`user_outbound`]).
@@ -49,7 +57,7 @@ pub fn inbound_tag(protocol: Protocol) -> &'static str {
     }
 }
 
-/// The clash API port (every protocol) and the ssm-api port (Shadowsocks-2022).
+/// The clash API port.
 pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeError> {
     api.ports.get(index).copied().ok_or_else(|| RuntimeError::EngineApi {
         api: "engine API",
@@ -58,94 +66,98 @@ pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeErro
     })
 }
 pub(crate) const CLASH: usize = 0;
-pub(crate) const SSM: usize = 1;
 
-/// The whole config document for `inbound` serving `users` on `listen_port`.
+/// The whole config document for `inbound` serving `users` on `listen_port`,
+/// each user's sockets marked with `marks[name]`.
 pub fn config(
     inbound: &InboundSpec,
     listen_port: u16,
     users: &[EngineUser],
+    marks: &BTreeMap<String, u32>,
     api: &ApiAccess,
 ) -> Result<Value, RuntimeError> {
-    let clash = json!({
-        "external_controller": format!("127.0.0.1:{}", api_port(api, CLASH)?),
-        "secret": api.secret,
-    });
-    let log = json!({"level": "warn", "timestamp": true});
     let tag = inbound_tag(inbound.protocol);
     let missing = |what: &str| RuntimeError::invalid(inbound.protocol.as_str(), format!("{what} missing"));
-    if inbound.protocol == Protocol::Shadowsocks2022 {
-        let key = inbound.ss2022_server_key.as_deref().ok_or_else(|| missing("ss2022_server_key"))?;
-        return Ok(json!({
-            "log": log,
-            "inbounds": [{
-                "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
-                "method": SS_METHOD, "password": key, "users": [], "managed": true,
-            }],
-            "services": [{
-                "type": "ssm-api", "listen": "127.0.0.1", "listen_port": api_port(api, SSM)?,
-                "servers": {"/": tag},
-            }],
-            "experimental": {"clash_api": clash},
-        }));
-    }
-    let tls = match inbound.protocol {
-        Protocol::VlessReality => {
-            let r = inbound.reality.as_ref().ok_or_else(|| missing("reality"))?;
+    let mark = |name: &str| {
+        marks.get(name).copied().ok_or_else(|| RuntimeError::invalid(format!("user {name}"), "has no socket mark"))
+    };
+    let inbound_doc = match inbound.protocol {
+        Protocol::Shadowsocks2022 => {
+            let key = inbound.ss2022_server_key.as_deref().ok_or_else(|| missing("ss2022_server_key"))?;
+            let users: Vec<Value> = users.iter().map(|u| json!({"name": u.name, "password": u.ss2022_key})).collect();
             json!({
-                "enabled": true,
-                "server_name": r.server_name,
-                "reality": {
-                    "enabled": true,
-                    "handshake": {"server": r.handshake_server, "server_port": r.handshake_port},
-                    "private_key": r.private_key,
-                    "short_id": [r.short_id],
-                },
+                "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
+                "method": SS_METHOD, "password": key, "users": users,
             })
         }
-        _ => {
-            let t = inbound.tls.as_ref().ok_or_else(|| missing("tls"))?;
+        Protocol::VlessTls | Protocol::VlessReality => {
+            let tls = match inbound.protocol {
+                Protocol::VlessReality => {
+                    let r = inbound.reality.as_ref().ok_or_else(|| missing("reality"))?;
+                    json!({
+                        "enabled": true,
+                        "server_name": r.server_name,
+                        "reality": {
+                            "enabled": true,
+                            "handshake": {"server": r.handshake_server, "server_port": r.handshake_port},
+                            "private_key": r.private_key,
+                            "short_id": [r.short_id],
+                        },
+                    })
+                }
+                _ => {
+                    let t = inbound.tls.as_ref().ok_or_else(|| missing("tls"))?;
+                    json!({
+                        "enabled": true,
+                        "server_name": t.server_name,
+                        "certificate_path": format!("{CONTAINER_DIR}/{TLS_CERT}"),
+                        "key_path": format!("{CONTAINER_DIR}/{TLS_KEY}"),
+                    })
+                }
+            };
+            let users: Vec<Value> = users
+                .iter()
+                .map(|u| json!({"name": u.name, "uuid": u.vless_uuid.to_string(), "flow": "xtls-rprx-vision"}))
+                .collect();
             json!({
-                "enabled": true,
-                "server_name": t.server_name,
-                "certificate_path": format!("{CONTAINER_DIR}/{TLS_CERT}"),
-                "key_path": format!("{CONTAINER_DIR}/{TLS_KEY}"),
+                "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
+                "users": users, "tls": tls,
             })
         }
     };
-    let vless_users: Vec<Value> = users
-        .iter()
-        .map(|u| json!({"name": u.name, "uuid": u.vless_uuid.to_string(), "flow": "xtls-rprx-vision"}))
-        .collect();
-    let mut outbounds = vec![json!({"type": "direct", "tag": DIRECT}), json!({"type": "block", "tag": DENY})];
-    outbounds.extend(users.iter().map(|u| {
-        json!({
-            "type": "selector", "tag": user_outbound(&u.name), "outbounds": [DIRECT, DENY],
-            "default": DIRECT, "interrupt_exist_connections": false,
-        })
-    }));
+    let mut outbounds = vec![json!({"type": "block", "tag": DENY})];
+    for u in users {
+        outbounds.push(json!({"type": "direct", "tag": user_direct(&u.name), "routing_mark": mark(&u.name)?}));
+        outbounds.push(json!({
+            "type": "selector", "tag": user_outbound(&u.name), "outbounds": [user_direct(&u.name), DENY],
+            "default": user_direct(&u.name), "interrupt_exist_connections": false,
+        }));
+    }
     let rules: Vec<Value> =
         users.iter().map(|u| json!({"auth_user": [u.name], "outbound": user_outbound(&u.name)})).collect();
     Ok(json!({
-        "log": log,
-        "inbounds": [{
-            "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
-            "users": vless_users, "tls": tls,
-        }],
+        "log": {"level": "warn", "timestamp": true},
+        "inbounds": [inbound_doc],
         "outbounds": outbounds,
-        // Sessions no user rule claims go nowhere.
+        // Sessions no user rule claims go nowhere (and are no one's bytes).
         "route": {"rules": rules, "final": DENY},
-        "experimental": {"clash_api": clash},
+        "experimental": {"clash_api": {
+            "external_controller": format!("127.0.0.1:{}", api_port(api, CLASH)?),
+            "secret": api.secret,
+        }},
     }))
 }
 
-/// The VLESS users (name -> UUID) a config document serves; empty for managed Shadowsocks.
-pub fn users_in(config: &Value) -> std::collections::BTreeMap<String, String> {
+/// The users (name -> credential: VLESS UUID or Shadowsocks key) a config document serves.
+pub fn users_in(config: &Value) -> BTreeMap<String, String> {
     config["inbounds"][0]["users"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|u| Some((u["name"].as_str()?.to_string(), u["uuid"].as_str()?.to_string())))
+        .filter_map(|u| {
+            let credential = u["uuid"].as_str().or(u["password"].as_str())?;
+            Some((u["name"].as_str()?.to_string(), credential.to_string()))
+        })
         .collect()
 }
 

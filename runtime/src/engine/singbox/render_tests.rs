@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use serde_json::json;
 
 use super::*;
@@ -7,35 +9,47 @@ fn api(ports: &[u16]) -> ApiAccess {
     ApiAccess { ports: ports.to_vec(), secret: "s3cret".into() }
 }
 
+fn marks(names: &[&str]) -> BTreeMap<String, u32> {
+    names.iter().enumerate().map(|(i, n)| (n.to_string(), 0x8abc_0001 + i as u32)).collect()
+}
+
 #[test]
-fn ss2022_is_managed_with_ssm_and_clash_apis_on_loopback() {
-    let doc = config(&ss2022(8388), 8388, &[user("alice", 1)], &api(&[40001, 40002])).expect("render");
-    // The checked template (reference/sing-box/ss2022-managed-server.json), filled in.
+fn ss2022_serves_its_users_from_the_file_each_through_a_marked_outbound() {
+    let doc = config(&ss2022(8388), 41000, &[user("alice", 1)], &marks(&["alice"]), &api(&[40001])).expect("render");
     assert_eq!(
         doc,
         json!({
             "log": {"level": "warn", "timestamp": true},
             "inbounds": [{
-                "type": "shadowsocks", "tag": "ss-in", "listen": "0.0.0.0", "listen_port": 8388,
-                "method": "2022-blake3-aes-128-gcm", "password": SERVER_KEY, "users": [], "managed": true,
+                "type": "shadowsocks", "tag": "ss-in", "listen": "0.0.0.0", "listen_port": 41000,
+                "method": "2022-blake3-aes-128-gcm", "password": SERVER_KEY,
+                "users": [{"name": "alice", "password": "AQEBAQEBAQEBAQEBAQEBAQ=="}],
             }],
-            "services": [{"type": "ssm-api", "listen": "127.0.0.1", "listen_port": 40002, "servers": {"/": "ss-in"}}],
+            "outbounds": [
+                {"type": "block", "tag": "deny"},
+                {"type": "direct", "tag": "d-alice", "routing_mark": 0x8abc_0001_u32},
+                {"type": "selector", "tag": "u-alice", "outbounds": ["d-alice", "deny"], "default": "d-alice",
+                 "interrupt_exist_connections": false},
+            ],
+            "route": {"rules": [{"auth_user": ["alice"], "outbound": "u-alice"}], "final": "deny"},
             "experimental": {"clash_api": {"external_controller": "127.0.0.1:40001", "secret": "s3cret"}},
         })
     );
-    assert!(users_in(&doc).is_empty(), "users are managed live, never in the file");
+    assert_eq!(users_in(&doc).get("alice").map(String::as_str), Some("AQEBAQEBAQEBAQEBAQEBAQ=="));
 }
 
 #[test]
-fn ss2022_needs_both_api_ports() {
-    let err = config(&ss2022(8388), 8388, &[], &api(&[40001])).expect_err("one port").to_string();
+fn a_user_without_a_mark_or_an_api_port_is_an_error() {
+    let err = config(&ss2022(8388), 1, &[user("alice", 1)], &marks(&[]), &api(&[40001])).expect_err("no mark");
+    assert!(err.to_string().contains("user alice"), "{err}");
+    let err = config(&ss2022(8388), 1, &[], &marks(&[]), &api(&[])).expect_err("no port").to_string();
     assert!(err.contains("vpn.api-ports"), "{err}");
 }
 
 #[test]
 fn vless_tls_routes_each_user_through_its_own_selector() {
     let users = [user("alice", 1), user("bob", 2)];
-    let doc = config(&vless_tls(8443), 41001, &users, &api(&[40003])).expect("render");
+    let doc = config(&vless_tls(8443), 41001, &users, &marks(&["alice", "bob"]), &api(&[40003])).expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
     assert_eq!(inbound["listen_port"], 41001, "a generation listens on its own port");
@@ -50,11 +64,11 @@ fn vless_tls_routes_each_user_through_its_own_selector() {
             "certificate_path": "/etc/sing-box/tls/cert.pem", "key_path": "/etc/sing-box/tls/key.pem",
         })
     );
-    assert_eq!(doc["outbounds"][0], json!({"type": "direct", "tag": "direct"}));
-    assert_eq!(doc["outbounds"][1], json!({"type": "block", "tag": "deny"}));
+    assert_eq!(doc["outbounds"][0], json!({"type": "block", "tag": "deny"}));
+    assert_eq!(doc["outbounds"][3], json!({"type": "direct", "tag": "d-bob", "routing_mark": 0x8abc_0002_u32}));
     assert_eq!(
-        doc["outbounds"][3],
-        json!({"type": "selector", "tag": "u-bob", "outbounds": ["direct", "deny"], "default": "direct",
+        doc["outbounds"][4],
+        json!({"type": "selector", "tag": "u-bob", "outbounds": ["d-bob", "deny"], "default": "d-bob",
                "interrupt_exist_connections": false})
     );
     assert_eq!(doc["route"]["rules"][0], json!({"auth_user": ["alice"], "outbound": "u-alice"}));
@@ -65,7 +79,7 @@ fn vless_tls_routes_each_user_through_its_own_selector() {
 
 #[test]
 fn vless_without_users_refuses_everything() {
-    let doc = config(&vless_tls(8443), 41001, &[], &api(&[40003])).expect("render");
+    let doc = config(&vless_tls(8443), 41001, &[], &marks(&[]), &api(&[40003])).expect("render");
     assert_eq!(doc["inbounds"][0]["users"], json!([]));
     assert_eq!(doc["route"], json!({"rules": [], "final": "deny"}));
 }
@@ -74,7 +88,8 @@ fn vless_without_users_refuses_everything() {
 /// (configuration/shared/tls.md, "Inbound" with `reality`), field for field.
 #[test]
 fn reality_matches_the_documented_schema() {
-    let doc = config(&vless_reality(443), 41002, &[user("alice", 1)], &api(&[40004])).expect("render");
+    let doc =
+        config(&vless_reality(443), 41002, &[user("alice", 1)], &marks(&["alice"]), &api(&[40004])).expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
     assert_eq!(inbound["tag"], "vless-reality-in");
@@ -99,8 +114,8 @@ fn reality_matches_the_documented_schema() {
 fn a_missing_protocol_block_is_an_error_not_a_panic() {
     let mut inbound = vless_reality(443);
     inbound.reality = None;
-    assert!(config(&inbound, 1, &[], &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1])).is_err());
     let mut inbound = vless_tls(443);
     inbound.tls = None;
-    assert!(config(&inbound, 1, &[], &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1])).is_err());
 }
