@@ -140,4 +140,13 @@ async fn docker_config_changes_replace_refused_changes_keep_undesired_engines_go
     let g = node.set(vec![], vec![alice]);
     node.wait_applied(g).await;
     assert!(node.containers().is_empty(), "undesired engine removed: {:?}", node.containers());
+    // Nothing of the node is left in the kernel: no redirect, no count, no mark.
+    wait_for("the node's nftables table to go", Duration::from_secs(10), async || {
+        let table = format!("vpnd_{}", node.id);
+        let listed = Command::new("nft").args(["list", "table", "inet", &table]).output().expect("nft");
+        (!listed.status.success()).then_some(())
+    })
+    .await;
+    let marks = std::fs::read_to_string(node.dir.path().join("engines/marks.json")).expect("marks.json");
+    assert!(!marks.contains("alice"), "alice's mark is freed: {marks}");
 }

@@ -172,12 +172,14 @@ pub fn plan(input: PlanInput<'_>, observed: &Observed) -> Plan {
     for &public_port in observed.routes.keys().filter(|p| !public.contains(p)) {
         ops.routes.push(Op::Unroute { public_port });
     }
+    // A user keeps their mark while an engine holds them or one is to serve them.
+    let served = if input.inbounds.is_empty() { &[][..] } else { input.users };
     let held: BTreeSet<&str> = observed
         .containers
         .iter()
         .filter_map(|c| c.users.as_ref())
         .flat_map(|u| u.live.keys().map(String::as_str))
-        .chain(input.users.iter().map(|u| u.name.as_str()))
+        .chain(served.iter().map(|u| u.name.as_str()))
         .collect();
     let forget: Vec<String> = observed.marked.iter().filter(|n| !held.contains(n.as_str())).cloned().collect();
     let mut last = Vec::new();

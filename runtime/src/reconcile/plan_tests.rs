@@ -332,6 +332,10 @@ fn a_node_that_serves_nothing_deletes_its_table_last() {
     let marked = Observed { table: true, marked: ["a".to_string()].into(), ..Observed::default() };
     assert_eq!(plan(input, &marked).ops, vec![Op::Forget { names: vec!["a".into()] }], "counts are read first");
     assert_eq!(plan(input, &Observed::default()), Plan::default());
+    // Users desired on a node with no inbound hold no mark.
+    let users = [user("a", 1)];
+    let input = PlanInput { users: &users, ..input };
+    assert_eq!(plan(input, &marked).ops, vec![Op::Forget { names: vec!["a".into()] }]);
 }
 
 #[test]
