@@ -22,6 +22,8 @@
 //! - [`criterion_summary`]: criterion's saved results as ratios to their baselines.
 //! - [`propagation`], [`reconcile_scale`]: the `propagation` binary: CreateUser
 //!   ack -> first connection through a real engine, and a node with 10,000 users.
+//! - [`handoff`]: the `handoff` binary: a node's generations, memory, CPU,
+//!   dropped sessions and accounting error under a churn of VLESS changes.
 
 pub mod compare;
 pub mod compare_tls;
@@ -29,6 +31,7 @@ pub mod criterion_summary;
 pub mod etcd;
 pub mod failover;
 pub mod fleet;
+pub mod handoff;
 pub mod http;
 pub mod load;
 pub mod proc;

@@ -23,7 +23,8 @@ fn pattern(i: usize) -> u8 {
 
 /// Serves `GET /<n>` with `n` pattern bytes on 127.0.0.1, until dropped.
 /// `/slow/<n>` sends the same bytes slowly (about 256 KiB/s), for downloads
-/// that must outlive a change.
+/// that must outlive a change; `/trickle/<n>` at about 10 KiB/s, for many
+/// sessions that last minutes.
 pub struct HttpSource {
     pub addr: SocketAddr,
     moved: Arc<AtomicU64>,
@@ -72,9 +73,13 @@ async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split(' ').nth(1).unwrap_or("/");
-    let (slow, size) = match path.strip_prefix("/slow/") {
-        Some(n) => (true, n.parse().unwrap_or(0)),
-        None => (false, path.trim_start_matches('/').parse().unwrap_or(0)),
+    // (chunk, pause): `/slow/` ~256 KiB/s, `/trickle/` ~10 KiB/s (many sessions that last).
+    let (pace, size) = if let Some(n) = path.strip_prefix("/slow/") {
+        (Some((16 * 1024, 60)), n.parse().unwrap_or(0))
+    } else if let Some(n) = path.strip_prefix("/trickle/") {
+        (Some((1024, 100)), n.parse().unwrap_or(0))
+    } else {
+        (None, path.trim_start_matches('/').parse().unwrap_or(0))
     };
     let body: Vec<u8> = (0..size).map(pattern).collect();
     let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n");
@@ -82,13 +87,13 @@ async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
         return;
     }
     count(header.len());
-    for chunk in body.chunks(if slow { 16 * 1024 } else { 256 * 1024 }) {
+    for chunk in body.chunks(pace.map_or(256 * 1024, |(chunk, _)| chunk)) {
         if stream.write_all(chunk).await.is_err() {
             return;
         }
         count(chunk.len());
-        if slow {
-            tokio::time::sleep(Duration::from_millis(60)).await;
+        if let Some((_, pause)) = pace {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 }
