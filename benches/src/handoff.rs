@@ -16,7 +16,7 @@ use cluster_tests::traffic::{Download, SingBoxClient};
 use serde_json::{json, Value};
 use vpn_proto::v1::{CreateUserRequest, DeleteUserRequest, GetUserRequest};
 
-use crate::propagation::{sum_samples, Fixture, VLESS};
+use crate::propagation::{first_success, sum_samples, Fixture, VLESS};
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// The origin's `/trickle/` pace, bytes per second.
@@ -47,10 +47,15 @@ pub async fn run(fx: &Fixture, i: usize, cfg: &Config) -> Result<Value> {
     }
     let mut clients: Vec<SingBoxClient> = Vec::new();
     for name in &names {
-        clients.push(fx.client(name, i, VLESS).await?);
+        let client = fx.client(name, i, VLESS).await?;
+        // Served before its sessions start: a link exists as soon as the user is placed.
+        first_success(client.proxy, fx.source.addr).await?;
+        clients.push(client);
     }
+    // The baselines once the probes' usage is recorded.
+    let recorded0 = settled(fx, &names).await?;
     let origin0 = fx.source.moved();
-    let recorded0 = recorded(fx, &names).await?;
+    let kernel0 = kernel_bytes(fx, i, &names).await?;
     // Long enough to outlast the run: the sessions are ended by us, not by their size.
     let size = (TRICKLE_BYTES_PER_SEC * (cfg.over.as_secs() + 120)) as usize;
     let downloads: Vec<Download> = (0..cfg.sessions)
@@ -87,22 +92,28 @@ pub async fn run(fx: &Fixture, i: usize, cfg: &Config) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     samples.push(sample(fx, i, pid).await?);
-    let ended_early = downloads.iter().filter(|d| d.is_finished()).count();
-    drop(downloads);
-    let dropped_by_node = fx.gauge(i, "vpn_runtime_sessions_dropped_total").await.unwrap_or(0.0);
-
-    // The users' usage settles once the last reports are recorded.
-    let origin = fx.source.moved() - origin0;
-    let mut used = 0;
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = recorded(fx, &names).await? - recorded0;
-        if now == used && now > 0 {
+    let (ended, running): (Vec<Download>, Vec<Download>) = downloads.into_iter().partition(Download::is_finished);
+    drop(running);
+    // The engine may hold an upstream connection a little after its client left, and the
+    // origin keeps sending meanwhile: compare once the origin went quiet.
+    let mut last = fx.source.moved();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = fx.source.moved();
+        if now == last {
             break;
         }
-        used = now;
+        last = now;
     }
+    let mut reasons = Vec::new();
+    for download in ended.into_iter() {
+        reasons.push(download.end(Duration::from_secs(1)).await.0.err().unwrap_or_else(|| "completed".into()));
+    }
+    let dropped_by_node = fx.gauge(i, "vpn_runtime_sessions_dropped_total").await.unwrap_or(0.0);
+
+    let origin = fx.source.moved() - origin0;
+    let kernel = kernel_bytes(fx, i, &names).await? - kernel0;
+    let used = settled(fx, &names).await? - recorded0;
     let elapsed = samples.last().map_or(0.0, |s| s.cpu_secs) - samples[0].cpu_secs;
     let wall = start.elapsed().as_secs_f64();
     let max = |f: fn(&Sample) -> f64| samples.iter().map(f).fold(0.0, f64::max);
@@ -113,9 +124,40 @@ pub async fn run(fx: &Fixture, i: usize, cfg: &Config) -> Result<Value> {
         "vpnd_rss_kib": {"max": max(|s| s.vpnd_rss_kib as f64), "mean": mean(|s| s.vpnd_rss_kib as f64)},
         "engines_rss_kib": {"max": max(|s| s.engines_rss_kib as f64), "mean": mean(|s| s.engines_rss_kib as f64)},
         "cpu_share_of_one_core": elapsed / wall,
-        "sessions_dropped": {"ended_before_the_run": ended_early, "cut_by_the_node": dropped_by_node},
-        "accounting": {"origin_bytes": origin, "recorded_bytes": used, "ratio": used as f64 / origin.max(1) as f64},
+        "sessions_dropped": {"ended_before_the_run": reasons.len(), "how": reasons, "cut_by_the_node": dropped_by_node},
+        "accounting": {
+            "origin_bytes": origin, "kernel_bytes": kernel, "recorded_bytes": used,
+            "ratio": used as f64 / origin.max(1) as f64,
+        },
     }))
+}
+
+/// The usage recorded for `names` once it stops changing (the last reports
+/// are recorded within a few heartbeats), at most 30 s.
+async fn settled(fx: &Fixture, names: &[String]) -> Result<u64> {
+    let start = Instant::now();
+    let mut last = recorded(fx, names).await?;
+    while start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = recorded(fx, names).await?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+/// What node `i`'s kernel counted for `names` (payload bytes, from its nftables table and marks).
+async fn kernel_bytes(fx: &Fixture, i: usize, names: &[String]) -> Result<u64> {
+    let node = &fx.dataplane[i];
+    let path = node.data_dir.join("dataplane/engines/marks.json");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let prefix = doc["prefix"].as_u64().ok_or_else(|| anyhow!("no prefix in {}", path.display()))? as u32;
+    let marks: Vec<u32> =
+        names.iter().filter_map(|n| doc["slots"][n]["slot"].as_u64()).map(|slot| prefix | slot as u32).collect();
+    let counted = vpn_runtime::nftables::NodeTable::new(node.id).payload_bytes(prefix).await?;
+    Ok(counted.iter().filter(|(m, _)| marks.contains(m)).map(|(_, b)| b).sum())
 }
 
 /// The usage the cluster recorded for `names`, summed.

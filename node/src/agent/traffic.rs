@@ -1,7 +1,7 @@
 //! The crash-safe traffic journal of one data-plane node:
 //! `<data-dir>/dataplane/traffic.json`.
 //!
-//! The engines' counters are cumulative per counting source
+//! The kernel's counters are cumulative per counting source
 //! ([`vpn_runtime::usage`]). The journal keeps, per source, the count already
 //! accounted for (its baseline); [`TrafficJournal::observe`] turns the growth
 //! into a report with the next sequence number and persists baselines and
@@ -123,10 +123,13 @@ impl TrafficJournal {
         Ok(TrafficJournal { dir: dir.to_path_buf(), path, state, resync, pending_warn: PENDING_WARN })
     }
 
-    /// Computes deltas against the persisted baselines (a counter lower than
-    /// its baseline means its source restarted: the delta is the whole new
-    /// value; sources that vanished are dropped from the baselines, so one
-    /// that comes back counts in full), and if any user with an id moved bytes
+    /// Computes deltas against the persisted baselines (a counter below its
+    /// baseline moved nothing and the baseline stays: a kernel count never
+    /// restarts, since a mark given to a user again is a new source, but its
+    /// payload estimate may dip by a few bytes when a header-only packet
+    /// smaller than the estimated header arrives, such as a RST; sources that
+    /// vanished are dropped from the baselines, so one that comes back counts
+    /// in full), and if any user with an id moved bytes
     /// appends a report with the next sequence number; persists baselines and
     /// pending reports atomically BEFORE returning. `ids` maps a user name to
     /// the user's id in the replicated state; users with no id (deleted) are
@@ -144,9 +147,7 @@ impl TrafficJournal {
         for c in latest.values() {
             let delta = match self.state.baselines.get(&c.source) {
                 _ if self.resync => 0,
-                Some(&base) if c.bytes >= base => c.bytes - base,
-                // Restarted (say a Shadowsocks user added again): everything is new.
-                Some(_) => c.bytes,
+                Some(&base) => c.bytes.saturating_sub(base),
                 None => c.bytes,
             };
             if delta > 0 {
@@ -154,7 +155,10 @@ impl TrafficJournal {
                 *sum = sum.saturating_add(delta);
             }
         }
-        let baselines: BTreeMap<String, u64> = latest.into_iter().map(|(s, c)| (s.to_string(), c.bytes)).collect();
+        let baselines: BTreeMap<String, u64> = latest
+            .into_iter()
+            .map(|(s, c)| (s.to_string(), c.bytes.max(self.state.baselines.get(s).copied().unwrap_or(0))))
+            .collect();
         let mut usage = Vec::new();
         for (name, bytes) in moved {
             match ids(name) {
@@ -296,11 +300,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
         assert!(j.pending(10).is_empty());
-        // Two sources of alice (a Shadowsocks user and a VLESS session) sum up.
-        observe(&mut j, &[c("e1/ss/alice", "alice", 100), c("e2/conn/x", "alice", 5), c("e1/ss/bob", "bob", 50)]);
-        observe(&mut j, &[c("e1/ss/alice", "alice", 150), c("e2/conn/x", "alice", 5), c("e1/ss/bob", "bob", 50)]);
+        // Two sources of alice (two assignments of a mark to her) sum up.
+        observe(&mut j, &[c("kernel/alice/1", "alice", 100), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
         // Nothing moved: no report, no write.
-        observe(&mut j, &[c("e1/ss/alice", "alice", 150), c("e2/conn/x", "alice", 5), c("e1/ss/bob", "bob", 50)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
         assert_eq!(
             j.pending(10),
             vec![report(1, vec![usage("alice", 105), usage("bob", 50)]), report(2, vec![usage("alice", 50)])]
@@ -310,21 +314,20 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_source_counts_in_full_and_a_vanished_one_is_forgotten() {
+    fn a_dip_moves_nothing_and_a_vanished_source_is_forgotten() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/alice", "alice", 1000), c("e/conn/1", "bob", 300)]);
-        // alice was deleted and added again (counts from zero); bob's session ended.
-        observe(&mut j, &[c("e/ss/alice", "alice", 40)]);
-        assert_eq!(j.state.baselines, BTreeMap::from([("e/ss/alice".to_string(), 40)]), "bob's source forgotten");
-        // A source that comes back (same name) is new: counted in full.
-        observe(&mut j, &[c("e/ss/alice", "alice", 60), c("e/conn/1", "bob", 310)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 1000), c("kernel/bob/2", "bob", 300)]);
+        // alice's estimate dipped (a RST is smaller than the header it is charged); bob's mark was freed.
+        observe(&mut j, &[c("kernel/alice/1", "alice", 988)]);
+        assert_eq!(j.state.baselines, BTreeMap::from([("kernel/alice/1".to_string(), 1000)]), "bob's source forgotten");
+        // Growth counts from the highest count seen; a source that comes back (same name) counts in full.
+        observe(&mut j, &[c("kernel/alice/1", "alice", 1060), c("kernel/bob/2", "bob", 310)]);
         assert_eq!(
             j.pending(10),
             vec![
                 report(1, vec![usage("alice", 1000), usage("bob", 300)]),
-                report(2, vec![usage("alice", 40)]),
-                report(3, vec![usage("alice", 20), usage("bob", 310)]),
+                report(2, vec![usage("alice", 60), usage("bob", 310)]),
             ]
         );
     }
@@ -333,29 +336,29 @@ mod tests {
     fn deleted_users_are_skipped_but_their_baselines_advance() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/gone", "gone", 500)]);
+        observe(&mut j, &[c("kernel/gone/1", "gone", 500)]);
         assert!(j.pending(10).is_empty(), "no report for a user without an id");
-        assert_eq!(j.state.baselines.get("e/ss/gone"), Some(&500));
-        observe(&mut j, &[c("e/ss/gone", "gone", 700), c("e/ss/bob", "bob", 1)]);
+        assert_eq!(j.state.baselines.get("kernel/gone/1"), Some(&500));
+        observe(&mut j, &[c("kernel/gone/1", "gone", 700), c("kernel/bob/2", "bob", 1)]);
         assert_eq!(j.pending(10), vec![report(1, vec![usage("bob", 1)])]);
         // And it persisted: after a reopen the baseline is 700, not 500.
         drop(j);
         let j = TrafficJournal::open(dir.path(), 0).expect("reopen");
-        assert_eq!(j.state.baselines.get("e/ss/gone"), Some(&700));
+        assert_eq!(j.state.baselines.get("kernel/gone/1"), Some(&700));
     }
 
     #[test]
     fn a_crash_before_the_ack_brings_the_same_reports_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/alice", "alice", 100)]);
-        observe(&mut j, &[c("e/ss/alice", "alice", 250)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 100)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 250)]);
         let sent = j.pending(10);
         drop(j); // crash: no ack
         let mut j = TrafficJournal::open(dir.path(), 0).expect("reopen");
         assert_eq!(j.pending(10), sent, "same reports, same sequence numbers");
         // The baselines survived too: no double count, and the next number follows.
-        observe(&mut j, &[c("e/ss/alice", "alice", 260)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 260)]);
         assert_eq!(j.pending(10)[2], report(3, vec![usage("alice", 10)]));
         assert!(!dir.path().join("traffic.json.tmp").exists(), "no temp file left behind");
     }
@@ -365,7 +368,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
         for bytes in [10, 20, 30] {
-            observe(&mut j, &[c("e/ss/bob", "bob", bytes)]);
+            observe(&mut j, &[c("kernel/bob/2", "bob", bytes)]);
         }
         j.acknowledge(2).expect("ack");
         assert_eq!(j.pending(10), vec![report(3, vec![usage("bob", 10)])]);
@@ -375,7 +378,7 @@ mod tests {
         let mut j = TrafficJournal::open(dir.path(), 0).expect("reopen");
         assert_eq!(j.pending(10), vec![report(3, vec![usage("bob", 10)])]);
         j.acknowledge(3).expect("ack");
-        observe(&mut j, &[c("e/ss/bob", "bob", 31)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 31)]);
         assert_eq!(j.pending(10), vec![report(4, vec![usage("bob", 1)])]);
     }
 
@@ -383,18 +386,18 @@ mod tests {
     fn sequence_numbers_are_never_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/bob", "bob", 10)]);
-        observe(&mut j, &[c("e/ss/bob", "bob", 20)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 10)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 20)]);
         drop(j);
         // The cluster recorded both (the ack was lost): they are not sent again.
         let mut j = TrafficJournal::open(dir.path(), 2).expect("reopen");
         assert!(j.pending(10).is_empty());
-        observe(&mut j, &[c("e/ss/bob", "bob", 25)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 25)]);
         assert_eq!(j.pending(10), vec![report(3, vec![usage("bob", 5)])]);
 
         // The leader says it recorded more than this journal ever sent: continue after that.
         j.acknowledge(7).expect("ack");
-        observe(&mut j, &[c("e/ss/bob", "bob", 26)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 26)]);
         assert_eq!(j.pending(10), vec![report(8, vec![usage("bob", 1)])]);
     }
 
@@ -403,24 +406,24 @@ mod tests {
         // Lost: no file, but the cluster recorded up to 5 from this node.
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 5).expect("open");
-        observe(&mut j, &[c("e/ss/alice", "alice", 1_000_000)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 1_000_000)]);
         assert!(j.pending(10).is_empty(), "the first reading only sets the baselines");
-        observe(&mut j, &[c("e/ss/alice", "alice", 1_000_100)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 1_000_100)]);
         assert_eq!(j.pending(10), vec![report(6, vec![usage("alice", 100)])]);
 
         // Stale: a file older than what the cluster recorded (say restored from a backup).
         drop(j);
         let mut j = TrafficJournal::open(dir.path(), 9).expect("reopen");
         assert!(j.pending(10).is_empty(), "report 6 was recorded");
-        observe(&mut j, &[c("e/ss/alice", "alice", 2_000_000)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 2_000_000)]);
         assert!(j.pending(10).is_empty(), "resync again");
-        observe(&mut j, &[c("e/ss/alice", "alice", 2_000_001)]);
+        observe(&mut j, &[c("kernel/alice/1", "alice", 2_000_001)]);
         assert_eq!(j.pending(10), vec![report(10, vec![usage("alice", 1)])]);
 
         // A new node (nothing recorded yet) counts everything from the start.
         let fresh = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(fresh.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/bob", "bob", 42)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 42)]);
         assert_eq!(j.pending(10), vec![report(1, vec![usage("bob", 42)])]);
     }
 
@@ -451,7 +454,7 @@ mod tests {
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
         j.pending_warn = 2;
         for bytes in 1..=5 {
-            observe(&mut j, &[c("e/ss/bob", "bob", bytes)]);
+            observe(&mut j, &[c("kernel/bob/2", "bob", bytes)]);
         }
         let seqs: Vec<u64> = j.pending(usize::MAX).iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5], "nothing merged or dropped");
@@ -461,7 +464,7 @@ mod tests {
     fn a_source_listed_twice_counts_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
-        observe(&mut j, &[c("e/ss/bob", "bob", 12), c("e/ss/bob", "bob", 12)]);
+        observe(&mut j, &[c("kernel/bob/2", "bob", 12), c("kernel/bob/2", "bob", 12)]);
         assert_eq!(j.pending(10), vec![report(1, vec![usage("bob", 12)])]);
     }
 }
