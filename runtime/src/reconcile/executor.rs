@@ -52,8 +52,9 @@ pub async fn apply<E: Engine>(
         }
         Op::Route { protocol, public_port, container, engine_port } => {
             let (_, api) = find(observed, container)?;
-            // Only a generation that answers gets the new connections.
+            // Only a generation that answers and accepts gets the new connections.
             env.engine.ping(api).await?;
+            accepts(*engine_port).await?;
             // Read afresh: an earlier op of this pass may have routed another port.
             let mut routes = env.table.routes().await?.unwrap_or_default();
             if !routes.contains_key(public_port) {
@@ -185,6 +186,20 @@ fn engine_spec<E: Engine>(
             .map(|(k, v)| (k.to_string(), v))
             .collect::<HashMap<_, _>>(),
         binds: vec![format!("{}:{}:ro", dir.display(), env.engine.container_dir())],
+    }
+}
+
+/// Whether a generation's listener takes connections (its API may answer a moment before).
+async fn accepts(port: u16) -> Result<(), RuntimeError> {
+    let connect = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port));
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(RuntimeError::io("connect to the new generation at", format!("127.0.0.1:{port}"), e)),
+        Err(_) => Err(RuntimeError::io(
+            "connect to the new generation at",
+            format!("127.0.0.1:{port}"),
+            std::io::Error::other("no answer within 2 s"),
+        )),
     }
 }
 

@@ -16,6 +16,11 @@ pub struct DesiredInbound {
     pub config_hash: String,
 }
 
+/// How long after the next generation took over a previous one with no
+/// listed session may go: sing-box lists a connection once its handshake is
+/// through, and one accepted just before the route moved may still be in it.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a generation that no longer takes new connections may serve the
 /// ones it has, and how many generations may run at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,8 +280,11 @@ fn plan_inbound(
         // Its drain began when the generation after it was created.
         let successor_created = gens[i + 1..].iter().find_map(|n| n.created_ms);
         let deadline = successor_created.map(|t| t.saturating_add(millis(input.drain.deadline)));
+        // A connection accepted just before the route moved is listed only once its
+        // handshake is through: "no session" counts only after this grace.
+        let settled = successor_created.is_some_and(|t| input.now_ms >= t.saturating_add(millis(HANDSHAKE_GRACE)));
         match g.sessions {
-            Some(0) => ops.drained.push(remove(RemoveReason::Drained)),
+            Some(0) if settled => ops.drained.push(remove(RemoveReason::Drained)),
             sessions if deadline.is_some_and(|d| input.now_ms >= d) => {
                 ops.drained.push(remove(RemoveReason::DrainDeadline { sessions: sessions.unwrap_or(0) }));
             }

@@ -123,8 +123,13 @@ fn a_ready_generation_gets_the_route_then_the_old_one_drains() {
     let plan = run_routed(&[inbound(VL, 443, "h")], &users, true, vec![sessions(old(), 3), new()], &[(443, 40002)]);
     assert_eq!(plan.ops, vec![]);
     assert!(plan.draining);
-    // Its last session ended: gone.
+    // No session listed right after the switch: one may still be in its handshake, so it waits.
     let plan = run_routed(&[inbound(VL, 443, "h")], &users, true, vec![sessions(old(), 0), new()], &[(443, 40002)]);
+    assert_eq!(plan.ops, vec![]);
+    assert!(plan.draining);
+    // Still none once the handshake grace passed: gone.
+    let settled = generation(2, "h", millis(HANDSHAKE_GRACE), &[("a", uuid(1)), ("b", uuid(2))]);
+    let plan = run_routed(&[inbound(VL, 443, "h")], &users, true, vec![sessions(old(), 0), settled], &[(443, 40002)]);
     assert_eq!(plan.ops, vec![remove(1, RemoveReason::Drained)]);
     assert!(!plan.draining);
 }
@@ -242,7 +247,7 @@ fn an_engine_from_before_generations_drains_as_generation_zero() {
     let plan = run(&[inbound(VL, 443, "h")], &[user("a", 1)], true, vec![legacy.clone()]);
     assert_eq!(plan.ops, vec![Op::StartGeneration { protocol: VL, generation: 1 }]);
 
-    let g1 = generation(1, "h", 0, &[("a", uuid(1))]);
+    let g1 = generation(1, "h", HOUR_MS, &[("a", uuid(1))]);
     let plan =
         run_routed(&[inbound(VL, 443, "h")], &[user("a", 1)], true, vec![sessions(legacy, 0), g1], &[(443, 40001)]);
     assert_eq!(
