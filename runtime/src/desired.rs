@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A protocol inbound the node serves; one engine container each.
+/// A protocol inbound the node serves; engine containers in generations (see [`crate::nftables`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     /// Shadowsocks-2022 (2022-blake3-aes-128-gcm), multi-user.
