@@ -14,7 +14,7 @@ use vpn_client_config::{Format, Subscription};
 use vpn_storage::model::{DataplaneNode, UserStatus};
 
 use crate::metrics::{NodeLabel, StatusLabel};
-use crate::node::Node;
+use crate::node::{Node, Readiness};
 use crate::observer::as_i64;
 
 /// How long a client may take over its TLS handshake on `--http`.
@@ -66,22 +66,32 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, S
     let r = node.readiness().await;
     let code = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = if q.contains_key("verbose") {
-        let leader = match r.leader {
-            Some(id) => format!("[+] leader known: node {id}\n"),
-            None => "[-] no leader known\n".to_owned(),
-        };
-        let sign = if r.applied >= r.committed { '+' } else { '-' };
-        let tls = match &node.tls {
-            Some(_) => "[+] gRPC port: mutual TLS\n",
-            None => "[!] gRPC port: plaintext, no authentication (--insecure)\n",
-        };
-        format!("{leader}[{sign}] applied {} of committed {}\n{tls}", r.applied, r.committed)
+        explain(&r, node.tls.is_some())
     } else if r.is_ready() {
         "ok\n".to_owned()
     } else {
         "not ready\n".to_owned()
     };
     (code, body)
+}
+
+/// `/readyz?verbose`: one line per check, `[+]` passed, `[-]` failed.
+fn explain(r: &Readiness, tls: bool) -> String {
+    let leader = match r.leader {
+        Some(id) => format!("[+] leader known: node {id}\n"),
+        None => "[-] no leader known\n".to_owned(),
+    };
+    let sign = if r.applied >= r.committed { '+' } else { '-' };
+    let persisted = match &r.unpersisted {
+        None => "[+] applied state persisted\n".to_owned(),
+        Some(cause) => format!(
+            "[-] applied state not persisted: {cause}: this node serves no reads; restart it once its disk is fixed \
+             (the log re-applies what did not persist)\n"
+        ),
+    };
+    let tls =
+        if tls { "[+] gRPC port: mutual TLS\n" } else { "[!] gRPC port: plaintext, no authentication (--insecure)\n" };
+    format!("{leader}[{sign}] applied {} of committed {}\n{persisted}{tls}", r.applied, r.committed)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -144,4 +154,21 @@ fn respond(sub: Subscription) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_that_did_not_persist_makes_the_node_unready_and_says_why() {
+        let mut r = Readiness { leader: Some(2), applied: 9, committed: 9, unpersisted: None };
+        assert!(r.is_ready());
+        assert!(explain(&r, true).contains("[+] applied state persisted"));
+        r.unpersisted = Some("writing applied changes to sled failed: No space left on device".into());
+        assert!(!r.is_ready());
+        let text = explain(&r, true);
+        assert!(text.contains("[-] applied state not persisted: writing applied changes to sled failed"), "{text}");
+        assert!(text.contains("serves no reads") && text.contains("restart it"), "{text}");
+    }
 }

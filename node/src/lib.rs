@@ -26,6 +26,8 @@
 //!   a certificate by CSR with a join token; `renewal`: renewing it before
 //!   it expires; `auth`: who may call which RPC, by the caller's certificate.
 //! - `metrics`, `peers`, [`error`].
+//! - `fuzz` (tests): fuzz targets of every gRPC request, the agent protocol,
+//!   the config file and `/sub/{token}` (`ops/scripts/fuzz.sh`).
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests start nodes
 //! in-process on port 0.
@@ -38,6 +40,8 @@ mod data_dir;
 mod dispatcher;
 mod edge;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod identity;
 mod join_token;
@@ -171,6 +175,7 @@ async fn run_control_plane(
     };
     let state = sm.reader();
     let metrics = Arc::new(Metrics::default());
+    metrics.watch_state_machine(state.persistence().clone());
     let peers = Arc::new(Peers::new(cluster.clone(), material.as_ref().map(tls::Material::client)));
     let network = Network { identity, state: state.clone(), peers: peers.clone(), metrics: metrics.clone() };
     let raft = Raft::new(config.id, raft::raft_config(&config.raft)?, network, log, sm)

@@ -3,10 +3,11 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -186,5 +187,52 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.exposition.render()
+    }
+
+    /// Reports whether the applied state reached sled:
+    /// `vpn_state_machine_write_failures_total` and `vpn_state_machine_unpersisted`.
+    pub fn watch_state_machine(&self, persistence: vpn_storage::Persistence) {
+        self.exposition.register_with(|r| r.register_collector(Box::new(StateMachineHealth(persistence))));
+    }
+}
+
+/// The state machine's persistence, read from the storage at each scrape
+/// (the storage owns the counts; nothing here can drift from them).
+#[derive(Debug)]
+struct StateMachineHealth(vpn_storage::Persistence);
+
+impl Collector for StateMachineHealth {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failures = ConstCounter::new(self.0.write_failures());
+        let help = "Writes of applied changes to sled that failed (the state then stays unpersisted until a restart)";
+        failures.encode(encoder.encode_descriptor(
+            "state_machine_write_failures",
+            help,
+            None,
+            failures.metric_type(),
+        )?)?;
+        let unpersisted = ConstGauge::new(i64::from(self.0.unpersisted().is_some()));
+        let help = "1 while the applied state is not all in sled: reads are refused and /readyz answers 503";
+        unpersisted.encode(encoder.encode_descriptor(
+            "state_machine_unpersisted",
+            help,
+            None,
+            unpersisted.metric_type(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_machine_metrics_are_exposed() {
+        let metrics = Metrics::default();
+        metrics.watch_state_machine(vpn_storage::Persistence::default());
+        let text = metrics.render();
+        assert!(text.contains("# TYPE vpn_state_machine_write_failures counter"), "{text}");
+        assert!(text.contains("\nvpn_state_machine_write_failures_total 0\n"), "{text}");
+        assert!(text.contains("\nvpn_state_machine_unpersisted 0\n"), "{text}");
     }
 }

@@ -75,11 +75,13 @@ pub struct Readiness {
     pub leader: Option<NodeId>,
     pub applied: u64,
     pub committed: u64,
+    /// Why the applied state is not all on disk, while it is not.
+    pub unpersisted: Option<String>,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.leader.is_some() && self.applied >= self.committed
+        self.leader.is_some() && self.applied >= self.committed && self.unpersisted.is_none()
     }
 }
 
@@ -251,7 +253,22 @@ impl Node {
             (m.current_leader.filter(|_| confirmed), m.last_applied.map_or(0, |l| l.index))
         };
         let committed = self.raft.with_raft_state(|s| s.committed.map_or(0, |l| l.index)).await.unwrap_or(u64::MAX);
-        Readiness { leader, applied, committed }
+        Readiness { leader, applied, committed, unpersisted: self.state.persistence().unpersisted() }
+    }
+
+    /// Ok while the applied state this node reads from is all on disk; else
+    /// UNAVAILABLE saying why, for the caller to read from another node. The
+    /// state in memory is the one the log applied, but a node whose disk
+    /// failed under it is not one to answer from (see `vpn_storage::Persistence`).
+    pub fn ensure_persisted(&self) -> Result<(), Error> {
+        match self.state.persistence().unpersisted() {
+            None => Ok(()),
+            Some(cause) => Err(Error::unavailable(format!(
+                "node {} serves no reads: its applied state did not reach its disk ({cause}); read from another \
+                 node, and restart this one once its disk is fixed",
+                self.id
+            ))),
+        }
     }
 }
 

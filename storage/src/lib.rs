@@ -16,21 +16,27 @@
 //! - [`proposer`]: [`Proposer`], concurrent writes batched into shared log entries.
 //! - [`wire`]: the binary encoding of the bulky Raft RPCs (used by `vpn-node`).
 //! - `log_store`: [`LogStore`], the Raft log, vote and committed index (in memory and on disk).
-//! - `wal`: the log's segment files: frames, records, replay, torn tails.
+//! - `wal`: the log's segment files: frames, batches, records, replay, torn writes
+//!   and corruption told apart (tests in `wal_tests`).
 //! - `wal_writer`: writes and fdatasyncs the log, one operation per sync.
 //! - `log_dir`: finds or creates `raft-log/`; imports a log kept in sled by earlier versions.
 //! - `codec`: binary encoding of log ids, votes and entries.
 //! - `state_machine`: [`StateMachineStore`], the applied state persisted in sled, snapshots.
-//! - `sm_writer`: the thread that writes applied changes to sled, many applies per batch.
+//! - `sm_writer`: the thread that writes applied changes to sled, many applies per batch;
+//!   [`Persistence`], whether the applied state reached sled.
 //! - `snapshot_file`: the current snapshot as one atomically replaced file.
 //! - `durable`: the sled handle with real `fdatasync`.
 //! - `store_id`: catches a db that sled opened empty although it held data.
 //! - `error`: [`OpenError`], what can go wrong when opening a data dir.
+//! - `fuzz` (tests): fuzz targets of the log segments, the Raft RPCs' binary
+//!   encoding and the snapshot file (`ops/scripts/fuzz.sh`).
 
 mod codec;
 pub mod command;
 mod durable;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod log_dir;
 mod log_store;
 pub mod model;
@@ -49,6 +55,7 @@ pub mod wire;
 pub use error::OpenError;
 pub use log_store::LogStore;
 pub use proposer::Proposer;
+pub use sm_writer::Persistence;
 pub use state_machine::{StateMachineStore, StateReader};
 
 use std::path::Path;

@@ -18,7 +18,7 @@ use crate::command::{self, Command, CommandResponse};
 use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
 use crate::model::{DataplaneNode, MemberRecord, User};
-use crate::sm_writer::{Changes, SmOp, SmWriter};
+use crate::sm_writer::{Changes, Persistence, SmOp, SmWriter, Tree};
 use crate::snapshot_file::SnapshotFile;
 use crate::state::State;
 use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -44,20 +44,29 @@ fn dataplane_key(id: NodeId) -> String {
     format!("{DATAPLANE}{id}")
 }
 
-/// A shared, read-only view of the applied state for the API and the agent.
+/// A shared, read-only view of the applied state for the API and the agent,
+/// and whether that state is persisted.
 #[derive(Clone)]
-pub struct StateReader(Arc<RwLock<State>>);
+pub struct StateReader {
+    state: Arc<RwLock<State>>,
+    persistence: Persistence,
+}
 
 impl StateReader {
     /// Runs `f` on the current state. Keep `f` short: apply waits for it.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         // A panic elsewhere cannot leave `State` half-updated in a way a
         // reader could not see anyway, so a poisoned lock is still usable.
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        f(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether the state read here also reached sled (see `sm_writer`).
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -74,6 +83,16 @@ impl StateMachineStore {
     /// Loads the `sm` tree, or the current snapshot if that is newer (an
     /// install that crashed before rewriting the tree).
     pub(crate) fn open(db: DurableDb, dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(db, dir, |tree| tree)
+    }
+
+    /// [`open`](Self::open), with the writer writing to what `wrap` makes
+    /// of the tree (a test's tree that fails on demand).
+    pub(crate) fn open_with<T: Tree>(
+        db: DurableDb,
+        dir: &Path,
+        wrap: impl FnOnce(sled::Tree) -> T,
+    ) -> Result<Self, OpenError> {
         let tree = db.db().open_tree("sm").map_err(|e| OpenError::corrupt(db.path(), e))?;
         let mut state = load_tree(&tree).map_err(|e| OpenError::corrupt(db.path(), format!("state machine: {e}")))?;
         let snapshot_dir = dir.join("snapshots");
@@ -84,11 +103,12 @@ impl StateMachineStore {
                 rewrite_tree(&tree, &state).map_err(|e| OpenError::from_io(db.path(), e))?;
             }
         }
-        let writer = SmWriter::start(tree).map_err(|e| OpenError::from_io(db.path(), e))?;
+        let persistence = Persistence::default();
+        let writer = SmWriter::start(wrap(tree), persistence.clone()).map_err(|e| OpenError::from_io(db.path(), e))?;
         Ok(Self {
             db,
             writer: Arc::new(writer),
-            state: StateReader(Arc::new(RwLock::new(state))),
+            state: StateReader { state: Arc::new(RwLock::new(state)), persistence },
             snapshot: Arc::new(snapshot),
         })
     }
@@ -162,12 +182,32 @@ fn rewrite_tree(tree: &sled::Tree, state: &State) -> io::Result<()> {
 }
 
 /// The snapshot's meta is authoritative for what it covers.
-fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
+pub(crate) fn state_from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
     let mut state: State = decode(data)?;
+    check_keys(&state)?;
     state.last_applied = meta.last_log_id;
     state.last_membership = meta.last_membership.clone();
     state.reindex_tokens();
     Ok(state)
+}
+
+/// Refuses a state that files a record under another name or id than its
+/// own. `apply` never does; a damaged or forged snapshot could, and would
+/// then send one user's subscription to another user's record (the token
+/// index follows the record's name), and read back from the tree (keyed by
+/// the record) as another state than the one installed.
+fn check_keys(state: &State) -> io::Result<()> {
+    let users = state.users.iter().filter(|(k, u)| **k != u.name).map(|(k, _)| format!("user {k:?}"));
+    let members = state.members.iter().filter(|(k, m)| **k != m.id).map(|(k, _)| format!("member {k}"));
+    let nodes = state.dataplane_nodes.iter().filter(|(k, n)| **k != n.id).map(|(k, _)| format!("data-plane node {k}"));
+    let tokens = state.trust.join_tokens.iter().filter(|(k, t)| **k != t.id).map(|(k, _)| format!("join token {k:?}"));
+    match users.chain(members).chain(nodes).chain(tokens).next() {
+        None => Ok(()),
+        Some(what) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot: {what} holds the record of another name or id"),
+        )),
+    }
 }
 
 /// The keys one apply call changed, written from the final state in one batch.

@@ -1,27 +1,76 @@
 //! The Raft log on disk: a directory of append-only segment files
 //! (`<data dir>/raft-log/<seq>.wal`), read back in full when the store opens.
 //!
-//! A segment starts with [`MAGIC`], then frames:
-//! `[len: u32][!len: u32][crc32(payload): u32][payload: len bytes]`, all
-//! little-endian; a payload is a record kind and its body:
+//! A segment starts with [`MAGIC`] (`VPNWAL2\n`), then frames, all integers
+//! little-endian:
+//! `[len: u32][!len: u32][crc32(batch word ‖ payload): u32][batch word: u32][payload: len bytes]`;
+//! a payload is a record kind and its body:
 //! - `ENTRY`: a log entry (`codec::put_entry`);
 //! - `VOTE`, `COMMITTED`, `PURGED`: the latest value wins;
 //! - `TRUNCATE`: entries from this index on are gone.
 //!
-//! A new segment begins with the current vote, committed and purged ids, so
-//! older segments can be unlinked once every entry in them is purged.
+//! Every write to a segment is one batch of frames, made durable by one
+//! `fdatasync` before anything it carries is acknowledged; the next batch is
+//! written only after that. The batch word numbers the batches of a segment
+//! from 1, and its top bit ([`LAST`]) marks the final frame of each: every
+//! intact frame tells which write it came from, and whether that write ended.
+//! A segment holds whole batches only (a torn one is cut off whole).
+//!
+//! Format 1 (`VPNWAL1\n`, written before batches were numbered) has the same
+//! frames without the batch word: a 12-byte header, the checksum over the
+//! payload alone. Its segments are still read. A store whose last segment is
+//! in format 1 begins a new segment for its writes: no segment mixes formats.
+//!
+//! A new segment begins with the current vote, committed and purged ids (its
+//! batch 1), so older segments can be unlinked once every entry in them is
+//! purged.
 //!
 //! Segments grow in zero-filled steps of [`CHUNK`] bytes ahead of the
 //! frames: writing over blocks that already exist lets `fdatasync` flush
 //! just the data, without a journal commit for the new file size (measured
 //! here: 0.12 ms instead of 0.2 ms per synced 256-byte write). Zeros where a
-//! frame header would be mark the end of the frames.
+//! frame header would be mark the end of the frames. It also means a batch
+//! is always written over zeros, already on the disk or past the end of the file.
 //!
-//! Every write is followed by `fdatasync` before anything it carries is
-//! acknowledged, so only the last write can be incomplete after a crash. A
-//! frame that fails its checks at the very end of the last segment (nothing
-//! but zeros after it) is such a torn write and is cut off; anywhere else it
-//! is corruption and the store refuses to open.
+//! # Torn writes and corruption
+//! A frame that fails its checks is judged when the store opens:
+//! - In a segment other than the last, it is corruption: every write to that
+//!   segment was synced before the next segment was begun.
+//! - In the last segment, if an intact frame of a later batch follows it, it
+//!   is corruption: that later write proves the damaged batch had been synced
+//!   (and maybe acknowledged) before it.
+//! - Otherwise the damage is in the segment's last batch. It is a torn write,
+//!   and the batch is cut off whole, only if it bears the mark of a write that
+//!   never completed: the file ends inside the frame, or a 512-byte sector of
+//!   the frame still reads as the zeros that were there before the write (a
+//!   disk writes whole sectors, and `fdatasync` returns only once every sector
+//!   of the batch is written, so nothing of that batch was acknowledged). The
+//!   sectors after a lost one may well hold the batch's later frames: a disk
+//!   may persist an unsynced write out of order. Damage without that mark
+//!   (flipped bits, garbage where a frame was written) may be in a batch that
+//!   was synced and acknowledged, so the store refuses to open.
+//!
+//! A cut is logged at warn (where the cut starts, how many bytes, where the
+//! damage is, its batch, the intact frames cut with it) and the node starts;
+//! a refusal names the segment, the offset, the batch and what was found.
+//!
+//! Format 1 segments keep their rule: a bad frame at the very end of the last
+//! segment (nothing but zeros after it) is a torn write; anything else is
+//! corruption.
+//!
+//! Why this rule. etcd's WAL (`server/storage/wal`: `decoder.go`,
+//! `repair.go`) repairs only an `io.ErrUnexpectedEOF` in its last file: a
+//! record cut short by the end of the file, or one in which some 512-byte
+//! sector is all zeros (`isTornEntry`); a checksum mismatch is fatal.
+//! TigerBeetle's journal (`src/vsr/journal.zig`) writes a prepare's redundant
+//! header only after the prepare itself, and truncates a damaged prepare as
+//! torn only when it is the op just past the newest valid one, its redundant
+//! header was not written yet, and no other slot is faulty; any other damaged
+//! prepare is repaired from the other replicas, never dropped. We take etcd's
+//! mark of a write cut short, and TigerBeetle's use of a later write as proof
+//! that an earlier one was durable; the batch word gives that proof here.
+//! What no log can tell alone: a synced last batch of which the disk later
+//! lost whole sectors reads as a torn write and is cut, as etcd would.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -35,13 +84,25 @@ use crate::codec::{self, invalid, Reader};
 use crate::error::OpenError;
 use crate::types::{Entry, LogId, Vote};
 
-pub(crate) const MAGIC: &[u8; 8] = b"VPNWAL1\n";
+/// The first bytes of a segment in the current format (2).
+pub(crate) const MAGIC: &[u8; 8] = b"VPNWAL2\n";
+/// The first bytes of a segment in format 1 (no batch words).
+const MAGIC_V1: &[u8; 8] = b"VPNWAL1\n";
 /// A segment that grew past this is closed and a new one started.
 pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 /// Segments are zero-filled this far ahead of their frames.
 pub(crate) const CHUNK: u64 = 256 << 10;
-const HEADER: usize = 12;
+/// A frame's header: length, its complement, checksum, batch word.
+const HEADER: usize = 16;
+/// A frame's header in format 1: length, its complement, checksum. The
+/// checksum covers the bytes after it in both formats.
+const HEADER_V1: usize = 12;
 const MAX_FRAME: usize = 256 << 20;
+/// The bit of a batch word that marks the last frame of its batch.
+pub(crate) const LAST: u32 = 1 << 31;
+/// The unit a disk writes whole: a write that never completed leaves whole
+/// sectors unwritten (etcd's `minSectorSize`).
+const SECTOR: usize = 512;
 
 const ENTRY: u8 = 1;
 const VOTE: u8 = 2;
@@ -49,7 +110,28 @@ const COMMITTED: u8 = 3;
 const PURGED: u8 = 4;
 const TRUNCATE: u8 = 5;
 
-/// Appends one frame whose payload is `kind` and what `body` writes.
+/// A segment's frame layout, told by its magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    V1,
+    V2,
+}
+
+impl Format {
+    fn header(self) -> usize {
+        match self {
+            Self::V1 => HEADER_V1,
+            Self::V2 => HEADER,
+        }
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Appends one frame whose payload is `kind` and what `body` writes. Its
+/// checksum and batch word are left to [`seal`].
 fn frame(buf: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
     let at = buf.len();
     buf.extend_from_slice(&[0; HEADER]);
@@ -64,11 +146,25 @@ fn frame(buf: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>) -> io::Res
         return Err(invalid(format!("a log record of {len} bytes is over the {MAX_FRAME} byte limit")));
     }
     let len = len as u32;
-    let crc = crc32fast::hash(&buf[at + HEADER..]);
     buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     buf[at + 4..at + 8].copy_from_slice(&(!len).to_le_bytes());
-    buf[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// Makes `frames` (laid out by the `put_*` functions) batch number `batch`
+/// of its segment: stamps every frame's batch word, marks the last frame,
+/// and computes the checksums.
+pub(crate) fn seal(frames: &mut [u8], batch: u32) {
+    debug_assert!(batch > 0 && batch < LAST, "batch number {batch}");
+    let mut at = 0;
+    while at + HEADER <= frames.len() {
+        let end = (at + HEADER + u32_at(frames, at) as usize).min(frames.len());
+        let word = if end == frames.len() { batch | LAST } else { batch };
+        frames[at + 12..at + 16].copy_from_slice(&word.to_le_bytes());
+        let crc = crc32fast::hash(&frames[at + HEADER_V1..end]);
+        frames[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
 }
 
 pub(crate) fn put_entry(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
@@ -133,6 +229,7 @@ pub(crate) struct Location {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: u32,
+    pub format: Format,
 }
 
 impl Location {
@@ -141,45 +238,61 @@ impl Location {
         let mut frame = vec![0u8; self.len as usize];
         self.file.read_exact_at(&mut frame, self.offset)?;
         let bad = |what: &str| invalid(format!("raft log frame at offset {}: {what}", self.offset));
-        if frame.len() < HEADER + 1 {
+        let header = self.format.header();
+        if frame.len() < header + 1 {
             return Err(bad("too short"));
         }
-        let word = |i: usize| u32::from_le_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
-        let (len, check, crc) = (word(0), word(4), word(8));
-        if check != !len || len as usize != frame.len() - HEADER {
+        let len = u32_at(&frame, 0);
+        if u32_at(&frame, 4) != !len || len as usize != frame.len() - header {
             return Err(bad("bad header"));
         }
-        if crc32fast::hash(&frame[HEADER..]) != crc {
+        if crc32fast::hash(&frame[HEADER_V1..]) != u32_at(&frame, 8) {
             return Err(bad("checksum mismatch"));
         }
-        if frame[HEADER] != ENTRY {
+        if frame[header] != ENTRY {
             return Err(bad("not an entry"));
         }
-        Reader::new(&frame[HEADER + 1..]).entry()
+        Reader::new(&frame[header + 1..]).entry()
     }
 }
 
 /// The frames of `frames` (laid out by `put_entry` calls) that start at
 /// `offsets`, as locations once `frames` is written at `base` of `file`.
 pub(crate) fn locate(file: &Arc<File>, base: u64, offsets: &[(LogId, u32, u32)]) -> Vec<(LogId, Location)> {
-    let at =
-        |&(id, off, len): &(LogId, u32, u32)| (id, Location { file: file.clone(), offset: base + u64::from(off), len });
+    let at = |&(id, off, len): &(LogId, u32, u32)| {
+        (id, Location { file: file.clone(), offset: base + u64::from(off), len, format: Format::V2 })
+    };
     offsets.iter().map(at).collect()
 }
 
-/// Where appends go: the file, where the frames end, and how far it is
-/// zero-filled.
+/// Where appends go: the file, where the frames end, how far it is
+/// zero-filled, and the number of its last batch.
 pub(crate) struct Active {
     pub file: Arc<File>,
     pub pos: u64,
     pub capacity: u64,
+    /// 0 before the first batch.
+    pub batch: u32,
 }
 
 impl Active {
+    /// Writes `frames` (laid out by the `put_*` functions) as the segment's
+    /// next batch, sealed, and makes it durable.
+    pub(crate) fn append(&mut self, frames: &mut [u8]) -> io::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let batch = self.batch + 1;
+        seal(frames, batch);
+        self.write_and_sync(frames)?;
+        self.batch = batch;
+        Ok(())
+    }
+
     /// Writes `buf` at the end of the frames, zero-filling the file ahead of
     /// them when they outgrow it, then makes it durable: `fdatasync`, or a
     /// full `fsync` when the file grew.
-    pub(crate) fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {
         let end = self.pos + buf.len() as u64;
         self.file.write_all_at(buf, self.pos)?;
         let grew = end > self.capacity;
@@ -198,14 +311,18 @@ impl Active {
     }
 }
 
-/// Creates segment `seq` holding `MAGIC` and `initial` frames, durably
-/// (file and directory entry). Fails if it exists.
+/// Creates segment `seq` holding `MAGIC` and `initial` frames (its batch 1),
+/// durably (file and directory entry). Fails if it exists.
 pub(crate) fn create_segment(dir: &Path, seq: u64, initial: &[u8]) -> io::Result<Active> {
     let path = segment_path(dir, seq);
     let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-    let mut active = Active { file: Arc::new(file), pos: 0, capacity: 0 };
+    let mut active = Active { file: Arc::new(file), pos: 0, capacity: 0, batch: 0 };
     let mut first = MAGIC.to_vec();
     first.extend_from_slice(initial);
+    if !initial.is_empty() {
+        seal(&mut first[MAGIC.len()..], 1);
+        active.batch = 1;
+    }
     active.write_and_sync(&first)?;
     sync_dir(dir)?;
     Ok(active)
@@ -226,7 +343,8 @@ pub(crate) struct Replayed {
     pub cached: VecDeque<Entry>,
     /// In order; the last one is where appends go.
     pub segments: Vec<Segment>,
-    /// The last segment, open for appending.
+    /// The last segment, open for appending; none when there is no segment
+    /// or the last one is in format 1 (appends then go to a new one).
     pub active: Option<Active>,
 }
 
@@ -238,9 +356,9 @@ struct Pending {
 }
 
 /// Reads every segment under `dir` (which must exist) and replays it,
-/// decoding the newest `cache` entries. A torn tail of the last segment is
-/// cut off (it was never acknowledged); anything else that does not read
-/// back is reported as corruption.
+/// decoding the newest `cache` entries. A torn write at the end of the last
+/// segment is cut off (it was never acknowledged); anything else that does
+/// not read back is reported as corruption (see the top of this file).
 pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
     let corrupt = |path: &Path, why: &dyn std::fmt::Display| OpenError::corrupt(path, why);
     let mut seqs = Vec::new();
@@ -255,36 +373,41 @@ pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
     seqs.sort_unstable();
 
     let mut contents: Vec<Vec<u8>> = Vec::new();
+    let mut formats = Vec::new();
     let mut segments = Vec::new();
     let mut state = ReplayState::default();
-    let mut last_pos = 0;
+    let (mut last_pos, mut last_batch) = (0, 0);
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let bytes = fs::read(&path).map_err(|e| OpenError::from_io(&path, e))?;
         let is_last = i + 1 == seqs.len();
         let scanned = scan(&bytes, is_last).map_err(|why| corrupt(&path, &why))?;
-        if scanned.torn {
-            cut_torn_tail(&path, scanned.valid_len)?;
+        if let Some(torn) = &scanned.torn {
+            cut_torn_tail(&path, scanned.valid_len, bytes.len(), torn)?;
             if scanned.valid_len < MAGIC.len() {
                 // Torn while being created: it never held anything.
                 continue;
             }
         }
-        let pos = scanned.valid_len as u64;
         let mut max_index = None;
         for (kind, body) in scanned.records {
             let entry = state.record(kind, &bytes, body, contents.len()).map_err(|e| corrupt(&path, &e))?;
             max_index = entry.or(max_index);
         }
         contents.push(bytes);
+        formats.push(scanned.format);
         segments.push(Segment { seq, path, max_index });
-        last_pos = pos;
+        (last_pos, last_batch) = (scanned.valid_len as u64, scanned.batch);
+    }
+    let appendable = formats.last() == Some(&Format::V2);
+    if let (false, Some(seg)) = (appendable, segments.last()) {
+        tracing::info!(path = %seg.path.display(), "the last raft log segment is in format 1: writes go to a new segment");
     }
 
     // Readers' handles; the last segment's is the writer's too.
     let mut files = Vec::with_capacity(segments.len());
     for (i, seg) in segments.iter().enumerate() {
-        let writable = i + 1 == segments.len();
+        let writable = appendable && i + 1 == segments.len();
         let file = OpenOptions::new().read(true).write(writable).open(&seg.path);
         files.push(Arc::new(file.map_err(|e| OpenError::from_io(&seg.path, e))?));
     }
@@ -300,14 +423,16 @@ pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
             }
             cached.push_back(entry);
         }
-        let frame_start = p.body.start - 1 - HEADER;
+        let format = formats[p.segment];
+        let frame_start = p.body.start - 1 - format.header();
         let len = (p.body.end - frame_start) as u32;
-        entries.push_back((p.log_id, Location { file: files[p.segment].clone(), offset: frame_start as u64, len }));
+        let at = Location { file: files[p.segment].clone(), offset: frame_start as u64, len, format };
+        entries.push_back((p.log_id, at));
     }
     let active = match (segments.last(), files.last()) {
-        (Some(seg), Some(file)) => {
+        (Some(seg), Some(file)) if appendable => {
             let capacity = file.metadata().map_err(|e| OpenError::from_io(&seg.path, e))?.len();
-            Some(Active { file: file.clone(), pos: last_pos, capacity })
+            Some(Active { file: file.clone(), pos: last_pos, capacity, batch: last_batch })
         }
         _ => None,
     };
@@ -387,69 +512,222 @@ impl ReplayState {
 }
 
 struct Scanned {
-    /// Each record's kind and the byte range of its body.
+    format: Format,
+    /// Each kept record's kind and the byte range of its body.
     records: Vec<(u8, Range<usize>)>,
-    /// Where the last good frame ends.
+    /// Where the kept frames end.
     valid_len: usize,
-    /// Whether a torn write follows it (else only zero fill, or nothing).
-    torn: bool,
+    /// The number of the last batch kept (format 2).
+    batch: u32,
+    /// The torn write cut off after them, if any.
+    torn: Option<Torn>,
+}
+
+/// A write that never completed, found at the end of the last segment.
+struct Torn {
+    /// Where the damage starts, and what is wrong there.
+    at: usize,
+    what: &'static str,
+    /// The batch it belongs to (format 2).
+    batch: Option<u32>,
+    /// Intact frames of that batch, before and after the damage, that are
+    /// cut off with it.
+    intact_frames: usize,
+}
+
+/// A frame that passed its checks.
+struct Good {
+    kind: u8,
+    body: Range<usize>,
+    /// The batch word (0 in format 1).
+    word: u32,
+    end: usize,
+}
+
+/// A frame that failed its checks: why, and the bytes `from..to` it would
+/// take (`to` may lie past the end of the file).
+struct Bad {
+    what: &'static str,
+    from: usize,
+    to: usize,
+}
+
+impl Bad {
+    /// Whether it bears the mark of a write that never completed: the file
+    /// ends inside it, or one of its sectors reads, from the frame on, as
+    /// nothing but zeros (what it held before the write).
+    fn interrupted(&self, bytes: &[u8]) -> bool {
+        if self.to > bytes.len() {
+            return true;
+        }
+        let mut at = self.from;
+        while at < self.to {
+            let sector_end = (at / SECTOR + 1) * SECTOR;
+            if bytes[at..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
+                return true;
+            }
+            at = sector_end;
+        }
+        false
+    }
+}
+
+fn zeros(bytes: &[u8], from: usize) -> bool {
+    bytes.get(from..).is_none_or(|rest| rest.iter().all(|b| *b == 0))
+}
+
+/// Reads and checks the frame at `pos` (not past the end of `bytes`).
+fn read_frame(bytes: &[u8], pos: usize, format: Format) -> Result<Good, Bad> {
+    let header = format.header();
+    let bad = |what, to| Bad { what, from: pos, to };
+    if bytes.len() - pos < header {
+        return Err(bad("incomplete frame header", pos + header));
+    }
+    let len = u32_at(bytes, pos);
+    if u32_at(bytes, pos + 4) != !len || len == 0 || len as usize > MAX_FRAME {
+        return Err(bad("bad frame header", pos + header));
+    }
+    let end = pos + header + len as usize;
+    if end > bytes.len() {
+        return Err(bad("frame cut short by the end of the file", end));
+    }
+    if crc32fast::hash(&bytes[pos + HEADER_V1..end]) != u32_at(bytes, pos + 8) {
+        return Err(bad("checksum mismatch", end));
+    }
+    let word = if format == Format::V2 { u32_at(bytes, pos + 12) } else { 0 };
+    Ok(Good { kind: bytes[pos + header], body: pos + header + 1..end, word, end })
 }
 
 /// Walks the frames of one segment, up to the end of the file or of the
-/// frames (nothing but zeros from there on). In the last segment a bad frame
-/// with nothing but zeros after it (after its header, for a bad header), or
-/// one cut short by the end of the file, is a torn write: scanning stops
-/// there. Any other bad frame is an error.
+/// frames (nothing but zeros from there on), and judges a bad frame by the
+/// rule of its format (see the top of this file): a torn write at the end of
+/// the last segment is left out of what is kept, anything else is an error.
 fn scan(bytes: &[u8], is_last: bool) -> Result<Scanned, String> {
-    let zeros = |from: usize| bytes.get(from..).is_none_or(|rest| rest.iter().all(|b| *b == 0));
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        let torn_creation = MAGIC.starts_with(bytes) || zeros(0);
-        if is_last && torn_creation {
-            return Ok(Scanned { records: Vec::new(), valid_len: 0, torn: true });
-        }
-        return Err("not a raft log segment (bad magic)".into());
+    if bytes.starts_with(MAGIC) {
+        return scan_v2(bytes, is_last);
     }
-    let mut records = Vec::new();
-    let mut pos = MAGIC.len();
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if zeros(pos) {
-            break; // the zero fill ahead of the frames
-        }
-        let (bad, torn) = if rest.len() < HEADER {
-            ("incomplete frame header", true)
-        } else {
-            let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
-            let (len, check, crc) = (word(0), word(4), word(8));
-            let len_ok = check == !len && len > 0 && (len as usize) <= MAX_FRAME;
-            let end = pos + HEADER + len as usize;
-            if !len_ok {
-                ("bad frame header", zeros(pos + HEADER))
-            } else if end > bytes.len() {
-                ("frame cut short by the end of the file", true)
-            } else if crc32fast::hash(&bytes[pos + HEADER..end]) != crc {
-                ("checksum mismatch", zeros(end))
-            } else {
-                records.push((bytes[pos + HEADER], pos + HEADER + 1..end));
-                pos = end;
-                continue;
-            }
-        };
-        if is_last && torn {
-            return Ok(Scanned { records, valid_len: pos, torn: true });
-        }
-        return Err(format!("{bad} at offset {pos} of {} bytes", bytes.len()));
+    if bytes.starts_with(MAGIC_V1) {
+        return scan_v1(bytes, is_last);
     }
-    Ok(Scanned { records, valid_len: pos, torn: false })
+    let torn_creation = MAGIC.starts_with(bytes) || MAGIC_V1.starts_with(bytes) || zeros(bytes, 0);
+    if is_last && torn_creation {
+        let torn = Torn { at: 0, what: "incomplete segment magic", batch: None, intact_frames: 0 };
+        return Ok(Scanned { format: Format::V2, records: Vec::new(), valid_len: 0, batch: 0, torn: Some(torn) });
+    }
+    Err("not a raft log segment (bad magic)".into())
 }
 
-/// Cuts the last segment back to its last good frame (or removes it if not
-/// even its magic made it to disk), durably.
-fn cut_torn_tail(path: &Path, valid_len: usize) -> Result<(), OpenError> {
+/// Format 1: in the last segment, a bad frame with nothing but zeros after
+/// it (after its header, for a bad header), or one cut short by the end of
+/// the file, is a torn write.
+fn scan_v1(bytes: &[u8], is_last: bool) -> Result<Scanned, String> {
+    let mut records = Vec::new();
+    let mut pos = MAGIC_V1.len();
+    while !zeros(bytes, pos) {
+        match read_frame(bytes, pos, Format::V1) {
+            Ok(f) => {
+                records.push((f.kind, f.body));
+                pos = f.end;
+            }
+            Err(bad) if is_last && (bad.to > bytes.len() || zeros(bytes, bad.to)) => {
+                let torn = Torn { at: pos, what: bad.what, batch: None, intact_frames: 0 };
+                return Ok(Scanned { format: Format::V1, records, valid_len: pos, batch: 0, torn: Some(torn) });
+            }
+            Err(bad) => return Err(format!("{} at offset {pos} of {} bytes", bad.what, bytes.len())),
+        }
+    }
+    Ok(Scanned { format: Format::V1, records, valid_len: pos, batch: 0, torn: None })
+}
+
+fn scan_v2(bytes: &[u8], is_last: bool) -> Result<Scanned, String> {
+    let mut records = Vec::new();
+    let mut pos = MAGIC.len();
+    // The last batch read, whether its last frame is still to come, and where
+    // it began (its offset, and how many records came before it).
+    let (mut batch, mut open, mut began) = (0u32, false, (pos, 0));
+    let bad = loop {
+        if zeros(bytes, pos) {
+            if !open {
+                return Ok(Scanned { format: Format::V2, records, valid_len: pos, batch, torn: None });
+            }
+            break Bad { what: "the batch ends without its last frame", from: pos, to: pos + HEADER };
+        }
+        match read_frame(bytes, pos, Format::V2) {
+            Ok(f) => {
+                let expected = if open { batch } else { batch + 1 };
+                if f.word & !LAST != expected {
+                    let found = f.word & !LAST;
+                    return Err(format!("the frame at offset {pos} belongs to batch {found} where batch {expected} was due (batches are written in order)"));
+                }
+                if !open {
+                    began = (pos, records.len());
+                }
+                (batch, open) = (expected, f.word & LAST == 0);
+                records.push((f.kind, f.body));
+                pos = f.end;
+            }
+            Err(bad) => break bad,
+        }
+    };
+    // The batch the damage is in: the one read last, or the next one.
+    let damaged = if open { batch } else { batch + 1 };
+    let (cut, kept) = if open { began } else { (pos, records.len()) };
+    let found = format!("{} at offset {pos} (in batch {damaged}) of {} bytes", bad.what, bytes.len());
+    if !is_last {
+        return Err(format!(
+            "{found}, in a segment that is not the last one (it was complete and synced before the next one was begun)"
+        ));
+    }
+    let (same, later) = intact_after(bytes, pos + 1, damaged);
+    if let Some((at, later)) = later {
+        return Err(format!(
+            "{found}, and an intact frame of the later batch {later} follows at offset {at}: a batch is written only \
+             once the one before it is synced, so the damaged batch was on disk and may have been acknowledged"
+        ));
+    }
+    if !bad.interrupted(bytes) {
+        return Err(format!(
+            "{found}, with no mark of a write that never completed (the file does not end inside the frame, and no \
+             512-byte sector of it reads as zeros): it may have been acknowledged"
+        ));
+    }
+    let intact_frames = records.len() - kept + same;
+    records.truncate(kept);
+    let torn = Torn { at: pos, what: bad.what, batch: Some(damaged), intact_frames };
+    Ok(Scanned { format: Format::V2, records, valid_len: cut, batch: damaged - 1, torn: Some(torn) })
+}
+
+/// The intact frames at or after `from`, at any offset (past damage, a
+/// frame need not begin where the one before it ended): how many belong to
+/// `batch`, and the first one from a later batch, with its offset.
+fn intact_after(bytes: &[u8], from: usize, batch: u32) -> (usize, Option<(usize, u32)>) {
+    let (mut same, mut at) = (0, from);
+    while at + HEADER <= bytes.len() {
+        match read_frame(bytes, at, Format::V2) {
+            Ok(f) if f.word & !LAST > batch => return (same, Some((at, f.word & !LAST))),
+            Ok(f) => {
+                same += usize::from(f.word & !LAST == batch);
+                at = f.end;
+            }
+            Err(_) => at += 1,
+        }
+    }
+    (same, None)
+}
+
+/// Cuts the last segment back to `valid_len` (or removes it if not even its
+/// magic made it to disk), durably.
+fn cut_torn_tail(path: &Path, valid_len: usize, file_len: usize, torn: &Torn) -> Result<(), OpenError> {
     tracing::warn!(
         path = %path.display(),
-        valid_len,
-        "the raft log ends in an incomplete write (a crash while writing; it was never acknowledged): cutting it off"
+        cut_from = valid_len,
+        cut_bytes = file_len - valid_len,
+        damage_at = torn.at,
+        damage = torn.what,
+        batch = torn.batch,
+        intact_frames_cut = torn.intact_frames,
+        "the raft log ends in a write that never completed (a crash while writing; it was never acknowledged): \
+         cutting it off"
     );
     let cut = || -> io::Result<()> {
         if valid_len < MAGIC.len() {
@@ -464,71 +742,5 @@ fn cut_torn_tail(path: &Path, valid_len: usize) -> Result<(), OpenError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames() -> Vec<u8> {
-        let mut buf = MAGIC.to_vec();
-        put_truncate(&mut buf, 5);
-        put_committed(&mut buf, None);
-        put_truncate(&mut buf, 6);
-        buf
-    }
-
-    #[test]
-    fn scan_reads_every_frame() {
-        let buf = frames();
-        let scanned = scan(&buf, false).expect("scan");
-        assert_eq!(scanned.records.len(), 3);
-        assert_eq!(scanned.valid_len, buf.len());
-    }
-
-    #[test]
-    fn any_cut_of_the_last_frame_is_a_torn_tail() {
-        let buf = frames();
-        let last_start = {
-            let mut b = MAGIC.to_vec();
-            put_truncate(&mut b, 5);
-            put_committed(&mut b, None);
-            b.len()
-        };
-        for cut in last_start + 1..buf.len() {
-            let scanned = scan(&buf[..cut], true).expect("torn tail");
-            assert_eq!((scanned.records.len(), scanned.valid_len), (2, last_start), "cut at {cut}");
-            assert!(scan(&buf[..cut], false).is_err(), "a torn middle segment at {cut} passed");
-        }
-        let mut zero_filled = buf[..last_start + 3].to_vec();
-        zero_filled.resize(buf.len() + 100, 0);
-        let scanned = scan(&zero_filled, true).expect("zeros");
-        assert_eq!((scanned.valid_len, scanned.torn), (last_start, true));
-    }
-
-    #[test]
-    fn zero_fill_after_the_frames_is_their_end() {
-        let mut buf = frames();
-        let end = buf.len();
-        buf.resize(end + CHUNK as usize, 0);
-        for is_last in [true, false] {
-            let scanned = scan(&buf, is_last).expect("zero fill");
-            assert_eq!((scanned.records.len(), scanned.valid_len, scanned.torn), (3, end, false));
-        }
-    }
-
-    #[test]
-    fn a_bad_frame_followed_by_data_is_corruption() {
-        let mut buf = frames();
-        let first_body = MAGIC.len() + HEADER + 2;
-        buf[first_body] ^= 0x40;
-        let err = scan(&buf, true).err().expect("corruption");
-        assert!(err.contains("checksum mismatch"), "{err}");
-        let mut buf = frames();
-        buf[MAGIC.len()] ^= 0x01; // the length of the first frame
-        assert!(scan(&buf, true).err().expect("corruption").contains("bad frame header"));
-    }
-
-    #[test]
-    fn a_garbage_file_is_not_a_segment() {
-        assert!(scan(b"garbage that is long enough", true).is_err());
-        assert_eq!(scan(b"VPN", true).expect("torn creation").valid_len, 0);
-    }
-}
+#[path = "wal_tests.rs"]
+mod tests;

@@ -1,6 +1,7 @@
 //! The log's writer: the only code that writes segment files. Each
-//! operation is written with one `write` and made durable with one
-//! `fdatasync` before the call returns, on the caller's thread.
+//! operation is written as one batch (see `wal`) with one `write` and made
+//! durable with one `fdatasync` before the call returns, on the caller's
+//! thread.
 //!
 //! openraft 0.9's core makes every log call itself, one at a time, and waits
 //! for each append's flush before it does anything else, so a writer thread
@@ -59,7 +60,7 @@ pub(crate) struct WalWriter {
 
 impl WalWriter {
     /// Starts the writer on `segments` (the last one, `active`, takes the
-    /// appends; with none, segment 1 is created first).
+    /// appends; with none, a new segment is created first).
     pub(crate) fn start(
         dir: PathBuf,
         segments: Vec<Segment>,
@@ -229,7 +230,7 @@ impl State {
             self.rotate()?;
         }
         let base = self.active.pos;
-        self.active.write_and_sync(&self.buf)?;
+        self.active.append(&mut self.buf)?;
         if let (Some(index), Some(seg)) = (max_index, self.segments.last_mut()) {
             seg.max_index = Some(seg.max_index.map_or(index, |m| m.max(index)));
         }

@@ -66,16 +66,16 @@ fn segment(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Where the frames of a segment end (the zero fill ahead of them starts):
-/// after the 8-byte magic, each frame is a 12-byte header led by its length.
+/// after the 8-byte magic, each frame is a 16-byte header led by its length.
 fn frames_end(path: &Path) -> usize {
     let bytes = fs::read(path).expect("read segment");
     let mut pos = 8;
-    while pos + 12 <= bytes.len() {
+    while pos + 16 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
         if len == 0 {
             break;
         }
-        pos += 12 + len;
+        pos += 16 + len;
     }
     pos
 }
@@ -94,12 +94,13 @@ async fn torn_tail_of_the_log_is_cut_off() {
     populated(dir.path()).await;
     let seg = segment(dir.path());
     let good_len = frames_end(&seg);
-    // A valid header announcing 100 bytes, then only 10 of them.
-    let len: u32 = 100;
+    // A valid header announcing 1000 bytes, then only those up to the end of
+    // its sector: the disk wrote that sector, not the next one.
+    let len: u32 = 1000;
     let mut torn = Vec::new();
     torn.extend_from_slice(&len.to_le_bytes());
     torn.extend_from_slice(&(!len).to_le_bytes());
-    torn.extend_from_slice(&[0xab; 14]);
+    torn.resize(512 - good_len % 512, 0xab);
     write_at(&seg, good_len, &torn);
     {
         let (mut log, _sm) = vpn_storage::open(dir.path()).expect("a torn tail opens");
@@ -121,8 +122,90 @@ async fn bad_frame_in_the_middle_of_the_log_is_corruption() {
     populated(dir.path()).await;
     let seg = segment(dir.path());
     let mut bytes = fs::read(&seg).expect("read");
-    // The magic (8) and the first frame's header (12) and kind (1): inside its body.
-    bytes[8 + 12 + 3] ^= 0x20;
+    // The magic (8) and the first frame's header (16) and kind (1): inside its body.
+    bytes[8 + 16 + 3] ^= 0x20;
+    fs::write(&seg, &bytes).expect("write");
+    expect_corrupt(&seg, dir.path());
+}
+
+/// Entries big enough that one append spans several 512-byte sectors.
+fn users(from: u64, n: u64) -> Vec<Entry<TypeConfig>> {
+    let user = |i: u64| vpn_storage::model::User::new(format!("user-{i}"), 1_700_000_000_000);
+    let entry = |i| Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), i),
+        payload: EntryPayload::Normal(vpn_storage::command::Command::CreateUser(user(i))),
+    };
+    (from..from + n).map(entry).collect()
+}
+
+/// Zeroes the 512-byte sector one sector after `offset`: what the disk holds
+/// there if it never wrote the batch that `offset` is in.
+fn lose_sector_after(path: &Path, offset: usize) {
+    write_at(path, (offset / 512 + 1) * 512, &[0; 512]);
+}
+
+/// The fault of issue 14: the disk wrote the later sectors of the last,
+/// unacknowledged append but not an earlier one. The store opens without
+/// that append, whole, and takes new appends after it.
+#[tokio::test]
+async fn torn_last_batch_with_later_sectors_on_disk_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path()).await;
+    let seg = segment(dir.path());
+    let batch_start = frames_end(&seg);
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.blocking_append(users(4, 8)).await.expect("append");
+    }
+    let batch_end = frames_end(&seg);
+    assert!(batch_end - batch_start > 3 * 512, "the append spans {} bytes", batch_end - batch_start);
+    lose_sector_after(&seg, batch_start);
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("a torn last batch opens");
+        assert_eq!(fs::metadata(&seg).expect("segment").len(), batch_start as u64, "the batch was not cut whole");
+        let ids: Vec<_> = log.try_get_log_entries(..).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        log.blocking_append(users(4, 2)).await.expect("append after the cut");
+    }
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    assert_eq!(log.try_get_log_entries(..).await.expect("entries").len(), 5);
+}
+
+/// The same lost sector, but another append came after that batch: it was
+/// synced before that append was written, so the store refuses, naming the
+/// segment, the offset and the batch.
+#[tokio::test]
+async fn lost_sector_before_a_later_batch_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path()).await;
+    let seg = segment(dir.path());
+    let batch_start = frames_end(&seg);
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.blocking_append(users(4, 8)).await.expect("append");
+        log.blocking_append([blank(12)]).await.expect("a later append");
+    }
+    lose_sector_after(&seg, batch_start);
+    expect_corrupt(&seg, dir.path());
+    let Err(e) = vpn_storage::open(dir.path()) else { panic!("opened") };
+    let msg = e.to_string();
+    assert!(msg.contains("at offset") && msg.contains("an intact frame of the later batch"), "{msg}");
+}
+
+/// A flipped bit in the last append leaves no sector as it was before the
+/// write: that append may have been acknowledged, so nothing is cut.
+#[tokio::test]
+async fn flipped_bit_in_the_last_batch_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path()).await;
+    let seg = segment(dir.path());
+    let batch_start = frames_end(&seg);
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
+        log.blocking_append(users(4, 8)).await.expect("append");
+    }
+    let mut bytes = fs::read(&seg).expect("read");
+    bytes[batch_start + 700] ^= 0x08;
     fs::write(&seg, &bytes).expect("write");
     expect_corrupt(&seg, dir.path());
 }

@@ -88,7 +88,7 @@ async fn log_moves_to_a_new_segment_and_purge_removes_the_old_one() {
         names.sort();
         names
     };
-    // Blank entries take 38 bytes on disk: this overfills one 8 MiB segment.
+    // Blank entries take 42 bytes on disk: this overfills one 8 MiB segment.
     const N: u64 = 230_000;
     {
         let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open");
@@ -134,4 +134,49 @@ async fn newer_snapshot_wins_over_stale_tree_on_open() {
     }
     let (_log, sm_f) = vpn_storage::open(follower.path()).expect("reopen follower");
     assert_eq!(state_of(&sm_f), state_of(&sm));
+}
+
+/// A data dir whose log was written before frames carried batch numbers
+/// (format 1, `tests/data/v1-segment.wal`, written by commit a68a0d8: vote
+/// 2/1, entries 1 to 4, committed 1/2) opens with all of it; new writes go
+/// to a new segment in the current format, and both read back.
+#[tokio::test]
+async fn a_log_in_format_1_opens_and_takes_new_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(vpn_storage::open(dir.path()).expect("create"));
+    let log_dir = dir.path().join("raft-log");
+    let first = log_dir.join(format!("{:020}.wal", 1));
+    std::fs::write(&first, include_bytes!("data/v1-segment.wal")).expect("write the old segment");
+    let segments = || {
+        let mut names: Vec<_> = std::fs::read_dir(&log_dir)
+            .expect("raft-log")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        names.sort();
+        names
+    };
+    let check = |entries: &[openraft::Entry<vpn_storage::types::TypeConfig>], n: u64| {
+        let ids: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(ids, (1..=n).collect::<Vec<_>>());
+        assert!(
+            matches!(&entries[1].payload, openraft::EntryPayload::Normal(Command::CreateUser(u)) if u.name == "alice"),
+            "entry 2: {:?}",
+            entries[1].payload
+        );
+    };
+    {
+        let (mut log, _sm) = vpn_storage::open(dir.path()).expect("open a format 1 log");
+        check(&log.try_get_log_entries(..).await.expect("entries"), 4);
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 2)));
+        log.blocking_append([blank(5)]).await.expect("append");
+    }
+    let files = segments();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(std::fs::read(&first).expect("old segment"), include_bytes!("data/v1-segment.wal"), "format 1 changed");
+    assert!(std::fs::read(&files[1]).expect("new segment").starts_with(b"VPNWAL2\n"));
+    let (mut log, _sm) = vpn_storage::open(dir.path()).expect("reopen");
+    check(&log.try_get_log_entries(..).await.expect("entries"), 5);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
 }

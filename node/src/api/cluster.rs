@@ -170,7 +170,7 @@ impl ClusterApi {
     }
 }
 
-fn check_add(req: &AddMemberRequest) -> Result<(), Error> {
+pub(crate) fn check_add(req: &AddMemberRequest) -> Result<(), Error> {
     if req.id == 0 {
         return Err(Error::InvalidArgument { field: "id", detail: "0 is reserved: use a positive node id".into() });
     }

@@ -61,24 +61,21 @@ async fn propose(node: &Node, cmd: TrustCommand) -> Result<CommandResponse, Erro
     }
 }
 
-pub async fn create(
-    node: &Arc<Node>,
-    req: Request<CreateJoinTokenRequest>,
-) -> Result<Response<JoinTokenSecret>, Status> {
-    let r = req.get_ref();
+/// The role, lifetime and uses a CreateJoinToken request asks for.
+pub(crate) fn token_request(r: &CreateJoinTokenRequest) -> Result<(JoinRole, Duration, u32), Error> {
     let role = match r.role.as_str() {
         "controlplane" => JoinRole::Controlplane,
         "dataplane" => JoinRole::Dataplane,
         other => {
             let detail = format!("{other:?}: use controlplane or dataplane");
-            return Err(Error::InvalidArgument { field: "role", detail }.into());
+            return Err(Error::InvalidArgument { field: "role", detail });
         }
     };
     let ttl = match r.ttl_seconds {
         0 => DEFAULT_TTL,
         s if Duration::from_secs(s) > MAX_TTL => {
             let detail = format!("{s} s is over the longest lifetime of a token, {} days", MAX_TTL.as_secs() / 86_400);
-            return Err(Error::InvalidArgument { field: "ttl_seconds", detail }.into());
+            return Err(Error::InvalidArgument { field: "ttl_seconds", detail });
         }
         s => Duration::from_secs(s),
     };
@@ -86,10 +83,18 @@ pub async fn create(
         0 => 1,
         n if n > MAX_USES => {
             let detail = format!("{n} is over {MAX_USES}: make several tokens");
-            return Err(Error::InvalidArgument { field: "uses", detail }.into());
+            return Err(Error::InvalidArgument { field: "uses", detail });
         }
         n => n,
     };
+    Ok((role, ttl, uses))
+}
+
+pub async fn create(
+    node: &Arc<Node>,
+    req: Request<CreateJoinTokenRequest>,
+) -> Result<Response<JoinTokenSecret>, Status> {
+    let (role, ttl, uses) = token_request(req.get_ref())?;
     let digest = ca_digest(node)?;
     if let Route::Leader(ch) = node.route_write(forward::was_forwarded(&req))? {
         let fwd = forward::to_leader(node, "CreateJoinToken", req.into_inner());
@@ -119,6 +124,7 @@ pub async fn list(
     node: &Arc<Node>,
     _req: Request<ListJoinTokensRequest>,
 ) -> Result<Response<ListJoinTokensResponse>, Status> {
+    node.ensure_persisted()?;
     node.linearizable_barrier().await?;
     let join_tokens = node.state.read(|s| s.trust.join_tokens.values().map(info).collect());
     Ok(Response::new(ListJoinTokensResponse { join_tokens }))
@@ -155,12 +161,16 @@ pub async fn renew(node: &Arc<Node>, req: Request<RenewCertificateRequest>) -> R
     Ok(Response::new(JoinResponse { cert_pem, ca_pem: ca.cert_pem().to_owned(), role: role.as_str().to_owned() }))
 }
 
-pub async fn join(node: &Arc<Node>, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-    let r = req.get_ref();
+/// The node id and token of a Join request, checked (the CSR is read when signing).
+pub(crate) fn join_token(r: &JoinRequest) -> Result<TokenText, Error> {
     if r.node_id == 0 {
-        return Err(Error::InvalidArgument { field: "node_id", detail: "0 is reserved".into() }.into());
+        return Err(Error::InvalidArgument { field: "node_id", detail: "0 is reserved".into() });
     }
-    let token = TokenText::parse(&r.token).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+    TokenText::parse(&r.token).map_err(|e| Error::Unauthenticated(e.to_string()))
+}
+
+pub async fn join(node: &Arc<Node>, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+    let token = join_token(req.get_ref())?;
     if token.ca_digest != ca_digest(node)? {
         return Err(Error::Unauthenticated("the join token names another cluster's CA".into()).into());
     }

@@ -14,7 +14,7 @@
 pub mod cluster;
 pub(crate) mod convert;
 pub(crate) mod forward;
-mod join_tokens;
+pub(crate) mod join_tokens;
 pub mod nodes;
 mod status;
 mod user_fields;
@@ -25,14 +25,20 @@ use vpn_proto::v1::ReadConsistency;
 use crate::error::Error;
 use crate::node::Node;
 
-/// Waits as long as the requested read consistency needs.
+/// Waits as long as the requested read consistency needs. A node whose
+/// applied state did not persist answers no read (UNAVAILABLE).
 async fn read_barrier(node: &Node, consistency: i32) -> Result<(), Error> {
-    match ReadConsistency::try_from(consistency) {
-        Ok(ReadConsistency::Linearizable) => node.linearizable_barrier().await,
-        Ok(ReadConsistency::Local) => Ok(()),
-        Err(_) => Err(Error::InvalidArgument {
-            field: "consistency",
-            detail: format!("unknown value {consistency}: use LINEARIZABLE (0) or LOCAL (1)"),
-        }),
+    node.ensure_persisted()?;
+    match self::consistency(consistency)? {
+        ReadConsistency::Linearizable => node.linearizable_barrier().await,
+        ReadConsistency::Local => Ok(()),
     }
+}
+
+/// The read consistency a request's `consistency` field asks for.
+pub(crate) fn consistency(raw: i32) -> Result<ReadConsistency, Error> {
+    ReadConsistency::try_from(raw).map_err(|_| Error::InvalidArgument {
+        field: "consistency",
+        detail: format!("unknown value {raw}: use LINEARIZABLE (0) or LOCAL (1)"),
+    })
 }

@@ -1,5 +1,6 @@
 //! The `Users` service, and a user's client links.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -25,8 +26,61 @@ pub struct UsersApi {
     pub node: Arc<Node>,
 }
 
-fn check_name(field: &'static str, name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), Error> {
     validate_user_name(name).map_err(|e| Error::InvalidArgument { field, detail: e.to_string() })
+}
+
+/// What a CreateUser request sets besides the name (checked apart, before
+/// forwarding): the limits and the placement constraint.
+pub(crate) fn new_user_fields(
+    req: &CreateUserRequest,
+    now_ms: i64,
+) -> Result<(Limits, BTreeMap<String, String>), Error> {
+    let limits = Limits {
+        expires_at_ms: user_fields::expires_at(&req.expires_at, now_ms, false)?,
+        data_limit_bytes: req.data_limit_bytes,
+        reset: user_fields::reset(&req.reset)?,
+    };
+    Ok((limits, user_fields::constraint(&req.placement_constraint)?))
+}
+
+/// The page a ListUsers request asks for: the names after this one, this many.
+pub(crate) fn page(req: &ListUsersRequest) -> Result<(Option<&str>, usize), Error> {
+    let after = match req.page_token.as_str() {
+        "" => None,
+        token => {
+            check_name("page_token", token)?;
+            Some(token)
+        }
+    };
+    let page_size = match req.page_size as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    Ok((after, page_size))
+}
+
+/// The changes an UpdateUser request asks for (at least one), besides its name.
+pub(crate) fn changes(r: &UpdateUserRequest, now_ms: i64) -> Result<(Option<UserStatus>, LimitsChange), Error> {
+    let status = r
+        .status
+        .map(|raw| {
+            convert::status_from_wire(raw).ok_or(Error::InvalidArgument {
+                field: "status",
+                detail: format!("{raw} is not a status an operator sets: use ACTIVE or DISABLED"),
+            })
+        })
+        .transpose()?;
+    let limits = LimitsChange {
+        expires_at_ms: r.expires_at.as_deref().map(|e| user_fields::expires_at(e, now_ms, true)).transpose()?,
+        data_limit_bytes: r.data_limit_bytes,
+        reset: r.reset.as_deref().map(user_fields::reset).transpose()?,
+    };
+    if status.is_none() && limits.is_empty() {
+        let detail = "nothing to update: set status, expires_at, data_limit_bytes or reset".into();
+        return Err(Error::InvalidArgument { field: "status", detail });
+    }
+    Ok((status, limits))
 }
 
 impl UsersApi {
@@ -58,12 +112,7 @@ impl Users for UsersApi {
         }
         let req = req.into_inner();
         let now = convert::now_ms();
-        let limits = Limits {
-            expires_at_ms: user_fields::expires_at(&req.expires_at, now, false)?,
-            data_limit_bytes: req.data_limit_bytes,
-            reset: user_fields::reset(&req.reset)?,
-        };
-        let constraint = user_fields::constraint(&req.placement_constraint)?;
+        let (limits, constraint) = new_user_fields(&req, now)?;
         // A taken name is refused only from state as of now: this node's copy
         // may be stale (a leader cut off from its majority still holds a user
         // the majority deleted), so a refusal waits for a linearizable barrier
@@ -98,17 +147,7 @@ impl Users for UsersApi {
 
     async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         let req = req.into_inner();
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => {
-                check_name("page_token", token)?;
-                Some(token)
-            }
-        };
-        let page_size = match req.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
+        let (after, page_size) = page(&req)?;
         self.read_barrier(req.consistency).await?;
         // One more than asked tells whether another page follows.
         let mut users = self.node.state.read(|s| s.users_after(after, page_size + 1));
@@ -123,26 +162,8 @@ impl Users for UsersApi {
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
         check_name("name", &req.get_ref().name)?;
-        let r = req.get_ref();
         let now = convert::now_ms();
-        let status = r
-            .status
-            .map(|raw| {
-                convert::status_from_wire(raw).ok_or(Error::InvalidArgument {
-                    field: "status",
-                    detail: format!("{raw} is not a status an operator sets: use ACTIVE or DISABLED"),
-                })
-            })
-            .transpose()?;
-        let limits = LimitsChange {
-            expires_at_ms: r.expires_at.as_deref().map(|e| user_fields::expires_at(e, now, true)).transpose()?,
-            data_limit_bytes: r.data_limit_bytes,
-            reset: r.reset.as_deref().map(user_fields::reset).transpose()?,
-        };
-        if status.is_none() && limits.is_empty() {
-            let detail = "nothing to update: set status, expires_at, data_limit_bytes or reset".into();
-            return Err(Error::InvalidArgument { field: "status", detail }.into());
-        }
+        let (status, limits) = changes(req.get_ref(), now)?;
         if let Route::Leader(ch) = self.node.route_write(forward::was_forwarded(&req))? {
             let fwd = forward::to_leader(&self.node, "UpdateUser", req.into_inner());
             return forward::relayed(UsersClient::new(ch).update_user(fwd).await);

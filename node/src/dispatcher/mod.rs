@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 use vpn_proto::internal::agent_server::Agent as AgentRpc;
 use vpn_proto::internal::{
     Assignment, HeartbeatReply, HeartbeatRequest, OfferedInbound, RegisterReply, RegisterRequest,
@@ -50,11 +51,7 @@ impl AgentRpc for AgentService {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
         require_node(&req, req.get_ref().node_id, "register")?;
         let req = req.into_inner();
-        let offer = offer(&req)?;
-        let incarnation = req.incarnation.parse().map_err(|_| Error::InvalidArgument {
-            field: "incarnation",
-            detail: format!("{:?} is not a UUID", req.incarnation),
-        })?;
+        let (offer, incarnation) = registration(&req)?;
         // An agent registers at the start of every session: when this copy
         // already holds the same identity and offer, nothing needs writing.
         let known = self.node.state.read(|s| {
@@ -174,6 +171,17 @@ struct Follow {
 
 fn not_registered(id: NodeId) -> Error {
     Error::FailedPrecondition(format!("node {id} is not registered as a data-plane node: call Register first"))
+}
+
+/// The record a registration asks for and the data dir's incarnation,
+/// checked field by field.
+pub(crate) fn registration(req: &RegisterRequest) -> Result<(DataplaneNode, Uuid), Error> {
+    let offer = offer(req)?;
+    let incarnation = req.incarnation.parse().map_err(|_| Error::InvalidArgument {
+        field: "incarnation",
+        detail: format!("{:?} is not a UUID", req.incarnation),
+    })?;
+    Ok((offer, incarnation))
 }
 
 /// The record a registration asks for, checked field by field.

@@ -71,7 +71,7 @@ fn recorded_through(response: CommandResponse, otherwise: u64) -> u64 {
 }
 
 /// The request's reports in domain form; a malformed one refuses the whole heartbeat.
-fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Error> {
+pub(crate) fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Error> {
     req.traffic
         .iter()
         .take(MAX_REPORTS)

@@ -28,7 +28,7 @@ pub struct RaftService {
     pub node: Arc<Node>,
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
+pub(crate) fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
     serde_json::from_slice(&req.into_inner().json)
         .map_err(|e| Status::invalid_argument(format!("payload: not a valid Raft message: {e}")))
 }
@@ -44,7 +44,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 /// A binary request (see `vpn_storage::wire`) decoded by `decode`.
-fn decode_binary<T>(req: RaftBinary, decode: fn(&[u8]) -> std::io::Result<T>) -> Result<T, Status> {
+pub(crate) fn decode_binary<T>(req: RaftBinary, decode: fn(&[u8]) -> std::io::Result<T>) -> Result<T, Status> {
     decode(&req.data).map_err(|e| Status::invalid_argument(format!("data: not a valid Raft message: {e}")))
 }
 
@@ -192,7 +192,7 @@ impl RaftRpc for RaftService {
 /// own or those of the agents it serves, which it checked against their
 /// certificates. Everything else is written by the leader's own API
 /// handlers, so a raw command from elsewhere is never applied.
-fn may_propose(caller: &Principal, cmd: &Command) -> Result<(), Status> {
+pub(crate) fn may_propose(caller: &Principal, cmd: &Command) -> Result<(), Status> {
     match cmd {
         Command::RegisterMember(_) | Command::RegisterDataplaneNode(_) => Ok(()),
         _ => Err(Status::permission_denied(format!("{caller} may not propose this command"))),
