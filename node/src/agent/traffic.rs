@@ -301,10 +301,19 @@ mod tests {
         let mut j = TrafficJournal::open(dir.path(), 0).expect("open");
         assert!(j.pending(10).is_empty());
         // Two sources of alice (two assignments of a mark to her) sum up.
-        observe(&mut j, &[c("kernel/alice/1", "alice", 100), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
-        observe(&mut j, &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
+        observe(
+            &mut j,
+            &[c("kernel/alice/1", "alice", 100), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)],
+        );
+        observe(
+            &mut j,
+            &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)],
+        );
         // Nothing moved: no report, no write.
-        observe(&mut j, &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)]);
+        observe(
+            &mut j,
+            &[c("kernel/alice/1", "alice", 150), c("kernel/alice/2", "alice", 5), c("kernel/bob/3", "bob", 50)],
+        );
         assert_eq!(
             j.pending(10),
             vec![report(1, vec![usage("alice", 105), usage("bob", 50)]), report(2, vec![usage("alice", 50)])]
