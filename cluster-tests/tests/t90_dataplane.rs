@@ -104,10 +104,12 @@ async fn docker_node_list_and_user_links() {
 
     // vpnd exiting never stops the engines; restarted while every voter is
     // down, the node serves its last state again (no leader needed).
+    let before = engines.running();
     let exit = cluster.node_mut(id).terminate(Duration::from_secs(20));
     assert!(exit.success(), "{exit:?}");
     let containers = engines.running();
-    assert_eq!(containers.len(), 2, "the engines outlive vpnd");
+    // One generation per inbound, plus previous ones still in their drain.
+    assert!(containers.len() >= 2 && containers == before, "the engines outlive vpnd: {before:?} -> {containers:?}");
     for voter in 1..=3 {
         cluster.node_mut(voter).kill9();
     }
@@ -122,7 +124,11 @@ async fn docker_node_list_and_user_links() {
         }
     })
     .await;
-    assert_eq!(engines.running(), containers, "adopted, not recreated");
+    let adopted = engines.running();
+    assert!(
+        !adopted.is_empty() && adopted.iter().all(|c| containers.contains(c)),
+        "adopted, not recreated: {containers:?} -> {adopted:?}"
+    );
 }
 
 fn percent_decode(s: &str) -> String {

@@ -40,7 +40,9 @@ use vpn_runtime::desired::{DesiredState, InboundSpec};
 use vpn_runtime::reconcile::plan::DrainPolicy;
 use vpn_runtime::{Reconciler, ReconcilerHandle, RuntimeConfig};
 
-use self::assignment::{AssignmentFile, Stored};
+use self::assignment::AssignmentFile;
+// The fuzz targets check an assignment as the agent does.
+pub(crate) use self::assignment::Stored;
 use self::heartbeat::Heartbeat;
 use self::secrets::Secrets;
 use self::session::{ControlPlane, Event, Session};

@@ -1,9 +1,9 @@
 //! `fuzz_agent_protocol`: the messages of `vpn.internal.v1.Agent`. The
 //! requests a data-plane node sends go through the dispatcher's and the
 //! leader's checks; the replies the agent reads are decoded as tonic
-//! decodes them. (The agent's own check of an `Assignment`,
-//! `agent::assignment::Stored::from_wire`, is private to `agent` and not
-//! reached from here.)
+//! decodes them, and an `Assignment` goes through the agent's own check
+//! (`Stored::from_wire`) and the runtime's validation of what the engines
+//! would serve.
 
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
@@ -15,6 +15,7 @@ use vpn_proto::internal::{
 use vpn_storage::model::Protocol;
 
 use super::{case, decoded, messages, outcome, text, user_name, uuid_text};
+use crate::agent::Stored;
 use crate::dispatcher::registration;
 use crate::leader::heartbeat::{reports, MAX_REPORTS};
 
@@ -132,10 +133,16 @@ fn check(message: AgentMessage) -> Result<(), TestCaseError> {
             Ok(())
         }),
         AgentMessage::Heartbeat(req) => check_heartbeat(&req),
-        AgentMessage::WatchAssignment(_)
-        | AgentMessage::Assignment(_)
-        | AgentMessage::RegisterReply(_)
-        | AgentMessage::HeartbeatReply(_) => Ok(()),
+        AgentMessage::Assignment(wire) => {
+            if let Ok(stored) = Stored::from_wire(7, &wire) {
+                // Kept sorted and without duplicates; the engines' own checks refuse
+                // what no engine may serve (names, keys), cleanly.
+                prop_assert!(stored.users.windows(2).all(|w| w[0].name < w[1].name));
+                let _ = vpn_runtime::validate(&stored.desired(&[]), 7);
+            }
+            Ok(())
+        }
+        AgentMessage::WatchAssignment(_) | AgentMessage::RegisterReply(_) | AgentMessage::HeartbeatReply(_) => Ok(()),
     }
 }
 
