@@ -54,7 +54,16 @@ async fn docker_node_list_and_user_links() {
     let status = ok(vpnctl(&eps, &["-o", "json", "cluster", "status"]), "cluster status").json();
     let member = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id));
     assert_eq!(member, None, "a data-plane node is no Raft member: {status}");
-    assert_eq!(engines.running().len(), 2, "one engine container per inbound");
+    // One engine per inbound once the generations from before the user's placement drained.
+    eventually("one engine container per inbound", Duration::from_secs(30), || async {
+        let running = engines.running();
+        if running.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{} containers", running.len()))
+        }
+    })
+    .await;
 
     // Every link parses back, with alice's own keys and the node's public parameters.
     let alice = ok(vpnctl(&eps, &["-o", "json", "user", "show", "alice"]), "show alice").json();

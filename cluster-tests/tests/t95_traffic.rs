@@ -102,7 +102,16 @@ async fn docker_a_vpnctl_user_moves_1mib_through_every_dataplane_node() {
     dp.ok(&["user", "add", "alice"]).await;
     for node in &nodes {
         dp.caught_up(node.id, 1).await;
-        assert_eq!(dp.engines(node.id).len(), 2, "one engine per inbound on node {}", node.id);
+        // One engine per inbound once the generations from before the user's placement drained.
+        eventually(&format!("one engine per inbound on node {}", node.id), Duration::from_secs(30), || async {
+            let engines = dp.engines(node.id);
+            if engines.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{} engines", engines.len()))
+            }
+        })
+        .await;
     }
 
     let links = dp.links("alice").await;
