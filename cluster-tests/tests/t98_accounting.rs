@@ -110,6 +110,14 @@ async fn docker_a_data_limit_is_enforced_and_the_recorded_usage_matches_the_byte
 
     // A live VLESS session, then fast Shadowsocks downloads past the limit.
     let live = Download::start(vless.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
+    eventually("bob's live VLESS session to start", Duration::from_secs(30), || async {
+        if live.received() > 0 {
+            Ok(())
+        } else {
+            Err("no byte yet".to_owned())
+        }
+    })
+    .await;
     let mut moved_ss = 0;
     let recorded = loop {
         let user = dp.user("bob").await;
