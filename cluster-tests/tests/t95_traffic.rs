@@ -171,6 +171,9 @@ async fn docker_vless_and_ss_downloads_survive_20_adds_and_5_removals_and_new_us
 
     // Paced at the source (~256 KiB/s), so both run through every change.
     let path = format!("/slow/{HANDOFF}");
+    // A first connection through a just-started client was seen to end at once under load.
+    eventually("alice served over VLESS", CHANGE, || probe(&alice_vless, &source)).await;
+    eventually("alice served over SS", CHANGE, || probe(&alice_ss, &source)).await;
     let vless_dl = Download::start(alice_vless.proxy, source.addr, &path, HANDOFF);
     let ss_dl = Download::start(alice_ss.proxy, source.addr, &path, HANDOFF);
     started("alice's VLESS download to start", &vless_dl).await;
@@ -249,7 +252,10 @@ async fn docker_disable_refuses_new_connections_and_ends_the_live_session_within
     dp.caught_up(node.id, 2).await;
     let alice = dp.client(&dp.link("alice", node.id, VLESS).await).await;
     let bob = dp.client(&dp.link("bob", node.id, VLESS).await).await;
-    probe(&alice, &source).await.expect("alice is served before she is disabled");
+    // A first connection through a just-started client was seen to end at once under load:
+    // both clients are first seen served.
+    eventually("alice served", CHANGE, || probe(&alice, &source)).await;
+    eventually("bob served", CHANGE, || probe(&bob, &source)).await;
     let alice_dl = Download::start(alice.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     let bob_dl = Download::start(bob.proxy, source.addr, &format!("/slow/{LONG}"), LONG);
     started("alice's download to start", &alice_dl).await;
