@@ -78,6 +78,19 @@ async fn metric_sum(dp: &DataplaneCluster, id: u64, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits until node `id` (a VLESS and a Shadowsocks inbound) runs one engine per inbound.
+async fn one_engine_per_inbound(dp: &DataplaneCluster, id: u64, what: &str) {
+    eventually(what, Duration::from_secs(30), || async {
+        let engines = dp.engines(id);
+        if engines.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{} engines on node {id}", engines.len()))
+        }
+    })
+    .await;
+}
+
 async fn started(what: &str, download: &Download) {
     eventually(what, Duration::from_secs(10), || async {
         if download.received() > 0 {
@@ -102,16 +115,8 @@ async fn docker_a_vpnctl_user_moves_1mib_through_every_dataplane_node() {
     dp.ok(&["user", "add", "alice"]).await;
     for node in &nodes {
         dp.caught_up(node.id, 1).await;
-        // One engine per inbound once the generations from before the user's placement drained.
-        eventually(&format!("one engine per inbound on node {}", node.id), Duration::from_secs(30), || async {
-            let engines = dp.engines(node.id);
-            if engines.len() == 2 {
-                Ok(())
-            } else {
-                Err(format!("{} engines", engines.len()))
-            }
-        })
-        .await;
+        // Once the generations from before the user's placement drained.
+        one_engine_per_inbound(&dp, node.id, "one engine per inbound").await;
     }
 
     let links = dp.links("alice").await;
@@ -223,19 +228,11 @@ async fn docker_vless_and_ss_downloads_survive_20_adds_and_5_removals_and_new_us
     assert!(served.iter().all(|d| *d < Duration::from_secs(8)), "{served:?}");
     let generations =
         metric_sum(&dp, node.id, "vpn_runtime_engine_generations_started_total").await - generations_before;
-    eprintln!("{ADDED} adds made {generations} VLESS generations");
+    eprintln!("{} changes made {generations} generations (both inbounds)", ADDED + REMOVED);
     assert!(generations >= 1.0, "the adds started new generations");
 
-    // The previous generations go once their sessions ended: one engine per inbound is left.
-    eventually("the previous generations to go", Duration::from_secs(30), || async {
-        let engines = dp.engines(node.id);
-        if engines.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{} engines", engines.len()))
-        }
-    })
-    .await;
+    // The previous generations go once their sessions ended.
+    one_engine_per_inbound(&dp, node.id, "the previous generations to go").await;
     assert_eq!(metric_sum(&dp, node.id, "vpn_runtime_sessions_dropped_total").await, 0.0, "no session was dropped");
 }
 
