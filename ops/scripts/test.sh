@@ -21,12 +21,12 @@ if ! bash ops/images/build-sing-box.sh; then
     fi
     echo "!!! test.sh: no engine image: docker_* tests will skip here (under CI=true they fail)" >&2
 fi
-echo "== network namespace tools (the netns_* partition tests)"
-if ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
+echo "== network tools (netns_* partition tests; nft for the engines' handoff and accounting)"
+if ! command -v ip >/dev/null || ! command -v iptables >/dev/null || ! command -v nft >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null
+        apt-get update -qq && apt-get install -y -qq iproute2 iptables nftables >/dev/null
     else
-        echo "!!! test.sh: ip/iptables missing: netns_* tests will skip here (under CI=true they fail)" >&2
+        echo "!!! test.sh: ip/iptables/nft missing: netns_* and docker_* tests will fail or skip here (under CI=true they fail)" >&2
     fi
 fi
 echo "== tests"
