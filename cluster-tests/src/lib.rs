@@ -44,9 +44,19 @@ pub fn replicated(mut user: User) -> User {
 }
 use std::time::Duration;
 
-/// Polls `check` until it returns `Some`, or fails the test after `timeout`
+/// Polls `check` until it returns `Ok`, or fails the test after `timeout`
 /// with `what` and the last error seen.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    within(what, timeout, check).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`eventually`], but a timeout is an `Err` naming `what` and the last
+/// error seen, for a caller that adds what it knows (say a node's log).
+pub async fn within<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -54,10 +64,12 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let last = match check().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}: {last}");
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}: {last}"));
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -24,10 +24,13 @@ fn pattern(i: usize) -> u8 {
 /// Serves `GET /<n>` with `n` pattern bytes on 127.0.0.1, until dropped.
 /// `/slow/<n>` sends the same bytes slowly (about 256 KiB/s), for downloads
 /// that must outlive a change; `/trickle/<n>` at about 10 KiB/s, for many
-/// sessions that last minutes.
+/// sessions that last minutes; `/held/<n>` as `/slow/`, but its last chunk
+/// waits for [`HttpSource::release_held`], so a download outlives a series of
+/// changes however long the machine takes over them.
 pub struct HttpSource {
     pub addr: SocketAddr,
     moved: Arc<AtomicU64>,
+    held: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,12 +40,18 @@ impl HttpSource {
         let addr = listener.local_addr().expect("addr");
         let moved = Arc::new(AtomicU64::new(0));
         let counter = moved.clone();
+        let (held, released) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, counter.clone()));
+                tokio::spawn(serve(stream, counter.clone(), released.clone()));
             }
         });
-        Self { addr, moved, task }
+        Self { addr, moved, held, task }
+    }
+
+    /// Lets every `/held/` download send its last chunk.
+    pub fn release_held(&self) {
+        self.held.send_replace(true);
     }
 
     /// Bytes received and handed to the kernel to send, over every connection
@@ -58,7 +67,7 @@ impl Drop for HttpSource {
     }
 }
 
-async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
+async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>, mut released: tokio::sync::watch::Receiver<bool>) {
     let count = |n: usize| moved.fetch_add(n as u64, Ordering::Relaxed);
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -74,7 +83,8 @@ async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
     let head = String::from_utf8_lossy(&head);
     let path = head.split(' ').nth(1).unwrap_or("/");
     // (chunk, pause): `/slow/` ~256 KiB/s, `/trickle/` ~10 KiB/s (many sessions that last).
-    let (pace, size) = if let Some(n) = path.strip_prefix("/slow/") {
+    let held = path.starts_with("/held/");
+    let (pace, size) = if let Some(n) = path.strip_prefix("/slow/").or_else(|| path.strip_prefix("/held/")) {
         (Some((16 * 1024, 60)), n.parse().unwrap_or(0))
     } else if let Some(n) = path.strip_prefix("/trickle/") {
         (Some((1024, 100)), n.parse().unwrap_or(0))
@@ -87,7 +97,11 @@ async fn serve(mut stream: TcpStream, moved: Arc<AtomicU64>) {
         return;
     }
     count(header.len());
-    for chunk in body.chunks(pace.map_or(256 * 1024, |(chunk, _)| chunk)) {
+    let chunks: Vec<&[u8]> = body.chunks(pace.map_or(256 * 1024, |(chunk, _)| chunk)).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        if held && i + 1 == chunks.len() && released.wait_for(|r| *r).await.is_err() {
+            return;
+        }
         if stream.write_all(chunk).await.is_err() {
             return;
         }

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use cluster_tests::cluster::http_get;
 use cluster_tests::dataplane::{DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker;
-use cluster_tests::eventually;
 use cluster_tests::secrecy;
 use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
+use cluster_tests::{eventually, within};
 
 const VLESS: &str = "vless-tls";
 const SS: &str = "shadowsocks-2022";
@@ -39,7 +39,8 @@ const CHANGE: Duration = Duration::from_secs(10);
 const ADDED: usize = 20;
 const REMOVED: usize = 5;
 const CHANGES_OVER: Duration = Duration::from_secs(30);
-/// A download that outlives the changes: ~40 s at `/slow/`'s pace.
+/// A download that outlives the changes: its last chunk waits for them
+/// (`/held/`), the rest comes at `/slow/`'s pace (~40 s).
 const HANDOFF: usize = 10 << 20;
 
 /// A new connection of `client`'s user: `Ok` when served whole.
@@ -63,9 +64,16 @@ async fn refused_after(what: &str, client: &SingBoxClient, source: &HttpSource, 
     at.0
 }
 
-/// Waits until `client`'s user is served; returns the time from `since`.
-async fn served_after(what: &str, client: &SingBoxClient, source: &HttpSource, since: Instant) -> Duration {
-    eventually(what, CHANGE, || async { probe(client, source).await.map(|_| since.elapsed()) }).await
+/// Waits until `client`'s user is served by node `id`; returns the time from `since`.
+async fn served_after(
+    what: &str,
+    (dp, id): (&DataplaneCluster, u64),
+    client: &SingBoxClient,
+    source: &HttpSource,
+    since: Instant,
+) -> Duration {
+    let served = within(what, CHANGE, || async { probe(client, source).await.map(|_| since.elapsed()) }).await;
+    served.unwrap_or_else(|e| panic!("{e}\n{}", dp.diagnose(id)))
 }
 
 /// A metric of node `id` summed over its series (protocols); no series yet is 0.
@@ -117,6 +125,12 @@ async fn docker_a_vpnctl_user_moves_1mib_through_every_dataplane_node() {
         dp.caught_up(node.id, 1).await;
         // Once the generations from before the user's placement drained.
         one_engine_per_inbound(&dp, node.id, "one engine per inbound").await;
+        // The public ports are redirected to the engines, and held by vpnd so
+        // no other program takes one (and never sees a connection).
+        for (protocol, port) in &node.inbounds {
+            let bound = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port));
+            assert!(bound.is_err(), "node {}'s {protocol} port {port} was free for another program", node.id);
+        }
     }
 
     let links = dp.links("alice").await;
@@ -174,8 +188,8 @@ async fn docker_vless_and_ss_downloads_survive_20_adds_and_5_removals_and_new_us
     }
     let generations_before = metric_sum(&dp, node.id, "vpn_runtime_engine_generations_started_total").await;
 
-    // Paced at the source (~256 KiB/s), so both run through every change.
-    let path = format!("/slow/{HANDOFF}");
+    // Paced at the source (~256 KiB/s), the last chunk held: both run through every change.
+    let path = format!("/held/{HANDOFF}");
     // A first connection through a just-started client was seen to end at once under load.
     eventually("alice served over VLESS", CHANGE, || probe(&alice_vless, &source)).await;
     eventually("alice served over SS", CHANGE, || probe(&alice_ss, &source)).await;
@@ -207,10 +221,19 @@ async fn docker_vless_and_ss_downloads_survive_20_adds_and_5_removals_and_new_us
             dp.ok(&["user", "add", &name]).await;
             let acked = Instant::now();
             let client = dp.client(&dp.link(&name, node.id, VLESS).await).await;
-            served.push(served_after(&format!("{name} added -> VLESS served"), &client, &source, acked).await);
+            served.push(
+                served_after(&format!("{name} added -> VLESS served"), (&dp, node.id), &client, &source, acked).await,
+            );
         }
     }
-    assert!(!vless_dl.is_finished() && !ss_dl.is_finished(), "both downloads ran through every change");
+    for (what, download) in [("VLESS", &vless_dl), ("SS", &ss_dl)] {
+        assert!(
+            !download.is_finished(),
+            "alice's {what} download ran through every change; it ended after {} bytes",
+            download.received()
+        );
+    }
+    source.release_held();
     let (vless_whole, _) = vless_dl.end(Duration::from_secs(120)).await;
     let (ss_whole, _) = ss_dl.end(Duration::from_secs(120)).await;
     assert_eq!(vless_whole, Ok(HANDOFF), "alice's VLESS download finished intact\n{}", dp.diagnose(node.id));
@@ -274,7 +297,7 @@ async fn docker_disable_refuses_new_connections_and_ends_the_live_session_within
     assert_eq!(whole, Ok(LONG), "bob's session ran to completion intact");
 
     dp.ok(&["user", "enable", "alice"]).await;
-    let enabled = served_after("alice enabled -> served again", &alice, &source, Instant::now()).await;
+    let enabled = served_after("alice enabled -> served again", (&dp, node.id), &alice, &source, Instant::now()).await;
     eprintln!("alice enabled -> served again: {enabled:?}");
     let moved = fetch_via_socks(alice.proxy, source.addr, &format!("/{MIB}"), MIB).await;
     assert_eq!(moved, Ok(MIB), "alice moves 1 MiB intact again");

@@ -38,7 +38,8 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" \
         -E 'not binary(t99_scale)' || status=$?
     echo "== the scale test, alone"
-    cargo nextest run --locked --no-fail-fast -p cluster-tests --test t99_scale || status=$?
+    # --workspace here too: the same feature set as above, so nothing compiles twice.
+    cargo nextest run --workspace --locked --no-fail-fast -E 'binary(t99_scale)' || status=$?
 else
     cargo test --workspace --locked --no-fail-fast --exclude cluster-tests -- --test-threads "${TEST_THREADS:-4}" || status=$?
     cargo test --locked --no-fail-fast -p cluster-tests -- --test-threads "${TEST_THREADS:-4}" --skip scale_100k || status=$?

@@ -16,9 +16,16 @@
 //!   taken while an engine is down (e.g. across a host reboot), sing-box fails
 //!   to start, Docker shows the container not running, and the reconciler
 //!   recreates it with fresh ports.
+//! - A public port routed to a generation (see [`crate::nftables`]) is bound
+//!   by nothing, so the kernel would hand it to the next program that asks
+//!   for a port, which would then never see a connection. [`PublicPorts`]
+//!   holds each routed port bound (never listening) while vpnd runs.
 
-use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Mutex, MutexGuard};
+
+use socket2::{Domain, Socket, Type};
 
 use crate::{Protocol, RuntimeError};
 
@@ -30,6 +37,71 @@ pub fn ensure_free(protocol: Protocol, port: u16) -> Result<(), RuntimeError> {
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|_| in_use("udp"))?;
     }
     Ok(())
+}
+
+/// The public ports this node routes, each held by a socket bound to every
+/// address (IPv6 and IPv4), without `SO_REUSEADDR` and never listening: no
+/// other bind of the port succeeds and the kernel hands it out to no one,
+/// while the redirect still takes every connection (it runs before the
+/// socket lookup). After a vpnd restart the next reconcile takes them again.
+#[derive(Debug, Default)]
+pub struct PublicPorts {
+    held: Mutex<BTreeMap<u16, Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    _tcp: Socket,
+    udp: Option<Socket>,
+}
+
+impl PublicPorts {
+    /// Holds `port` for `protocol` (TCP, and UDP when it uses UDP); a port
+    /// held already is kept. Fails with [`RuntimeError::PortInUse`] when
+    /// something else has it.
+    pub fn take(&self, protocol: Protocol, port: u16) -> Result<(), RuntimeError> {
+        let in_use = |transport| RuntimeError::PortInUse { port, transport, protocol: protocol.as_str().to_string() };
+        let mut held = self.lock();
+        let tcp = match held.contains_key(&port) {
+            true => None,
+            false => Some(bind_exclusive(port, Type::STREAM).map_err(|_| in_use("tcp"))?),
+        };
+        let udp = match protocol.uses_udp() && held.get(&port).is_none_or(|h| h.udp.is_none()) {
+            true => Some(bind_exclusive(port, Type::DGRAM).map_err(|_| in_use("udp"))?),
+            false => None,
+        };
+        match (tcp, held.get_mut(&port)) {
+            (Some(tcp), _) => {
+                held.insert(port, Held { _tcp: tcp, udp });
+            }
+            (None, Some(h)) => h.udp = h.udp.take().or(udp),
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Lets go of every port `routed` says is no longer routed.
+    pub fn retain(&self, routed: impl Fn(u16) -> bool) {
+        self.lock().retain(|port, _| routed(*port));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u16, Held>> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Binds `port` on every address: dual-stack IPv6, or IPv4 where IPv6 is off.
+fn bind_exclusive(port: u16, kind: Type) -> std::io::Result<Socket> {
+    let v6 = Socket::new(Domain::IPV6, kind, None).and_then(|s| {
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+        Ok(s)
+    });
+    v6.or_else(|_| {
+        let s = Socket::new(Domain::IPV4, kind, None)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+        Ok(s)
+    })
 }
 
 /// Loopback ports held open until [`release`](Reserved::release) so nothing else takes them meanwhile.
@@ -119,6 +191,28 @@ mod tests {
         let port = udp.local_addr().expect("addr").port();
         let err = ensure_free(Protocol::Shadowsocks2022, port).expect_err("udp taken").to_string();
         assert!(err.contains("/udp"), "{err}");
+    }
+
+    #[test]
+    fn a_held_public_port_is_taken_from_everyone_else_until_let_go() {
+        // Below the kernel's ephemeral range: a port it hands out may
+        // meanwhile carry a parallel test's outgoing connection.
+        let ports = PublicPorts::default();
+        let port = (16_000..20_000u16)
+            .find(|p| ports.take(Protocol::Shadowsocks2022, *p).is_ok())
+            .expect("a port free on TCP and UDP");
+        ports.take(Protocol::Shadowsocks2022, port).expect("taking it again keeps it");
+        for ip in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::LOCALHOST] {
+            assert!(TcpListener::bind((ip, port)).is_err(), "tcp {ip}:{port} held");
+            assert!(UdpSocket::bind((ip, port)).is_err(), "udp {ip}:{port} held");
+        }
+        assert!(ensure_free(Protocol::Shadowsocks2022, port).is_err());
+        let other = PublicPorts::default();
+        let err = other.take(Protocol::VlessTls, port).expect_err("held by the first").to_string();
+        assert!(err.contains(&format!("port {port}/tcp")), "{err}");
+
+        ports.retain(|p| p != port);
+        ensure_free(Protocol::Shadowsocks2022, port).expect("free once let go");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::engine::singbox::SingBox;
 use crate::engine::Engine;
 use crate::marks::Marks;
 use crate::nftables::{self, NodeTable};
+use crate::ports::PublicPorts;
 use crate::reconcile::env::Env;
 use crate::reconcile::observe::observe;
 use crate::reconcile::plan::{plan, DesiredInbound, DrainPolicy, Op, PlanInput};
@@ -128,6 +129,7 @@ impl Reconciler {
             table,
             marks,
             drain: config.drain,
+            public_ports: PublicPorts::default(),
         };
         let (status_tx, status) = watch::channel(ApplyStatus::default());
         let task = tokio::spawn(run(env, config, desired, shutdown, status_tx));
@@ -256,8 +258,11 @@ async fn reconcile<E: Engine>(
     // ops are skipped for the rest of this reconcile, the others go on.
     let mut failed: Vec<(Option<Protocol>, RuntimeError)> = Vec::new();
     let mut last_plan = Vec::new();
-    for _ in 0..MAX_PASSES {
+    for pass in 0..MAX_PASSES {
         let observed = observe(env).await?;
+        if pass == 0 {
+            hold_public_ports(env, desired, &observed);
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -304,6 +309,17 @@ async fn reconcile<E: Engine>(
         last_plan = plan.ops;
     }
     Err(RuntimeError::NotConverging { passes: MAX_PASSES, last_plan: format!("{last_plan:?}") })
+}
+
+/// Holds the public ports routed already (a vpnd restart lets go of them).
+/// One that another program took meanwhile is reported, not fatal: the
+/// redirect still takes its connections.
+fn hold_public_ports<E: Engine>(env: &Env<E>, desired: &DesiredState, observed: &Observed) {
+    for inbound in desired.inbounds.iter().filter(|i| observed.routes.contains_key(&i.listen_port)) {
+        if let Err(e) = env.public_ports.take(inbound.protocol, inbound.listen_port) {
+            tracing::warn!(node = env.node_id, error = %e, "a routed public port is bound by another program too");
+        }
+    }
 }
 
 fn record_users<E: Engine>(env: &Env<E>, observed: &Observed) {

@@ -70,7 +70,9 @@ async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions()
     node.wait_applied(g).await;
     let applied = changed.elapsed();
     eprintln!("ss2022: desired change -> applied (carol added, bob removed): {applied:?}");
-    assert!(applied < Duration::from_secs(1), "applied within 1 s, took {applied:?}");
+    // A new generation's container start: ~0.5 s on a quiet machine, up to
+    // 1.5 s seen under the suite's load on 2 cores; the bound leaves room.
+    assert!(applied < Duration::from_secs(5), "applied within 5 s, took {applied:?}");
     assert!(bob_client.get(http.port, "/bytes/1024", SHORT).await.is_err(), "bob's new sessions are refused");
     assert!(!download.is_finished(), "the changes overlapped alice's download");
 
@@ -127,7 +129,8 @@ async fn docker_vless_tls_users_move_1mib_and_a_removed_users_sessions_end() {
     let (_, bob_end) = bob_dl.end(Duration::from_secs(5)).await;
     let closed = bob_end.duration_since(disabled);
     eprintln!("vless: disable -> new sessions refused {refused:?}, live session closed {closed:?}");
-    assert!(refused < Duration::from_secs(1), "refused within 1 s, took {refused:?}");
+    // Measured with probes of up to 500 ms each, so it over-estimates; slack for the suite's load.
+    assert!(refused < Duration::from_secs(3), "refused within 3 s, took {refused:?}");
     assert!(closed < Duration::from_secs(1), "bob's session ended within 1 s, took {closed:?}");
     let before = alice_dl.received();
     wait_for("alice's session to keep moving", TO_START, async || (alice_dl.received() > before).then_some(())).await;

@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::fsutil::write_atomic;
 use crate::marks::Marks;
 use crate::nftables::NodeTable;
+use crate::ports::PublicPorts;
 use crate::reconcile::plan::DrainPolicy;
 use crate::usage::FinalReadings;
 use crate::{Metrics, Protocol, RuntimeError};
@@ -35,6 +36,8 @@ pub struct Env<E: Engine> {
     /// Shared with the [`UsageReader`](crate::UsageReader), which names users by their marks.
     pub marks: Arc<Mutex<Marks>>,
     pub drain: DrainPolicy,
+    /// The public ports routed to generations, held so no other program takes them.
+    pub public_ports: PublicPorts,
 }
 
 impl<E: Engine> Env<E> {

@@ -44,7 +44,7 @@ pub async fn apply<E: Engine>(
         }
         Op::StartGeneration { protocol, generation } => {
             let inbound = inbound(desired, *protocol)?;
-            if !observed.routes.contains_key(&inbound.listen_port) {
+            if !observed.routes.contains_key(&inbound.listen_port) && !listens_itself(observed, inbound.listen_port) {
                 // The first generation's route will take the port over: nothing else may listen there.
                 ports::ensure_free(*protocol, inbound.listen_port)?;
             }
@@ -55,11 +55,16 @@ pub async fn apply<E: Engine>(
             // Only a generation that answers and accepts gets the new connections.
             env.engine.ping(api).await?;
             accepts(*engine_port).await?;
+            // Held before it is routed: nothing else may listen there, now or
+            // later. An engine from before generations listens there itself
+            // until it drains; the port is held once it is gone.
+            if let Err(e) = env.public_ports.take(*protocol, *public_port) {
+                if !listens_itself(observed, *public_port) {
+                    return Err(e);
+                }
+            }
             // Read afresh: an earlier op of this pass may have routed another port.
             let mut routes = env.table.routes().await?.unwrap_or_default();
-            if !routes.contains_key(public_port) {
-                ports::ensure_free(*protocol, *public_port)?;
-            }
             routes.insert(*public_port, *engine_port);
             write_table(env, &routes).await
         }
@@ -81,14 +86,20 @@ pub async fn apply<E: Engine>(
             update_state(env, *protocol, container, |s| s.refused.retain(|n| !names.contains(n)))
         }
         Op::Forget { names } => forget(env, names).await,
-        Op::DeleteTable => env.table.write(None).await,
+        Op::DeleteTable => {
+            env.table.write(None).await?;
+            env.public_ports.retain(|_| false);
+            Ok(())
+        }
     }
 }
 
 /// Rewrites the node's nftables table with `routes` (and the accounting rules for its marks).
 async fn write_table<E: Engine>(env: &Env<E>, routes: &BTreeMap<u16, u16>) -> Result<(), RuntimeError> {
     let prefix = env.marks().prefix;
-    env.table.write(Some((routes, prefix))).await
+    env.table.write(Some((routes, prefix))).await?;
+    env.public_ports.retain(|port| routes.contains_key(&port));
+    Ok(())
 }
 
 /// Reads the counts of users no engine holds any more a last time, then
@@ -243,6 +254,11 @@ fn update_state<E: Engine>(
     };
     change(&mut state);
     env.write_state(protocol, generation, &state)
+}
+
+/// Whether one of this node's engines listens on `port` itself (one from before generations).
+fn listens_itself(observed: &Observed, port: u16) -> bool {
+    observed.containers.iter().any(|c| c.running && c.generation == Some(0) && c.engine_port == Some(port))
 }
 
 /// The observed container an op names, with its API access.
