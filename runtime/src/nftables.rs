@@ -23,6 +23,13 @@
 //! switch here is atomic and needs only CAP_NET_ADMIN, which the accounting
 //! below needs anyway.
 //!
+//! **Guard.** A generation listens on all addresses (a redirected packet is
+//! addressed to the interface it came in on), so its own port is open from
+//! outside too. The `guard` chain drops packets to a generation's port that
+//! arrive from another host without having been redirected there (`ct
+//! status dnat`): the generations are reachable only through the public
+//! port. Loopback stays open (vpnd's own readiness check, local tools).
+//!
 //! **Accounting.** Each user's upstream sockets carry the user's mark (see
 //! [`crate::marks`]). The `account_out` chain counts packets leaving with a
 //! mark of this node (and stamps the mark on the connection); `account_in`
@@ -49,6 +56,17 @@ use crate::RuntimeError;
 
 /// Elements per counting set: up to 4 per user (IPv4/IPv6 x TCP/UDP).
 const SET_SIZE: u32 = 262_144;
+
+/// What the table is to hold besides the counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    /// Public port -> engine port of the generation that takes new connections.
+    pub routes: &'a BTreeMap<u16, u16>,
+    /// The port of every generation alive (guarded against direct access).
+    pub engine_ports: &'a BTreeSet<u16>,
+    /// The mark prefix of this node's users.
+    pub prefix: u32,
+}
 
 /// The nftables table of one node.
 #[derive(Clone, Debug)]
@@ -93,9 +111,8 @@ impl NodeTable {
         }
     }
 
-    /// Makes the table route exactly `routes` and count the marks under
-    /// `prefix`, keeping every count it has; `None` deletes the table.
-    pub async fn write(&self, state: Option<(&BTreeMap<u16, u16>, u32)>) -> Result<(), RuntimeError> {
+    /// Makes the table hold exactly `rules`, keeping every count it has; `None` deletes the table.
+    pub async fn write(&self, state: Option<Rules<'_>>) -> Result<(), RuntimeError> {
         nft(&["-f", "-"], Some(&script(&self.table, state))).await.map(drop).map_err(|e| nft_error("write", e))
     }
 
@@ -166,12 +183,13 @@ pub async fn taken_prefixes() -> Result<BTreeSet<u32>, RuntimeError> {
     Ok(taken)
 }
 
-/// The transaction that makes the table hold exactly `state`'s routes and
-/// accounting rules (sets and their counts are kept), or deletes it.
-fn script(table: &str, state: Option<(&BTreeMap<u16, u16>, u32)>) -> String {
+/// The transaction that makes the table hold exactly `state`'s routes,
+/// guard and accounting rules (the counting sets and their counts are
+/// kept), or deletes it.
+fn script(table: &str, state: Option<Rules<'_>>) -> String {
     // Declaring the table first makes the delete or flush valid whether or not it exists.
     let mut s = format!("table inet {table}\n");
-    let Some((routes, prefix)) = state else {
+    let Some(Rules { routes, engine_ports, prefix }) = state else {
         s += &format!("delete table inet {table}\n");
         return s;
     };
@@ -180,8 +198,10 @@ fn script(table: &str, state: Option<(&BTreeMap<u16, u16>, u32)>) -> String {
         "table inet {table} {{\n\
          \tset up {{ {set} }}\n\
          \tset down {{ {set} }}\n\
+         \tset engines {{ type inet_service; }}\n\
          \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
          \tchain output {{ type nat hook output priority -100; policy accept; }}\n\
+         \tchain guard {{ type filter hook input priority -10; policy accept; }}\n\
          \tchain account_out {{ type filter hook output priority 0; policy accept; }}\n\
          \tchain account_in {{ type filter hook input priority 0; policy accept; }}\n}}\n"
     );
@@ -194,6 +214,16 @@ fn script(table: &str, state: Option<(&BTreeMap<u16, u16>, u32)>) -> String {
             );
         }
     }
+    s += &format!("flush set inet {table} engines\n");
+    if !engine_ports.is_empty() {
+        let ports: Vec<String> = engine_ports.iter().map(u16::to_string).collect();
+        s += &format!("add element inet {table} engines {{ {} }}\n", ports.join(", "));
+    }
+    s += &format!(
+        "flush chain inet {table} guard\n\
+         add rule inet {table} guard meta l4proto {{ tcp, udp }} th dport @engines iifname != \"lo\" \
+         ct status & dnat == 0 drop\n"
+    );
     let mine = format!("& {PREFIX_MASK:#x} == {prefix:#x}");
     s += &format!(
         "flush chain inet {table} account_out\n\
@@ -310,13 +340,18 @@ mod tests {
 
     #[test]
     fn the_script_replaces_routes_and_rules_in_one_transaction_and_keeps_the_counts() {
-        let s = script("vpnd_7", Some((&BTreeMap::from([(443, 41237)]), 0x8abc_0000)));
+        let routes = BTreeMap::from([(443, 41237)]);
+        let engine_ports = BTreeSet::from([41230, 41237]);
+        let s = script("vpnd_7", Some(Rules { routes: &routes, engine_ports: &engine_ports, prefix: 0x8abc_0000 }));
         assert!(s.starts_with("table inet vpnd_7\n"), "{s}");
-        for chain in ["prerouting", "output", "account_out", "account_in"] {
+        for chain in ["prerouting", "output", "guard", "account_out", "account_in"] {
             assert!(s.contains(&format!("flush chain inet vpnd_7 {chain}\n")), "{s}");
         }
-        assert!(!s.contains("flush set") && !s.contains("delete"), "counts are kept: {s}");
+        assert!(!s.contains("flush set inet vpnd_7 up") && !s.contains("flush set inet vpnd_7 down"), "{s}");
+        assert!(!s.contains("delete"), "counts are kept: {s}");
         assert!(s.contains("th dport 443 redirect to :41237\n"), "{s}");
+        assert!(s.contains("flush set inet vpnd_7 engines\nadd element inet vpnd_7 engines { 41230, 41237 }\n"), "{s}");
+        assert!(s.contains("th dport @engines iifname != \"lo\" ct status & dnat == 0 drop\n"), "{s}");
         assert!(s.contains("meta mark & 0xffff0000 == 0x8abc0000 ct direction original update @up"), "{s}");
         assert!(s.contains("ct mark & 0xffff0000 == 0x8abc0000 ct direction reply update @down"), "{s}");
         assert_eq!(script("vpnd_7", None), "table inet vpnd_7\ndelete table inet vpnd_7\n");

@@ -1,20 +1,69 @@
 //! Real engines on the machine's Docker, real sing-box clients: users move
 //! 1 MiB intact over Shadowsocks-2022 and VLESS over TLS, user changes apply
 //! live without disturbing other sessions, and a removed VLESS user's
-//! running session is closed while another user's continues.
+//! running session is closed while another user's continues; another host
+//! reaches a generation only through the public port.
 
 mod common;
 
+use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{split_body, Client, Download};
 use common::http::{is_pattern, HttpServer};
-use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node};
+use common::{docker_ready, free_port, ss_inbound, user, vless_inbound, wait_for, Node, OtherHost};
 use vpn_runtime::{keys, EngineUser, Protocol};
 
 const SHORT: Duration = Duration::from_secs(2);
 /// Bound on a session getting going: a loaded CI machine can take seconds.
 const TO_START: Duration = Duration::from_secs(20);
+
+/// A generation listens on all addresses, but another host reaches it only
+/// through the public port: its own port is guarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_another_host_reaches_a_generation_only_through_the_public_port() {
+    if !docker_ready() {
+        return;
+    }
+    let mut node = Node::start(Duration::from_secs(10)).await;
+    let port = free_port();
+    let inbound = ss_inbound(port, &keys::generate_ss2022_key());
+    let g = node.set(vec![inbound.clone()], vec![user("alice")]);
+    node.wait_applied(g).await;
+    let routes = node.routes();
+    let engine_port = routes.iter().find(|(public, _)| *public == port).map(|(_, e)| *e).expect("routed");
+    let other = OtherHost::create();
+    assert!(
+        other.connects(port, Duration::from_secs(10)),
+        "the public port {port} takes connections from another host"
+    );
+    assert!(
+        !other.connects(engine_port, Duration::from_secs(3)),
+        "the generation's own port {engine_port} is closed to another host"
+    );
+    let local =
+        std::net::TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, engine_port).into(), Duration::from_secs(5));
+    assert!(local.is_ok(), "loopback still reaches it (vpnd's readiness check)");
+
+    // The next generation is guarded too, and the first one's port is let go once it is gone.
+    let g = node.set(vec![inbound.clone()], vec![user("alice"), user("bob")]);
+    node.wait_applied(g).await;
+    let next = wait_for("the next generation to take over", Duration::from_secs(30), async || {
+        node.routes().iter().find(|(p, e)| *p == port && *e != engine_port).map(|(_, e)| *e)
+    })
+    .await;
+    assert!(other.connects(port, Duration::from_secs(10)), "the public port still takes connections");
+    assert!(!other.connects(next, Duration::from_secs(3)), "the next generation's port {next} is closed too");
+    let table = format!("vpnd_{}", node.id);
+    wait_for("the first generation to go, and its port to be let go", Duration::from_secs(30), async || {
+        let out = Command::new("nft").args(["list", "set", "inet", &table, "engines"]).output().ok()?;
+        let set = String::from_utf8_lossy(&out.stdout).into_owned();
+        let guarded = set.contains(&next.to_string()) && !set.contains(&engine_port.to_string());
+        (guarded && node.generations("shadowsocks-2022").len() == 1).then_some(())
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_ss2022_users_move_1mib_and_user_changes_spare_running_sessions() {

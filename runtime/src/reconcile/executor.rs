@@ -6,7 +6,7 @@
 //! An op that ends counting sources (forgets users) first takes a final
 //! reading of them for traffic accounting (see [`crate::usage`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::docker::{
 };
 use crate::engine::{ApiAccess, ConfigFile, Engine};
 use crate::fsutil::{remove_dir, write_atomic};
+use crate::nftables::Rules;
 use crate::{keys, ports, usage, DesiredState, InboundSpec, Protocol, RuntimeError};
 
 /// How long a new engine may take to answer on its API.
@@ -40,6 +41,16 @@ pub async fn apply<E: Engine>(
                 remove_file(&env.generation_state_path(*p, g))?;
                 env.metrics.generation_ended(*p, reason.dropped_sessions());
             }
+            if observed.table {
+                // Its port is free now: another program may take it, unguarded.
+                let mut ports = engine_ports(observed);
+                if let Some(port) =
+                    observed.containers.iter().find(|c| c.id == container.id).and_then(|c| c.engine_port)
+                {
+                    ports.remove(&port);
+                }
+                write_table(env, &env.table.routes().await?.unwrap_or_default(), &ports).await?;
+            }
             Ok(())
         }
         Op::StartGeneration { protocol, generation } => {
@@ -48,7 +59,7 @@ pub async fn apply<E: Engine>(
                 // The first generation's route will take the port over: nothing else may listen there.
                 ports::ensure_free(*protocol, inbound.listen_port)?;
             }
-            start_generation(env, desired, inbound, *generation).await
+            start_generation(env, desired, observed, inbound, *generation).await
         }
         Op::Route { protocol, public_port, container, engine_port } => {
             let (_, api) = find(observed, container)?;
@@ -66,12 +77,12 @@ pub async fn apply<E: Engine>(
             // Read afresh: an earlier op of this pass may have routed another port.
             let mut routes = env.table.routes().await?.unwrap_or_default();
             routes.insert(*public_port, *engine_port);
-            write_table(env, &routes).await
+            write_table(env, &routes, &engine_ports(observed)).await
         }
         Op::Unroute { public_port } => {
             let mut routes = env.table.routes().await?.unwrap_or_default();
             routes.remove(public_port);
-            write_table(env, &routes).await
+            write_table(env, &routes, &engine_ports(observed)).await
         }
         Op::Refuse { protocol, container, names } => {
             let (container, api) = find(observed, container)?;
@@ -94,12 +105,27 @@ pub async fn apply<E: Engine>(
     }
 }
 
-/// Rewrites the node's nftables table with `routes` (and the accounting rules for its marks).
-async fn write_table<E: Engine>(env: &Env<E>, routes: &BTreeMap<u16, u16>) -> Result<(), RuntimeError> {
+/// Rewrites the node's nftables table with `routes`, a guard on
+/// `engine_ports`, and the accounting rules for its marks.
+async fn write_table<E: Engine>(
+    env: &Env<E>,
+    routes: &BTreeMap<u16, u16>,
+    engine_ports: &BTreeSet<u16>,
+) -> Result<(), RuntimeError> {
     let prefix = env.marks().prefix;
-    env.table.write(Some((routes, prefix))).await?;
+    env.table.write(Some(Rules { routes, engine_ports, prefix })).await?;
     env.public_ports.retain(|port| routes.contains_key(&port));
     Ok(())
+}
+
+/// The ports of the running generations (one from before generations listens on the public port: not guarded).
+fn engine_ports(observed: &Observed) -> BTreeSet<u16> {
+    observed
+        .containers
+        .iter()
+        .filter(|c| c.running && c.generation.unwrap_or(0) > 0)
+        .filter_map(|c| c.engine_port)
+        .collect()
 }
 
 /// Reads the counts of users no engine holds any more a last time, then
@@ -121,20 +147,24 @@ async fn forget<E: Engine>(env: &Env<E>, names: &[String]) -> Result<(), Runtime
 async fn start_generation<E: Engine>(
     env: &Env<E>,
     desired: &DesiredState,
+    observed: &Observed,
     inbound: &InboundSpec,
     generation: u64,
 ) -> Result<(), RuntimeError> {
     let protocol = inbound.protocol;
     env.docker.ensure_image(&env.image).await?;
     let hash = env.engine.config_hash(&env.image, inbound)?;
-    // Marks first: the table must count them before the engine sends a packet.
-    env.marks().assign(desired.users.iter().map(|u| u.name.as_str()))?;
-    let marks = env.marks().all();
-    write_table(env, &env.table.routes().await?.unwrap_or_default()).await?;
     let recorded = env.docker.recorded_ports().await?;
     let reserved_api = ports::reserve_loopback(env.engine.api_port_count(), &recorded)?;
     let reserved_port = ports::reserve_generation_port(protocol, &recorded)?;
     let engine_port = reserved_port.ports()[0];
+    // Marks first: the table must count them before the engine sends a packet
+    // (and guard its port before it listens).
+    env.marks().assign(desired.users.iter().map(|u| u.name.as_str()))?;
+    let marks = env.marks().all();
+    let mut guarded = engine_ports(observed);
+    guarded.insert(engine_port);
+    write_table(env, &env.table.routes().await?.unwrap_or_default(), &guarded).await?;
     let api = ApiAccess { ports: reserved_api.ports(), secret: keys::random_secret() };
     let dir = env.generation_dir(protocol, generation);
     remove_dir(&dir)?;

@@ -290,3 +290,53 @@ impl Drop for Node {
         let _ = Command::new("nft").args(["delete", "table", "inet", &format!("vpnd_{}", self.id)]).output();
     }
 }
+
+/// Another host, as far as this one's firewall can tell: a network namespace
+/// of the test's own with a veth link to this host (addresses in
+/// 10.251.0.0/16, picked per process). Removed (with its link) on drop.
+pub struct OtherHost {
+    ns: String,
+    /// This host's address on the link, as the other host reaches it.
+    pub host_ip: Ipv4Addr,
+}
+
+impl OtherHost {
+    pub fn create() -> OtherHost {
+        let pid = std::process::id();
+        let ns = format!("vpn-peer-{pid}");
+        let host_if = format!("vp{pid}h");
+        let net = ((pid % 64) * 4) as u8;
+        let host_ip = Ipv4Addr::new(10, 251, (pid / 64 % 250) as u8, net + 1);
+        let peer_ip = Ipv4Addr::new(10, 251, (pid / 64 % 250) as u8, net + 2);
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("the ip command (iproute2)");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        run(&["netns", "add", &ns]);
+        let peer = OtherHost { ns: ns.clone(), host_ip };
+        run(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        run(&["-n", &ns, "addr", "add", &format!("{peer_ip}/30"), "dev", "eth0"]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        peer
+    }
+
+    /// Whether a TCP connection from the other host to this one's `port` is accepted within `timeout`.
+    pub fn connects(&self, port: u16, timeout: Duration) -> bool {
+        let script = format!("exec 3<>/dev/tcp/{}/{port}", self.host_ip);
+        let secs = timeout.as_secs().max(1).to_string();
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, "timeout", &secs, "bash", "-c", &script])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
