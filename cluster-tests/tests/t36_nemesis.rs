@@ -20,6 +20,11 @@
 //! Every choice (operations, users, nodes, fault timings) comes from one
 //! seed, printed at the start and in every failure: `NEMESIS_SEED=<n>`
 //! replays the choices (the interleaving is the machine's).
+//!
+//! `NEMESIS_ROUNDS=<n>` (default 1) runs each group `n` times over on the
+//! same cluster: the soak (`ops/scripts/soak.sh`), and the recovery-time
+//! figures (heal to the first acknowledged write, median and max per
+//! nemesis, printed at the end of each test).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -97,11 +102,13 @@ fn netns_nemesis_crashes_keep_histories_linearizable() {
     run("netns_nemesis_crashes_keep_histories_linearizable", 3, &[Nemesis::CrashLeader, Nemesis::Rolling]);
 }
 
-/// Runs `schedules` one after another on one cluster (each on its own users).
+/// Runs `schedules` one after another on one cluster (each on its own
+/// users), `NEMESIS_ROUNDS` times over.
 fn run(test: &str, group: u64, schedules: &[Nemesis]) {
     let Some(lab) = Lab::new(test, 3) else { return };
     let seed = seed();
-    eprintln!("{test}: NEMESIS_SEED={seed} (set it to replay these choices)");
+    let rounds = rounds();
+    eprintln!("{test}: NEMESIS_SEED={seed} (set it to replay these choices), NEMESIS_ROUNDS={rounds}");
     let mut rng = Rng::new(seed ^ group);
     let mut cluster = Cluster::in_lab(&lab, &RAFT_TIMINGS);
     for p in cluster.nodes.values_mut() {
@@ -111,14 +118,40 @@ fn run(test: &str, group: u64, schedules: &[Nemesis]) {
     let cluster = &mut cluster;
     lab.run_as_client(async {
         let observer = Observer::start(cluster);
-        for (n, nemesis) in schedules.iter().enumerate() {
+        let mut recovery: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        let plan = (0..rounds).flat_map(|_| schedules.iter());
+        for (n, nemesis) in plan.enumerate() {
             let ctx = format!("{test}, NEMESIS_SEED={seed}, schedule {n} ({nemesis:?})");
-            let summary = schedule(&lab, cluster, &observer, *nemesis, n, &mut rng, &ctx).await;
+            let (summary, first_ack) = schedule(&lab, cluster, &observer, *nemesis, n, &mut rng, &ctx).await;
             eprintln!("{ctx}: {summary}");
+            recovery.entry(format!("{nemesis:?}")).or_default().push(first_ack);
         }
         let terms = observer.stop().await.unwrap_or_else(|e| panic!("{test}, NEMESIS_SEED={seed}: {e}"));
-        eprintln!("{test}: NEMESIS_SEED={seed}: {} schedules, {terms}, {:.1?}", schedules.len(), started.elapsed());
+        let runs = schedules.len() * rounds;
+        eprintln!("{test}: NEMESIS_SEED={seed}: {runs} schedules, {terms}, {:.1?}", started.elapsed());
+        for (nemesis, mut times) in recovery {
+            times.sort();
+            let (median, max) = (times[times.len() / 2], times[times.len() - 1]);
+            eprintln!(
+                "recovery {nemesis}: heal to the first acknowledged write, median {median:.2?}, max {max:.2?} \
+                 over {} rounds",
+                times.len()
+            );
+        }
     });
+}
+
+/// `NEMESIS_ROUNDS` if set, else 1.
+fn rounds() -> usize {
+    match std::env::var("NEMESIS_ROUNDS") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("NEMESIS_ROUNDS={s:?}: want a count above 0")),
+        Err(_) => 1,
+    }
 }
 
 /// `NEMESIS_SEED` if set, else from the clock.
@@ -133,7 +166,8 @@ fn seed() -> u64 {
 }
 
 /// One schedule: workload, fault, heal, recovery, final reads, checks. A
-/// one-line summary back.
+/// one-line summary back, and the time from the heal to the first
+/// acknowledged write.
 async fn schedule(
     lab: &Lab,
     cluster: &mut Cluster,
@@ -142,7 +176,7 @@ async fn schedule(
     n: usize,
     rng: &mut Rng,
     ctx: &str,
-) -> String {
+) -> (String, Duration) {
     let t0 = Instant::now();
     let leader = agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: before the schedule: {e}"));
     let keys: Vec<String> = (0..KEYS).map(|k| format!("s{n}-k{k}")).collect();
@@ -184,7 +218,7 @@ async fn schedule(
     let unknown = ops.iter().filter(|op| op.output == Output::Unknown).count();
     let codes: Vec<String> = lock(&shared.codes).iter().map(|(code, n)| format!("{code} {n}")).collect();
     let odd = lock(&shared.odd).clone();
-    format!(
+    let summary = format!(
         "{} ops, {unknown} unknown ({}), {} odd {odd:?}, first ack {first_ack:.2?} after the heal, \
          longest without an ack {:.2?}, {terms}, {:.1?}; faults: {faults}",
         ops.len(),
@@ -192,7 +226,8 @@ async fn schedule(
         odd.len(),
         shared.longest_gap(),
         t0.elapsed(),
-    )
+    );
+    (summary, first_ack)
 }
 
 /// Applies `nemesis`, holds it, and undoes it.
