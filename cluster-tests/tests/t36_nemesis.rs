@@ -4,8 +4,8 @@
 //!
 //! A schedule: a workload of seven clients (one request in flight each, on
 //! six user names of the schedule's own) against random nodes; a fault a few
-//! seconds in (partitions by iptables, SIGSTOP, kill -9), held 4-6 s, then
-//! healed; the workload goes on at least 4 s more, and until a write started
+//! seconds in (partitions by iptables, SIGSTOP, kill -9, kill -9 with a
+//! torn write or a flipped bit in the log), held 4-6 s, then healed; the workload goes on at least 4 s more, and until a write started
 //! after the heal is acknowledged. Then, with a leader agreed again, every node reads every
 //! user linearizably, and those reads join the history: a lost acknowledged
 //! write or a resurrected delete shows there. Besides the history:
@@ -16,7 +16,8 @@
 //!   acknowledged write, printed with the longest stretch without one).
 //!
 //! Each test runs a group of schedules one after another on one cluster
-//! (partitions; pauses; crashes), each schedule on user names of its own.
+//! (partitions; pauses; crashes; disk faults), each schedule on user names
+//! of its own.
 //! Every choice (operations, users, nodes, fault timings) comes from one
 //! seed, printed at the start and in every failure: `NEMESIS_SEED=<n>`
 //! replays the choices (the interleaving is the machine's).
@@ -81,6 +82,15 @@ enum Nemesis {
     PauseFollower,
     /// kill -9 of the leader, restarted on its data dir at the heal.
     CrashLeader,
+    /// kill -9 of a node (the leader half the time), then a torn write at
+    /// the end of its newest log segment: part of a frame that was never
+    /// acknowledged (the disk wrote one sector of it). At the heal it must
+    /// start, cut the tail off, and catch up.
+    TornWrite,
+    /// kill -9 of a follower, then one flipped bit inside an early frame of
+    /// its log (acknowledged data): at the heal it must refuse to start and
+    /// name the segment; once the bit is restored it starts and catches up.
+    BitFlip,
     /// A fault on a random node (the last seen leader half the time) about
     /// every 1-1.6 s: isolate, cut a link, pause or kill; each undone before the next.
     Rolling,
@@ -95,6 +105,11 @@ fn netns_nemesis_partitions_keep_histories_linearizable() {
 #[test]
 fn netns_nemesis_pauses_keep_histories_linearizable() {
     run("netns_nemesis_pauses_keep_histories_linearizable", 2, &[Nemesis::PauseLeader, Nemesis::PauseFollower]);
+}
+
+#[test]
+fn netns_nemesis_disk_faults_keep_histories_linearizable() {
+    run("netns_nemesis_disk_faults_keep_histories_linearizable", 4, &[Nemesis::TornWrite, Nemesis::BitFlip]);
 }
 
 #[test]
@@ -251,6 +266,47 @@ async fn inflict(
         Nemesis::PauseLeader => faults.pause(cluster, leader),
         Nemesis::PauseFollower => faults.pause(cluster, follower),
         Nemesis::CrashLeader => faults.kill(cluster, leader),
+        Nemesis::TornWrite => {
+            let target = if rng.below(2) == 0 { leader } else { follower };
+            faults.kill(cluster, target);
+            sleep(hold).await;
+            let segment = log_segments(&cluster.node(target).data_dir).pop().expect("a log segment");
+            let end = tear_tail(&segment);
+            faults.note(format!("torn write at byte {end} of {}", segment.display()));
+            faults.undo(lab, cluster);
+            return;
+        }
+        Nemesis::BitFlip => {
+            faults.kill(cluster, follower);
+            sleep(hold).await;
+            let segment = log_segments(&cluster.node(follower).data_dir).remove(0);
+            // Inside the first frame's body: the magic (8), its header (16), a few bytes in.
+            let offset = 8 + 16 + 3;
+            flip_bit(&segment, offset);
+            faults.note(format!("bit flip at byte {offset} of {}", segment.display()));
+            let node = cluster.node_mut(follower);
+            node.start();
+            let exited = async {
+                loop {
+                    if let Some(status) = node.exited() {
+                        return status;
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let status = timeout(Duration::from_secs(30), exited).await.unwrap_or_else(|_| {
+                panic!("node {follower} started on a log with a flipped bit; log:\n{}", node.log_tail())
+            });
+            node.kill9();
+            let log = node.log_tail();
+            assert!(!status.success(), "node {follower} refused the damaged log with a failure status");
+            let named = log.contains(&segment.display().to_string()) && log.contains("restore it from a backup");
+            assert!(named, "node {follower}'s refusal names the segment and the fix:\n{log}");
+            flip_bit(&segment, offset);
+            faults.note(format!("node {follower} refused to start; bit restored"));
+            faults.undo(lab, cluster);
+            return;
+        }
         Nemesis::Rolling => {
             let end = Instant::now() + hold;
             for _ in 0..10 {
@@ -340,6 +396,45 @@ impl Faults {
             self.note(done.join(", "));
         }
     }
+}
+
+/// The log segments of a node's data dir, oldest first.
+fn log_segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = data_dir.join("raft-log");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut segments: Vec<_> =
+        entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
+    segments.sort();
+    segments
+}
+
+/// Writes part of a frame after the last one of `segment`: a header that
+/// announces 1000 bytes, then garbage to the end of that sector. Returns
+/// where it was written (the end of the frames: after the 8-byte magic, each
+/// frame is a 16-byte header led by its length; zeros follow the last).
+fn tear_tail(segment: &std::path::Path) -> usize {
+    use std::os::unix::fs::FileExt as _;
+    let bytes = std::fs::read(segment).expect("read the segment");
+    let mut end = 8;
+    while end + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        end += 16 + len;
+    }
+    let len: u32 = 1000;
+    let mut torn = [len.to_le_bytes(), (!len).to_le_bytes()].concat();
+    torn.resize(512 - end % 512, 0xab);
+    let file = std::fs::OpenOptions::new().write(true).open(segment).expect("open the segment");
+    file.write_all_at(&torn, end as u64).expect("write the torn frame");
+    end
+}
+
+fn flip_bit(path: &std::path::Path, offset: usize) {
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[offset] ^= 0x20;
+    std::fs::write(path, &bytes).expect("write");
 }
 
 /// What the clients of one schedule share.
