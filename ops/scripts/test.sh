@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, storage
-# suite, property tests, multi-node cluster tests over real processes), and a
-# compile of the benches. Needs only cargo; protoc comes from a crate.
+# suite, property tests, multi-node cluster tests over real processes), a
+# compile of the benches, and the performance ratio check. Needs only cargo;
+# protoc comes from a crate; the engine image, nftables and etcd are set up
+# by the scripts it calls.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -45,4 +47,6 @@ else
     cargo test --locked --no-fail-fast -p cluster-tests -- --test-threads "${TEST_THREADS:-4}" --skip scale_100k || status=$?
     cargo test --locked --no-fail-fast -p cluster-tests --test t99_scale scale_100k || status=$?
 fi
+echo "== performance ratios (vpnd against etcd, mutual TLS against none; fails below half the baseline)"
+bash ops/scripts/perf-check.sh || status=$?
 exit "$status"

@@ -116,6 +116,43 @@ struct ThroughputOpts {
     /// Per-request deadline.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Exit with an error when a ratio of the results falls below a floor at
+    /// any level, e.g. `--floor ratio_throughput_vpnd_over_etcd=0.4`
+    /// (repeatable; the results file is written first). CI's perf check.
+    #[arg(long = "floor", value_parser = parse_floor)]
+    floors: Vec<(String, f64)>,
+}
+
+fn parse_floor(s: &str) -> Result<(String, f64), String> {
+    let (name, value) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: want NAME=VALUE, e.g. ratio_throughput_vpnd_over_etcd=0.4"))?;
+    let value: f64 = value.parse().map_err(|_| format!("{s:?}: {value:?} is not a number"))?;
+    if !name.starts_with("ratio_") || !value.is_finite() || value <= 0.0 {
+        return Err(format!("{s:?}: want a ratio of the results (ratio_...) and a floor above 0"));
+    }
+    Ok((name.to_owned(), value))
+}
+
+/// Checks every level of a throughput section against `floors`; prints each comparison.
+fn check_floors(section: &Value, floors: &[(String, f64)]) -> Result<()> {
+    let mut below = Vec::new();
+    for level in section["levels"].as_array().into_iter().flatten() {
+        let c = &level["concurrency"];
+        for (name, floor) in floors {
+            let value = level[name.as_str()].as_f64().ok_or_else(|| {
+                anyhow!("--floor {name}: not in the results at c={c} (etcd ratios need etcd; tls ones --tls)")
+            })?;
+            let verdict = if value >= *floor { "ok" } else { "BELOW THE FLOOR" };
+            println!("perf check: {name} at c={c}: {value:.3} (floor {floor}) {verdict}");
+            if value < *floor {
+                below.push(format!("{name} at c={c}: {value:.3} < {floor}"));
+            }
+        }
+    }
+    if !below.is_empty() {
+        bail!("performance regression (more than 2x below the recorded baseline): {}", below.join("; "));
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -240,6 +277,9 @@ async fn main() -> Result<()> {
     std::fs::write(&cli.out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("write {}", cli.out.display()))?;
     println!("\nresults: {}", cli.out.display());
+    if let Cmd::Throughput(t) | Cmd::All { t, .. } = &cli.cmd {
+        check_floors(&doc["results"]["throughput"], &t.floors)?;
+    }
     Ok(())
 }
 
