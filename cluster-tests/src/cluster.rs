@@ -83,6 +83,21 @@ impl Cluster {
         self.node_mut(id)
     }
 
+    /// Adds (does not start) node `id` of `lab` (see [`Lab::add_node`]),
+    /// joining through the running members, with their flags.
+    pub fn add_lab_node(&mut self, lab: &Lab, id: u64) -> &mut NodeProcess {
+        let seeds: Vec<String> =
+            self.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.grpc.to_string()).collect();
+        let extra = self.nodes.values().next().map(|p| p.extra.clone()).unwrap_or_default();
+        let ip = lab.node_ip(id);
+        let mut p = NodeProcess::new(id, SocketAddr::from((ip, 7000)), SocketAddr::from((ip, 7080)), self.root.path());
+        p.netns = Some(lab.node_ns(id));
+        p.bootstrap = vec!["--join".into(), seeds.join(",")];
+        p.extra = extra;
+        self.nodes.insert(id, p);
+        self.node_mut(id)
+    }
+
     pub fn node(&self, id: u64) -> &NodeProcess {
         self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id}"))
     }

@@ -17,15 +17,17 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const PREFIX: &str = "vpnlab";
 
 pub struct Lab {
     name: String,
-    nodes: BTreeMap<u64, Ipv4Addr>,
+    /// Grows while the lab is in use ([`Lab::add_node`]).
+    nodes: Mutex<BTreeMap<u64, Ipv4Addr>>,
     client: Ipv4Addr,
     /// Namespaces made so far, removed on drop.
-    made: Vec<String>,
+    made: Mutex<Vec<String>>,
 }
 
 impl Lab {
@@ -38,8 +40,8 @@ impl Lab {
         remove_abandoned_labs();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("{PREFIX}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let nodes = (1..=nodes).map(|id| (id, Ipv4Addr::new(10, 77, 0, id as u8))).collect();
-        let mut lab = Lab { name, nodes, client: Ipv4Addr::new(10, 77, 0, 250), made: Vec::new() };
+        let nodes = Mutex::new((1..=nodes).map(|id| (id, node_ip(id))).collect());
+        let mut lab = Lab { name, nodes, client: Ipv4Addr::new(10, 77, 0, 250), made: Mutex::default() };
         match lab.build() {
             Ok(()) => Some(lab),
             Err(why) => {
@@ -54,28 +56,43 @@ impl Lab {
         self.add_ns(&hub)?;
         run("ip", &["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run("ip", &["-n", &hub, "link", "set", "br0", "up"])?;
-        let members: Vec<(String, Ipv4Addr)> = self
-            .nodes
-            .iter()
-            .map(|(id, ip)| (self.node_ns(*id), *ip))
-            .chain([(self.client_ns(), self.client)])
+        let members: Vec<(String, Ipv4Addr, String)> = self
+            .node_ids()
+            .into_iter()
+            .map(|id| (self.node_ns(id), self.node_ip(id), format!("p{id}")))
+            .chain([(self.client_ns(), self.client, "pc".to_owned())])
             .collect();
-        for (i, (ns, ip)) in members.iter().enumerate() {
-            self.add_ns(ns)?;
-            let port = format!("p{i}");
-            run("ip", &["-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &hub])?;
-            run("ip", &["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
-            run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-            run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
-            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        for (ns, ip, port) in &members {
+            self.attach(ns, *ip, port)?;
         }
         Ok(())
     }
 
-    fn add_ns(&mut self, ns: &str) -> Result<(), String> {
-        run("ip", &["netns", "add", ns])?;
-        self.made.push(ns.to_owned());
+    /// Makes namespace `ns` with address `ip` on the bridge (through hub port `port`).
+    fn attach(&self, ns: &str, ip: Ipv4Addr, port: &str) -> Result<(), String> {
+        let hub = self.ns("hub");
+        self.add_ns(ns)?;
+        run("ip", &["-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &hub])?;
+        run("ip", &["-n", &hub, "link", "set", port, "master", "br0", "up"])?;
+        run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
+    }
+
+    fn add_ns(&self, ns: &str) -> Result<(), String> {
+        run("ip", &["netns", "add", ns])?;
+        lock(&self.made).push(ns.to_owned());
+        Ok(())
+    }
+
+    /// Adds node `id` (a namespace of its own on the bridge) to a lab in use:
+    /// a node about to join the cluster.
+    pub fn add_node(&self, id: u64) {
+        assert!((1..250).contains(&id) && !lock(&self.nodes).contains_key(&id), "node {id}: taken or out of range");
+        self.attach(&self.node_ns(id), node_ip(id), &format!("p{id}"))
+            .unwrap_or_else(|e| panic!("adding node {id} to the lab: {e}"));
+        lock(&self.nodes).insert(id, node_ip(id));
     }
 
     fn ns(&self, what: &str) -> String {
@@ -91,11 +108,11 @@ impl Lab {
     }
 
     pub fn node_ip(&self, id: u64) -> Ipv4Addr {
-        *self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id} in the lab"))
+        *lock(&self.nodes).get(&id).unwrap_or_else(|| panic!("no node {id} in the lab"))
     }
 
     pub fn node_ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
+        lock(&self.nodes).keys().copied().collect()
     }
 
     /// Cuts node `id` off from every other node, both ways; clients still reach it.
@@ -151,12 +168,21 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
+        for ns in lock(&self.made).iter().rev() {
             if let Err(e) = run("ip", &["netns", "del", ns]) {
                 eprintln!("lab cleanup: {e}");
             }
         }
     }
+}
+
+/// Node `id`'s address: 10.77.0.<id>.
+fn node_ip(id: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, id as u8)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn skip<T>(test: &str, missing: &str) -> Option<T> {

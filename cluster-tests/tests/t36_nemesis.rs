@@ -5,7 +5,8 @@
 //! A schedule: a workload of seven clients (one request in flight each, on
 //! six user names of the schedule's own) against random nodes; a fault a few
 //! seconds in (partitions by iptables, SIGSTOP, kill -9, kill -9 with a
-//! torn write or a flipped bit in the log), held 4-6 s, then healed; the workload goes on at least 4 s more, and until a write started
+//! torn write or a flipped bit in the log, a node joining and an isolated one
+//! removed), held 4-6 s, then healed; the workload goes on at least 4 s more, and until a write started
 //! after the heal is acknowledged. Then, with a leader agreed again, every node reads every
 //! user linearizably, and those reads join the history: a lost acknowledged
 //! write or a resurrected delete shows there. Besides the history:
@@ -16,8 +17,8 @@
 //!   acknowledged write, printed with the longest stretch without one).
 //!
 //! Each test runs a group of schedules one after another on one cluster
-//! (partitions; pauses; crashes; disk faults), each schedule on user names
-//! of its own.
+//! (partitions; pauses; crashes; disk faults; membership), each schedule on
+//! user names of its own.
 //! Every choice (operations, users, nodes, fault timings) comes from one
 //! seed, printed at the start and in every failure: `NEMESIS_SEED=<n>`
 //! replays the choices (the interleaving is the machine's).
@@ -45,7 +46,8 @@ use tonic::Code;
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{
-    CreateUserRequest, DeleteUserRequest, GetUserRequest, StatusRequest, UpdateUserRequest, User, UserStatus,
+    ClusterStatus, CreateUserRequest, DeleteUserRequest, GetUserRequest, MemberRole, RemoveMemberRequest,
+    StatusRequest, UpdateUserRequest, User, UserStatus,
 };
 
 /// Elections within a second even when two debug builds share a core.
@@ -91,6 +93,11 @@ enum Nemesis {
     /// its log (acknowledged data): at the heal it must refuse to start and
     /// name the segment; once the bit is restored it starts and catches up.
     BitFlip,
+    /// A follower isolated; meanwhile a new node joins (learner, then voter)
+    /// and the isolated follower is removed from the membership, then stays
+    /// cut off for the hold (campaigning in rising terms). It stays up
+    /// through the heal (a removed member must not disturb the others), then stops.
+    Membership,
     /// A fault on a random node (the last seen leader half the time) about
     /// every 1-1.6 s: isolate, cut a link, pause or kill; each undone before the next.
     Rolling,
@@ -110,6 +117,12 @@ fn netns_nemesis_pauses_keep_histories_linearizable() {
 #[test]
 fn netns_nemesis_disk_faults_keep_histories_linearizable() {
     run("netns_nemesis_disk_faults_keep_histories_linearizable", 4, &[Nemesis::TornWrite, Nemesis::BitFlip]);
+}
+
+#[test]
+fn netns_nemesis_membership_changes_under_a_partition_keep_histories_linearizable() {
+    let test = "netns_nemesis_membership_changes_under_a_partition_keep_histories_linearizable";
+    run(test, 5, &[Nemesis::Membership]);
 }
 
 #[test]
@@ -203,7 +216,7 @@ async fn schedule(
 
     sleep(Duration::from_millis(rng.between(WARMUP_MS))).await;
     let mut faults = Faults::new(t0);
-    inflict(nemesis, lab, cluster, leader, observer, rng, &mut faults).await;
+    let removed = inflict(nemesis, lab, cluster, leader, observer, rng, &mut faults).await;
     let healed = Instant::now();
     let deadline = healed + CONVERGE;
     while Instant::now() < deadline && (shared.first_ack_after(healed).is_none() || healed.elapsed() < AFTER_HEAL) {
@@ -213,6 +226,13 @@ async fn schedule(
     for c in clients {
         c.await.unwrap_or_else(|e| panic!("{ctx}: a client task failed: {e}"));
     }
+    // A member removed by the nemesis ran on through the heal (a removed node
+    // must not disturb the others); now it leaves the cluster's processes.
+    if let Some(gone) = removed.and_then(|id| cluster.nodes.remove(&id)) {
+        let mut gone = gone;
+        gone.kill9();
+        faults.note(format!("node {} stopped", gone.id));
+    }
     let faults = faults.log.join("; ");
     let first_ack = shared.first_ack_after(healed).unwrap_or_else(|| {
         panic!("{ctx}: no write started after the heal was acknowledged within {CONVERGE:?}; faults: {faults}; {KEEP}")
@@ -220,7 +240,8 @@ async fn schedule(
 
     let leader =
         agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: after the heal: {e}; faults: {faults}; {KEEP}"));
-    final_reads(&shared, &keys, &nodes)
+    let members: Vec<(u64, SocketAddr)> = cluster.nodes.values().map(|p| (p.id, p.grpc)).collect();
+    final_reads(&shared, &keys, &members)
         .await
         .unwrap_or_else(|e| panic!("{ctx}: final reads (leader {leader}): {e}; faults: {faults}; {KEEP}"));
 
@@ -245,7 +266,8 @@ async fn schedule(
     (summary, first_ack)
 }
 
-/// Applies `nemesis`, holds it, and undoes it.
+/// Applies `nemesis`, holds it, and undoes it; returns the member it
+/// removed from the cluster, if it did.
 async fn inflict(
     nemesis: Nemesis,
     lab: &Lab,
@@ -254,8 +276,8 @@ async fn inflict(
     observer: &Observer,
     rng: &mut Rng,
     faults: &mut Faults,
-) {
-    let ids = lab.node_ids();
+) -> Option<u64> {
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
     let hold = Duration::from_millis(rng.between(HOLD_MS));
     let follower = rng.pick(&followers);
@@ -274,7 +296,7 @@ async fn inflict(
             let end = tear_tail(&segment);
             faults.note(format!("torn write at byte {end} of {}", segment.display()));
             faults.undo(lab, cluster);
-            return;
+            return None;
         }
         Nemesis::BitFlip => {
             faults.kill(cluster, follower);
@@ -305,7 +327,7 @@ async fn inflict(
             flip_bit(&segment, offset);
             faults.note(format!("node {follower} refused to start; bit restored"));
             faults.undo(lab, cluster);
-            return;
+            return None;
         }
         Nemesis::Rolling => {
             let end = Instant::now() + hold;
@@ -328,11 +350,74 @@ async fn inflict(
                 sleep(Duration::from_millis(rng.between((900, 1600)))).await;
             }
             faults.undo(lab, cluster);
-            return;
+            return None;
+        }
+        Nemesis::Membership => {
+            let others: Vec<u64> = ids.iter().copied().filter(|id| *id != follower).collect();
+            let id = lab.node_ids().into_iter().max().unwrap_or(0) + 1;
+            lab.add_node(id);
+            // Isolated from the new node too.
+            faults.isolate(lab, follower);
+            cluster.add_lab_node(lab, id).start();
+            faults.note(format!("node {id} joins"));
+            let ready = |status: &ClusterStatus| role(status, id) == Some(MemberRole::Voter);
+            membership_settles(cluster, &others, ready, &format!("node {id} to become a voter")).await;
+            faults.note(format!("node {id} is a voter"));
+            remove_member(cluster, &others, follower).await;
+            let gone = |status: &ClusterStatus| role(status, follower).is_none();
+            membership_settles(cluster, &others, gone, &format!("node {follower} to leave the membership")).await;
+            faults.note(format!("node {follower} removed"));
+            // Still cut off, the removed node times out and campaigns in rising terms.
+            sleep(hold).await;
+            faults.undo(lab, cluster);
+            return Some(follower);
         }
     }
     sleep(hold).await;
     faults.undo(lab, cluster);
+    None
+}
+
+/// How long a membership change may take while a fault is in force.
+const MEMBERSHIP: Duration = Duration::from_secs(60);
+
+fn role(status: &ClusterStatus, id: u64) -> Option<MemberRole> {
+    status.members.iter().find(|m| m.id == id).and_then(|m| MemberRole::try_from(m.role).ok())
+}
+
+/// Waits until one of `asked` reports a membership for which `settled` holds.
+async fn membership_settles(cluster: &Cluster, asked: &[u64], settled: impl Fn(&ClusterStatus) -> bool, what: &str) {
+    let deadline = Instant::now() + MEMBERSHIP;
+    let mut last = String::new();
+    loop {
+        for id in asked {
+            match cluster.status(*id).await {
+                Ok(status) if settled(&status) => return,
+                Ok(status) => last = format!("node {id}: {:?}", status.members),
+                Err(e) => last = e,
+            }
+        }
+        assert!(Instant::now() < deadline, "membership: no sign of {what} within {MEMBERSHIP:?}; last: {last}");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes member `id` through any of `asked`, retrying until one takes it.
+async fn remove_member(cluster: &Cluster, asked: &[u64], id: u64) {
+    let deadline = Instant::now() + MEMBERSHIP;
+    loop {
+        for node in asked {
+            let mut req = tonic::Request::new(RemoveMemberRequest { id });
+            req.set_timeout(Duration::from_secs(10));
+            match cluster.cluster_client(*node).remove_member(req).await {
+                Ok(_) => return,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "membership: removing node {id} failed until the end: {e}");
+                }
+            }
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The faults in force, and a log of all (seconds since the schedule began).
