@@ -1,8 +1,8 @@
 //! A data-plane node against the machine's real Docker engine: it is no Raft
 //! member, its agent registers its inbounds, its engines catch up with its
 //! assignment, `vpnctl node list` shows it and `vpnctl user links` gives links
-//! a URL parser reads back with the right keys. (Traffic through the engines
-//! is the end-to-end tests' job.)
+//! a URL parser reads back with the right keys; a node without nftables says
+//! so. (Traffic through the engines is the end-to-end tests' job.)
 
 use std::time::Duration;
 
@@ -21,6 +21,32 @@ fn ok(run: Run, what: &str) -> Run {
 
 fn query(url: &Url, key: &str) -> Option<String> {
     url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+/// Without nftables a node serves, but user changes cut sessions and the
+/// engines' events count the traffic: `node show` and the metrics say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_node_without_nftables_says_so_in_node_show_and_its_metrics() {
+    if !docker::available("docker_a_node_without_nftables_says_so_in_node_show_and_its_metrics") {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]).await;
+    let id = docker::unique_node_id();
+    let _engines = Engines { owner: id };
+    let ss = format!("shadowsocks-2022={}", free_port());
+    let flags = ["--dataplane", "--public-host", "127.0.0.1", "--inbound", &ss, "--engine-image", ENGINE_IMAGE];
+    cluster.add_joining_node(id, &[&flags[..], &["--nftables", "off"]].concat()).start();
+    let eps = cluster.endpoints();
+    ok(vpnctl(&eps, &["user", "add", "alice"]), "add alice");
+    let node = node_caught_up(&eps, &[], id, 1).await;
+    let accounting = node["accounting"].as_str().unwrap_or_default();
+    assert!(accounting.starts_with("engine events (no nftables: --nftables off)"), "{node}");
+    let shown = ok(vpnctl(&eps, &["node", "show", &id.to_string()]), "node show").stdout;
+    assert!(shown.contains("Accounting:") && shown.contains("cutting live sessions"), "{shown}");
+    let (_, metrics) = cluster_tests::cluster::http_get(cluster.node(id).http, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("vpn_runtime_accounting_source{source=\"engine-stream\"} 1"), "{metrics}");
+    let table = std::process::Command::new("nft").args(["list", "table", "inet", &format!("vpnd_{id}")]).output();
+    assert!(table.is_ok_and(|o| !o.status.success()), "no nftables table");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,6 +77,7 @@ async fn docker_node_list_and_user_links() {
         .map(|i| (i["protocol"].as_str().unwrap_or_default().to_owned(), i["port"].as_u64().unwrap_or_default()))
         .collect();
     assert_eq!(inbounds, [("vless-tls".into(), u64::from(tls_port)), ("shadowsocks-2022".into(), u64::from(ss_port))]);
+    assert_eq!(node["accounting"], "kernel (nftables)", "{node}");
     let status = ok(vpnctl(&eps, &["-o", "json", "cluster", "status"]), "cluster status").json();
     let member = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id));
     assert_eq!(member, None, "a data-plane node is no Raft member: {status}");

@@ -18,9 +18,10 @@
 //! protocol inbound (`vpn-<node>-<protocol>-g<N>`), host networking, restart
 //! `unless-stopped`, labels `vpn.owner-node`, `vpn.engine`, `vpn.protocol`,
 //! `vpn.config-hash`, `vpn.generation`, `vpn.engine-port` (plus the allocated
-//! API port, see [`ports`]). nftables redirects each public port to the
-//! current generation and counts every user's bytes. Engines and the rules
-//! keep running when the node exits.
+//! API ports, see [`ports`]). nftables redirects each public port to the
+//! current generation and counts every user's bytes; without it
+//! ([`NftablesUse`]) each generation listens on the public port and replaces
+//! the previous one. Engines and the rules keep running when the node exits.
 //!
 //! Layout:
 //! - [`desired`]: what the node should serve (built by `vpn-node`).
@@ -33,7 +34,8 @@
 //!   counts); [`marks`]: the users' socket marks.
 //! - [`docker`]: the bollard calls and labels; [`ports`]: the port checks and port scheme.
 //! - [`keys`], [`tls`]: Reality x25519 keys, Shadowsocks keys, self-signed certificates.
-//! - [`usage`]: per-user traffic counters ([`UsageReader`]).
+//! - [`usage`]: per-user traffic counters ([`UsageReader`]): the kernel's, or
+//!   without nftables the engines' connection events ([`usage::stream`]).
 //! - [`metrics`]: Prometheus series; `error`: [`RuntimeError`].
 
 pub mod desired;
@@ -58,6 +60,6 @@ mod testutil;
 pub use desired::{DesiredState, EngineUser, InboundSpec, Protocol, RealitySettings, TlsFiles};
 pub use error::RuntimeError;
 pub use metrics::Metrics;
-pub use reconciler::{ApplyStatus, Reconciler, ReconcilerHandle, RuntimeConfig};
+pub use reconciler::{Accounting, ApplyStatus, NftablesUse, Reconciler, ReconcilerHandle, RuntimeConfig};
 pub use usage::{Counter, UsageReader};
 pub use validate::validate;

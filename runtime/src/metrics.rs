@@ -33,6 +33,13 @@ pub struct Metrics {
     sessions_dropped: Family<ProtocolLabel, Counter>,
     engine_users: Family<ProtocolLabel, Gauge>,
     sessions_closed: Family<ProtocolLabel, Counter>,
+    accounting_source: Family<SourceLabel, Gauge>,
+    accounting_gaps: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
 }
 
 impl Default for Metrics {
@@ -49,6 +56,8 @@ impl Default for Metrics {
             sessions_dropped: Family::default(),
             engine_users: Family::default(),
             sessions_closed: Family::default(),
+            accounting_source: Family::default(),
+            accounting_gaps: Counter::default(),
         }
     }
 }
@@ -94,6 +103,16 @@ impl Metrics {
             "sessions_closed",
             "Live sessions closed because their user was removed",
             self.sessions_closed.clone(),
+        );
+        r.register(
+            "accounting_source",
+            "Where per-user traffic counts come from: 1 for kernel (nftables) or engine-stream (the engines' connection events, without nftables)",
+            self.accounting_source.clone(),
+        );
+        r.register(
+            "accounting_gaps",
+            "Connections counted up to their last known bytes because their end was not seen (engine-stream accounting)",
+            self.accounting_gaps.clone(),
         );
     }
 
@@ -142,6 +161,14 @@ impl Metrics {
 
     pub(crate) fn set_users(&self, protocol: Protocol, users: usize) {
         self.engine_users.get_or_create(&protocol.into()).set(i64::try_from(users).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_accounting_source(&self, source: &str) {
+        self.accounting_source.get_or_create(&SourceLabel { source: source.to_owned() }).set(1);
+    }
+
+    pub(crate) fn accounting_gaps(&self, n: u64) {
+        self.accounting_gaps.inc_by(n);
     }
 
     pub(crate) fn closed_sessions(&self, protocol: Protocol, n: u64) {

@@ -161,6 +161,12 @@ impl NodeTable {
     }
 }
 
+/// Whether nftables works here: the `nft` command runs and may read the
+/// ruleset (it needs CAP_NET_ADMIN, as every change does).
+pub async fn probe() -> Result<(), RuntimeError> {
+    nft(&["list", "tables"], None).await.map(drop).map_err(|e| nft_error("read", e))
+}
+
 /// The mark prefixes other nodes' tables on this host count (so a new node picks another).
 pub async fn taken_prefixes() -> Result<BTreeSet<u32>, RuntimeError> {
     let json = nft(&["-j", "list", "ruleset"], None).await.map_err(|e| nft_error("read", e))?;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::docker::Docker;
+use crate::engine::singbox::render::EVENTS;
 use crate::engine::singbox::SingBox;
 use crate::engine::Engine;
 use crate::marks::Marks;
@@ -24,6 +25,7 @@ use crate::reconcile::env::Env;
 use crate::reconcile::observe::observe;
 use crate::reconcile::plan::{plan, DesiredInbound, DrainPolicy, Op, PlanInput};
 use crate::reconcile::{executor, Observed};
+use crate::usage::stream::{EngineStream, StreamCounts};
 use crate::usage::{FinalReadings, UsageReader};
 use crate::{validate, DesiredState, Metrics, Protocol, RuntimeError};
 
@@ -44,6 +46,8 @@ pub struct RuntimeConfig {
     pub generation_interval: Duration,
     /// How long previous generations serve their sessions, and how many may live.
     pub drain: DrainPolicy,
+    /// Whether to use nftables (handoff without cuts, kernel counts).
+    pub nftables: NftablesUse,
     /// On shutdown, a reconcile in flight may finish within this.
     pub shutdown_grace: Duration,
 }
@@ -58,7 +62,52 @@ impl RuntimeConfig {
             docker_host: None,
             generation_interval: Duration::from_millis(500),
             drain: DrainPolicy { deadline: Duration::from_secs(3600), max_generations: 8 },
+            nftables: NftablesUse::Auto,
             shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `vpnd --nftables`: whether the node uses nftables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NftablesUse {
+    /// nftables where it works (the `nft` command runs and may change the
+    /// ruleset), else without it, saying why.
+    #[default]
+    Auto,
+    /// nftables, or an error at start naming the fix.
+    On,
+    /// Never.
+    Off,
+}
+
+/// How a node hands users' changes to its engines and counts their traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accounting {
+    /// nftables: generations take over without cutting anyone, and the
+    /// kernel counts every user's bytes.
+    Kernel,
+    /// No nftables (`why`): a change of an inbound's users replaces its
+    /// engine (cutting its live sessions), and the engines' connection events
+    /// count the bytes (see [`crate::usage::stream`]).
+    EngineStream { why: String },
+}
+
+impl Accounting {
+    /// As `vpnctl node show` prints it.
+    pub fn describe(&self) -> String {
+        match self {
+            Accounting::Kernel => "kernel (nftables)".to_owned(),
+            Accounting::EngineStream { why } => {
+                format!("engine events (no nftables: {why}); user changes restart the engines, cutting live sessions")
+            }
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Accounting::Kernel => "kernel",
+            Accounting::EngineStream { .. } => "engine-stream",
         }
     }
 }
@@ -70,6 +119,8 @@ pub struct ApplyStatus {
     pub applied_generation: u64,
     /// Why the last reconcile failed; `None` after a success.
     pub last_error: Option<String>,
+    /// Where the traffic counts come from ([`Accounting::describe`]).
+    pub accounting: String,
 }
 
 pub struct Reconciler;
@@ -80,6 +131,7 @@ pub struct ReconcilerHandle {
     pub metrics: Metrics,
     /// Reads the engines' traffic counters; clone it for a task of its own.
     pub usage: UsageReader,
+    pub accounting: Accounting,
     task: JoinHandle<()>,
 }
 
@@ -115,9 +167,29 @@ impl Reconciler {
         let metrics = Metrics::default();
         let finals = FinalReadings::default();
         let table = NodeTable::new(config.node_id);
-        let marks = Marks::load_or_create(&config_dir, config.node_id, &nftables::taken_prefixes().await?)?;
-        let marks = Arc::new(Mutex::new(marks));
-        let usage = UsageReader::new(table.clone(), marks.clone(), finals.clone());
+        let accounting = match (config.nftables, nftables::probe().await) {
+            (NftablesUse::Off, _) => Accounting::EngineStream { why: "--nftables off".to_owned() },
+            (_, Ok(())) => Accounting::Kernel,
+            (NftablesUse::On, Err(e)) => return Err(e),
+            (NftablesUse::Auto, Err(e)) => {
+                tracing::warn!(node = config.node_id, error = %e, "no nftables: user changes will restart the engines (cutting live sessions), and traffic is counted from the engines' events; see --nftables");
+                // The node registers it (`node show`): a sentence, not a whole stderr.
+                Accounting::EngineStream { why: e.to_string().chars().take(300).collect() }
+            }
+        };
+        metrics.set_accounting_source(accounting.metric_label());
+        let taken = match accounting {
+            Accounting::Kernel => nftables::taken_prefixes().await?,
+            Accounting::EngineStream { .. } => Default::default(),
+        };
+        let marks = Arc::new(Mutex::new(Marks::load_or_create(&config_dir, config.node_id, &taken)?));
+        let (stream, usage) = match accounting {
+            Accounting::Kernel => (None, UsageReader::kernel(table.clone(), marks.clone(), finals.clone())),
+            Accounting::EngineStream { .. } => {
+                let counts = StreamCounts::load(&config_dir, metrics.clone())?;
+                (Some(counts.clone()), UsageReader::stream(counts))
+            }
+        };
         let env = Env {
             engine: SingBox,
             docker,
@@ -130,10 +202,12 @@ impl Reconciler {
             marks,
             drain: config.drain,
             public_ports: PublicPorts::default(),
+            stream,
         };
-        let (status_tx, status) = watch::channel(ApplyStatus::default());
+        let initial = ApplyStatus { accounting: accounting.describe(), ..Default::default() };
+        let (status_tx, status) = watch::channel(initial);
         let task = tokio::spawn(run(env, config, desired, shutdown, status_tx));
-        Ok(ReconcilerHandle { status, metrics, usage, task })
+        Ok(ReconcilerHandle { status, metrics, usage, accounting, task })
     }
 }
 
@@ -269,6 +343,7 @@ async fn reconcile<E: Engine>(
         let input = PlanInput {
             inbounds: &inbounds,
             users: &desired.users,
+            handoff: env.stream.is_none(),
             // One new generation per reconcile at most: the next pass routes to it.
             generation_allowed: generation_allowed && !outcome.started_generation,
             drain: env.drain,
@@ -279,6 +354,9 @@ async fn reconcile<E: Engine>(
             |failed: &[(Option<Protocol>, RuntimeError)], op: &Op| failed.iter().any(|(p, _)| *p == op.protocol());
         if plan.ops.iter().all(|op| failed_in(&failed, op)) {
             record_users(env, &observed);
+            if let Some(stream) = &env.stream {
+                stream.follow(engine_streams(&observed));
+            }
             outcome.generation_deferred = plan.generation_deferred;
             outcome.draining = plan.draining;
             return match failed.len() {
@@ -309,6 +387,20 @@ async fn reconcile<E: Engine>(
         last_plan = plan.ops;
     }
     Err(RuntimeError::NotConverging { passes: MAX_PASSES, last_plan: format!("{last_plan:?}") })
+}
+
+/// The running generations whose connection events can be read (an engine
+/// started before they were rendered has no `api` service port).
+fn engine_streams(observed: &Observed) -> Vec<EngineStream> {
+    observed
+        .containers
+        .iter()
+        .filter(|c| c.running && c.generation.is_some())
+        .filter_map(|c| {
+            let api = c.api.as_ref()?;
+            Some(EngineStream { container_id: c.id.clone(), port: *api.ports.get(EVENTS)?, secret: api.secret.clone() })
+        })
+        .collect()
 }
 
 /// Holds the public ports routed already (a vpnd restart lets go of them).

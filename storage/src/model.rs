@@ -340,6 +340,9 @@ pub struct DataplaneNode {
     /// the epoch), as it registered it; `None` without mutual TLS.
     #[serde(default)]
     pub cert_not_after_ms: Option<i64>,
+    /// Where the node's traffic counts come from, as it registered (see `vpnd --nftables`).
+    #[serde(default)]
+    pub accounting: Option<String>,
     /// The [`State::generation`](crate::state::State::generation) at which
     /// what this node should serve (its active users, their credentials,
     /// its offer) last changed: the generation of its assignment, which the
@@ -383,6 +386,7 @@ impl DataplaneNode {
             traffic_seq: 0,
             engine_error: None,
             cert_not_after_ms: None,
+            accounting: None,
             assigned_generation: 0,
         }
     }
@@ -416,6 +420,7 @@ impl DataplaneNode {
             && self.labels == other.labels
             && self.capacity == other.capacity
             && self.cert_not_after_ms == other.cert_not_after_ms
+            && self.accounting == other.accounting
     }
 }
 

@@ -146,6 +146,7 @@ async fn run(spec: AgentSpec, channel: Channel, fleet: Arc<Fleet>, gate: Arc<Sem
         labels: Default::default(),
         capacity: 0,
         cert_not_after_ms: spec.cert_not_after_ms,
+        accounting: String::new(),
     };
     let applied = Arc::new(AtomicU64::new(0));
     let (registered_tx, registered) = watch::channel(false);

@@ -124,6 +124,7 @@ mod tests {
             docker_host: None,
             engine_drain: std::time::Duration::from_secs(3600),
             engine_max_generations: 8,
+            nftables: vpn_runtime::NftablesUse::Auto,
         }
     }
 

@@ -148,6 +148,7 @@ pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiv
     runtime.resync = config.resync;
     runtime.docker_host = config.docker_host.clone();
     runtime.drain = DrainPolicy { deadline: config.engine_drain, max_generations: config.engine_max_generations };
+    runtime.nftables = config.nftables;
     let reconciler = Reconciler::start(runtime, desired_rx, shutdown.clone()).await?;
     host.metrics.register_with(|r| reconciler.metrics.register(r));
     tracing::info!(image = %config.engine_image, inbounds = inbounds.len(), "data-plane agent started");
@@ -155,6 +156,7 @@ pub async fn start(host: Host, config: &DataplaneConfig, shutdown: watch::Receiv
     let control_plane = Arc::new(ControlPlane::new(host.control_plane.clone(), host.peers.clone()));
     let mut offer = desired::offer(id, config, &secrets);
     offer.incarnation = host.identity.incarnation.to_string();
+    offer.accounting = reconciler.accounting.describe();
     let (events_tx, events_rx) = mpsc::channel(16);
     let (registered_tx, registered_rx) = watch::channel(None);
     let session = Session {

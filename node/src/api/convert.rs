@@ -50,6 +50,7 @@ pub fn node(n: &DataplaneNode, users: u64) -> v1::Node {
         capacity: n.capacity,
         engine_error: n.engine_error.clone().unwrap_or_default(),
         cert_expires_at: n.cert_not_after_ms.map(rfc3339).unwrap_or_default(),
+        accounting: n.accounting.clone().unwrap_or_default(),
     }
 }
 

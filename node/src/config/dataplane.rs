@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use vpn_runtime::NftablesUse;
 use vpn_storage::model::Protocol;
 
 use crate::error::Error;
@@ -45,6 +46,8 @@ pub struct DataplaneConfig {
     pub engine_drain: Duration,
     /// Most VLESS generations of one inbound alive at once.
     pub engine_max_generations: usize,
+    /// Whether to use nftables (`--nftables`).
+    pub nftables: NftablesUse,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +124,10 @@ pub struct DataplaneArgs {
     /// Most VLESS engine generations of one inbound alive at once, 2-64 (default 8); beyond it the oldest one's sessions are cut.
     #[arg(long, value_name = "N")]
     pub engine_max_generations: Option<usize>,
+    /// nftables for handing users' changes to engines without cuts and counting traffic in the kernel:
+    /// auto (default: where it works, else restart engines on changes and count from their events), on or off.
+    #[arg(long, value_name = "WHEN")]
+    pub nftables: Option<String>,
 }
 
 impl DataplaneArgs {
@@ -141,6 +148,7 @@ impl DataplaneArgs {
             ("--docker-host", self.docker_host.is_some()),
             ("--engine-drain", self.engine_drain.is_some()),
             ("--engine-max-generations", self.engine_max_generations.is_some()),
+            ("--nftables", self.nftables.is_some()),
         ]
         .into_iter()
         .find_map(|(flag, given)| given.then_some(flag))
@@ -239,6 +247,17 @@ pub(super) fn parse(raw: DataplaneArgs, taken: &[(&'static str, u16)]) -> Result
             ),
         ));
     }
+    let nftables = match raw.nftables.as_deref().map(str::trim) {
+        None | Some("auto") => NftablesUse::Auto,
+        Some("on") => NftablesUse::On,
+        Some("off") => NftablesUse::Off,
+        Some(other) => {
+            return Err(Error::invalid(
+                "--nftables",
+                &format!("{other:?}: give auto (the default: nftables where it works), on (required) or off"),
+            ))
+        }
+    };
     Ok(Some(DataplaneConfig {
         public_host,
         inbounds,
@@ -251,6 +270,7 @@ pub(super) fn parse(raw: DataplaneArgs, taken: &[(&'static str, u16)]) -> Result
         docker_host: raw.docker_host.filter(|h| !h.trim().is_empty()),
         engine_drain,
         engine_max_generations,
+        nftables,
     }))
 }
 

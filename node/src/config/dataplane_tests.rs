@@ -70,6 +70,7 @@ fn a_full_data_plane_node_is_parsed_with_defaults() {
     assert_eq!(c.capacity, 500);
     assert_eq!(c.resync, Duration::from_secs(10));
     assert_eq!((c.engine_drain, c.engine_max_generations), (Duration::from_secs(3600), 8));
+    assert_eq!(c.nftables, vpn_runtime::NftablesUse::Auto);
 }
 
 #[test]
@@ -124,6 +125,9 @@ fn other_bad_values_name_their_flag() {
     let d =
         dataplane(&[&tls[..], &["--engine-drain", "90s", "--engine-max-generations", "3"]].concat()).expect("valid");
     assert_eq!((d.engine_drain, d.engine_max_generations), (Duration::from_secs(90), 3));
+    refused(&[&tls[..], &["--nftables", "maybe"]].concat(), "--nftables", "auto (the default");
+    let d = dataplane(&[&tls[..], &["--nftables", "off"]].concat()).expect("valid");
+    assert_eq!(d.nftables, vpn_runtime::NftablesUse::Off);
     let e = config(&["--dataplane", "--inbound", "vless-tls=443"]).expect_err("no host");
     assert!(e.starts_with("--public-host") && e.contains("required"), "{e}");
     let e =

@@ -169,6 +169,7 @@ struct FileSettings {
     docker_host: Option<String>,
     engine_drain: Option<String>,
     engine_max_generations: Option<usize>,
+    nftables: Option<String>,
     replicas: Option<usize>,
     down_after_ms: Option<u64>,
     node_heartbeat_ms: Option<u64>,
@@ -286,6 +287,7 @@ impl Config {
                 docker_host: dp.docker_host.or(file.docker_host),
                 engine_drain: dp.engine_drain.or(file.engine_drain),
                 engine_max_generations: dp.engine_max_generations.or(file.engine_max_generations),
+                nftables: dp.nftables.or(file.nftables),
             },
             &[("--listen", listen.port()), ("--http", http.port())],
         )?;

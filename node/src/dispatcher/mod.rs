@@ -184,6 +184,9 @@ pub(crate) fn registration(req: &RegisterRequest) -> Result<(DataplaneNode, Uuid
     Ok((offer, incarnation))
 }
 
+/// Bound on the accounting note a node registers (a sentence and an error message).
+const MAX_ACCOUNTING: usize = 1024;
+
 /// The record a registration asks for, checked field by field.
 fn offer(req: &RegisterRequest) -> Result<DataplaneNode, Error> {
     if req.node_id == 0 {
@@ -203,6 +206,13 @@ fn offer(req: &RegisterRequest) -> Result<DataplaneNode, Error> {
     node.labels = req.labels.clone().into_iter().collect();
     node.capacity = req.capacity;
     node.cert_not_after_ms = Some(req.cert_not_after_ms).filter(|ms| *ms > 0);
+    if req.accounting.len() > MAX_ACCOUNTING {
+        return Err(Error::InvalidArgument {
+            field: "accounting",
+            detail: format!("{} bytes: at most {MAX_ACCOUNTING}", req.accounting.len()),
+        });
+    }
+    node.accounting = Some(req.accounting.clone()).filter(|a| !a.is_empty());
     Ok(node)
 }
 

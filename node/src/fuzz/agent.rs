@@ -66,11 +66,22 @@ fn inbound() -> impl Strategy<Value = OfferedInbound> {
 fn register() -> impl Strategy<Value = RegisterRequest> {
     (
         (node_id(), uuid_text(), prop_oneof![3 => "[a-z0-9.-]{1,16}", 1 => text()]),
-        (vec(inbound(), 0..3), hash_map(text(), text(), 0..3), any::<u32>(), any::<i64>()),
+        (vec(inbound(), 0..3), hash_map(text(), text(), 0..3), any::<u32>(), any::<i64>(), text()),
     )
-        .prop_map(|((node_id, incarnation, public_host), (inbounds, labels, capacity, cert_not_after_ms))| {
-            RegisterRequest { node_id, incarnation, public_host, inbounds, labels, capacity, cert_not_after_ms }
-        })
+        .prop_map(
+            |((node_id, incarnation, public_host), (inbounds, labels, capacity, cert_not_after_ms, accounting))| {
+                RegisterRequest {
+                    node_id,
+                    incarnation,
+                    public_host,
+                    inbounds,
+                    labels,
+                    capacity,
+                    cert_not_after_ms,
+                    accounting,
+                }
+            },
+        )
 }
 
 pub(super) fn heartbeat() -> impl Strategy<Value = HeartbeatRequest> {

@@ -5,8 +5,9 @@
 //! An engine learns its users from its config file and only there, so a
 //! change of the user set starts the next generation of the engine, which
 //! takes the new connections while the previous one serves its own until they
-//! end (see [`crate::nftables`]). A removed user is refused at once, on every
-//! generation, through a live switch, and their sessions are closed.
+//! end (see [`crate::nftables`]; without nftables the next one replaces it).
+//! A removed user is refused at once, on every generation, through a live
+//! switch, and their sessions are closed.
 
 use std::collections::BTreeMap;
 use std::future::Future;

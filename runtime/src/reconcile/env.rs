@@ -20,6 +20,7 @@ use crate::marks::Marks;
 use crate::nftables::NodeTable;
 use crate::ports::PublicPorts;
 use crate::reconcile::plan::DrainPolicy;
+use crate::usage::stream::StreamCounts;
 use crate::usage::FinalReadings;
 use crate::{Metrics, Protocol, RuntimeError};
 
@@ -38,6 +39,9 @@ pub struct Env<E: Engine> {
     pub drain: DrainPolicy,
     /// The public ports routed to generations, held so no other program takes them.
     pub public_ports: PublicPorts,
+    /// Without nftables: the engines' event counts (and no handoff: a change
+    /// replaces the engine on the public port). `None`: nftables.
+    pub stream: Option<StreamCounts>,
 }
 
 impl<E: Engine> Env<E> {

@@ -129,8 +129,12 @@ fn engine_ports(observed: &Observed) -> BTreeSet<u16> {
 }
 
 /// Reads the counts of users no engine holds any more a last time, then
-/// deletes them and frees the users' marks.
+/// deletes them and frees the users' marks (without nftables, the engines'
+/// event counts hold their bytes: only the marks go).
 async fn forget<E: Engine>(env: &Env<E>, names: &[String]) -> Result<(), RuntimeError> {
+    if env.stream.is_some() {
+        return env.marks().release(names);
+    }
     let prefix = env.marks().prefix;
     let counted = env.table.payload_bytes(prefix).await?;
     let marks: Vec<u32> = names.iter().filter_map(|n| env.marks().mark(n)).collect();
@@ -156,21 +160,29 @@ async fn start_generation<E: Engine>(
     let hash = env.engine.config_hash(&env.image, inbound)?;
     let recorded = env.docker.recorded_ports().await?;
     let reserved_api = ports::reserve_loopback(env.engine.api_port_count(), &recorded)?;
-    let reserved_port = ports::reserve_generation_port(protocol, &recorded)?;
-    let engine_port = reserved_port.ports()[0];
-    // Marks first: the table must count them before the engine sends a packet
-    // (and guard its port before it listens).
+    // Without nftables the generation listens on the public port itself, beside the previous one.
+    let reserved_port = match env.stream {
+        None => Some(ports::reserve_generation_port(protocol, &recorded)?),
+        Some(_) => None,
+    };
+    let engine_port = reserved_port.as_ref().map_or(inbound.listen_port, |r| r.ports()[0]);
     env.marks().assign(desired.users.iter().map(|u| u.name.as_str()))?;
     let marks = env.marks().all();
-    let mut guarded = engine_ports(observed);
-    guarded.insert(engine_port);
-    write_table(env, &env.table.routes().await?.unwrap_or_default(), &guarded).await?;
+    if env.stream.is_none() {
+        // The table counts the marks before the engine sends a packet, and
+        // guards its port before it listens.
+        let mut guarded = engine_ports(observed);
+        guarded.insert(engine_port);
+        write_table(env, &env.table.routes().await?.unwrap_or_default(), &guarded).await?;
+    }
     let api = ApiAccess { ports: reserved_api.ports(), secret: keys::random_secret() };
     let dir = env.generation_dir(protocol, generation);
     remove_dir(&dir)?;
     write_files(&dir, env.engine.render(inbound, engine_port, &desired.users, &marks, &api)?)?;
     reserved_api.release();
-    reserved_port.release();
+    if let Some(reserved) = reserved_port {
+        reserved.release();
+    }
     let name = env.generation_name(protocol, generation);
     let extra = [(LABEL_GENERATION, generation.to_string()), (LABEL_ENGINE_PORT, engine_port.to_string())];
     let id = env.docker.run(&engine_spec(env, inbound, &hash, &api, name.clone(), &dir, &extra)).await?;
@@ -286,9 +298,10 @@ fn update_state<E: Engine>(
     env.write_state(protocol, generation, &state)
 }
 
-/// Whether one of this node's engines listens on `port` itself (one from before generations).
+/// Whether one of this node's engines listens on the public `port` itself
+/// (one from before generations, or any without nftables).
 fn listens_itself(observed: &Observed, port: u16) -> bool {
-    observed.containers.iter().any(|c| c.running && c.generation == Some(0) && c.engine_port == Some(port))
+    observed.containers.iter().any(|c| c.running && c.engine_port == Some(port))
 }
 
 /// The observed container an op names, with its API access.

@@ -14,7 +14,11 @@ use crate::{Protocol, RuntimeError};
 
 /// Observes this node's containers, routes and marks.
 pub async fn observe<E: Engine>(env: &Env<E>) -> Result<Observed, RuntimeError> {
-    let routes = env.table.routes().await?;
+    // Without nftables there is no table: each generation listens on the public port itself.
+    let routes = match env.stream {
+        None => env.table.routes().await?,
+        Some(_) => None,
+    };
     let table = routes.is_some();
     let routes = routes.unwrap_or_default();
     let mut containers = Vec::new();

@@ -36,6 +36,10 @@ pub struct DrainPolicy {
 pub struct PlanInput<'a> {
     pub inbounds: &'a [DesiredInbound],
     pub users: &'a [EngineUser],
+    /// nftables hands the public port from one generation to the next. False
+    /// without it: each generation listens on the public port itself, and
+    /// the next one replaces the previous (cutting its sessions) once it runs.
+    pub handoff: bool,
     /// False while new generations are throttled; cutting removed users still happens at once.
     pub generation_allowed: bool,
     pub drain: DrainPolicy,
@@ -63,13 +67,17 @@ pub enum RemoveReason {
     DrainDeadline { sessions: usize },
     /// A previous generation beyond the cap on live generations: its `sessions` are cut.
     GenerationCap { sessions: usize },
+    /// Without nftables, a previous generation once the next one runs: its `sessions` are cut.
+    Replaced { sessions: usize },
 }
 
 impl RemoveReason {
     /// Sessions this removal cuts that nobody asked to end (the one documented drop).
     pub fn dropped_sessions(self) -> usize {
         match self {
-            RemoveReason::DrainDeadline { sessions } | RemoveReason::GenerationCap { sessions } => sessions,
+            RemoveReason::DrainDeadline { sessions }
+            | RemoveReason::GenerationCap { sessions }
+            | RemoveReason::Replaced { sessions } => sessions,
             _ => 0,
         }
     }
@@ -228,7 +236,7 @@ fn plan_inbound(
         None => ops.starts.push(Op::StartGeneration { protocol, generation: next_generation }),
         Some(c) => {
             let engine_port = c.engine_port.unwrap_or_default();
-            if routed_to != Some(engine_port) {
+            if input.handoff && routed_to != Some(engine_port) {
                 let container = container_ref(c);
                 ops.routes.push(Op::Route { protocol, public_port: inbound.listen_port, container, engine_port });
             }
@@ -275,6 +283,11 @@ fn plan_inbound(
         // Still the one new connections reach (until the route moves), or a
         // newer one starting up: not draining yet.
         if routed_to.is_some() && routed_to == g.engine_port || current.is_none_or(|c| number(g) > number(c)) {
+            continue;
+        }
+        if !input.handoff {
+            // It shares the public port with the current one: it goes, with its sessions.
+            ops.drained.push(remove(RemoveReason::Replaced { sessions: g.sessions.unwrap_or(0) }));
             continue;
         }
         // Its drain began when the generation after it was created.

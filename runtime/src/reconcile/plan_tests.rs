@@ -77,7 +77,7 @@ fn run_routed(
     observed: Vec<ObservedContainer>,
     routes: &[(u16, u16)],
 ) -> Plan {
-    let input = PlanInput { inbounds, users, generation_allowed, drain: DRAIN, now_ms: NOW };
+    let input = PlanInput { inbounds, users, handoff: true, generation_allowed, drain: DRAIN, now_ms: NOW };
     // Every user an engine holds or the state wants has a mark; the table exists while anything runs.
     let marked = observed
         .iter()
@@ -316,6 +316,7 @@ fn a_removed_user_is_cut_at_once_and_left_out_of_the_next_generation_then_forgot
     let input = PlanInput {
         inbounds: &[inbound(SS, 8388, "h")],
         users: &users,
+        handoff: true,
         generation_allowed: true,
         drain: DRAIN,
         now_ms: NOW,
@@ -331,7 +332,8 @@ fn a_removed_user_is_cut_at_once_and_left_out_of_the_next_generation_then_forgot
 
 #[test]
 fn a_node_that_serves_nothing_deletes_its_table_last() {
-    let input = PlanInput { inbounds: &[], users: &[], generation_allowed: true, drain: DRAIN, now_ms: NOW };
+    let input =
+        PlanInput { inbounds: &[], users: &[], handoff: true, generation_allowed: true, drain: DRAIN, now_ms: NOW };
     let empty = Observed { table: true, ..Observed::default() };
     assert_eq!(plan(input, &empty).ops, vec![Op::DeleteTable]);
     let marked = Observed { table: true, marked: ["a".to_string()].into(), ..Observed::default() };
@@ -365,4 +367,40 @@ fn cuts_come_before_anything_else() {
         })
         .collect();
     assert_eq!(kinds, ["refuse", "refuse", "start", "start", "route"], "{:?}", plan.ops);
+}
+
+#[test]
+fn without_nftables_the_next_generation_replaces_the_previous_once_it_runs() {
+    // Each generation listens on the public port itself: no table, no routes.
+    let on_port = |mut c: ObservedContainer| {
+        c.engine_port = Some(443);
+        c
+    };
+    let users = [user("a", 1), user("b", 2)];
+    let inbounds = [inbound(VL, 443, "h")];
+    let stream_plan = |observed: Vec<ObservedContainer>| {
+        let input = PlanInput {
+            inbounds: &inbounds,
+            users: &users,
+            handoff: false,
+            generation_allowed: true,
+            drain: DRAIN,
+            now_ms: NOW,
+        };
+        let marked = ["a".to_string(), "b".to_string()].into();
+        plan(input, &Observed { containers: observed, routes: BTreeMap::new(), marked, table: false })
+    };
+    let g1 = sessions(on_port(generation(1, "h", HOUR_MS, &[("a", uuid(1))])), 4);
+    // b is new: the next generation starts beside the current one; nothing is routed.
+    assert_eq!(stream_plan(vec![g1.clone()]).ops, vec![Op::StartGeneration { protocol: VL, generation: 2 }]);
+    // Once it runs, the previous one goes with its 4 sessions (the documented cut).
+    let g2 = sessions(on_port(generation(2, "h", 1000, &[("a", uuid(1)), ("b", uuid(2))])), 0);
+    let plan = stream_plan(vec![g1, g2.clone()]);
+    assert_eq!(
+        plan.ops,
+        vec![Op::Remove { container: cref("g1"), protocol: Some(VL), reason: RemoveReason::Replaced { sessions: 4 } }]
+    );
+    assert_eq!(RemoveReason::Replaced { sessions: 4 }.dropped_sessions(), 4);
+    assert!(!plan.draining);
+    assert_eq!(stream_plan(vec![g2]), Plan::default());
 }

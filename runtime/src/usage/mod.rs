@@ -30,6 +30,10 @@
 //! count a last time first and keeps that final reading in the answer for
 //! [`FINAL_READING_TTL`] (in memory only), so the caller sees the last bytes
 //! if it reads within that time.
+//!
+//! Without nftables (`--nftables off`, or `auto` where it does not work)
+//! the counts come from the engines' own connection events instead, one
+//! source per engine process and user: see [`stream`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,6 +42,8 @@ use std::time::{Duration, Instant};
 use crate::marks::Marks;
 use crate::nftables::NodeTable;
 use crate::RuntimeError;
+
+pub mod stream;
 
 /// How long a final reading stays listed after its source ended.
 pub const FINAL_READING_TTL: Duration = Duration::from_secs(600);
@@ -55,25 +61,37 @@ pub struct Counter {
 
 /// Reads this node's per-user counters. Cheap to clone; get it from
 /// [`ReconcilerHandle::usage`](crate::ReconcilerHandle), which shares the
-/// reconciler's marks and final readings.
+/// reconciler's marks and final readings (or its event counts).
 #[derive(Clone, Debug)]
 pub struct UsageReader {
-    table: NodeTable,
-    marks: Arc<Mutex<Marks>>,
-    finals: FinalReadings,
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Kernel { table: NodeTable, marks: Arc<Mutex<Marks>>, finals: FinalReadings },
+    Stream(stream::StreamCounts),
 }
 
 impl UsageReader {
-    pub(crate) fn new(table: NodeTable, marks: Arc<Mutex<Marks>>, finals: FinalReadings) -> Self {
-        UsageReader { table, marks, finals }
+    pub(crate) fn kernel(table: NodeTable, marks: Arc<Mutex<Marks>>, finals: FinalReadings) -> Self {
+        UsageReader { source: Source::Kernel { table, marks, finals } }
+    }
+
+    pub(crate) fn stream(counts: stream::StreamCounts) -> Self {
+        UsageReader { source: Source::Stream(counts) }
     }
 
     /// Every user's counter, plus the final readings of sources ended recently.
     pub async fn counters(&self) -> Result<Vec<Counter>, RuntimeError> {
-        let prefix = self.marks.lock().unwrap_or_else(PoisonError::into_inner).prefix;
-        let counted = self.table.payload_bytes(prefix).await?;
-        let mut out = named(&self.marks.lock().unwrap_or_else(PoisonError::into_inner), counted);
-        self.finals.merge(&mut out, Instant::now());
+        let (table, marks, finals) = match &self.source {
+            Source::Kernel { table, marks, finals } => (table, marks, finals),
+            Source::Stream(counts) => return counts.counters(),
+        };
+        let prefix = marks.lock().unwrap_or_else(PoisonError::into_inner).prefix;
+        let counted = table.payload_bytes(prefix).await?;
+        let mut out = named(&marks.lock().unwrap_or_else(PoisonError::into_inner), counted);
+        finals.merge(&mut out, Instant::now());
         Ok(out)
     }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use uuid::Uuid;
 use vpn_runtime::{
-    keys, ApplyStatus, DesiredState, EngineUser, InboundSpec, Protocol, Reconciler, ReconcilerHandle, RuntimeConfig,
-    TlsFiles,
+    keys, ApplyStatus, DesiredState, EngineUser, InboundSpec, NftablesUse, Protocol, Reconciler, ReconcilerHandle,
+    RuntimeConfig, TlsFiles,
 };
 
 /// The image the build script makes locally (no registry here).
@@ -138,6 +138,8 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
     pub handle: Option<ReconcilerHandle>,
     pub resync: Duration,
+    /// `--nftables` of the reconciler (re)started next.
+    pub nftables: NftablesUse,
     generation: u64,
 }
 
@@ -153,6 +155,7 @@ impl Node {
     pub fn config(&self) -> RuntimeConfig {
         let mut config = RuntimeConfig::new(self.id, IMAGE, self.dir.path().join("engines"));
         config.resync = self.resync;
+        config.nftables = self.nftables;
         config
     }
 
@@ -173,6 +176,7 @@ impl Node {
             shutdown,
             handle: None,
             resync,
+            nftables: NftablesUse::Auto,
             generation: 0,
         }
     }

@@ -134,6 +134,10 @@ pub fn node_json(node: &Node) -> Value {
         "" => Value::Null,
         at => Value::from(at),
     };
+    json["accounting"] = match node.accounting.as_str() {
+        "" => Value::Null,
+        how => Value::from(how),
+    };
     json
 }
 
@@ -207,6 +211,7 @@ pub fn node_table(node: &Node) -> String {
         ("Capacity", capacity),
         ("Engine error", if node.engine_error.is_empty() { "none".into() } else { node.engine_error.clone() }),
         ("Cert expires", cert_cell(node)),
+        ("Accounting", if node.accounting.is_empty() { "not reported".into() } else { node.accounting.clone() }),
     ])
 }
 
@@ -232,6 +237,7 @@ mod tests {
             capacity: 0,
             engine_error: String::new(),
             cert_expires_at: "2027-03-06T04:00:00Z".into(),
+            accounting: "kernel (nftables)".into(),
         }
     }
 
@@ -248,6 +254,7 @@ mod tests {
             "labels": {"region": "eu", "tier": "gold"},
             "capacity": 0,
             "cert_expires_at": "2027-03-06T04:00:00Z",
+            "accounting": "kernel (nftables)",
         });
         assert_eq!(node_json(&node()), expected);
     }
@@ -265,6 +272,10 @@ mod tests {
         assert!(nodes_table(&[]).starts_with("no data-plane nodes yet"));
         assert!(shown.contains("Engine error:  none"), "{shown}");
         assert!(shown.contains("Cert expires:  2027-03-06T04:00:00Z"), "{shown}");
+        assert!(shown.contains("Accounting:    kernel (nftables)"), "{shown}");
+        let older = Node { accounting: String::new(), ..node() };
+        assert_eq!(node_json(&older)["accounting"], Value::Null);
+        assert!(node_table(&older).contains("Accounting:    not reported"));
         let plaintext = Node { cert_expires_at: String::new(), ..node() };
         assert_eq!(node_json(&plaintext)["cert_expires_at"], Value::Null);
         assert!(node_table(&plaintext).contains("none (plaintext)"));

@@ -1,8 +1,8 @@
 //! The sing-box engine (1.14): a container per generation of one protocol
 //! inbound, users in the config file (see [`render`]), refused and their
 //! sessions closed live through the clash API. Traffic is counted by the
-//! kernel under each user's socket mark, not by the engine (see
-//! [`crate::nftables`]).
+//! kernel under each user's socket mark (see [`crate::nftables`]); without
+//! nftables, from the engine's connection events ([`events`]).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,7 @@ use super::{ApiAccess, ConfigFile, Engine};
 use crate::{EngineUser, InboundSpec, RuntimeError};
 
 pub mod clash;
+pub mod events;
 pub mod http;
 pub mod render;
 
@@ -19,7 +20,7 @@ use render::{api_port, CLASH};
 
 /// Bumped when rendering changes in a way running engines must pick up: it
 /// is part of the config hash, so a new vpnd starts new generations once.
-const RENDER_VERSION: u32 = 3;
+const RENDER_VERSION: u32 = 4;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingBox;
@@ -41,7 +42,7 @@ impl Engine for SingBox {
     }
 
     fn api_port_count(&self) -> usize {
-        1
+        2
     }
 
     fn container_dir(&self) -> &'static str {

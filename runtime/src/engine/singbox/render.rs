@@ -57,7 +57,7 @@ pub fn inbound_tag(protocol: Protocol) -> &'static str {
     }
 }
 
-/// The clash API port.
+/// An engine API port: [`CLASH`] or [`EVENTS`].
 pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeError> {
     api.ports.get(index).copied().ok_or_else(|| RuntimeError::EngineApi {
         api: "engine API",
@@ -65,7 +65,10 @@ pub(crate) fn api_port(api: &ApiAccess, index: usize) -> Result<u16, RuntimeErro
         reason: format!("not allocated (have {:?}); the container's vpn.api-ports label is damaged", api.ports),
     })
 }
+/// The clash API (sessions, closing them, the per-user selectors).
 pub(crate) const CLASH: usize = 0;
+/// The gRPC `api` service (connection events, for accounting without nftables).
+pub(crate) const EVENTS: usize = 1;
 
 /// The whole config document for `inbound` serving `users` on `listen_port`,
 /// each user's sockets marked with `marks[name]`.
@@ -77,6 +80,9 @@ pub fn config(
     api: &ApiAccess,
 ) -> Result<Value, RuntimeError> {
     let tag = inbound_tag(inbound.protocol);
+    // On the public port itself (no nftables to redirect it), the next
+    // generation starts beside the current one: both bind the port.
+    let shared_port = listen_port == inbound.listen_port;
     let missing = |what: &str| RuntimeError::invalid(inbound.protocol.as_str(), format!("{what} missing"));
     let mark = |name: &str| {
         marks.get(name).copied().ok_or_else(|| RuntimeError::invalid(format!("user {name}"), "has no socket mark"))
@@ -87,7 +93,7 @@ pub fn config(
             let users: Vec<Value> = users.iter().map(|u| json!({"name": u.name, "password": u.ss2022_key})).collect();
             json!({
                 "type": "shadowsocks", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
-                "method": SS_METHOD, "password": key, "users": users,
+                "reuse_addr": shared_port, "method": SS_METHOD, "password": key, "users": users,
             })
         }
         Protocol::VlessTls | Protocol::VlessReality => {
@@ -121,7 +127,7 @@ pub fn config(
                 .collect();
             json!({
                 "type": "vless", "tag": tag, "listen": "0.0.0.0", "listen_port": listen_port,
-                "users": users, "tls": tls,
+                "reuse_addr": shared_port, "users": users, "tls": tls,
             })
         }
     };
@@ -141,6 +147,10 @@ pub fn config(
         "outbounds": outbounds,
         // Sessions no user rule claims go nowhere (and are no one's bytes).
         "route": {"rules": rules, "final": DENY},
+        "services": [{
+            "type": "api", "tag": "api", "listen": "127.0.0.1", "listen_port": api_port(api, EVENTS)?,
+            "secret": api.secret,
+        }],
         "experimental": {"clash_api": {
             "external_controller": format!("127.0.0.1:{}", api_port(api, CLASH)?),
             "secret": api.secret,

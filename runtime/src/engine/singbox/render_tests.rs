@@ -15,14 +15,15 @@ fn marks(names: &[&str]) -> BTreeMap<String, u32> {
 
 #[test]
 fn ss2022_serves_its_users_from_the_file_each_through_a_marked_outbound() {
-    let doc = config(&ss2022(8388), 41000, &[user("alice", 1)], &marks(&["alice"]), &api(&[40001])).expect("render");
+    let doc =
+        config(&ss2022(8388), 41000, &[user("alice", 1)], &marks(&["alice"]), &api(&[40001, 40101])).expect("render");
     assert_eq!(
         doc,
         json!({
             "log": {"level": "warn", "timestamp": true},
             "inbounds": [{
                 "type": "shadowsocks", "tag": "ss-in", "listen": "0.0.0.0", "listen_port": 41000,
-                "method": "2022-blake3-aes-128-gcm", "password": SERVER_KEY,
+                "reuse_addr": false, "method": "2022-blake3-aes-128-gcm", "password": SERVER_KEY,
                 "users": [{"name": "alice", "password": "AQEBAQEBAQEBAQEBAQEBAQ=="}],
             }],
             "outbounds": [
@@ -32,15 +33,19 @@ fn ss2022_serves_its_users_from_the_file_each_through_a_marked_outbound() {
                  "interrupt_exist_connections": false},
             ],
             "route": {"rules": [{"auth_user": ["alice"], "outbound": "u-alice"}], "final": "deny"},
+            "services": [{"type": "api", "tag": "api", "listen": "127.0.0.1", "listen_port": 40101, "secret": "s3cret"}],
             "experimental": {"clash_api": {"external_controller": "127.0.0.1:40001", "secret": "s3cret"}},
         })
     );
     assert_eq!(users_in(&doc).get("alice").map(String::as_str), Some("AQEBAQEBAQEBAQEBAQEBAQ=="));
+    // On the public port itself (no nftables), the next generation shares it.
+    let own = config(&ss2022(8388), 8388, &[], &marks(&[]), &api(&[40001, 40101])).expect("render");
+    assert_eq!(own["inbounds"][0]["reuse_addr"], true);
 }
 
 #[test]
 fn a_user_without_a_mark_or_an_api_port_is_an_error() {
-    let err = config(&ss2022(8388), 1, &[user("alice", 1)], &marks(&[]), &api(&[40001])).expect_err("no mark");
+    let err = config(&ss2022(8388), 1, &[user("alice", 1)], &marks(&[]), &api(&[40001, 40101])).expect_err("no mark");
     assert!(err.to_string().contains("user alice"), "{err}");
     let err = config(&ss2022(8388), 1, &[], &marks(&[]), &api(&[])).expect_err("no port").to_string();
     assert!(err.contains("vpn.api-ports"), "{err}");
@@ -49,7 +54,8 @@ fn a_user_without_a_mark_or_an_api_port_is_an_error() {
 #[test]
 fn vless_tls_routes_each_user_through_its_own_selector() {
     let users = [user("alice", 1), user("bob", 2)];
-    let doc = config(&vless_tls(8443), 41001, &users, &marks(&["alice", "bob"]), &api(&[40003])).expect("render");
+    let doc =
+        config(&vless_tls(8443), 41001, &users, &marks(&["alice", "bob"]), &api(&[40003, 40103])).expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
     assert_eq!(inbound["listen_port"], 41001, "a generation listens on its own port");
@@ -79,7 +85,7 @@ fn vless_tls_routes_each_user_through_its_own_selector() {
 
 #[test]
 fn vless_without_users_refuses_everything() {
-    let doc = config(&vless_tls(8443), 41001, &[], &marks(&[]), &api(&[40003])).expect("render");
+    let doc = config(&vless_tls(8443), 41001, &[], &marks(&[]), &api(&[40003, 40103])).expect("render");
     assert_eq!(doc["inbounds"][0]["users"], json!([]));
     assert_eq!(doc["route"], json!({"rules": [], "final": "deny"}));
 }
@@ -88,8 +94,8 @@ fn vless_without_users_refuses_everything() {
 /// (configuration/shared/tls.md, "Inbound" with `reality`), field for field.
 #[test]
 fn reality_matches_the_documented_schema() {
-    let doc =
-        config(&vless_reality(443), 41002, &[user("alice", 1)], &marks(&["alice"]), &api(&[40004])).expect("render");
+    let doc = config(&vless_reality(443), 41002, &[user("alice", 1)], &marks(&["alice"]), &api(&[40004, 40104]))
+        .expect("render");
     let inbound = &doc["inbounds"][0];
     assert_eq!(inbound["type"], "vless");
     assert_eq!(inbound["tag"], "vless-reality-in");
@@ -114,8 +120,8 @@ fn reality_matches_the_documented_schema() {
 fn a_missing_protocol_block_is_an_error_not_a_panic() {
     let mut inbound = vless_reality(443);
     inbound.reality = None;
-    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1, 101])).is_err());
     let mut inbound = vless_tls(443);
     inbound.tls = None;
-    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1])).is_err());
+    assert!(config(&inbound, 1, &[], &marks(&[]), &api(&[1, 101])).is_err());
 }
