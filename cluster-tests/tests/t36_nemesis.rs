@@ -93,6 +93,11 @@ enum Nemesis {
     /// its log (acknowledged data): at the heal it must refuse to start and
     /// name the segment; once the bit is restored it starts and catches up.
     BitFlip,
+    /// kill -9 of a follower, then its snapshot file cut to half (a disk
+    /// that lost its end): at the heal it must refuse to start, naming the
+    /// file; with the file restored it starts and catches up. Its group
+    /// snapshots every 100 entries, so every node has one.
+    SnapshotCut,
     /// A follower isolated; meanwhile a new node joins (learner, then voter)
     /// and the isolated follower is removed from the membership, then stays
     /// cut off for the hold (campaigning in rising terms). It stays up
@@ -120,6 +125,12 @@ fn netns_nemesis_disk_faults_keep_histories_linearizable() {
 }
 
 #[test]
+fn netns_nemesis_snapshot_damage_keeps_histories_linearizable() {
+    let test = "netns_nemesis_snapshot_damage_keeps_histories_linearizable";
+    run_with(test, 6, &[Nemesis::SnapshotCut], &["--snapshot-every", "100"]);
+}
+
+#[test]
 fn netns_nemesis_membership_changes_under_a_partition_keep_histories_linearizable() {
     let test = "netns_nemesis_membership_changes_under_a_partition_keep_histories_linearizable";
     run(test, 5, &[Nemesis::Membership]);
@@ -133,12 +144,17 @@ fn netns_nemesis_crashes_keep_histories_linearizable() {
 /// Runs `schedules` one after another on one cluster (each on its own
 /// users), `NEMESIS_ROUNDS` times over.
 fn run(test: &str, group: u64, schedules: &[Nemesis]) {
+    run_with(test, group, schedules, &[]);
+}
+
+/// [`run`] with `extra` flags for every node.
+fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
     let Some(lab) = Lab::new(test, 3) else { return };
     let seed = seed();
     let rounds = rounds();
     eprintln!("{test}: NEMESIS_SEED={seed} (set it to replay these choices), NEMESIS_ROUNDS={rounds}");
     let mut rng = Rng::new(seed ^ group);
-    let mut cluster = Cluster::in_lab(&lab, &RAFT_TIMINGS);
+    let mut cluster = Cluster::in_lab(&lab, &[&RAFT_TIMINGS[..], extra].concat());
     for p in cluster.nodes.values_mut() {
         p.start();
     }
@@ -306,24 +322,7 @@ async fn inflict(
             let offset = 8 + 16 + 3;
             flip_bit(&segment, offset);
             faults.note(format!("bit flip at byte {offset} of {}", segment.display()));
-            let node = cluster.node_mut(follower);
-            node.start();
-            let exited = async {
-                loop {
-                    if let Some(status) = node.exited() {
-                        return status;
-                    }
-                    sleep(Duration::from_millis(50)).await;
-                }
-            };
-            let status = timeout(Duration::from_secs(30), exited).await.unwrap_or_else(|_| {
-                panic!("node {follower} started on a log with a flipped bit; log:\n{}", node.log_tail())
-            });
-            node.kill9();
-            let log = node.log_tail();
-            assert!(!status.success(), "node {follower} refused the damaged log with a failure status");
-            let named = log.contains(&segment.display().to_string()) && log.contains("restore it from a backup");
-            assert!(named, "node {follower}'s refusal names the segment and the fix:\n{log}");
+            refused_to_start(cluster, follower, &segment).await;
             flip_bit(&segment, offset);
             faults.note(format!("node {follower} refused to start; bit restored"));
             faults.undo(lab, cluster);
@@ -352,6 +351,20 @@ async fn inflict(
             faults.undo(lab, cluster);
             return None;
         }
+        Nemesis::SnapshotCut => {
+            faults.kill(cluster, follower);
+            sleep(hold).await;
+            let snapshot = cluster.node(follower).data_dir.join("snapshots").join("current");
+            let whole = std::fs::read(&snapshot)
+                .unwrap_or_else(|e| panic!("node {follower} has no snapshot at {}: {e}", snapshot.display()));
+            std::fs::write(&snapshot, &whole[..whole.len() / 2]).expect("cut the snapshot");
+            faults.note(format!("snapshot cut to {} of {} bytes", whole.len() / 2, whole.len()));
+            refused_to_start(cluster, follower, &snapshot).await;
+            std::fs::write(&snapshot, &whole).expect("restore the snapshot");
+            faults.note(format!("node {follower} refused to start; snapshot restored"));
+            faults.undo(lab, cluster);
+            return None;
+        }
         Nemesis::Membership => {
             let others: Vec<u64> = ids.iter().copied().filter(|id| *id != follower).collect();
             let id = lab.node_ids().into_iter().max().unwrap_or(0) + 1;
@@ -376,6 +389,29 @@ async fn inflict(
     sleep(hold).await;
     faults.undo(lab, cluster);
     None
+}
+
+/// Starts node `id` on its damaged data dir: it must exit with a failure
+/// that names `damaged` and the fix, within 30 s.
+async fn refused_to_start(cluster: &mut Cluster, id: u64, damaged: &std::path::Path) {
+    let node = cluster.node_mut(id);
+    node.start();
+    let exited = async {
+        loop {
+            if let Some(status) = node.exited() {
+                return status;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let status = timeout(Duration::from_secs(30), exited)
+        .await
+        .unwrap_or_else(|_| panic!("node {id} started on a damaged {}; log:\n{}", damaged.display(), node.log_tail()));
+    node.kill9();
+    let log = node.log_tail();
+    assert!(!status.success(), "node {id} refused the damaged data dir with a failure status");
+    let named = log.contains(&damaged.display().to_string()) && log.contains("restore it from a backup");
+    assert!(named, "node {id}'s refusal names {} and the fix:\n{log}", damaged.display());
 }
 
 /// How long a membership change may take while a fault is in force.

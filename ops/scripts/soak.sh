@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The nemesis soak: the fault schedules of cluster-tests/tests/t36_nemesis.rs
 # (partitions, a non-transitive bridge, pauses, kill -9, rolling faults, a
-# torn write and a flipped bit in a log, membership changes under a partition)
+# torn write and a flipped bit in a log, a snapshot cut short, membership
+# changes under a partition)
 # against three-node clusters in network namespaces, ROUNDS times over, every
 # history checked for linearizability. Needs root (namespaces, iptables).
 #
-#   ops/scripts/soak.sh [ROUNDS]     # default 20 rounds (10 schedules, ~15 s each)
+#   ops/scripts/soak.sh [ROUNDS]     # default 20 rounds (11 schedules, ~15 s each)
 #   NEMESIS_SEED=<n> ops/scripts/soak.sh 1   # replays a failing run's choices
 #
 # Prints every schedule's summary, and per nemesis the time from the heal to
