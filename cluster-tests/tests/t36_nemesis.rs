@@ -371,7 +371,9 @@ async fn inflict(
             lab.add_node(id);
             // Isolated from the new node too.
             faults.isolate(lab, follower);
-            cluster.add_lab_node(lab, id).start();
+            let joining = cluster.add_lab_node(lab, id);
+            joining.start();
+            observer.watch(id, joining.grpc);
             faults.note(format!("node {id} joins"));
             let ready = |status: &ClusterStatus| role(status, id) == Some(MemberRole::Voter);
             membership_settles(cluster, &others, ready, &format!("node {id} to become a voter")).await;
@@ -767,36 +769,39 @@ struct Seen {
 struct Observer {
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// One poller per node, nodes that joined during the run included.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Observer {
     fn start(cluster: &Cluster) -> Observer {
         let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-        let tasks = cluster
-            .nodes
-            .values()
-            .map(|p| {
-                let (node, addr, seen, stop) = (p.id, p.grpc, seen.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut client = ClusterClient::new(channel(addr));
-                    // A bound besides the stop flag: an hour of polls.
-                    for _ in 0..36_000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let mut req = tonic::Request::new(StatusRequest {});
-                        req.set_timeout(Duration::from_secs(1));
-                        if let Ok(Ok(s)) = timeout(Duration::from_millis(1500), client.status(req)).await {
-                            let s = s.into_inner();
-                            lock(&seen).push(Seen { node, term: s.term, leader: s.leader_id });
-                        }
-                        sleep(POLL).await;
-                    }
-                })
-            })
-            .collect();
-        Observer { seen, stop, tasks }
+        let observer = Observer { seen, stop, tasks: Mutex::default() };
+        for p in cluster.nodes.values() {
+            observer.watch(p.id, p.grpc);
+        }
+        observer
+    }
+
+    /// Polls node `node` at `addr` from now until the end of the run.
+    fn watch(&self, node: u64, addr: SocketAddr) {
+        let (seen, stop) = (self.seen.clone(), self.stop.clone());
+        lock(&self.tasks).push(tokio::spawn(async move {
+            let mut client = ClusterClient::new(channel(addr));
+            // A bound besides the stop flag: an hour of polls.
+            for _ in 0..36_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut req = tonic::Request::new(StatusRequest {});
+                req.set_timeout(Duration::from_secs(1));
+                if let Ok(Ok(s)) = timeout(Duration::from_millis(1500), client.status(req)).await {
+                    let s = s.into_inner();
+                    lock(&seen).push(Seen { node, term: s.term, leader: s.leader_id });
+                }
+                sleep(POLL).await;
+            }
+        }));
     }
 
     /// The leader most recently named by any node.
@@ -837,9 +842,10 @@ impl Observer {
     }
 
     /// Stops the polls and checks what they saw.
-    async fn stop(mut self) -> Result<String, String> {
+    async fn stop(self) -> Result<String, String> {
         self.stop.store(true, Ordering::Relaxed);
-        for task in std::mem::take(&mut self.tasks) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             task.await.map_err(|e| format!("a status poller failed: {e}"))?;
         }
         self.check()
