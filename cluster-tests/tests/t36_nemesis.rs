@@ -352,9 +352,15 @@ async fn inflict(
             return None;
         }
         Nemesis::SnapshotCut => {
+            let snapshot = cluster.node(follower).data_dir.join("snapshots").join("current");
+            // Under load the workload may not have reached the snapshot threshold yet.
+            let deadline = Instant::now() + MEMBERSHIP;
+            while !snapshot.exists() {
+                assert!(Instant::now() < deadline, "node {follower} took no snapshot within {MEMBERSHIP:?}");
+                sleep(Duration::from_millis(100)).await;
+            }
             faults.kill(cluster, follower);
             sleep(hold).await;
-            let snapshot = cluster.node(follower).data_dir.join("snapshots").join("current");
             let whole = std::fs::read(&snapshot)
                 .unwrap_or_else(|e| panic!("node {follower} has no snapshot at {}: {e}", snapshot.display()));
             std::fs::write(&snapshot, &whole[..whole.len() / 2]).expect("cut the snapshot");
@@ -416,7 +422,8 @@ async fn refused_to_start(cluster: &mut Cluster, id: u64, damaged: &std::path::P
     assert!(named, "node {id}'s refusal names {} and the fix:\n{log}", damaged.display());
 }
 
-/// How long a membership change may take while a fault is in force.
+/// How long a membership change may take while a fault is in force (and a
+/// follower may take to reach its first snapshot under load).
 const MEMBERSHIP: Duration = Duration::from_secs(60);
 
 fn role(status: &ClusterStatus, id: u64) -> Option<MemberRole> {
