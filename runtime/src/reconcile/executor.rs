@@ -35,8 +35,8 @@ pub async fn apply<E: Engine>(
     match op {
         Op::Remove { container, protocol, reason } => {
             env.docker.remove(&container.id).await?;
-            let generation = observed.containers.iter().find(|c| c.id == container.id).and_then(|c| c.generation);
-            if let (Some(p), Some(g)) = (protocol, generation) {
+            let removed = observed.containers.iter().find(|c| c.id == container.id);
+            if let (Some(p), Some(g)) = (protocol, removed.and_then(|c| c.generation)) {
                 remove_dir(&env.generation_dir(*p, g))?;
                 remove_file(&env.generation_state_path(*p, g))?;
                 env.metrics.generation_ended(*p, reason.dropped_sessions());
@@ -44,9 +44,7 @@ pub async fn apply<E: Engine>(
             if observed.table {
                 // Its port is free now: another program may take it, unguarded.
                 let mut ports = engine_ports(observed);
-                if let Some(port) =
-                    observed.containers.iter().find(|c| c.id == container.id).and_then(|c| c.engine_port)
-                {
+                if let Some(port) = removed.and_then(|c| c.engine_port) {
                     ports.remove(&port);
                 }
                 write_table(env, &env.table.routes().await?.unwrap_or_default(), &ports).await?;
