@@ -309,7 +309,7 @@ async fn inflict(
             faults.kill(cluster, target);
             sleep(hold).await;
             let segment = log_segments(&cluster.node(target).data_dir).pop().expect("a log segment");
-            let end = tear_tail(&segment);
+            let end = vpn_storage::disk_faults::tear_tail(&segment).expect("tear the log's tail");
             faults.note(format!("torn write at byte {end} of {}", segment.display()));
             faults.undo(lab, cluster);
             return None;
@@ -536,29 +536,6 @@ fn log_segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
     segments.sort();
     segments
-}
-
-/// Writes part of a frame after the last one of `segment`: a header that
-/// announces 1000 bytes, then garbage to the end of that sector. Returns
-/// where it was written (the end of the frames: after the 8-byte magic, each
-/// frame is a 16-byte header led by its length; zeros follow the last).
-fn tear_tail(segment: &std::path::Path) -> usize {
-    use std::os::unix::fs::FileExt as _;
-    let bytes = std::fs::read(segment).expect("read the segment");
-    let mut end = 8;
-    while end + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            break;
-        }
-        end += 16 + len;
-    }
-    let len: u32 = 1000;
-    let mut torn = [len.to_le_bytes(), (!len).to_le_bytes()].concat();
-    torn.resize(512 - end % 512, 0xab);
-    let file = std::fs::OpenOptions::new().write(true).open(segment).expect("open the segment");
-    file.write_all_at(&torn, end as u64).expect("write the torn frame");
-    end
 }
 
 fn flip_bit(path: &std::path::Path, offset: usize) {

@@ -28,11 +28,13 @@
 //! - `durable`: the sled handle with real `fdatasync`.
 //! - `store_id`: catches a db that sled opened empty although it held data.
 //! - `error`: [`OpenError`], what can go wrong when opening a data dir.
+//! - [`disk_faults`]: torn writes and frame ends, for the tests that damage a log.
 //! - `fuzz` (tests): fuzz targets of the log segments, the Raft RPCs' binary
 //!   encoding and the snapshot file (`ops/scripts/fuzz.sh`).
 
 mod codec;
 pub mod command;
+pub mod disk_faults;
 mod durable;
 mod error;
 #[cfg(test)]

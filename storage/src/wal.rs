@@ -93,7 +93,7 @@ pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 /// Segments are zero-filled this far ahead of their frames.
 pub(crate) const CHUNK: u64 = 256 << 10;
 /// A frame's header: length, its complement, checksum, batch word.
-const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 16;
 /// A frame's header in format 1: length, its complement, checksum. The
 /// checksum covers the bytes after it in both formats.
 const HEADER_V1: usize = 12;
@@ -102,7 +102,7 @@ const MAX_FRAME: usize = 256 << 20;
 pub(crate) const LAST: u32 = 1 << 31;
 /// The unit a disk writes whole: a write that never completed leaves whole
 /// sectors unwritten (etcd's `minSectorSize`).
-const SECTOR: usize = 512;
+pub(crate) const SECTOR: usize = 512;
 
 const ENTRY: u8 = 1;
 const VOTE: u8 = 2;

@@ -8,7 +8,7 @@ use std::path::Path;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{Entry, EntryPayload, LogId, RaftLogReader};
 use vpn_storage::types::TypeConfig;
-use vpn_storage::OpenError;
+use vpn_storage::{disk_faults, OpenError};
 
 fn blank(index: u64) -> Entry<TypeConfig> {
     Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Blank }
@@ -65,19 +65,9 @@ fn segment(dir: &Path) -> std::path::PathBuf {
     files.remove(0)
 }
 
-/// Where the frames of a segment end (the zero fill ahead of them starts):
-/// after the 8-byte magic, each frame is a 16-byte header led by its length.
+/// Where the frames of a segment end (the zero fill ahead of them starts).
 fn frames_end(path: &Path) -> usize {
-    let bytes = fs::read(path).expect("read segment");
-    let mut pos = 8;
-    while pos + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            break;
-        }
-        pos += 16 + len;
-    }
-    pos
+    disk_faults::frames_end(path).expect("read segment")
 }
 
 fn write_at(path: &Path, offset: usize, bytes: &[u8]) {
@@ -93,15 +83,8 @@ async fn torn_tail_of_the_log_is_cut_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     populated(dir.path()).await;
     let seg = segment(dir.path());
-    let good_len = frames_end(&seg);
-    // A valid header announcing 1000 bytes, then only those up to the end of
-    // its sector: the disk wrote that sector, not the next one.
-    let len: u32 = 1000;
-    let mut torn = Vec::new();
-    torn.extend_from_slice(&len.to_le_bytes());
-    torn.extend_from_slice(&(!len).to_le_bytes());
-    torn.resize(512 - good_len % 512, 0xab);
-    write_at(&seg, good_len, &torn);
+    // Part of a frame after the last one, up to the end of its sector.
+    let good_len = disk_faults::tear_tail(&seg).expect("tear the tail");
     {
         let (mut log, _sm) = vpn_storage::open(dir.path()).expect("a torn tail opens");
         assert_eq!(fs::metadata(&seg).expect("segment").len(), good_len as u64, "the torn tail was not cut off");
