@@ -8,6 +8,8 @@
 //! - [`netns`]: a [`netns::Lab`] of network namespaces (a bridge, an address
 //!   per node and one for clients) where tests cut links with iptables.
 //! - [`cli`]: the real `vpnctl` as a process.
+//! - [`mtls`]: certificates from the real `vpnctl pki` and a cluster on them.
+//! - [`identity`]: real LDAP and OIDC servers (slapd, glewlwyd) for the login tests.
 //! - [`docker`]: whether `docker_*` tests can run, and engine cleanup.
 //! - [`traffic`]: a byte source, a real sing-box client, SOCKS5 fetches and
 //!   downloads through it, client outbounds from users' links.
@@ -21,7 +23,9 @@ pub mod cli;
 pub mod cluster;
 pub mod dataplane;
 pub mod docker;
+pub mod identity;
 pub mod linearizability;
+pub mod mtls;
 pub mod net;
 pub mod netns;
 pub mod process;

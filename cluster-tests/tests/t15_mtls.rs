@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use cluster_tests::cli::vpnctl;
 use cluster_tests::cluster::{channel, tls_channel, CONVERGE};
+use cluster_tests::mtls::{code_of, mtls_cluster, Pki};
 use cluster_tests::process::own_binary;
 use cluster_tests::{eventually, Cluster};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::transport::ClientTlsConfig;
 use tonic::Code;
 use vpn_proto::internal::agent_client::AgentClient;
 use vpn_proto::internal::raft_client::RaftClient;
@@ -22,82 +23,6 @@ use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{AddMemberRequest, CreateUserRequest, ListUsersRequest, StatusRequest};
 use vpn_storage::command::Command as RaftCommand;
-
-/// Certificates made with the real `vpnctl pki`, in `dir`.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn init(root: &Path) -> Self {
-        let dir = root.join("ca");
-        let run = vpnctl("127.0.0.1:1", &["pki", "init", "--out", dir.to_str().expect("utf8")]);
-        assert_eq!(run.code, 0, "pki init: {}", run.stderr);
-        Self { dir }
-    }
-
-    /// `pki node-cert` for node `id` in `role` at `host`; the directory it wrote.
-    fn node(&self, id: u64, role: &str, host: &str) -> PathBuf {
-        let out = self.dir.with_file_name(format!("node-{id}-{role}"));
-        let (ca, out_s, id_s) = (self.dir.to_str().expect("utf8"), out.to_str().expect("utf8"), id.to_string());
-        let args = ["pki", "node-cert", "--ca", ca, "--id", &id_s, "--host", host, "--role", role, "--out", out_s];
-        let run = vpnctl("127.0.0.1:1", &args);
-        assert_eq!(run.code, 0, "pki node-cert: {}", run.stderr);
-        out
-    }
-
-    fn ca(&self) -> Certificate {
-        Certificate::from_pem(std::fs::read(self.dir.join("ca.crt")).expect("ca.crt"))
-    }
-
-    /// The TLS settings of a client presenting `<dir>/<name>.crt`.
-    fn client(&self, dir: &Path, name: &str) -> ClientTlsConfig {
-        let read = |ext: &str| std::fs::read(dir.join(format!("{name}.{ext}"))).expect("certificate file");
-        ClientTlsConfig::new().ca_certificate(self.ca()).identity(Identity::from_pem(read("crt"), read("key")))
-    }
-
-    fn flags(&self, node_dir: &Path) -> Vec<String> {
-        let path = |p: PathBuf| p.display().to_string();
-        vec![
-            "--trusted-ca-file".into(),
-            path(self.dir.join("ca.crt")),
-            "--cert-file".into(),
-            path(node_dir.join("node.crt")),
-            "--key-file".into(),
-            path(node_dir.join("node.key")),
-        ]
-    }
-}
-
-/// Three voters on `vpnctl pki` certificates, started, with a leader agreed;
-/// with `signs`, each holds the CA key (it signs for nodes joining by token);
-/// `extra` flags go to every voter. The test's own clients use `admin`.
-async fn mtls_cluster(signs: bool, extra: &[&str]) -> (Cluster, Pki, u64) {
-    let mut cluster = Cluster::new(3, &[]);
-    let pki = Pki::init(cluster.root.path());
-    let host = cluster.ip.to_string();
-    for id in 1..=3 {
-        let mut flags = pki.flags(&pki.node(id, "controlplane", &host));
-        if signs {
-            flags.extend(["--ca-key-file".into(), pki.dir.join("ca.key").display().to_string()]);
-        }
-        flags.extend(extra.iter().map(|f| (*f).to_owned()));
-        cluster.node_mut(id).extra = flags;
-    }
-    cluster.client_tls = Some(pki.client(&pki.dir, "admin"));
-    for p in cluster.nodes.values_mut() {
-        p.start();
-    }
-    let leader = cluster.wait_leader().await;
-    (cluster, pki, leader)
-}
-
-fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
-    match result {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
-}
 
 async fn state(cluster: &Cluster, leader: u64) -> (Vec<(String, String)>, Vec<u64>) {
     let mut users = cluster.users(leader);

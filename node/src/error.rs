@@ -39,6 +39,9 @@ pub enum Error {
     /// A credential (a join token) is missing, invalid or expired.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller may not do this (e.g. grant more than it holds).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// No leader reachable right now; the caller should retry (maybe at `leader_addr`).
     #[error("{detail}")]
     Unavailable { detail: String, leader_addr: Option<String> },

@@ -34,7 +34,7 @@
 
 mod agent;
 mod api;
-mod auth;
+pub mod auth;
 pub mod config;
 mod data_dir;
 mod dispatcher;
@@ -46,6 +46,7 @@ mod http;
 mod identity;
 mod join_token;
 mod leader;
+pub mod login;
 mod metrics;
 pub mod node;
 mod observer;
@@ -64,6 +65,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use vpn_proto::internal::agent_server::AgentServer;
 use vpn_proto::internal::raft_server::RaftServer;
+use vpn_proto::v1::access_server::AccessServer;
 use vpn_proto::v1::cluster_server::ClusterServer;
 use vpn_proto::v1::nodes_server::NodesServer;
 use vpn_proto::v1::users_server::UsersServer;
@@ -196,6 +198,8 @@ async fn run_control_plane(
         ca_signer,
         ca_digest: material.as_ref().map(tls::Material::ca_digest),
         cert_lifetime: config.node_cert_lifetime,
+        audit_retention: config.audit_retention,
+        logins: login::Logins::new(config.login.clone()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -236,6 +240,7 @@ async fn run_control_plane(
         .add_service(UsersServer::new(UsersApi { node: node.clone() }))
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
         .add_service(NodesServer::new(NodesApi { node: node.clone() }))
+        .add_service(AccessServer::new(api::access::AccessApi { node: node.clone() }))
         .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -337,6 +342,7 @@ fn write_dev_context(config: &Config) {
         ca_cert: Some(pki.join("ca.crt")),
         cert: Some(pki.join("admin.crt")),
         key: Some(pki.join("admin.key")),
+        token: None,
     };
     let written = vpn_pki::contexts::Contexts::load(&path).and_then(|mut contexts| {
         let name = contexts.add_own("dev", context);

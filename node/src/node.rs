@@ -45,6 +45,10 @@ pub struct Node {
     pub ca_digest: Option<String>,
     /// The lifetime of the node certificates this node signs (`--node-cert-lifetime`).
     pub cert_lifetime: Duration,
+    /// What the audit log keeps (this node writes records while it leads).
+    pub audit_retention: crate::auth::audit::Retention,
+    /// The LDAP and OIDC logins this node offers.
+    pub logins: crate::login::Logins,
 }
 
 /// Where a write must run.
@@ -156,8 +160,10 @@ impl Node {
         }
     }
 
-    /// Proposes `cmd` on this node (the leader) and waits for commit and apply.
+    /// Proposes `cmd` on this node (the leader) and waits for commit and
+    /// apply. Inside a public call, `cmd` goes with its audit record.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Error> {
+        let cmd = crate::auth::audit::wrap(cmd, self.audit_retention);
         let started = Instant::now();
         let result = self.proposer.client_write(cmd).await;
         self.metrics.proposal_duration.observe(started.elapsed().as_secs_f64());

@@ -1,8 +1,9 @@
 //! vpnctl's contexts, like a kubeconfig: named sets of endpoints and the
 //! files of the credentials to reach them with, and the one in use. The file
 //! is `$VPNCTL_CONFIG`, else `$XDG_CONFIG_HOME/vpnctl/config.toml`, else
-//! `~/.config/vpnctl/config.toml`; it is written 0600. `vpnd --dev` adds its
-//! own context here; nothing ever replaces a context it did not write.
+//! `~/.config/vpnctl/config.toml`; it is written 0600, since a context may
+//! hold an API token. `vpnd --dev` adds its own context here; nothing ever
+//! replaces a context it did not write.
 //!
 //! ```toml
 //! current-context = "dev"
@@ -11,11 +12,17 @@
 //! ca-cert = "/home/me/vpn-data/pki/ca.crt"
 //! cert = "/home/me/vpn-data/pki/admin.crt"
 //! key = "/home/me/vpn-data/pki/admin.key"
+//!
+//! [contexts.prod-bot]
+//! endpoints = ["vpn1.example.com:7000", "vpn2.example.com:7000"]
+//! ca-cert = "/etc/vpn/ca.crt"
+//! token = "..."   # `vpnctl token create` printed it; no certificate needed
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +48,35 @@ pub struct Context {
     pub cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// An API token sent instead of (or besides) a client certificate; absent
+    /// in files written before tokens existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<ApiToken>,
+}
+
+/// An API token (`vpnctl token create`): a bearer secret. Its `Debug` hides
+/// it, so a context or a command line can be debug-printed without leaking it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for ApiToken {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
 }
 
 /// Where the contexts live (see the module doc); `None` without a home.
@@ -77,6 +113,9 @@ impl Contexts {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| fail(format!("cannot be written: {e}")))?;
+        // `mode` applies only to a file it creates: a temp file left by a crash
+        // keeps its old mode, and the file may hold a token.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
         file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| fail(format!("cannot be replaced: {e}")))
     }
@@ -136,5 +175,37 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
         std::fs::write(&path, "nonsense = [").expect("write");
         assert!(Contexts::load(&path).is_err_and(|e| e.to_string().contains("is not a vpnctl config")));
+    }
+
+    #[test]
+    fn a_file_from_before_tokens_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let old = "current-context = \"dev\"\n[contexts.dev]\nendpoints = [\"127.0.0.1:7000\"]\n\
+                   ca-cert = \"/p/ca.crt\"\ncert = \"/p/admin.crt\"\nkey = \"/p/admin.key\"\n";
+        std::fs::write(&path, old).expect("write");
+        let loaded = Contexts::load(&path).expect("an old file loads");
+        let (name, context) = loaded.current().expect("current");
+        assert_eq!((name, context.token.as_ref()), ("dev", None));
+        assert_eq!(context.key.as_deref(), Some(Path::new("/p/admin.key")));
+    }
+
+    #[test]
+    fn a_token_is_saved_0600_even_over_a_stale_temp_file_and_never_debug_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(path.with_extension("toml.tmp"), "left by a crash").expect("write");
+        std::fs::set_permissions(path.with_extension("toml.tmp"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let token = ApiToken::from("vpnt1-s3cr3t".to_owned());
+        let context = Context { token: Some(token.clone()), ..ctx("/a/admin.key") };
+        let mut contexts = Contexts::default();
+        contexts.add_own("bot", context);
+        contexts.save(&path).expect("save");
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&path).expect("read").contains("token = \"vpnt1-s3cr3t\""));
+        let loaded = Contexts::load(&path).expect("load");
+        assert_eq!(loaded.current().and_then(|(_, c)| c.token.clone()), Some(token));
+        assert!(!format!("{loaded:?}").contains("s3cr3t"), "{loaded:?}");
     }
 }

@@ -88,6 +88,14 @@ pub enum Command {
     Batch(Vec<Command>),
     /// Join tokens and issued node ids (see `trust`).
     Trust(crate::trust::TrustCommand),
+    /// Roles, bindings and API tokens (see `access`).
+    Access(crate::access::AccessCommand),
+    /// A change an API call asked for, with its audit record: both are
+    /// written by the same entry, so neither exists without the other.
+    Audited {
+        audit: crate::access::AuditContext,
+        command: Box<Command>,
+    },
 }
 
 /// Limit fields to change; `None` keeps the current value (0 means "none").
@@ -167,6 +175,10 @@ pub enum CommandResponse {
     JoinToken(crate::trust::JoinToken),
     /// A token use was spent: sign the node's certificate for this role.
     JoinTokenRedeemed(crate::trust::JoinRole),
+    /// A role as created, changed or deleted.
+    Role(crate::access::RoleView),
+    /// An API token as created or revoked.
+    ApiToken(crate::access::ApiToken),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -189,6 +201,22 @@ pub enum Refusal {
     JoinTokenRefused,
     #[error("node id {0} is or was in use: ids are never issued twice; start the node under a new --id")]
     NodeIdTaken(NodeId),
+    #[error("role {0:?} already exists: see `vpnctl role list`")]
+    RoleExists(String),
+    #[error("role {0:?} not found: see `vpnctl role list`")]
+    RoleNotFound(String),
+    #[error("role {0:?} is built in: built-in roles cannot be deleted or changed; make a custom role instead")]
+    BuiltinRole(String),
+    #[error("role {role:?} is the role of API tokens {tokens:?}: revoke them first (vpnctl token revoke NAME)")]
+    RoleInUse { role: String, tokens: Vec<String> },
+    #[error("{subject} is not bound to role {role:?}: see `vpnctl role show {role}`")]
+    NotBound { role: String, subject: String },
+    #[error("API token {0:?} already exists: pick another name, or revoke it first")]
+    ApiTokenExists(String),
+    #[error("API token {0:?} not found: see `vpnctl token list`")]
+    ApiTokenNotFound(String),
+    #[error("the certificate principal \"admin\" is always an admin: it is how whoever holds the CA key recovers (see SECURITY.md); protect the CA key and the admin certificate instead")]
+    BreakGlass,
 }
 
 /// Applies one command. Pure: the outcome depends only on `state` and `cmd`.
@@ -387,6 +415,12 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         Command::RecordTraffic { node, reports, at_ms } => record_traffic(state, *node, reports, *at_ms),
         Command::Batch(cmds) => CommandResponse::Batch(cmds.iter().map(|c| apply(state, c)).collect()),
         Command::Trust(cmd) => crate::trust::apply(state, cmd),
+        Command::Access(cmd) => crate::access::apply(state, cmd),
+        Command::Audited { audit, command } => {
+            let response = apply(state, command);
+            state.audit.record(audit, &response);
+            response
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`model`]: users, credentials, member identities, data-plane nodes, name validation.
 //! - [`command`]: replicated commands and the pure `apply`.
 //! - [`trust`]: join tokens and the node ids ever issued a certificate.
+//! - [`access`]: roles, bindings, API tokens and the audit log.
 //! - [`state`]: the applied state (what a snapshot carries).
 //! - [`proposer`]: [`Proposer`], concurrent writes batched into shared log entries.
 //! - [`wire`]: the binary encoding of the bulky Raft RPCs (used by `vpn-node`).
@@ -32,6 +33,7 @@
 //! - `fuzz` (tests): fuzz targets of the log segments, the Raft RPCs' binary
 //!   encoding and the snapshot file (`ops/scripts/fuzz.sh`).
 
+pub mod access;
 mod codec;
 pub mod command;
 pub mod disk_faults;

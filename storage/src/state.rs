@@ -24,6 +24,12 @@ pub struct State {
     /// Join tokens and the node ids issued a certificate (see `trust`).
     #[serde(default)]
     pub trust: crate::trust::Trust,
+    /// Roles, bindings and API tokens (see `access`).
+    #[serde(default)]
+    pub access: crate::access::Access,
+    /// The audit records retention keeps, oldest first.
+    #[serde(default)]
+    pub audit: crate::access::AuditLog,
     /// SHA-256 of each user's subscription token -> the user's name, so
     /// `/sub` finds a token in O(1) and compares digests, never the secret
     /// itself byte by byte. Derived from `users` (kept by `apply`, rebuilt

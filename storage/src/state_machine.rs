@@ -14,6 +14,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
+use crate::access::AuditRecord;
 use crate::command::{self, Command, CommandResponse};
 use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
@@ -28,6 +29,11 @@ const MEMBERSHIP: &[u8] = b"meta/membership";
 const GENERATION: &[u8] = b"meta/generation";
 /// The whole of `State::trust`, small (a few tokens, the ids ever issued).
 const TRUST: &[u8] = b"meta/trust";
+/// The whole of `State::access` (roles, bindings, API tokens: small).
+const ACCESS: &[u8] = b"meta/access";
+/// The audit log's next record number; the records are under `a/`.
+const AUDIT_NEXT: &[u8] = b"meta/audit-next";
+const AUDIT: &str = "a/";
 const USERS: &str = "u/";
 const MEMBERS: &str = "m/";
 const DATAPLANE: &str = "d/";
@@ -42,6 +48,11 @@ fn member_key(id: NodeId) -> String {
 
 fn dataplane_key(id: NodeId) -> String {
     format!("{DATAPLANE}{id}")
+}
+
+/// Zero-padded, so the tree's order is the records' order.
+fn audit_key(seq: u64) -> String {
+    format!("{AUDIT}{seq:020}")
 }
 
 /// A shared, read-only view of the applied state for the API and the agent,
@@ -125,8 +136,14 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         last_membership: get_json(tree, MEMBERSHIP)?.unwrap_or_default(),
         generation: get_json(tree, GENERATION)?.unwrap_or_default(),
         trust: get_json(tree, TRUST)?.unwrap_or_default(),
+        access: get_json(tree, ACCESS)?.unwrap_or_default(),
         ..State::default()
     };
+    state.audit.next_seq = get_json(tree, AUDIT_NEXT)?.unwrap_or_default();
+    for item in tree.scan_prefix(AUDIT) {
+        let record: AuditRecord = decode(&item?.1)?;
+        state.audit.records.insert(record.seq, record);
+    }
     for item in tree.scan_prefix(USERS) {
         let user: User = decode(&item?.1)?;
         state.users.insert(user.name.clone(), user);
@@ -148,6 +165,8 @@ fn put_meta(changes: &mut Changes, state: &State) -> io::Result<()> {
     changes.push((MEMBERSHIP.to_vec(), Some(encode(&state.last_membership)?)));
     changes.push((GENERATION.to_vec(), Some(encode(&state.generation)?)));
     changes.push((TRUST.to_vec(), Some(encode(&state.trust)?)));
+    changes.push((ACCESS.to_vec(), Some(encode(&state.access)?)));
+    changes.push((AUDIT_NEXT.to_vec(), Some(encode(&state.audit.next_seq)?)));
     Ok(())
 }
 
@@ -162,6 +181,9 @@ fn all_pairs(state: &State) -> io::Result<Changes> {
     }
     for node in state.dataplane_nodes.values() {
         pairs.push((dataplane_key(node.id).into_bytes(), Some(encode(node)?)));
+    }
+    for record in state.audit.records.values() {
+        pairs.push((audit_key(record.seq).into_bytes(), Some(encode(record)?)));
     }
     put_meta(&mut pairs, state)?;
     Ok(pairs)
@@ -201,7 +223,11 @@ fn check_keys(state: &State) -> io::Result<()> {
     let members = state.members.iter().filter(|(k, m)| **k != m.id).map(|(k, _)| format!("member {k}"));
     let nodes = state.dataplane_nodes.iter().filter(|(k, n)| **k != n.id).map(|(k, _)| format!("data-plane node {k}"));
     let tokens = state.trust.join_tokens.iter().filter(|(k, t)| **k != t.id).map(|(k, _)| format!("join token {k:?}"));
-    match users.chain(members).chain(nodes).chain(tokens).next() {
+    let api_tokens =
+        state.access.api_tokens.iter().filter(|(k, t)| **k != t.name).map(|(k, _)| format!("API token {k:?}"));
+    let audit = state.audit.records.iter().filter(|(k, r)| **k != r.seq).map(|(k, _)| format!("audit record {k}"));
+    let found = users.chain(members).chain(nodes).chain(tokens).chain(api_tokens).chain(audit).next();
+    match found {
         None => Ok(()),
         Some(what) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -216,6 +242,9 @@ struct Touched {
     /// The generation before the first entry: a node whose assignment moved
     /// past it is written too, whatever command moved it.
     generation_before: u64,
+    /// The audit log's kept range before the first entry: records dropped
+    /// since are removed, records written since are added.
+    audit_before: std::ops::Range<u64>,
     all_users: bool,
     users: BTreeSet<String>,
     members: BTreeSet<NodeId>,
@@ -257,7 +286,12 @@ impl Touched {
                 true
             }
             // Kept whole under one key, written with the meta of every batch.
-            Command::Trust(_) => true,
+            Command::Trust(_) | Command::Access(_) => true,
+            // Its record is found by `audit_before`.
+            Command::Audited { command, .. } => {
+                self.note(command);
+                true
+            }
         };
     }
 
@@ -286,6 +320,13 @@ impl Touched {
             let value = state.dataplane_nodes.get(&id).map(encode).transpose()?;
             changes.push((dataplane_key(id).into_bytes(), value));
         }
+        let (before, audit) = (&self.audit_before, &state.audit);
+        for seq in before.start..audit.first_seq().min(before.end) {
+            changes.push((audit_key(seq).into_bytes(), None));
+        }
+        for record in audit.records.range(before.end..).map(|(_, r)| r) {
+            changes.push((audit_key(record.seq).into_bytes(), Some(encode(record)?)));
+        }
         put_meta(&mut changes, state)?;
         Ok(changes)
     }
@@ -308,6 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let changes = {
             let mut state = self.state.write();
             touched.generation_before = state.generation;
+            touched.audit_before = state.audit.first_seq()..state.audit.next_seq;
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
@@ -392,5 +434,58 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::access::AuditContext;
+
+    fn audited(index: u64, name: &str, at_ms: i64) -> Entry {
+        let audit = AuditContext {
+            principal: "admin".into(),
+            authenticated_by: "certificate".into(),
+            source: "127.0.0.1:9".into(),
+            method: "CreateUser".into(),
+            target: format!("user {name}"),
+            summary: String::new(),
+            at_ms,
+            retention_ms: 1_000,
+            max_records: 3,
+        };
+        let command = Box::new(Command::CreateUser(User::new(name.to_owned(), at_ms)));
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::Audited { audit, command }),
+        }
+    }
+
+    fn kept(sm: &StateMachineStore) -> Vec<(u64, String)> {
+        sm.reader().read(|s| s.audit.records.values().map(|r| (r.seq, r.target.clone())).collect())
+    }
+
+    /// The records are written with their changes, dropped as retention
+    /// says, and what a restart or a snapshot brings back is what was kept.
+    #[tokio::test]
+    async fn audit_records_persist_with_their_changes_and_retention_removes_them_from_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshot_state = {
+            let (_log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.apply([audited(1, "a", 0), audited(2, "b", 10)]).await.expect("apply");
+            sm.apply([audited(3, "c", 20), audited(4, "d", 30)]).await.expect("apply");
+            sm.apply([audited(5, "e", 1_025)]).await.expect("apply");
+            let expected = vec![(3, "user d".to_owned()), (4, "user e".to_owned())];
+            assert_eq!(kept(&sm), expected, "3 at most, none older than 1 s");
+            assert!(sm.reader().read(|s| s.users.contains_key("a")), "the changes stay");
+            let snapshot = sm.build_snapshot().await.expect("snapshot");
+            state_from_snapshot(&snapshot.meta, snapshot.snapshot.get_ref()).expect("decode")
+        };
+        assert_eq!(snapshot_state.audit.records.len(), 2);
+        let (_log, sm) = crate::open(dir.path()).expect("reopen");
+        assert_eq!(kept(&sm), [(3, "user d".to_owned()), (4, "user e".to_owned())]);
+        assert_eq!(sm.reader().read(|s| s.audit.next_seq), 5);
     }
 }

@@ -1,7 +1,10 @@
 //! The command line, as clap derive definitions.
 //!
 //! Global options are `global = true` so they work after the subcommand too
-//! (`vpnctl user list -o json`), which is where operators tend to add them.
+//! (`vpnctl user list -o json`), which is where operators tend to add them. Access control
+//! (`token`, `role`, `audit`) is defined in `cli/access.rs`.
+
+mod access;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,9 +13,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
 use time::OffsetDateTime;
+use vpn_pki::contexts::ApiToken;
 
 use crate::output::Format;
 use crate::parse::{self, Expiry, Reset};
+
+pub use access::{AuditCommand, AuditListArgs, BindArgs, RoleCommand, Subject, TokenCommand};
 
 const LONG_ABOUT: &str = "\
 Admin CLI for the clustered VPN control plane.
@@ -32,6 +38,13 @@ Examples:
   vpnctl node list
   vpnctl node drain 4              # move its users elsewhere before maintenance
   vpnctl user qr alice             # scan a link with the phone's client
+  vpnctl token create --name ci --role operator --ttl 30d   # a credential for a script
+  VPNCTL_TOKEN=... vpnctl whoami   # who the cluster takes you for, and what you may do
+  vpnctl role bind viewer --user alice
+  vpnctl audit list --since 1h
+
+Credentials: a client certificate (--cert/--key) or an API token (--token), with the cluster's \
+CA (--ca-cert); or a context holding them (`vpnctl context use`).
 
 Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 4 cluster unavailable, 5 unauthenticated, 6 permission denied.";
@@ -42,8 +55,8 @@ Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 #[command(long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
     /// Nodes to talk to, comma-separated: host:port or http(s)://host:port. Any node works.
-    /// (Default: the current context's, else 127.0.0.1:7000.) With TLS settings, a bare
-    /// host:port speaks TLS; http:// forces plaintext.
+    /// (Default: the current context's, else 127.0.0.1:7000.) With TLS settings or a token, a
+    /// bare host:port speaks TLS; http:// forces plaintext.
     #[arg(long, env = "VPNCTL_ENDPOINTS", value_delimiter = ',', value_name = "URL,...", global = true)]
     pub endpoints: Option<Vec<String>>,
 
@@ -68,6 +81,21 @@ pub struct Cli {
     #[arg(long, env = "VPNCTL_KEY", value_name = "FILE", global = true, requires = "cert")]
     pub key: Option<PathBuf>,
 
+    /// An API token (`vpnctl token create`), sent with every request; no client certificate
+    /// is needed then. Only over TLS. Prefer VPNCTL_TOKEN: a flag shows in `ps`. (Default: the
+    /// current context's.)
+    // Never echoed: the value is hidden from --help, and it cannot fail to parse (clap would
+    // quote it); hyphen values are taken so no "did you mean" tip repeats it either.
+    #[arg(
+        long,
+        env = "VPNCTL_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub token: Option<ApiToken>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,6 +118,17 @@ pub enum Command {
     /// Tokens new nodes join with (`vpnd --join HOST:PORT --join-token TOKEN`).
     #[command(subcommand, name = "join-token")]
     JoinToken(JoinTokenCommand),
+    /// API tokens: credentials for programs and operators without a client certificate.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Roles (sets of permissions) and who holds them: principals and groups.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// The audit log: who changed what, when, and whether it applied.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Who the cluster takes you for: principal, how authenticated, groups, roles, permissions.
+    Whoami,
     /// List the contexts (named endpoints and credentials) or pick the one in use.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -417,6 +456,20 @@ mod tests {
         let err = Cli::try_parse_from(["vpnctl", "user", "limit", "bob"]).err();
         assert_eq!(err.as_ref().map(|e| e.exit_code()), Some(2));
         assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("--data-limit"));
+    }
+
+    #[test]
+    fn the_token_is_never_shown_by_help_or_debug() {
+        let cli = Cli::try_parse_from(["vpnctl", "--token", "-s3cr3t", "whoami"]);
+        let cli = cli.map_err(|e| e.to_string());
+        assert_eq!(cli.as_ref().ok().and_then(|c| c.token.as_ref()).map(|t| t.expose()), Some("-s3cr3t"));
+        assert!(!format!("{cli:?}").contains("s3cr3t"), "{cli:?}");
+        let command = Cli::command();
+        let token = command.get_arguments().find(|a| a.get_id() == "token");
+        assert!(
+            token.is_some_and(|a| a.is_hide_env_values_set() && a.is_global_set()),
+            "VPNCTL_TOKEN's value stays out of --help"
+        );
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! needs no leader logic: it tries the endpoints in order, moves on after a connect failure or
 //! UNAVAILABLE, and sweeps them again with exponential backoff until `--timeout`. A node that
 //! names the leader in its UNAVAILABLE reply gets that address tried next.
+//!
+//! Every attempt's request is built in one place, [`Client::request`], which adds the API
+//! token (`authorization: Bearer`) when there is one.
 
 use std::collections::VecDeque;
 use std::error::Error as _;
@@ -12,8 +15,11 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use vpn_pki::contexts::ApiToken;
+use vpn_proto::v1::access_client::AccessClient;
 use vpn_proto::v1::cluster_client::ClusterClient;
 use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::users_client::UsersClient;
@@ -23,6 +29,8 @@ use crate::error::CliError;
 
 /// Metadata key in which a node names the leader's gRPC address (`host:port`).
 pub const LEADER_ADDR_KEY: &str = "x-vpn-leader-addr";
+/// Metadata key of the API token, `Bearer <token>` (HTTP's header, as gRPC gateways expect).
+pub const AUTHORIZATION_KEY: &str = "authorization";
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -53,19 +61,67 @@ pub struct Client {
     active: Option<(Endpoint, Channel)>,
     /// The leader address a node last told us about.
     leader_hint: Option<Endpoint>,
+    /// `Bearer <token>`, marked sensitive so it is neither debug-printed nor HPACK-indexed.
+    bearer: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
     /// `timeout` bounds each call including its retries; `tls` is used for TLS endpoints.
     pub fn new(endpoints: Vec<Endpoint>, timeout: Duration, tls: TlsFiles) -> Self {
-        Self { endpoints, timeout, tls, active: None, leader_hint: None }
+        Self { endpoints, timeout, tls, active: None, leader_hint: None, bearer: None }
+    }
+
+    /// Sends `token` with every request. Refused (before any call) when an endpoint is
+    /// plaintext: the token is a password, and a node under `--insecure` needs none.
+    /// No message here repeats the token.
+    pub fn with_token(mut self, token: &ApiToken) -> Result<Self, CliError> {
+        let token = token.expose().trim();
+        if token.is_empty() {
+            return Err(CliError::InvalidInput(
+                "the API token (--token, VPNCTL_TOKEN or the context's) is empty; give the one \
+                 `vpnctl token create` printed"
+                    .into(),
+            ));
+        }
+        if let Some(plain) = self.endpoints.iter().find(|e| !e.is_tls()) {
+            return Err(CliError::InvalidInput(format!(
+                "an API token is sent only over TLS, and endpoint http://{plain} is plaintext; \
+                 use https:// or a bare host:port (with --ca-cert unless the cluster's \
+                 certificate is publicly trusted)"
+            )));
+        }
+        // gRPC's ASCII values are visible ASCII; the metadata type alone also lets bytes above 0x7f through.
+        let bad = || {
+            CliError::InvalidInput(
+                "the API token holds characters no token has (it is visible ASCII, no spaces); \
+                 check that it was copied whole"
+                    .into(),
+            )
+        };
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad());
+        }
+        let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| bad())?;
+        value.set_sensitive(true);
+        self.bearer = Some(value);
+        Ok(self)
+    }
+
+    /// Calls a `vpn.v1.Access` method (roles, API tokens, audit, whoami) with failover.
+    pub async fn access<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
+    where
+        Req: Clone,
+        F: Fn(AccessClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(req, |channel, req| rpc(AccessClient::new(channel), req)).await
     }
 
     /// Calls a `vpn.v1.Users` method with failover.
     pub async fn users<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
     where
         Req: Clone,
-        F: Fn(UsersClient<Channel>, Req) -> Fut,
+        F: Fn(UsersClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(req, |channel, req| rpc(UsersClient::new(channel), req)).await
@@ -75,7 +131,7 @@ impl Client {
     pub async fn cluster<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
     where
         Req: Clone,
-        F: Fn(ClusterClient<Channel>, Req) -> Fut,
+        F: Fn(ClusterClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(req, |channel, req| rpc(ClusterClient::new(channel), req)).await
@@ -85,7 +141,7 @@ impl Client {
     pub async fn nodes<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
     where
         Req: Clone,
-        F: Fn(NodesClient<Channel>, Req) -> Fut,
+        F: Fn(NodesClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(req, |channel, req| rpc(NodesClient::new(channel), req)).await
@@ -94,7 +150,7 @@ impl Client {
     async fn call<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
     where
         Req: Clone,
-        F: Fn(Channel, Req) -> Fut,
+        F: Fn(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -123,7 +179,7 @@ impl Client {
                         continue;
                     }
                 };
-                let reply = tokio::time::timeout_at(deadline, rpc(channel.clone(), req.clone()));
+                let reply = tokio::time::timeout_at(deadline, rpc(channel.clone(), self.request(req.clone())));
                 match reply.await {
                     Ok(Ok(response)) => {
                         self.active = Some((endpoint, channel));
@@ -133,7 +189,7 @@ impl Client {
                         self.active = None;
                         last = match status.message() {
                             "" => "UNAVAILABLE".to_string(),
-                            message => message.to_string(),
+                            message => self.redact(message),
                         };
                         if let Some(hint) = leader_hint(&status) {
                             let hint = hint.with_tls_of(&endpoint);
@@ -143,7 +199,9 @@ impl Client {
                             self.leader_hint = Some(hint);
                         }
                     }
-                    Ok(Err(status)) => return Err(CliError::from_status(&status)),
+                    Ok(Err(status)) => {
+                        return Err(CliError::from_status(&Status::new(status.code(), self.redact(status.message()))))
+                    }
                     Err(_elapsed) => {
                         // Keep what an earlier attempt said: it tells more.
                         let silent = format!("no answer within {:?}", self.timeout);
@@ -158,6 +216,24 @@ impl Client {
             }
             tokio::time::sleep(jittered(backoff).min(left)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One attempt's request: every call and every retry goes through here.
+    fn request<Req>(&self, req: Req) -> Request<Req> {
+        let mut request = Request::new(req);
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert(AUTHORIZATION_KEY, bearer.clone());
+        }
+        request
+    }
+
+    /// `text` from a node with the token cut out, should a node ever quote it back.
+    fn redact(&self, text: &str) -> String {
+        let token = self.bearer.as_ref().and_then(|b| b.to_str().ok()).and_then(|b| b.strip_prefix("Bearer "));
+        match token {
+            Some(token) => text.replace(token, "<token>"),
+            None => text.to_owned(),
         }
     }
 
@@ -287,6 +363,48 @@ mod tests {
         for (message, expected) in cases {
             assert_eq!(hint(Status::unavailable(message)).as_deref(), expected, "{message}");
         }
+    }
+
+    fn tls_client(token: &str) -> Result<Client, CliError> {
+        let endpoints = ["https://a:1", "b:2"].iter().filter_map(|e| Endpoint::parse_with(e, true).ok()).collect();
+        Client::new(endpoints, Duration::from_secs(1), TlsFiles::default())
+            .with_token(&ApiToken::from(token.to_owned()))
+    }
+
+    #[test]
+    fn every_request_carries_the_token_as_a_sensitive_bearer() {
+        let client = tls_client(" s3cr3t-token\n").map_err(|e| e.to_string());
+        let request = client.as_ref().map(|c| c.request(vpn_proto::v1::WhoAmIRequest {}));
+        let header = request.as_ref().ok().and_then(|r| r.metadata().get(AUTHORIZATION_KEY));
+        assert_eq!(header.and_then(|v| v.to_str().ok()), Some("Bearer s3cr3t-token"), "trimmed");
+        assert!(header.is_some_and(MetadataValue::is_sensitive));
+        assert!(!format!("{:?}", request).contains("s3cr3t"), "{request:?}");
+        let plain = Client::new(Vec::new(), Duration::from_secs(1), TlsFiles::default());
+        assert!(plain.request(vpn_proto::v1::WhoAmIRequest {}).metadata().get(AUTHORIZATION_KEY).is_none());
+    }
+
+    #[test]
+    fn a_token_is_refused_for_plaintext_and_bad_tokens_are_not_quoted() {
+        let endpoints = vec![Endpoint::parse_with("https://a:1", false), Endpoint::parse_with("http://b:2", true)];
+        let endpoints: Vec<Endpoint> = endpoints.into_iter().filter_map(Result::ok).collect();
+        let client = Client::new(endpoints, Duration::from_secs(1), TlsFiles::default());
+        let err = client.with_token(&ApiToken::from("s3cr3t".to_owned())).err();
+        assert_eq!(err.as_ref().map(CliError::exit_code), Some(2));
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("http://b:2 is plaintext") && !text.contains("s3cr3t"), "{text}");
+        for bad in ["s3cr3t\nmore", "s3cr3t\u{e9}", "  "] {
+            let err = tls_client(bad).err();
+            assert_eq!(err.as_ref().map(CliError::exit_code), Some(2), "{bad:?}");
+            let text = err.map(|e| format!("{e} {e:?}")).unwrap_or_default();
+            assert!(!text.contains("s3cr3t"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_node_quoting_the_token_back_is_redacted() {
+        let client = tls_client("s3cr3t").map_err(|e| e.to_string());
+        let text = client.map(|c| c.redact("unknown token s3cr3t (Bearer s3cr3t)"));
+        assert_eq!(text.as_deref(), Ok("unknown token <token> (Bearer <token>)"));
     }
 
     #[test]

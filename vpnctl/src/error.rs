@@ -46,7 +46,21 @@ pub enum CliError {
          before retrying, or raise --timeout"
     )]
     Timeout(String),
-    /// Any other gRPC status (FAILED_PRECONDITION, PERMISSION_DENIED, INTERNAL, ...).
+    /// No credential, or one the cluster does not accept (UNAUTHENTICATED): missing, unknown,
+    /// expired or revoked.
+    #[error(
+        "UNAUTHENTICATED: {0}; give a valid --token (or VPNCTL_TOKEN) or --cert/--key, or pick a \
+         context that has one with `vpnctl context use`"
+    )]
+    Unauthenticated(String),
+    /// The credential is good but its roles lack the permission (PERMISSION_DENIED); the
+    /// server's message names the permission.
+    #[error(
+        "PERMISSION_DENIED: {0}; `vpnctl whoami` shows your roles and permissions; an admin \
+         can grant a role with `vpnctl role bind ROLE --user NAME`"
+    )]
+    PermissionDenied(String),
+    /// Any other gRPC status (FAILED_PRECONDITION, INTERNAL, ...).
     #[error("{}: {message}", code_name(*code))]
     Server {
         /// The status code, named in the message.
@@ -73,6 +87,8 @@ impl CliError {
             Code::AlreadyExists => Self::AlreadyExists(message),
             Code::Unavailable => Self::Unavailable { tried: Vec::new(), last: message },
             Code::DeadlineExceeded => Self::Timeout(message),
+            Code::Unauthenticated => Self::Unauthenticated(message),
+            Code::PermissionDenied => Self::PermissionDenied(message),
             code => Self::Server { code, message },
         }
     }
@@ -83,8 +99,8 @@ impl CliError {
             Self::InvalidInput(_) => EXIT_BAD_INPUT,
             Self::NotFound(_) | Self::AlreadyExists(_) => EXIT_NOT_FOUND_OR_EXISTS,
             Self::Unavailable { .. } | Self::Timeout(_) => EXIT_UNAVAILABLE,
-            Self::Server { code: Code::Unauthenticated, .. } => EXIT_UNAUTHENTICATED,
-            Self::Server { code: Code::PermissionDenied, .. } => EXIT_PERMISSION_DENIED,
+            Self::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
+            Self::PermissionDenied(_) => EXIT_PERMISSION_DENIED,
             Self::Server { .. } | Self::Output(_) => EXIT_OTHER,
         }
     }
@@ -165,6 +181,20 @@ mod tests {
         assert_eq!(err.to_string(), "the server refused: name: too long");
         let err = CliError::from_status(&Status::internal(""));
         assert_eq!(err.to_string(), "INTERNAL: the server gave no details");
+    }
+
+    #[test]
+    fn refused_credentials_say_what_to_do() {
+        let err = CliError::from_status(&Status::unauthenticated("token expired at 2026-01-01T00:00:00Z"));
+        let text = err.to_string();
+        assert!(text.starts_with("UNAUTHENTICATED: token expired at 2026-01-01T00:00:00Z; "), "{text}");
+        for hint in ["--token", "--cert/--key", "`vpnctl context use`"] {
+            assert!(text.contains(hint), "{hint}: {text}");
+        }
+        let err = CliError::from_status(&Status::permission_denied("needs users.write"));
+        let text = err.to_string();
+        assert!(text.starts_with("PERMISSION_DENIED: needs users.write; "), "{text}");
+        assert!(text.contains("`vpnctl whoami`") && text.contains("`vpnctl role bind"), "{text}");
     }
 
     #[test]

@@ -6,16 +6,16 @@
 //! 5 unauthenticated, 6 permission denied.
 //!
 //! Layout:
-//! - [`cli`]: the command line (clap derive).
-//! - [`parse`]: flag values (`--expires`, `--data-limit`, `--constraint`, `--timeout`), checked
-//!   before any network call.
+//! - [`cli`]: the command line (clap derive); access control's in `cli/access.rs`.
+//! - [`parse`]: flag values (`--expires`, `--data-limit`, `--constraint`, `--timeout`, the
+//!   durations of `--ttl` and `--since`), checked before any network call.
 //! - [`endpoint`]: parsing `host:port` and `http(s)://host:port`.
-//! - [`client`]: failover, retry with backoff, leader hints.
+//! - [`client`]: failover, retry with backoff, leader hints; the API token on every request.
 //! - [`output`]: table and JSON rendering.
 //! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
 //! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
-//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `join-token`, `context`,
-//!   `completions`).
+//!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `join-token`,
+//!   access control: `token` (API tokens), `role`, `audit`, `whoami`; `context`, `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
@@ -39,6 +39,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vpn_pki::contexts::ApiToken;
 
 pub use cli::{Cli, Command};
 pub use error::CliError;
@@ -46,13 +47,14 @@ pub use output::{Document, Format, Output};
 
 use client::Client;
 use client::TlsFiles;
-use commands::{cluster, completions, context, join_token, member, node, pki, user};
+use commands::{audit, cluster, completions, context, join_token, member, node, pki, role, token, user, whoami};
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
 pub async fn execute(cli: Cli) -> Result<Output, CliError> {
-    let Cli { endpoints, timeout, ca_cert, cert, key, command, .. } = cli;
-    let connect = || client(endpoints.as_deref(), timeout, ca_cert.as_deref(), cert.as_deref().zip(key.as_deref()));
+    let Cli { endpoints, timeout, ca_cert, cert, key, token: api_token, command, .. } = cli;
+    let pair = cert.as_deref().zip(key.as_deref());
+    let connect = || client(endpoints.as_deref(), timeout, ca_cert.as_deref(), pair, api_token.as_ref());
     let document = match command {
         Command::Completions { shell } => return Ok(completions::run(shell)),
         Command::Pki(command) => pki::run(command)?,
@@ -62,6 +64,10 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
         Command::User(command) => user::run(command, &mut connect()?).await?,
         Command::Node(command) => node::run(command, &mut connect()?).await?,
         Command::JoinToken(command) => join_token::run(command, &mut connect()?).await?,
+        Command::Token(command) => token::run(command, &mut connect()?).await?,
+        Command::Role(command) => role::run(command, &mut connect()?).await?,
+        Command::Audit(command) => audit::run(command, &mut connect()?).await?,
+        Command::Whoami => whoami::run(&mut connect()?).await?,
     };
     Ok(Output::Document(document))
 }
@@ -116,12 +122,15 @@ fn report(message: &str) {
 }
 
 /// The client for `cli`: flags and `VPNCTL_*` variables first, then the
-/// current context, then `127.0.0.1:7000` in plaintext.
+/// current context, then `127.0.0.1:7000` in plaintext. Each setting falls
+/// back on its own, so `--token` with a context uses the context's endpoints
+/// and CA (and presents its certificate too, if it has one).
 fn client(
     endpoints: Option<&[String]>,
     timeout: Duration,
     ca_cert: Option<&Path>,
     pair: Option<(&Path, &Path)>,
+    token: Option<&ApiToken>,
 ) -> Result<Client, CliError> {
     // Endpoints given explicitly name another cluster than the context's,
     // whose credentials would then be wrong: the context applies only alone.
@@ -148,7 +157,33 @@ fn client(
             None => None,
         },
     };
-    let bare_tls = tls.ca_pem.is_some() || tls.identity.is_some();
+    let token = token.or(context.token.as_ref());
+    // A token is a password: it makes a bare host:port speak TLS too (system roots, or --ca-cert).
+    let bare_tls = tls.ca_pem.is_some() || tls.identity.is_some() || token.is_some();
     let endpoints = endpoint::parse_endpoints(&endpoints, bare_tls)?;
-    Ok(Client::new(endpoints, timeout, tls))
+    let client = Client::new(endpoints, timeout, tls);
+    match token {
+        Some(token) => client.with_token(token),
+        None => Ok(client),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_makes_bare_endpoints_speak_tls_and_refuses_http() {
+        let token = ApiToken::from("s3cr3t".to_owned());
+        let connect = |endpoint: &str| {
+            let endpoints = [endpoint.to_owned()];
+            client(Some(&endpoints), Duration::from_secs(1), None, None, Some(&token)).map(|_| ())
+        };
+        // `with_token` refuses plaintext, so Ok means the bare endpoint became TLS.
+        assert!(connect("127.0.0.1:7000").is_ok());
+        assert!(connect("https://127.0.0.1:7000").is_ok());
+        let err = connect("http://127.0.0.1:7000").err();
+        assert_eq!(err.as_ref().map(CliError::exit_code), Some(EXIT_BAD_INPUT));
+        assert!(!err.map(|e| e.to_string()).unwrap_or_default().contains("s3cr3t"));
+    }
 }

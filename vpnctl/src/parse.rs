@@ -1,5 +1,5 @@
 //! Parsers for what operators type into flags: `--expires`, `--data-limit`, `--reset`,
-//! `--constraint` and `--timeout`.
+//! `--constraint`, `--timeout`, and the durations of `--ttl` and `--since`.
 //!
 //! They run as clap value parsers, so a bad value fails before any network call, even with the
 //! cluster down, with clap's usage error (which names the flag) and exit code 2. Each message
@@ -204,26 +204,35 @@ pub fn constraint(input: &str) -> Result<HashMap<String, String>, String> {
     Ok(labels)
 }
 
-/// `--timeout`: `500ms`, `10s`, `2m` or a bare number of seconds.
-/// A lifetime: a number with s, m, h or d (`30m`, `1h`, `2d`).
-pub fn lifetime(input: &str) -> Result<Duration, String> {
+/// A duration: a number with s, m, h or d (`90m`, `12h`, `30d`); `0` is allowed (`token create
+/// --ttl 0` asks for the server's default).
+pub fn duration(input: &str) -> Result<Duration, String> {
     let input = input.trim();
     let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());
     let (number, unit) = input.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("'{input}' is not a lifetime; use e.g. 30m, 1h or 2d"))?;
+    let number: u64 = number.parse().map_err(|_| format!("'{input}' is not a duration; use e.g. 90m, 12h or 30d"))?;
     let seconds = match unit {
         "s" => number,
         "m" => number.saturating_mul(60),
         "h" => number.saturating_mul(3600),
         "d" => number.saturating_mul(86_400),
+        "" if number == 0 => 0,
+        "" => return Err(format!("'{input}' has no unit; use s, m, h or d, e.g. {input}d")),
         _ => return Err(format!("unknown unit '{unit}' in '{input}'; use s, m, h or d")),
     };
-    if seconds == 0 {
-        return Err("the lifetime must be more than zero".into());
-    }
     Ok(Duration::from_secs(seconds))
 }
 
+/// A [`duration`] of more than zero: a join token's `--ttl`, `audit list --since`.
+pub fn lifetime(input: &str) -> Result<Duration, String> {
+    let duration = duration(input)?;
+    if duration.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+/// `--timeout`: `500ms`, `10s`, `2m` or a bare number of seconds.
 pub fn timeout(input: &str) -> Result<Duration, String> {
     let input = input.trim();
     let split = input.find(|c: char| !c.is_ascii_digit()).unwrap_or(input.len());
@@ -368,5 +377,29 @@ mod tests {
         assert!(timeout("0s").is_err());
         assert!(timeout("1h").is_err());
         assert!(timeout("ten").is_err());
+    }
+
+    #[test]
+    fn durations_take_s_m_h_d_and_only_lifetimes_refuse_zero() {
+        assert_eq!(duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(duration(" 90m "), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("0d"), Ok(Duration::ZERO));
+        assert_eq!(lifetime("1h"), Ok(Duration::from_secs(3600)));
+        for (input, reason) in [
+            ("30", "'30' has no unit; use s, m, h or d, e.g. 30d"),
+            ("2w", "unknown unit 'w'"),
+            ("1.5h", "unknown unit '.5h'"),
+            ("soon", "is not a duration"),
+            ("-1h", "is not a duration"),
+            ("", "is not a duration"),
+        ] {
+            let err = duration(input).err().unwrap_or_default();
+            assert!(err.contains(reason), "{input}: {err}");
+        }
+        assert_eq!(lifetime("0h"), Err("the duration must be more than zero".into()));
+        assert_eq!(lifetime("0"), Err("the duration must be more than zero".into()));
     }
 }

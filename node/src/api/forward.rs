@@ -16,11 +16,18 @@ pub fn was_forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED_HEADER)
 }
 
-/// A fresh request carrying `msg`, marked as forwarded, counted in metrics.
+/// A fresh request carrying `msg`, marked as forwarded, counted in metrics,
+/// with the identity of the caller this node authenticated: the leader
+/// authorizes the call again and writes it in the audit log as that
+/// caller's (believing it for this node's control-plane certificate).
 pub fn to_leader<T>(node: &Node, method: &'static str, msg: T) -> Request<T> {
     node.metrics.forwarded.get_or_create(&MethodLabel { method }).inc();
     let mut req = Request::new(msg);
     req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    let identity = crate::auth::audit::current().and_then(|scope| scope.identity.to_header().parse().ok());
+    if let Some(identity) = identity {
+        req.metadata_mut().insert(crate::auth::identity::IDENTITY_HEADER, identity);
+    }
     req.set_timeout(FORWARD_TIMEOUT);
     req
 }

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - `users`: the `Users` service (and a user's client links).
+//! - `access`: the `Access` service (roles, bindings, API tokens, the audit log).
 //! - `nodes`: the `Nodes` service (data-plane nodes).
 //! - `cluster`: the `Cluster` service (status and membership); `join_tokens`:
 //!   its join-token RPCs and joining by CSR.
@@ -11,6 +12,7 @@
 //! - `status`: our `Error` -> `tonic::Status`, in one place.
 //! - `forward`: the one-hop forwarding of writes to the leader.
 
+pub mod access;
 pub mod cluster;
 pub(crate) mod convert;
 pub(crate) mod forward;

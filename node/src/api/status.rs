@@ -18,6 +18,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) | Error::Identity(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } | Error::Join { .. } => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Internal(_)
             | Error::ConfigFile { .. }
             | Error::Storage(_)
@@ -52,7 +53,15 @@ impl From<Refusal> for Error {
             | Refusal::StillLimited { .. } => Error::FailedPrecondition(r.to_string()),
             Refusal::JoinTokenNotFound(_) => Error::NotFound(r.to_string()),
             Refusal::JoinTokenRefused => Error::Unauthenticated(r.to_string()),
-            Refusal::NodeIdTaken(_) => Error::AlreadyExists(r.to_string()),
+            Refusal::NodeIdTaken(_) | Refusal::RoleExists(_) | Refusal::ApiTokenExists(_) => {
+                Error::AlreadyExists(r.to_string())
+            }
+            Refusal::RoleNotFound(_) | Refusal::ApiTokenNotFound(_) | Refusal::NotBound { .. } => {
+                Error::NotFound(r.to_string())
+            }
+            Refusal::BuiltinRole(_) | Refusal::RoleInUse { .. } | Refusal::BreakGlass => {
+                Error::FailedPrecondition(r.to_string())
+            }
         }
     }
 }

@@ -11,11 +11,13 @@ use vpn_proto::v1::{
     GetUserRequest, ListUsersRequest, ListUsersResponse, ResetTrafficRequest, RotateTokenRequest, UpdateUserRequest,
     User, UserLink,
 };
+use vpn_storage::access::Permission;
 use vpn_storage::command::{Command, CommandResponse, LimitsChange};
 use vpn_storage::model::{self, validate_user_name, Limits, UserStatus};
 use vpn_storage::state::State;
 
 use super::{convert, forward, user_fields};
+use crate::auth::Granted;
 use crate::error::Error;
 use crate::node::{Node, Route};
 
@@ -24,6 +26,12 @@ const MAX_PAGE_SIZE: usize = 1000;
 
 pub struct UsersApi {
     pub node: Arc<Node>,
+}
+
+/// Whether the caller may see users' credentials and subscription tokens
+/// (`users.secrets`); a call the auth layer granted nothing shows none.
+fn sees_secrets<T>(req: &Request<T>) -> bool {
+    req.extensions().get::<Granted>().is_some_and(|g| g.may(Permission::UsersSecrets))
 }
 
 pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), Error> {
@@ -88,14 +96,22 @@ impl UsersApi {
         super::read_barrier(&self.node, consistency).await
     }
 
-    fn user(&self, u: &model::User) -> User {
-        convert::user(u, &self.node.scheduling.subscription_base_url)
+    /// The user as the API shows it; without `secrets`, its credentials
+    /// and subscription token are left out.
+    fn user(&self, u: &model::User, secrets: bool) -> User {
+        let mut user = convert::user(u, &self.node.scheduling.subscription_base_url);
+        if !secrets {
+            user.credentials = None;
+            user.subscription_token.clear();
+            user.subscription_url.clear();
+        }
+        user
     }
 
     /// Proposes `cmd` here and expects a user back.
-    async fn write_user(&self, cmd: Command) -> Result<Response<User>, Status> {
+    async fn write_user(&self, cmd: Command, secrets: bool) -> Result<Response<User>, Status> {
         match self.node.propose(cmd).await? {
-            CommandResponse::User(u) => Ok(Response::new(self.user(&u))),
+            CommandResponse::User(u) => Ok(Response::new(self.user(&u, secrets))),
             CommandResponse::Refused(r) => Err(Error::from(r).into()),
             other => Err(Error::Internal(format!("unexpected apply result {other:?}")).into()),
         }
@@ -110,6 +126,7 @@ impl Users for UsersApi {
             let fwd = forward::to_leader(&self.node, "CreateUser", req.into_inner());
             return forward::relayed(UsersClient::new(ch).create_user(fwd).await);
         }
+        let secrets = sees_secrets(&req);
         let req = req.into_inner();
         let now = convert::now_ms();
         let (limits, constraint) = new_user_fields(&req, now)?;
@@ -131,21 +148,23 @@ impl Users for UsersApi {
         let mut user = model::User::new(req.name, now);
         user.limits = limits;
         user.constraint = constraint;
-        self.write_user(Command::CreateUser(user)).await
+        self.write_user(Command::CreateUser(user), secrets).await
     }
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let secrets = sees_secrets(&req);
         let req = req.into_inner();
         check_name("name", &req.name)?;
         self.read_barrier(req.consistency).await?;
         self.node
             .state
-            .read(|s| s.users.get(&req.name).map(|u| self.user(u)))
+            .read(|s| s.users.get(&req.name).map(|u| self.user(u, secrets)))
             .map(Response::new)
             .ok_or_else(|| Error::NotFound(format!("user {:?} not found", req.name)).into())
     }
 
     async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+        let secrets = sees_secrets(&req);
         let req = req.into_inner();
         let (after, page_size) = page(&req)?;
         self.read_barrier(req.consistency).await?;
@@ -157,7 +176,10 @@ impl Users for UsersApi {
         } else {
             String::new()
         };
-        Ok(Response::new(ListUsersResponse { users: users.iter().map(|u| self.user(u)).collect(), next_page_token }))
+        Ok(Response::new(ListUsersResponse {
+            users: users.iter().map(|u| self.user(u, secrets)).collect(),
+            next_page_token,
+        }))
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
@@ -168,7 +190,8 @@ impl Users for UsersApi {
             let fwd = forward::to_leader(&self.node, "UpdateUser", req.into_inner());
             return forward::relayed(UsersClient::new(ch).update_user(fwd).await);
         }
-        self.write_user(Command::UpdateUser { name: req.into_inner().name, status, limits, at_ms: now }).await
+        let secrets = sees_secrets(&req);
+        self.write_user(Command::UpdateUser { name: req.into_inner().name, status, limits, at_ms: now }, secrets).await
     }
 
     async fn reset_traffic(&self, req: Request<ResetTrafficRequest>) -> Result<Response<User>, Status> {
@@ -177,7 +200,8 @@ impl Users for UsersApi {
             let fwd = forward::to_leader(&self.node, "ResetTraffic", req.into_inner());
             return forward::relayed(UsersClient::new(ch).reset_traffic(fwd).await);
         }
-        self.write_user(Command::ResetTraffic { name: req.into_inner().name, at_ms: convert::now_ms() }).await
+        let secrets = sees_secrets(&req);
+        self.write_user(Command::ResetTraffic { name: req.into_inner().name, at_ms: convert::now_ms() }, secrets).await
     }
 
     async fn rotate_token(&self, req: Request<RotateTokenRequest>) -> Result<Response<User>, Status> {
@@ -186,7 +210,9 @@ impl Users for UsersApi {
             let fwd = forward::to_leader(&self.node, "RotateToken", req.into_inner());
             return forward::relayed(UsersClient::new(ch).rotate_token(fwd).await);
         }
-        self.write_user(Command::RotateToken { name: req.into_inner().name, token: model::new_sub_token() }).await
+        let secrets = sees_secrets(&req);
+        let rotate = Command::RotateToken { name: req.into_inner().name, token: model::new_sub_token() };
+        self.write_user(rotate, secrets).await
     }
 
     async fn get_user_links(

@@ -6,6 +6,7 @@
 //! settings; [`dataplane`] the `--dataplane` settings.
 
 pub mod dataplane;
+pub mod login;
 pub mod scheduling;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,13 @@ pub struct Args {
     /// e.g. 90d (the default), 12h; nodes renew theirs at 2/3 of it.
     #[arg(long, value_name = "DURATION")]
     pub node_cert_lifetime: Option<String>,
+    /// How long the audit log keeps a record, e.g. 90d (the default), 365d.
+    #[arg(long, value_name = "DURATION")]
+    pub audit_retention: Option<String>,
+    /// Most audit records kept (the oldest go first); 1,000,000 by default
+    /// (~300 MB of memory on every control-plane node at ~300 bytes each).
+    #[arg(long, value_name = "N")]
+    pub audit_max_records: Option<u64>,
     /// Serve --http (subscriptions, health, metrics) over HTTPS with this PEM certificate
     /// chain (an operator's, for the name clients fetch subscriptions from), with --http-tls-key.
     #[arg(long, value_name = "FILE")]
@@ -125,6 +133,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub scheduling: scheduling::SchedulingArgs,
+
+    #[command(flatten)]
+    pub login: login::LoginArgs,
 }
 
 /// The `--config` file: the same settings as the flags, in kebab-case.
@@ -153,6 +164,8 @@ struct FileSettings {
     http_tls_cert: Option<PathBuf>,
     http_tls_key: Option<PathBuf>,
     node_cert_lifetime: Option<String>,
+    audit_retention: Option<String>,
+    audit_max_records: Option<u64>,
     dataplane: Option<bool>,
     public_host: Option<String>,
     /// A list: `inbound = ["vless-tls=443", "shadowsocks-2022=8388"]`.
@@ -175,6 +188,9 @@ struct FileSettings {
     node_heartbeat_ms: Option<u64>,
     max_moves_per_sec: Option<usize>,
     subscription_base_url: Option<String>,
+    /// The `ldap-*`, `oidc-*` and `session-ttl` keys (see `read_file`).
+    #[serde(skip)]
+    login: login::LoginArgs,
 }
 
 /// How this node finds its cluster.
@@ -227,6 +243,10 @@ pub struct Config {
     pub http_tls: Option<HttpTls>,
     /// How long the node certificates this node signs are valid.
     pub node_cert_lifetime: std::time::Duration,
+    /// What the audit log keeps.
+    pub audit_retention: crate::auth::audit::Retention,
+    /// LDAP and OIDC logins.
+    pub login: crate::login::LoginConfig,
 }
 
 impl Config {
@@ -411,6 +431,18 @@ impl Config {
                 Error::invalid("--node-cert-lifetime", &format!("{raw:?} is not a lifetime: use e.g. 90d, 12h or 30m"))
             })?,
         };
+        let mut audit_retention = crate::auth::audit::Retention::default();
+        if let Some(raw) = args.audit_retention.or(file.audit_retention) {
+            audit_retention.max_age = parse_lifetime(&raw).ok_or_else(|| {
+                Error::invalid("--audit-retention", &format!("{raw:?} is not a duration: use e.g. 90d, 365d or 12h"))
+            })?;
+        }
+        match args.audit_max_records.or(file.audit_max_records) {
+            Some(0) => return Err(Error::invalid("--audit-max-records", "is 0: keep at least one record")),
+            Some(n) => audit_retention.max_records = n,
+            None => {}
+        }
+        let login = login::parse(args.login.or(file.login))?;
         Ok(Self {
             id,
             listen,
@@ -425,6 +457,8 @@ impl Config {
             ca_signer,
             http_tls,
             node_cert_lifetime,
+            audit_retention,
+            login,
         })
     }
 }
@@ -462,7 +496,7 @@ fn security(id: u64, dev: bool, insecure: bool, files: [Option<PathBuf>; 3]) -> 
 }
 
 /// `30s`, `30m`, `12h`, `90d`: at least 10 s (a certificate renews at 2/3 of its life).
-fn parse_lifetime(raw: &str) -> Option<std::time::Duration> {
+pub(crate) fn parse_lifetime(raw: &str) -> Option<std::time::Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = raw.split_at(split);
@@ -502,10 +536,19 @@ fn dev_defaults(args: &mut Args, file: &FileSettings) {
     args.data_dir = args.data_dir.take().or_else(|| file.data_dir.clone()).or_else(|| Some(PathBuf::from("vpn-data")));
 }
 
+/// The file's settings. The login keys (`ldap-*`, `oidc-*`, `session-ttl`)
+/// are read apart, into their own struct: both halves refuse a key they do
+/// not know.
 fn read_file(path: &Path) -> Result<FileSettings, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::ConfigFile { path: path.to_owned(), detail: e.to_string() })?;
-    toml::from_str(&text).map_err(|e| Error::ConfigFile { path: path.to_owned(), detail: e.to_string() })
+    let bad = |detail: String| Error::ConfigFile { path: path.to_owned(), detail };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let is_login = |key: &str| key.starts_with("ldap-") || key.starts_with("oidc-") || key == "session-ttl";
+    let keys: Vec<String> = table.keys().filter(|k| is_login(k)).cloned().collect();
+    let login_table: toml::Table = keys.iter().filter_map(|k| table.remove_entry(k)).collect();
+    let mut settings: FileSettings = table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    settings.login = login_table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    Ok(settings)
 }
 
 fn validate_timings(t: &RaftTimings) -> Result<(), Error> {

@@ -7,6 +7,7 @@
 //! - `scheduler`: the executor of `vpn_scheduler::plan`: soon after every
 //!   change and once a second, moves proposed as `Place` commands, at
 //!   most `max_moves_per_sec` per second.
+//! - the cluster's session key (for logins), made once if there is none.
 //!
 //! A new leadership first waits until this node applied everything committed
 //! before it (a read-index barrier), so a new leader never judges or plans
@@ -23,6 +24,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use vpn_storage::access::AccessCommand;
 use vpn_storage::command::{Command, CommandResponse};
 
 use crate::config::SchedulingConfig;
@@ -69,6 +71,11 @@ pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch:
             if !caught_up {
                 continue;
             }
+        }
+        if node.state.read(|s| s.access.session_key.is_none()) {
+            let key: [u8; 32] = rand::random();
+            let hex = key.iter().map(|b| format!("{b:02x}")).collect();
+            propose(&node, Command::Access(AccessCommand::SetSessionKey { hex })).await;
         }
         let changes = node.state.read(|s| node.liveness.judge(s, config.down_after));
         for change in changes {

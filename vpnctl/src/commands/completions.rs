@@ -24,7 +24,9 @@ mod tests {
                 panic!("completions are raw text");
             };
             assert!(script.contains("vpnctl"), "{shell}");
-            for word in ["disable", "rotate-token", "reset-traffic", "cordon", "drain", "data-limit", "monthly"] {
+            let words = ["disable", "rotate-token", "reset-traffic", "cordon", "drain", "data-limit", "monthly"];
+            let access = ["whoami", "unbind", "revoke", "permissions", "users.secrets", "audit", "since", "token"];
+            for word in words.into_iter().chain(access) {
                 assert!(script.contains(word), "{shell}: {word}");
             }
         }

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use serde_json::{json, Value};
 use tonic::transport::Channel;
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::{GetNodeRequest, ListNodesRequest, Node, NodeRequest};
 
@@ -51,7 +51,7 @@ pub async fn run(command: NodeCommand, client: &mut Client) -> Result<Document, 
 /// One of the maintenance calls, which all take a node id and return the node afterwards.
 async fn change<F, Fut>(client: &mut Client, id: u64, rpc: F) -> Result<Node, CliError>
 where
-    F: Fn(NodesClient<Channel>, NodeRequest) -> Fut,
+    F: Fn(NodesClient<Channel>, Request<NodeRequest>) -> Fut,
     Fut: Future<Output = Result<Response<Node>, Status>>,
 {
     client.nodes(NodeRequest { id }, rpc).await.map_err(|err| no_such_node(err, id))
