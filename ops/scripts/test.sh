@@ -31,6 +31,8 @@ if ! command -v ip >/dev/null || ! command -v iptables >/dev/null || ! command -
         echo "!!! test.sh: ip/iptables/nft missing: netns_* and docker_* tests will fail or skip here (under CI=true they fail)" >&2
     fi
 fi
+echo "== identity servers (slapd, glewlwyd) for the LDAP and OIDC login tests"
+bash ops/scripts/identity-servers.sh
 echo "== tests"
 # The 100,000-user scale test (t99: three debug-build nodes, 50 agents, 256
 # writers) wants the machine: it runs alone afterwards, so its figures mean
