@@ -89,6 +89,17 @@ async fn bad_requests_get_the_right_code_and_change_nothing() {
         .expect_err("existing id at another address");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
+    // The public API's message size limit (vpn_node::limits::PUBLIC_MESSAGE,
+    // 64 KiB): just under it a request is read (and this one refused for its
+    // field); just over it, it is not read at all.
+    const LIMIT: usize = 64 * 1024;
+    let sized = |name_len: usize| CreateUserRequest { name: "x".repeat(name_len), ..Default::default() };
+    let under = cluster.users(1).create_user(sized(LIMIT - 16)).await.expect_err("a long name");
+    assert_eq!(under.code(), tonic::Code::InvalidArgument, "{under}");
+    let over = cluster.users(1).create_user(sized(LIMIT)).await.expect_err("over the limit");
+    assert_eq!(over.code(), tonic::Code::OutOfRange, "{over}");
+    assert!(over.message().contains("too large"), "{}", over.message());
+
     assert_eq!(user_count(&cluster).await, before, "a refused request changed the users");
     let status = cluster.status(1).await.expect("status");
     assert_eq!(status.members.len(), 3, "a refused request changed the membership");

@@ -42,6 +42,9 @@ pub enum Error {
     /// The caller may not do this (e.g. grant more than it holds).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A bounded resource is full (the proposal queue); back off and retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// No leader reachable right now; the caller should retry (maybe at `leader_addr`).
     #[error("{detail}")]
     Unavailable { detail: String, leader_addr: Option<String> },

@@ -3,16 +3,18 @@
 //! copy of the state (it works while the leader is away).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use vpn_client_config::{Format, Subscription};
 use vpn_storage::model::{DataplaneNode, UserStatus};
 
+use crate::limits;
 use crate::metrics::{NodeLabel, StatusLabel};
 use crate::node::{Node, Readiness};
 use crate::observer::as_i64;
@@ -28,14 +30,17 @@ pub async fn serve(
     tls: Option<crate::tls::HttpTls>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else { return axum::serve(listener, router).with_graceful_shutdown(stop).await };
+    let Some(tls) = tls else {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        return axum::serve(listener, service).with_graceful_shutdown(stop).await;
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
     tokio::pin!(stop);
     loop {
         let tcp = tokio::select! {
             () = &mut stop => return Ok(()),
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("--http: accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -43,7 +48,8 @@ pub async fn serve(
                 }
             },
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let (tcp, peer) = tcp;
+        let (acceptor, router) = (acceptor.clone(), router.clone().layer(Extension(ConnectInfo(peer))));
         tokio::spawn(async move {
             let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
             let service = hyper_util::service::TowerToHyperService::new(router);
@@ -60,6 +66,48 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/sub/{token}", get(subscription))
         .with_state(node)
+        .layer(Extension(Arc::new(MissLimiter::default())))
+}
+
+/// Counts `/sub` misses per source and minute (see `limits::SUB_MISSES_PER_MINUTE`).
+#[derive(Default)]
+pub struct MissLimiter(Mutex<HashMap<IpAddr, (u64, u32)>>);
+
+impl MissLimiter {
+    /// IPv6 sources count by /64: one host holds a whole /64.
+    fn source(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Whether `ip` has used up its misses of minute `minute`.
+    fn limited(&self, ip: IpAddr, minute: u64) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&Self::source(ip)).is_some_and(|(m, n)| *m == minute && *n >= limits::SUB_MISSES_PER_MINUTE)
+    }
+
+    /// Counts a miss. A full table first forgets earlier minutes; if it is
+    /// still full, the source goes uncounted (guessing cannot work anyway).
+    fn missed(&self, ip: IpAddr, minute: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let source = Self::source(ip);
+        if map.len() >= limits::SUB_MISS_SOURCES && !map.contains_key(&source) {
+            map.retain(|_, (m, _)| *m == minute);
+            if map.len() >= limits::SUB_MISS_SOURCES {
+                return;
+            }
+        }
+        let entry = map.entry(source).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 async fn readyz(State(node): State<Arc<Node>>, Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
@@ -122,10 +170,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 /// tells a guesser nothing.
 async fn subscription(
     State(node): State<Arc<Node>>,
+    Extension(misses): Extension<Arc<MissLimiter>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let minute = u64::try_from(crate::api::convert::now_ms() / 60_000).unwrap_or_default();
+    if misses.limited(peer.ip(), minute) {
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, "too many unknown tokens: wait a minute\n").into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return response;
+    }
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let format = match Format::choose(q.get("format").map(String::as_str), agent) {
         Ok(f) => f,
@@ -139,7 +195,10 @@ async fn subscription(
     });
     match rendered {
         Some(sub) => respond(sub),
-        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        None => {
+            misses.missed(peer.ip(), minute);
+            (StatusCode::NOT_FOUND, "not found\n").into_response()
+        }
     }
 }
 
@@ -159,6 +218,24 @@ fn respond(sub: Subscription) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_gets_its_misses_per_minute_then_429_until_the_next_minute() {
+        let limiter = MissLimiter::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"));
+        for _ in 0..limits::SUB_MISSES_PER_MINUTE {
+            assert!(!limiter.limited(a, 7));
+            limiter.missed(a, 7);
+        }
+        assert!(limiter.limited(a, 7), "one over the limit");
+        assert!(!limiter.limited(b, 7), "another source");
+        assert!(!limiter.limited(a, 8), "the next minute");
+        let (x, y): (IpAddr, IpAddr) = ("2001:db8::1".parse().expect("ip"), "2001:db8::ffff:2".parse().expect("ip"));
+        for _ in 0..limits::SUB_MISSES_PER_MINUTE {
+            limiter.missed(x, 7);
+        }
+        assert!(limiter.limited(y, 7), "the same /64");
+    }
 
     #[test]
     fn a_state_that_did_not_persist_makes_the_node_unready_and_says_why() {

@@ -46,6 +46,7 @@ mod http;
 mod identity;
 mod join_token;
 mod leader;
+pub mod limits;
 pub mod login;
 mod metrics;
 pub mod node;
@@ -84,9 +85,6 @@ use crate::node::Node;
 use crate::peers::Peers;
 use crate::raft::network::Network;
 use crate::raft::service::{RaftService, RefuseOtherClusters};
-
-/// Largest Raft message (a snapshot chunk or a batch of entries).
-const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The node's listeners, bound before the node starts. A data-plane-only
 /// node serves no gRPC.
@@ -235,20 +233,32 @@ async fn run_control_plane(
     let server_tls = material.as_ref().map(tls::ServerTls::new).transpose()?.map(Arc::new);
     let assignments = dispatcher::Assignments::start(node.clone(), stop_rx.clone());
     let routes = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION)
+        .timeout(limits::CALL_TIMEOUT)
         .layer(auth::AuthLayer::new(node.clone(), material.is_some()))
         .add_service(health_service)
-        .add_service(UsersServer::new(UsersApi { node: node.clone() }))
-        .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
-        .add_service(NodesServer::new(NodesApi { node: node.clone() }))
-        .add_service(AccessServer::new(api::access::AccessApi { node: node.clone() }))
+        .add_service(
+            UsersServer::new(UsersApi { node: node.clone() }).max_decoding_message_size(limits::PUBLIC_MESSAGE),
+        )
+        .add_service(
+            ClusterServer::new(ClusterApi { node: node.clone() }).max_decoding_message_size(limits::PUBLIC_MESSAGE),
+        )
+        .add_service(
+            NodesServer::new(NodesApi { node: node.clone() }).max_decoding_message_size(limits::PUBLIC_MESSAGE),
+        )
+        .add_service(
+            AccessServer::new(api::access::AccessApi { node: node.clone() })
+                .max_decoding_message_size(limits::PUBLIC_MESSAGE),
+        )
         .add_service(InterceptedService::new(
-            RaftServer::new(RaftService { node: node.clone() })
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            RaftServer::new(RaftService::new(node.clone()))
+                .max_decoding_message_size(limits::RAFT_MESSAGE)
+                .max_encoding_message_size(limits::RAFT_MESSAGE),
             RefuseOtherClusters(cluster.clone()),
         ))
         .add_service(InterceptedService::new(
-            AgentServer::new(dispatcher::AgentService { node: node.clone(), assignments }),
+            AgentServer::new(dispatcher::AgentService { node: node.clone(), assignments })
+                .max_decoding_message_size(limits::AGENT_MESSAGE),
             RefuseOtherClusters(cluster),
         ));
     let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &server_tls {

@@ -173,7 +173,7 @@ impl Node {
             Err(_) => "error",
         };
         self.metrics.proposals.get_or_create(&OutcomeLabel { outcome }).inc();
-        result.map(|r| r.data).map_err(write_error)
+        result.map(|r| r.data).map_err(propose_error)
     }
 
     /// Proposes `cmd` here when this node leads, else once through the
@@ -284,6 +284,13 @@ fn cut_off(id: NodeId, silent_ms: Option<u64>) -> Error {
         "node {id} leads by its own record, but no majority has answered it {silent} (cut off from its peers?); \
          retry on another node"
     ))
+}
+
+fn propose_error(e: vpn_storage::ProposeError) -> Error {
+    match e {
+        vpn_storage::ProposeError::Busy { .. } => Error::ResourceExhausted(e.to_string()),
+        vpn_storage::ProposeError::Raft(e) => write_error(*e),
+    }
 }
 
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {

@@ -58,7 +58,7 @@ pub mod wire;
 
 pub use error::OpenError;
 pub use log_store::LogStore;
-pub use proposer::Proposer;
+pub use proposer::{ProposeError, Proposer};
 pub use sm_writer::Persistence;
 pub use state_machine::{StateMachineStore, StateReader};
 

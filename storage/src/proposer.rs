@@ -26,12 +26,34 @@ pub const MAX_IN_FLIGHT: usize = 2;
 /// Most commands in one entry: keeps an AppendEntries of up to openraft's
 /// `max_payload_entries` (300) entries well under the message size limit.
 pub const MAX_BATCH: usize = 128;
+/// Proposals waiting for a slot before new ones are refused: at the ~10,000
+/// writes/s a leader commits, a second of backlog. A longer queue would only
+/// add latency and memory under overload; a refusal (RESOURCE_EXHAUSTED)
+/// tells clients to back off instead.
+pub const MAX_QUEUED: usize = 10_000;
 
-pub type WriteResult = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+type RaftResult = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+pub type WriteResult = Result<ClientWriteResponse<TypeConfig>, ProposeError>;
+
+/// Why a proposal was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The queue is full; nothing was proposed.
+    #[error("{queued} writes are already waiting on the leader: retry later")]
+    Busy { queued: usize },
+    #[error(transparent)]
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for ProposeError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        ProposeError::Raft(Box::new(e))
+    }
+}
 
 struct Pending {
     cmd: Command,
-    reply: oneshot::Sender<WriteResult>,
+    reply: oneshot::Sender<RaftResult>,
 }
 
 /// Hands proposals to openraft in batches; cheap to share behind an `Arc`.
@@ -41,17 +63,23 @@ pub struct Proposer {
     in_flight: Arc<Semaphore>,
     /// Proposals sent to the batching task and not yet taken by it.
     queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Proposer {
     /// Starts the batching task on the current tokio runtime; it ends when
     /// the proposer is dropped.
     pub fn new(raft: Raft) -> Self {
+        Self::with_max_queued(raft, MAX_QUEUED)
+    }
+
+    /// A proposer that refuses proposals beyond `max_queued` waiting ones.
+    pub fn with_max_queued(raft: Raft, max_queued: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(run(raft.clone(), rx, in_flight.clone(), queued.clone()));
-        Self { raft, tx, in_flight, queued }
+        Self { raft, tx, in_flight, queued, max_queued }
     }
 
     /// Like [`openraft::Raft::client_write`]: the response of `cmd` once its
@@ -60,16 +88,20 @@ impl Proposer {
         // Idle: propose right here, without a hop through the batching task.
         if self.queued.load(Ordering::Acquire) == 0 {
             if let Ok(_permit) = self.in_flight.try_acquire() {
-                return self.raft.client_write(cmd).await;
+                return Ok(self.raft.client_write(cmd).await?);
             }
         }
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProposeError::Busy { queued });
+        }
         let (reply, rx) = oneshot::channel();
-        self.queued.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Pending { cmd, reply }).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(RaftError::Fatal(Fatal::Stopped));
+            return Err(RaftError::Fatal(Fatal::Stopped).into());
         }
-        rx.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
+        Ok(rx.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))?)
     }
 }
 

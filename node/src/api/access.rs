@@ -30,8 +30,6 @@ use crate::node::{Node, Route};
 /// An API token's lifetime when none is asked for, and the longest allowed.
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(3 * 365 * 86_400);
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
 /// Longest principal or group name a binding takes.
 const MAX_SUBJECT_LEN: usize = 256;
 
@@ -364,8 +362,8 @@ impl AuditPage {
             s => now_ms.saturating_sub(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)),
         };
         let size = match r.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
+            0 => crate::limits::DEFAULT_PAGE_SIZE,
+            n => n.min(crate::limits::PAGE_SIZE),
         };
         Ok(AuditPage { before, since_ms, principal: r.principal.clone(), method: r.method.clone(), size })
     }

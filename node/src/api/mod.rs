@@ -19,7 +19,7 @@ pub(crate) mod forward;
 pub(crate) mod join_tokens;
 pub mod nodes;
 mod status;
-mod user_fields;
+pub(crate) mod user_fields;
 pub mod users;
 
 use vpn_proto::v1::ReadConsistency;

@@ -19,6 +19,7 @@ impl From<Error> for Status {
             Error::Unavailable { .. } | Error::Join { .. } => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_)
             | Error::ConfigFile { .. }
             | Error::Storage(_)

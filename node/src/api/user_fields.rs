@@ -41,20 +41,32 @@ pub fn reset(raw: &str) -> Result<ResetPeriod, Error> {
     })
 }
 
-/// Label pairs of 1-63 characters of `[A-Za-z0-9._/-]`.
+/// A placement constraint: at most `CONSTRAINT_PAIRS` label pairs, values not empty.
 pub fn constraint(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
+    const FIELD: &str = "placement_constraint";
+    if raw.len() > crate::limits::CONSTRAINT_PAIRS {
+        let detail = format!("{} pairs: at most {}", raw.len(), crate::limits::CONSTRAINT_PAIRS);
+        return Err(Error::InvalidArgument { field: FIELD, detail });
+    }
+    if let Some(k) = raw.iter().find(|(_, v)| v.is_empty()).map(|(k, _)| k) {
+        return Err(Error::InvalidArgument { field: FIELD, detail: format!("{k}=: give a value") });
+    }
+    labels(FIELD, raw)
+}
+
+/// Label pairs: keys of 1-63, values of 0-63 characters of `[A-Za-z0-9._/-]`
+/// (what `--labels` takes, so what a node offers can be matched).
+pub fn labels(field: &'static str, raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
     let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= MAX_LABEL_LEN
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        s.len() <= MAX_LABEL_LEN && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
     };
     raw.iter()
         .map(|(k, v)| {
-            if ok(k) && ok(v) {
+            if !k.is_empty() && ok(k) && ok(v) {
                 Ok((k.clone(), v.clone()))
             } else {
                 Err(Error::InvalidArgument {
-                    field: "placement_constraint",
+                    field,
                     detail: format!(
                         "{k}={v}: keys and values are 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-', '/'"
                     ),
@@ -67,6 +79,14 @@ pub fn constraint(raw: &HashMap<String, String>) -> Result<BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_constraint_takes_at_most_its_limit_of_pairs() {
+        let pairs = |n: usize| (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect::<HashMap<_, _>>();
+        assert_eq!(constraint(&pairs(crate::limits::CONSTRAINT_PAIRS)).map(|c| c.len()).ok(), Some(16));
+        let over = constraint(&pairs(crate::limits::CONSTRAINT_PAIRS + 1));
+        assert!(matches!(over, Err(Error::InvalidArgument { field: "placement_constraint", .. })));
+    }
 
     #[test]
     fn fields_are_checked_and_named() {

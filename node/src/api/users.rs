@@ -21,9 +21,6 @@ use crate::auth::Granted;
 use crate::error::Error;
 use crate::node::{Node, Route};
 
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
-
 pub struct UsersApi {
     pub node: Arc<Node>,
 }
@@ -62,8 +59,8 @@ pub(crate) fn page(req: &ListUsersRequest) -> Result<(Option<&str>, usize), Erro
         }
     };
     let page_size = match req.page_size as usize {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
+        0 => crate::limits::DEFAULT_PAGE_SIZE,
+        n => n.min(crate::limits::PAGE_SIZE),
     };
     Ok((after, page_size))
 }

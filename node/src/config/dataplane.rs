@@ -361,9 +361,15 @@ fn parse_labels(raw: &str) -> Result<BTreeMap<String, String>, Error> {
                 &format!("{item:?} is not key=value of letters, digits, '.', '_', '/', '-', e.g. region=eu"),
             ));
         }
+        if key.len() > 63 || value.len() > 63 {
+            return Err(Error::invalid(FLAG, &format!("{item:?}: keys and values are at most 63 characters")));
+        }
         if labels.insert(key.to_owned(), value.to_owned()).is_some() {
             return Err(Error::invalid(FLAG, &format!("label {key:?} is given twice")));
         }
+    }
+    if labels.len() > crate::limits::NODE_LABELS {
+        return Err(Error::invalid(FLAG, &format!("{} labels: at most {}", labels.len(), crate::limits::NODE_LABELS)));
     }
     Ok(labels)
 }

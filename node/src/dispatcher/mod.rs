@@ -32,6 +32,7 @@ use vpn_storage::types::NodeId;
 pub use self::assignments::Assignments;
 use crate::auth::require_node;
 use crate::error::Error;
+use crate::limits;
 use crate::node::Node;
 
 /// How long a relayed heartbeat may wait for the leader.
@@ -201,9 +202,18 @@ fn offer(req: &RegisterRequest) -> Result<DataplaneNode, Error> {
             detail: "empty: give the host name or address clients connect to".into(),
         });
     }
+    if req.inbounds.len() > limits::NODE_INBOUNDS {
+        let detail = format!("{}: at most {}", req.inbounds.len(), limits::NODE_INBOUNDS);
+        return Err(Error::InvalidArgument { field: "inbounds", detail });
+    }
+    if req.labels.len() > limits::NODE_LABELS {
+        let detail = format!("{}: at most {}", req.labels.len(), limits::NODE_LABELS);
+        return Err(Error::InvalidArgument { field: "labels", detail });
+    }
+    let labels = crate::api::user_fields::labels("labels", &req.labels)?;
     let inbounds = req.inbounds.iter().map(inbound).collect::<Result<Vec<_>, _>>()?;
     let mut node = DataplaneNode::new(req.node_id, req.public_host.clone(), inbounds);
-    node.labels = req.labels.clone().into_iter().collect();
+    node.labels = labels;
     node.capacity = req.capacity;
     node.cert_not_after_ms = Some(req.cert_not_after_ms).filter(|ms| *ms > 0);
     if req.accounting.len() > MAX_ACCOUNTING {
@@ -235,4 +245,34 @@ fn inbound(wire: &OfferedInbound) -> Result<InboundRecord, Error> {
     record.reality_short_id = some(&wire.reality_short_id);
     record.reality_server_name = some(&wire.reality_server_name);
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn request(labels: usize, inbounds: usize) -> RegisterRequest {
+        let ss = OfferedInbound { protocol: "shadowsocks-2022".into(), port: 8388, ..Default::default() };
+        RegisterRequest {
+            node_id: 4,
+            public_host: "n4.example.com".into(),
+            labels: (0..labels).map(|i| (format!("k{i}"), "v".to_owned())).collect::<HashMap<_, _>>(),
+            inbounds: vec![ss; inbounds],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_registration_takes_at_most_its_limits_of_labels_and_inbounds() {
+        assert!(offer(&request(limits::NODE_LABELS, limits::NODE_INBOUNDS)).is_ok());
+        let labels = offer(&request(limits::NODE_LABELS + 1, 1));
+        assert!(matches!(labels, Err(Error::InvalidArgument { field: "labels", .. })), "{labels:?}");
+        let inbounds = offer(&request(1, limits::NODE_INBOUNDS + 1));
+        assert!(matches!(inbounds, Err(Error::InvalidArgument { field: "inbounds", .. })), "{inbounds:?}");
+        let mut odd = request(1, 1);
+        odd.labels.insert("bad key".into(), "v".into());
+        assert!(matches!(offer(&odd), Err(Error::InvalidArgument { field: "labels", .. })));
+    }
 }

@@ -76,6 +76,16 @@ pub(crate) fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Erro
         .iter()
         .take(MAX_REPORTS)
         .map(|r| {
+            if r.usage.len() > crate::limits::REPORT_USAGE_ENTRIES {
+                return Err(Error::InvalidArgument {
+                    field: "traffic.usage",
+                    detail: format!(
+                        "{} users in one report: at most {}",
+                        r.usage.len(),
+                        crate::limits::REPORT_USAGE_ENTRIES
+                    ),
+                });
+            }
             let usage = r
                 .usage
                 .iter()
@@ -90,4 +100,26 @@ pub(crate) fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Erro
             Ok(TrafficReport { seq: r.seq, usage })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use vpn_proto::internal::{TrafficReport as WireReport, UserUsage as WireUsage};
+
+    use super::*;
+
+    #[test]
+    fn a_report_of_more_users_than_the_limit_is_refused() {
+        let usage = WireUsage { name: "a".into(), user_id: uuid::Uuid::nil().to_string(), bytes: 1 };
+        let heartbeat = |n: usize| HeartbeatRequest {
+            traffic: vec![WireReport { seq: 1, usage: vec![usage.clone(); n] }],
+            ..Default::default()
+        };
+        assert_eq!(
+            reports(&heartbeat(crate::limits::REPORT_USAGE_ENTRIES)).map(|r| r[0].usage.len()).ok(),
+            Some(1_000_000)
+        );
+        let over = reports(&heartbeat(crate::limits::REPORT_USAGE_ENTRIES + 1));
+        assert!(matches!(over, Err(Error::InvalidArgument { field: "traffic.usage", .. })));
+    }
 }

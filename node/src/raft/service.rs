@@ -26,6 +26,38 @@ use crate::node::Node;
 
 pub struct RaftService {
     pub node: Arc<Node>,
+    chunks: ChunkOrder,
+}
+
+impl RaftService {
+    pub fn new(node: Arc<Node>) -> Self {
+        RaftService { node, chunks: ChunkOrder::default() }
+    }
+}
+
+/// The snapshot being received and how far its chunks reach. openraft
+/// writes a chunk at its offset into the snapshot buffer, so an offset past
+/// the end would make the buffer that long (a sender could make a node
+/// allocate anything): a chunk must start within what the earlier chunks of
+/// the same snapshot covered (a retried chunk starts before the end), or at 0.
+#[derive(Default)]
+struct ChunkOrder(std::sync::Mutex<Option<(String, u64)>>);
+
+impl ChunkOrder {
+    fn check(&self, snapshot_id: &str, offset: u64, len: usize) -> Result<(), Status> {
+        let mut receiving = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let end = match &*receiving {
+            Some((id, end)) if id == snapshot_id => *end,
+            _ => 0,
+        };
+        if offset > end {
+            return Err(Status::invalid_argument(format!(
+                "offset: snapshot {snapshot_id} chunk at {offset}, but the chunks so far end at {end}"
+            )));
+        }
+        *receiving = Some((snapshot_id.to_owned(), end.max(offset.saturating_add(len as u64))));
+        Ok(())
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
@@ -144,6 +176,7 @@ impl RaftRpc for RaftService {
     async fn install_snapshot(&self, req: Request<RaftBinary>) -> Result<Response<RaftPayload>, Status> {
         self.check_identity(&req)?;
         let rpc = decode_binary(req.into_inner(), wire::decode_install_snapshot)?;
+        self.chunks.check(&rpc.meta.snapshot_id, rpc.offset, rpc.data.len())?;
         let done = rpc.done;
         let result = self.node.raft.install_snapshot(rpc).await;
         if done && result.is_ok() {
@@ -211,6 +244,21 @@ mod tests {
             request.metadata_mut().insert(HEADER_CLUSTER, id.parse().expect("ascii"));
         }
         request
+    }
+
+    #[test]
+    fn a_snapshot_chunk_must_start_where_the_last_one_ended() {
+        let chunks = ChunkOrder::default();
+        assert!(chunks.check("s1", 0, 100).is_ok());
+        assert!(chunks.check("s1", 100, 100).is_ok());
+        let gap = chunks.check("s1", 201, 10).expect_err("just past the end");
+        assert_eq!(gap.code(), tonic::Code::InvalidArgument);
+        assert!(chunks.check("s1", u64::MAX, 1).is_err(), "far past the end");
+        assert!(chunks.check("s2", 100, 1).is_err(), "another snapshot starts at 0");
+        assert!(chunks.check("s2", 0, 1).is_ok());
+        assert!(chunks.check("s1", 0, 1).is_ok(), "a sender may start over");
+        assert!(chunks.check("s1", 1, 100).is_ok() && chunks.check("s1", 50, 51).is_ok(), "a retried chunk");
+        assert!(chunks.check("s1", 102, 1).is_err(), "the chunks end at 101");
     }
 
     #[test]
