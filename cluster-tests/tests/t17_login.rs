@@ -67,6 +67,25 @@ async fn first_login(ch: Channel, req: LoginRequest) -> LoginResponse {
     .await
 }
 
+/// The real vpnctl with its contexts in `config`, `stdin` fed to it: exit code, stdout, stderr.
+fn vpnctl_with(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cluster_tests::process::own_binary("cluster-vpnctl"))
+        .args(args)
+        .env("VPNCTL_CONFIG", config)
+        .env_remove("VPNCTL_ENDPOINTS")
+        .env_remove("VPNCTL_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vpnctl");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("vpnctl output");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accepts() {
     let dirs = tempfile::tempdir().expect("tempdir");
@@ -98,6 +117,13 @@ async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accept
     assert_eq!(alice.principal, "ldap:alice");
     assert_eq!(alice.groups, ["ldap:vpn-admins"]);
     assert_eq!(create_user(anonymous(&cluster, &pki, follower), &alice.token, "from-alice").await, Code::Ok);
+    let alice_sub_token = cluster
+        .users(leader)
+        .get_user(GetUserRequest { name: "from-alice".into(), consistency: 0 })
+        .await
+        .expect("get")
+        .into_inner()
+        .subscription_token;
     for id in 1..=3 {
         let mut access = AccessClient::new(anonymous(&cluster, &pki, id));
         let me = access.who_am_i(bearer(WhoAmIRequest {}, &alice.token)).await.expect("whoami").into_inner();
@@ -130,6 +156,31 @@ async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accept
     }
     let forged = format!("{}x", alice.token);
     assert_eq!(create_user(anonymous(&cluster, &pki, leader), &forged, "forged").await, Code::Unauthenticated);
+
+    // The same through the real vpnctl: the password on stdin, the session
+    // kept in the context it writes, used by the next commands.
+    let config = dirs.path().join("vpnctl.toml");
+    let endpoint = cluster.node(follower).grpc.to_string();
+    let ca = pki.dir.join("ca.crt").display().to_string();
+    let cli = |args: &[&str], stdin: &str| {
+        let with_endpoint = ["--endpoints", endpoint.as_str(), "--ca-cert", ca.as_str()];
+        let all: Vec<&str> = with_endpoint.iter().chain(args).copied().collect();
+        vpnctl_with(&config, &all, stdin)
+    };
+    // After the login, the context alone says where and as whom.
+    let context = |args: &[&str]| vpnctl_with(&config, args, "");
+    let (code, _, err) = cli(&["login", "--ldap", "alice"], "wrong\n");
+    assert_eq!(code, 5, "a wrong password: {err}");
+    let (code, out, err) = cli(&["login", "--ldap", "bob"], "bob-pass\n");
+    assert_eq!(code, 0, "login: {err}");
+    assert!(out.contains("ldap:bob"), "{out}");
+    let (code, out, err) = context(&["-o", "json", "user", "list"]);
+    assert_eq!(code, 0, "a viewer lists with the context's session: {err}");
+    assert!(out.contains("from-alice") && !out.contains(&alice_sub_token), "{out}");
+    let (code, _, err) = context(&["user", "add", "from-bob-cli"]);
+    assert_eq!(code, 6, "a viewer adds no user: {err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).expect("context").permissions());
+    assert_eq!(mode & 0o077, 0, "the context holding the session is private");
 
     let audit = AccessClient::new(cluster.channel(leader))
         .list_audit(ListAuditRequest { method: "CreateUser".into(), ..Default::default() })
@@ -200,4 +251,57 @@ async fn login_oidc_id_tokens_become_sessions_and_a_rotated_key_is_picked_up() {
     let old = login(anonymous(&cluster, &pki, follower), oidc(&alice_token)).await.expect_err("a dropped key");
     assert_eq!(old.code(), Code::Unauthenticated, "{}", old.message());
     drop(server);
+}
+
+/// `vpnctl login --oidc` runs the device authorization grant against the
+/// real provider: the test plays the person who approves the code.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_oidc_device_flow_through_vpnctl() {
+    use std::io::{BufRead, BufReader};
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let server = IdentityServer::oidc(&dirs.path().join("oidc"));
+    let issuer = server.issuer();
+    // The device flow's client is the provider's public client.
+    let flags = ["--oidc-issuer", &issuer, "--oidc-audience", "vpn-cli", "--oidc-insecure"];
+    let (cluster, pki, leader) = mtls_cluster(false, &flags).await;
+    bind_group(&cluster, leader, "viewer", "oidc:vpn-admins").await;
+    let config = dirs.path().join("vpnctl.toml");
+    let endpoint = cluster.node(leader).grpc.to_string();
+    let ca = pki.dir.join("ca.crt").display().to_string();
+    // (A login before the first leader made the session key answers
+    // UNAVAILABLE, which vpnctl retries.)
+
+    let mut child = std::process::Command::new(cluster_tests::process::own_binary("cluster-vpnctl"))
+        .args(["--endpoints", &endpoint, "--ca-cert", &ca, "--timeout", "60s", "login", "--oidc", "--oidc-insecure"])
+        .env("VPNCTL_CONFIG", &config)
+        .env_remove("VPNCTL_ENDPOINTS")
+        .env_remove("VPNCTL_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vpnctl login --oidc");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut told = String::new();
+    let mut code = None;
+    for line in stderr.lines() {
+        let line = line.expect("a line");
+        told.push_str(&line);
+        told.push('\n');
+        if let Some(rest) = line.split("enter the code ").nth(1) {
+            code = rest.split([' ', ')']).next().map(str::to_owned);
+            break;
+        }
+    }
+    let code = code.unwrap_or_else(|| panic!("vpnctl named no code: {told}"));
+    let (approved, out) = server.run(&["approve", &server.port.to_string(), "alice", "alice-pass", &code]);
+    assert!(approved, "approve {code}: {out}");
+    let finished = child.wait_with_output().expect("vpnctl");
+    let stdout = String::from_utf8_lossy(&finished.stdout);
+    assert_eq!(finished.status.code(), Some(0), "{told}{stdout}{}", String::from_utf8_lossy(&finished.stderr));
+    assert!(stdout.contains("oidc:alice"), "{stdout}");
+
+    let (code, out, err) = vpnctl_with(&config, &["whoami", "-o", "json"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"oidc\"") && out.contains("viewer"), "{out}");
 }

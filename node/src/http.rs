@@ -85,8 +85,13 @@ impl MissLimiter {
         }
     }
 
-    /// Whether `ip` has used up its misses of minute `minute`.
+    /// Whether `ip` has used up its misses of minute `minute`. Loopback is
+    /// never limited: behind a reverse proxy on the host every client would
+    /// share one budget (such a proxy limits its own clients).
     fn limited(&self, ip: IpAddr, minute: u64) -> bool {
+        if Self::source(ip).is_loopback() {
+            return false;
+        }
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(&Self::source(ip)).is_some_and(|(m, n)| *m == minute && *n >= limits::SUB_MISSES_PER_MINUTE)
     }
@@ -235,6 +240,11 @@ mod tests {
             limiter.missed(x, 7);
         }
         assert!(limiter.limited(y, 7), "the same /64");
+        let local: IpAddr = "127.0.0.1".parse().expect("ip");
+        for _ in 0..=limits::SUB_MISSES_PER_MINUTE {
+            limiter.missed(local, 7);
+        }
+        assert!(!limiter.limited(local, 7), "loopback (a reverse proxy on the host)");
     }
 
     #[test]

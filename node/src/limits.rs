@@ -38,7 +38,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/sub` lookups of unknown tokens per source and minute before the source
 /// gets 429 for the rest of the minute (IPv6 sources by /64). A token is 256
 /// random bits, so this is no defence against guessing, which cannot work;
-/// it keeps a scanner from costing lookups and log lines.
+/// it keeps a scanner from costing lookups and log lines. Loopback sources
+/// are not limited (a reverse proxy on the host would make every client
+/// one source).
 pub const SUB_MISSES_PER_MINUTE: u32 = 30;
 /// Sources the `/sub` limiter tracks at once.
 pub const SUB_MISS_SOURCES: usize = 10_000;

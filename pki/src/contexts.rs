@@ -2,8 +2,10 @@
 //! files of the credentials to reach them with, and the one in use. The file
 //! is `$VPNCTL_CONFIG`, else `$XDG_CONFIG_HOME/vpnctl/config.toml`, else
 //! `~/.config/vpnctl/config.toml`; it is written 0600, since a context may
-//! hold an API token. `vpnd --dev` adds its own context here; nothing ever
-//! replaces a context it did not write.
+//! hold an API token or a login session. `vpnd --dev` adds its own context
+//! here; nothing ever replaces a context it did not write. `vpnctl login`
+//! stores its session in the context it names (making it if need be) and
+//! `vpnctl logout` takes it out again.
 //!
 //! ```toml
 //! current-context = "dev"
@@ -17,6 +19,11 @@
 //! endpoints = ["vpn1.example.com:7000", "vpn2.example.com:7000"]
 //! ca-cert = "/etc/vpn/ca.crt"
 //! token = "..."   # `vpnctl token create` printed it; no certificate needed
+//!
+//! [contexts.default]
+//! endpoints = ["vpn1.example.com:7000"]
+//! ca-cert = "/etc/vpn/ca.crt"
+//! token = "vpnst1...."   # `vpnctl login --ldap alice` stored it; it expires
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,14 +55,15 @@ pub struct Context {
     pub cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
-    /// An API token sent instead of (or besides) a client certificate; absent
-    /// in files written before tokens existed.
+    /// An API token or a login session sent instead of (or besides) a client
+    /// certificate; absent in files written before tokens existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<ApiToken>,
 }
 
-/// An API token (`vpnctl token create`): a bearer secret. Its `Debug` hides
-/// it, so a context or a command line can be debug-printed without leaking it.
+/// An API token (`vpnctl token create`) or a login session (`vpnctl login`):
+/// a bearer secret either way. Its `Debug` hides it, so a context or a command
+/// line can be debug-printed without leaking it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ApiToken(String);

@@ -2,9 +2,11 @@
 //!
 //! Global options are `global = true` so they work after the subcommand too
 //! (`vpnctl user list -o json`), which is where operators tend to add them. Access control
-//! (`token`, `role`, `audit`) is defined in `cli/access.rs`.
+//! (`token`, `role`, `audit`) is defined in `cli/access.rs`, `login` and `logout` in
+//! `cli/login.rs`.
 
 mod access;
+mod login;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use crate::output::Format;
 use crate::parse::{self, Expiry, Reset};
 
 pub use access::{AuditCommand, AuditListArgs, BindArgs, RoleCommand, Subject, TokenCommand};
+pub use login::{LoginArgs, LogoutArgs};
 
 const LONG_ABOUT: &str = "\
 Admin CLI for the clustered VPN control plane.
@@ -40,11 +43,13 @@ Examples:
   vpnctl user qr alice             # scan a link with the phone's client
   vpnctl token create --name ci --role operator --ttl 30d   # a credential for a script
   VPNCTL_TOKEN=... vpnctl whoami   # who the cluster takes you for, and what you may do
+  vpnctl login --ldap alice        # a session for the next commands (or: login --oidc)
   vpnctl role bind viewer --user alice
   vpnctl audit list --since 1h
 
 Credentials: a client certificate (--cert/--key) or an API token (--token), with the cluster's \
-CA (--ca-cert); or a context holding them (`vpnctl context use`).
+CA (--ca-cert); or a context holding them (`vpnctl context use`), where `vpnctl login` keeps \
+its session.
 
 Exit codes: 0 ok, 1 other error, 2 bad input, 3 not found / already exists, \
 4 cluster unavailable, 5 unauthenticated, 6 permission denied.";
@@ -129,6 +134,11 @@ pub enum Command {
     Audit(AuditCommand),
     /// Who the cluster takes you for: principal, how authenticated, groups, roles, permissions.
     Whoami,
+    /// Log in with an LDAP password or at the OIDC provider; the session goes into a context.
+    #[command(long_about = login::LOGIN_ABOUT)]
+    Login(LoginArgs),
+    /// Take the session (or token) out of a context.
+    Logout(LogoutArgs),
     /// List the contexts (named endpoints and credentials) or pick the one in use.
     #[command(subcommand)]
     Context(ContextCommand),

@@ -83,7 +83,7 @@ impl Client {
                     .into(),
             ));
         }
-        if let Some(plain) = self.endpoints.iter().find(|e| !e.is_tls()) {
+        if let Some(plain) = self.plaintext_endpoint() {
             return Err(CliError::InvalidInput(format!(
                 "an API token is sent only over TLS, and endpoint http://{plain} is plaintext; \
                  use https:// or a bare host:port (with --ca-cert unless the cluster's \
@@ -107,7 +107,12 @@ impl Client {
         Ok(self)
     }
 
-    /// Calls a `vpn.v1.Access` method (roles, API tokens, audit, whoami) with failover.
+    /// An endpoint that speaks plaintext, if any: nothing secret may go to it.
+    pub fn plaintext_endpoint(&self) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| !e.is_tls())
+    }
+
+    /// Calls a `vpn.v1.Access` method (roles, API tokens, audit, whoami, login) with failover.
     pub async fn access<Req, T, F, Fut>(&mut self, req: Req, rpc: F) -> Result<T, CliError>
     where
         Req: Clone,

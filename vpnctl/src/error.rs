@@ -49,10 +49,22 @@ pub enum CliError {
     /// No credential, or one the cluster does not accept (UNAUTHENTICATED): missing, unknown,
     /// expired or revoked.
     #[error(
-        "UNAUTHENTICATED: {0}; give a valid --token (or VPNCTL_TOKEN) or --cert/--key, or pick a \
-         context that has one with `vpnctl context use`"
+        "UNAUTHENTICATED: {0}; give a valid --token (or VPNCTL_TOKEN) or --cert/--key, log in \
+         again with `vpnctl login`, or pick a context that has a credential with `vpnctl context use`"
     )]
     Unauthenticated(String),
+    /// `vpnctl login` refused: by the cluster (UNAUTHENTICATED: a wrong password, an invalid ID
+    /// token) or at the OIDC provider (denied, or the code expired). The reason alone: the
+    /// credential hints of [`CliError::Unauthenticated`] do not apply to a login.
+    #[error("UNAUTHENTICATED: {0}")]
+    LoginRefused(String),
+    /// The OIDC provider of `vpnctl login --oidc` could not be reached, or failed (HTTP 5xx).
+    #[error("the OIDC provider is unavailable: {0}")]
+    ProviderUnavailable(String),
+    /// The OIDC provider answered, but not as the device flow needs (no device endpoint, an
+    /// unknown client, no ID token): its configuration needs a look.
+    #[error("the OIDC provider: {0}")]
+    Provider(String),
     /// The credential is good but its roles lack the permission (PERMISSION_DENIED); the
     /// server's message names the permission.
     #[error(
@@ -98,10 +110,10 @@ impl CliError {
         match self {
             Self::InvalidInput(_) => EXIT_BAD_INPUT,
             Self::NotFound(_) | Self::AlreadyExists(_) => EXIT_NOT_FOUND_OR_EXISTS,
-            Self::Unavailable { .. } | Self::Timeout(_) => EXIT_UNAVAILABLE,
-            Self::Unauthenticated(_) => EXIT_UNAUTHENTICATED,
+            Self::Unavailable { .. } | Self::Timeout(_) | Self::ProviderUnavailable(_) => EXIT_UNAVAILABLE,
+            Self::Unauthenticated(_) | Self::LoginRefused(_) => EXIT_UNAUTHENTICATED,
             Self::PermissionDenied(_) => EXIT_PERMISSION_DENIED,
-            Self::Server { .. } | Self::Output(_) => EXIT_OTHER,
+            Self::Server { .. } | Self::Provider(_) | Self::Output(_) => EXIT_OTHER,
         }
     }
 }
@@ -171,6 +183,9 @@ mod tests {
         assert_eq!(CliError::InvalidInput("x".into()).exit_code(), 2);
         let io = std::io::Error::other("disk full");
         assert_eq!(CliError::Output(io).exit_code(), 1);
+        assert_eq!(CliError::LoginRefused("x".into()).exit_code(), 5);
+        assert_eq!(CliError::ProviderUnavailable("x".into()).exit_code(), 4);
+        assert_eq!(CliError::Provider("x".into()).exit_code(), 1);
     }
 
     #[test]
@@ -188,7 +203,7 @@ mod tests {
         let err = CliError::from_status(&Status::unauthenticated("token expired at 2026-01-01T00:00:00Z"));
         let text = err.to_string();
         assert!(text.starts_with("UNAUTHENTICATED: token expired at 2026-01-01T00:00:00Z; "), "{text}");
-        for hint in ["--token", "--cert/--key", "`vpnctl context use`"] {
+        for hint in ["--token", "--cert/--key", "`vpnctl login`", "`vpnctl context use`"] {
             assert!(text.contains(hint), "{hint}: {text}");
         }
         let err = CliError::from_status(&Status::permission_denied("needs users.write"));

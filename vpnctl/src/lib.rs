@@ -10,12 +10,17 @@
 //! - [`parse`]: flag values (`--expires`, `--data-limit`, `--constraint`, `--timeout`, the
 //!   durations of `--ttl` and `--since`), checked before any network call.
 //! - [`endpoint`]: parsing `host:port` and `http(s)://host:port`.
+//! - [`connect`]: the settings a command connects with (flags, else the context).
 //! - [`client`]: failover, retry with backoff, leader hints; the API token on every request.
+//! - [`prompt`]: the LDAP password (no echo on a terminal) and ID token files of `login`.
+//! - [`oidc_device`]: `login --oidc`'s device flow (RFC 8628) at the cluster's provider, over
+//!   [`fetch`], a small bounded HTTPS client.
 //! - [`output`]: table and JSON rendering.
 //! - [`human`]: sizes and relative times for tables (`1.2 GiB of 50 GiB (2.4%)`, `in 30 days`).
 //! - [`commands`]: one module per command group (`cluster`, `member`, `user` with `user_limits`
 //!   and `user_links`, `node`, `pki` (offline: the CA and its certificates), `join-token`,
-//!   access control: `token` (API tokens), `role`, `audit`, `whoami`; `context`, `completions`).
+//!   access control: `token` (API tokens), `role`, `audit`, `whoami`, `login` (and `logout`);
+//!   `context`, `completions`).
 //! - [`qr`]: terminal QR codes for `user qr`.
 //! - [`error`]: [`CliError`] and its exit codes.
 //!
@@ -25,36 +30,40 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod connect;
 pub mod endpoint;
 pub mod error;
+pub mod fetch;
 pub mod human;
+pub mod oidc_device;
 pub mod output;
 pub mod parse;
+pub mod prompt;
 pub mod qr;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use vpn_pki::contexts::ApiToken;
 
 pub use cli::{Cli, Command};
 pub use error::CliError;
 pub use output::{Document, Format, Output};
 
-use client::Client;
-use client::TlsFiles;
-use commands::{audit, cluster, completions, context, join_token, member, node, pki, role, token, user, whoami};
+use commands::{audit, cluster, completions, context, join_token, login, member, node, pki, role, token, user, whoami};
+use connect::Given;
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
 /// Runs one parsed command and returns its result unprinted.
 pub async fn execute(cli: Cli) -> Result<Output, CliError> {
     let Cli { endpoints, timeout, ca_cert, cert, key, token: api_token, command, .. } = cli;
-    let pair = cert.as_deref().zip(key.as_deref());
-    let connect = || client(endpoints.as_deref(), timeout, ca_cert.as_deref(), pair, api_token.as_ref());
+    let given = Given {
+        endpoints: endpoints.as_deref().filter(|e| !e.is_empty()),
+        ca_cert: ca_cert.as_deref(),
+        pair: cert.as_deref().zip(key.as_deref()),
+    };
+    let connect = || connect::client(given, timeout, api_token.as_ref());
     let document = match command {
         Command::Completions { shell } => return Ok(completions::run(shell)),
         Command::Pki(command) => pki::run(command)?,
@@ -68,6 +77,9 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
         Command::Role(command) => role::run(command, &mut connect()?).await?,
         Command::Audit(command) => audit::run(command, &mut connect()?).await?,
         Command::Whoami => whoami::run(&mut connect()?).await?,
+        // A login needs no credential: it makes one.
+        Command::Login(args) => login::login(args, given, timeout).await?,
+        Command::Logout(args) => login::logout(args)?,
     };
     Ok(Output::Document(document))
 }
@@ -119,71 +131,4 @@ pub fn main() -> ExitCode {
 fn report(message: &str) {
     let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
     let _ = writeln!(std::io::stderr(), "vpnctl: {line}");
-}
-
-/// The client for `cli`: flags and `VPNCTL_*` variables first, then the
-/// current context, then `127.0.0.1:7000` in plaintext. Each setting falls
-/// back on its own, so `--token` with a context uses the context's endpoints
-/// and CA (and presents its certificate too, if it has one).
-fn client(
-    endpoints: Option<&[String]>,
-    timeout: Duration,
-    ca_cert: Option<&Path>,
-    pair: Option<(&Path, &Path)>,
-    token: Option<&ApiToken>,
-) -> Result<Client, CliError> {
-    // Endpoints given explicitly name another cluster than the context's,
-    // whose credentials would then be wrong: the context applies only alone.
-    let given = endpoints.filter(|e| !e.is_empty());
-    let context = if given.is_some() { Default::default() } else { context::current()?.unwrap_or_default() };
-    let endpoints = match given {
-        Some(given) => given.to_vec(),
-        None if !context.endpoints.is_empty() => context.endpoints.clone(),
-        None => vec!["127.0.0.1:7000".to_owned()],
-    };
-    let ca = ca_cert.map(Path::to_path_buf).or(context.ca_cert);
-    let pair = match pair {
-        Some((cert, key)) => Some((cert.to_path_buf(), key.to_path_buf())),
-        None => context.cert.zip(context.key),
-    };
-    let read = |flag: &str, path: &Path| {
-        std::fs::read(path)
-            .map_err(|err| CliError::InvalidInput(format!("cannot read {flag} {}: {err}", path.display())))
-    };
-    let tls = TlsFiles {
-        ca_pem: ca.as_deref().map(|p| read("--ca-cert", p)).transpose()?,
-        identity: match &pair {
-            Some((cert, key)) => Some((read("--cert", cert)?, read("--key", key)?)),
-            None => None,
-        },
-    };
-    let token = token.or(context.token.as_ref());
-    // A token is a password: it makes a bare host:port speak TLS too (system roots, or --ca-cert).
-    let bare_tls = tls.ca_pem.is_some() || tls.identity.is_some() || token.is_some();
-    let endpoints = endpoint::parse_endpoints(&endpoints, bare_tls)?;
-    let client = Client::new(endpoints, timeout, tls);
-    match token {
-        Some(token) => client.with_token(token),
-        None => Ok(client),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_token_makes_bare_endpoints_speak_tls_and_refuses_http() {
-        let token = ApiToken::from("s3cr3t".to_owned());
-        let connect = |endpoint: &str| {
-            let endpoints = [endpoint.to_owned()];
-            client(Some(&endpoints), Duration::from_secs(1), None, None, Some(&token)).map(|_| ())
-        };
-        // `with_token` refuses plaintext, so Ok means the bare endpoint became TLS.
-        assert!(connect("127.0.0.1:7000").is_ok());
-        assert!(connect("https://127.0.0.1:7000").is_ok());
-        let err = connect("http://127.0.0.1:7000").err();
-        assert_eq!(err.as_ref().map(CliError::exit_code), Some(EXIT_BAD_INPUT));
-        assert!(!err.map(|e| e.to_string()).unwrap_or_default().contains("s3cr3t"));
-    }
 }

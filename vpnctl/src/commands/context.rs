@@ -1,7 +1,7 @@
 //! `vpnctl context list | use NAME`: named endpoints and credentials (the
 //! file's format and place: `vpn_pki::contexts`). `vpnd --dev` adds one.
-//! A context may hold an API token; it is never printed, and it is used only
-//! from a file nobody else can read.
+//! A context may hold an API token or a login session (`vpnctl login`); it is
+//! never printed, and it is used only from a file nobody else can read.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,7 +15,7 @@ use crate::output::{table, Document};
 
 pub fn run(command: ContextCommand) -> Result<Document, CliError> {
     let path = default_path().ok_or_else(no_home)?;
-    let mut contexts = Contexts::load(&path).map_err(|e| CliError::InvalidInput(e.to_string()))?;
+    let mut contexts = load(&path)?;
     match command {
         ContextCommand::List => {
             let current = contexts.current_context.clone().unwrap_or_default();
@@ -49,7 +49,7 @@ pub fn run(command: ContextCommand) -> Result<Document, CliError> {
                 )));
             }
             contexts.current_context = Some(name.clone());
-            contexts.save(&path).map_err(|e| CliError::InvalidInput(e.to_string()))?;
+            save(&contexts, &path)?;
             Ok(Document { json: json!({ "current_context": name }), table: format!("using context {name:?}") })
         }
     }
@@ -58,7 +58,7 @@ pub fn run(command: ContextCommand) -> Result<Document, CliError> {
 /// The context in use, if any (none when no file exists).
 pub fn current() -> Result<Option<Context>, CliError> {
     let Some(path) = default_path() else { return Ok(None) };
-    let contexts = Contexts::load(&path).map_err(|e| CliError::InvalidInput(e.to_string()))?;
+    let contexts = load(&path)?;
     let Some((_, context)) = contexts.current() else { return Ok(None) };
     if context.token.is_some() {
         private(&path)?;
@@ -81,7 +81,17 @@ fn private(path: &Path) -> Result<(), CliError> {
     }
 }
 
-fn no_home() -> CliError {
+/// The contexts in `path` (none when it does not exist).
+pub(crate) fn load(path: &Path) -> Result<Contexts, CliError> {
+    Contexts::load(path).map_err(|e| CliError::InvalidInput(e.to_string()))
+}
+
+/// Writes `contexts` to `path`, 0600.
+pub(crate) fn save(contexts: &Contexts, path: &Path) -> Result<(), CliError> {
+    contexts.save(path).map_err(|e| CliError::InvalidInput(e.to_string()))
+}
+
+pub(crate) fn no_home() -> CliError {
     CliError::InvalidInput("no place for contexts: set VPNCTL_CONFIG or HOME".into())
 }
 

@@ -1,12 +1,13 @@
 //! One module per command group; each turns parsed arguments into an [`Output`](crate::Output).
 //! The `user` group is split in three files so each stays readable in one sitting; access
-//! control is `token`, `role`, `audit` and `whoami`.
+//! control is `token`, `role`, `audit`, `whoami` and `login` (with `logout`).
 
 pub mod audit;
 pub mod cluster;
 pub mod completions;
 pub mod context;
 pub mod join_token;
+pub mod login;
 pub mod member;
 pub mod node;
 pub mod pki;
