@@ -520,3 +520,37 @@ async fn mtls_replaced_certificate_files_are_taken_in_without_a_restart() {
     let created = UsersClient::new(cluster.channel(id)).create_user(req).await;
     assert!(created.is_ok(), "a write through node {id}: {created:?}\n{}", cluster.node(id).log_tail());
 }
+
+/// A control-plane node with its own certificate joins through a follower:
+/// the follower checks that the node adds only itself and forwards the call
+/// with the node's identity; the leader takes it from a member, and the
+/// audit log names the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_a_control_plane_node_joins_through_a_follower() {
+    let (mut cluster, pki, leader) = mtls_cluster(false, &[]).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let host = cluster.ip.to_string();
+    let flags = pki.flags(&pki.node(4, "controlplane", &host));
+    let follower_addr = cluster.node(follower).grpc.to_string();
+    let node = cluster.add_joining_node(4, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    node.bootstrap = vec!["--join".into(), follower_addr, "--voter".into()];
+    node.start();
+    eventually("node 4 a voter", CONVERGE, || {
+        let status = cluster.status(leader);
+        async move {
+            let members = status.await?.members;
+            match members.iter().find(|m| m.id == 4) {
+                Some(m) if m.role == vpn_proto::v1::MemberRole::Voter as i32 => Ok(()),
+                other => Err(format!("node 4: {other:?}")),
+            }
+        }
+    })
+    .await;
+    let records = vpn_proto::v1::access_client::AccessClient::new(cluster.channel(leader))
+        .list_audit(vpn_proto::v1::ListAuditRequest { principal: "node:4".into(), ..Default::default() })
+        .await
+        .expect("audit")
+        .into_inner()
+        .records;
+    assert!(records.iter().any(|r| r.method == "AddMember" && r.target == "member 4"), "{records:#?}");
+}

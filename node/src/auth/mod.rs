@@ -204,7 +204,19 @@ impl AuthLayer {
             }
             Rule::Join if matches!(principal, Some(Principal::Node { .. })) && !forwarded(req) => {
                 // A node adding itself; `check_join` holds it to its own id.
-                Ok(Admitted { caller, granted: None })
+                // Its identity goes with the call should it be forwarded.
+                let id = match &principal {
+                    Some(Principal::Node { id, .. }) => *id,
+                    _ => 0,
+                };
+                let identity = Identity {
+                    principal: node_principal(id),
+                    method: AuthMethod::Certificate,
+                    groups: Vec::new(),
+                    source,
+                };
+                let granted = Granted { identity, permissions: Permissions::NONE };
+                Ok(Admitted { caller, granted: Some((granted, method)) })
             }
             Rule::Public(_) | Rule::Join if !matches!(principal, Some(Principal::Node { .. })) || forwarded(req) => {
                 let need = match rule {
@@ -247,8 +259,14 @@ impl AuthLayer {
                     let why = format!("node {id} forwarded a call without its caller's identity: upgrade node {id}");
                     self.refuse(rule, &format!("node {id}"), Status::unauthenticated(why))
                 })?;
-                Identity::from_header(header)
-                    .map_err(|why| self.refuse(rule, "invalid", Status::unauthenticated(why)))?
+                let identity = Identity::from_header(header)
+                    .map_err(|why| self.refuse(rule, "invalid", Status::unauthenticated(why)))?;
+                // A control-plane node adding itself, through a member that
+                // checked its certificate and id (`check_join`).
+                if rule == Rule::Join && identity.principal.starts_with(NODE_PRINCIPAL) {
+                    return Ok(Granted { identity, permissions: Permissions::NONE });
+                }
+                identity
             }
             (_, Some(node @ Principal::Node { .. })) => {
                 let why =
@@ -320,6 +338,14 @@ impl AuthLayer {
         }
         status
     }
+}
+
+/// How a node adding itself is named in a forwarded identity and the
+/// audit log; no client certificate, token or login can carry a ':' this way.
+const NODE_PRINCIPAL: &str = "node:";
+
+fn node_principal(id: u64) -> String {
+    format!("{NODE_PRINCIPAL}{id}")
 }
 
 fn forwarded<B>(req: &http::Request<B>) -> bool {
