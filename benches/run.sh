@@ -10,7 +10,8 @@
 #    ports (data in temp dirs, removed afterwards): writes/s and p50/p99 at
 #    concurrency 1, 16, 64 for both, then failover (kill -9 of the leader, 5 rounds),
 #    single-node startup to /readyz with 0 and 10,000 users (5 restarts) and idle RSS;
-# 4. the criterion benches (state machine, keys, scheduler) and their ratios to the baselines.
+# 4. the criterion benches (state machine, keys, scheduler, the per-request cost of
+#    authentication and authorization) and their ratios to the baselines.
 # The data-plane benches (propagation, dataplane_failover, placement) need Docker and the
 # engine image; benches/RESULTS.md gives the command of each.
 #
@@ -36,6 +37,6 @@ mkdir -p "$out"
 target/release/loadgen --vpnd "$vpnd" --etcd /usr/bin/etcd --out "$out/loadgen.json" \
     all "$@" 2>&1 | tee "$out/loadgen.txt"
 
-cargo bench -p vpn-benches --bench state_machine --bench keys --bench scheduler 2>&1 | tee "$out/criterion.txt"
+cargo bench -p vpn-benches --bench state_machine --bench keys --bench scheduler --bench auth 2>&1 | tee "$out/criterion.txt"
 target/release/loadgen --out "$out/criterion-summary.json" criterion-summary --dir target/criterion \
     | tee "$out/criterion-summary.txt"

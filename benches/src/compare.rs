@@ -95,8 +95,8 @@ pub async fn run(cfg: &CompareConfig, ours: &[String], theirs: Option<&[String]>
                 "concurrency": o.concurrency,
                 "vpnd": o.to_json(),
                 "etcd": e.as_ref().map(LevelResult::to_json),
-                "ratio_throughput_vpnd_over_etcd": e.as_ref().map(|e| o.throughput() / e.throughput().max(1e-9)),
-                "ratio_p99_vpnd_over_etcd": e.as_ref().map(|e| o.latency.p99_us as f64 / (e.latency.p99_us.max(1)) as f64),
+                "ratio_throughput_vpnd_over_etcd": e.as_ref().map(|e| o.throughput_ratio(e)),
+                "ratio_p99_vpnd_over_etcd": e.as_ref().map(|e| o.p99_ratio(e)),
             })
         })
         .collect();

@@ -32,14 +32,6 @@ struct Row {
     etcd: Option<LevelResult>,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    a / b.max(1e-9)
-}
-
-fn p99_ratio(a: &LevelResult, b: &LevelResult) -> f64 {
-    a.latency.p99_us as f64 / b.latency.p99_us.max(1) as f64
-}
-
 /// Runs every level on the three clusters (etcd only when given), prints
 /// the table and returns the JSON section.
 pub async fn run(
@@ -107,11 +99,10 @@ pub async fn run(
                 "vpnd_tls": r.tls.to_json(),
                 "vpnd_insecure": r.insecure.to_json(),
                 "etcd_tls": r.etcd.as_ref().map(LevelResult::to_json),
-                "ratio_throughput_vpnd_tls_over_etcd_tls":
-                    r.etcd.as_ref().map(|e| ratio(r.tls.throughput(), e.throughput())),
-                "ratio_p99_vpnd_tls_over_etcd_tls": r.etcd.as_ref().map(|e| p99_ratio(&r.tls, e)),
-                "ratio_throughput_vpnd_tls_over_insecure": ratio(r.tls.throughput(), r.insecure.throughput()),
-                "ratio_p99_vpnd_tls_over_insecure": p99_ratio(&r.tls, &r.insecure),
+                "ratio_throughput_vpnd_tls_over_etcd_tls": r.etcd.as_ref().map(|e| r.tls.throughput_ratio(e)),
+                "ratio_p99_vpnd_tls_over_etcd_tls": r.etcd.as_ref().map(|e| r.tls.p99_ratio(e)),
+                "ratio_throughput_vpnd_tls_over_insecure": r.tls.throughput_ratio(&r.insecure),
+                "ratio_p99_vpnd_tls_over_insecure": r.tls.p99_ratio(&r.insecure),
             })
         })
         .collect();

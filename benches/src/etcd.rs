@@ -3,7 +3,8 @@
 //! [`EtcdCluster::start_tls`] clients and peers use mutual TLS
 //! (`--client-cert-auth`, `--peer-client-cert-auth`) on certificates of a CA
 //! made for the run; health is then read over gRPC (Maintenance.Status), as
-//! `/health` would need a client certificate.
+//! `/health` would need a client certificate. `throughput --auth` turns
+//! etcd's users and roles on as well ([`crate::etcd_auth`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,16 +33,34 @@ impl EtcdCluster {
     /// Starts `n` members with `--initial-cluster-state new` and waits until
     /// every member reports itself healthy.
     pub async fn start(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path) -> Result<Self> {
-        Self::start_inner(bin, n, work_dir, log_dir, false).await
+        Self::start_inner(bin, n, work_dir, log_dir, false, &[]).await
     }
 
     /// As [`Self::start`], with mutual TLS between clients and members and
     /// between members; clients dial with [`Self::client_tls`].
     pub async fn start_tls(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path) -> Result<Self> {
-        Self::start_inner(bin, n, work_dir, log_dir, true).await
+        Self::start_tls_with(bin, n, work_dir, log_dir, &[]).await
     }
 
-    async fn start_inner(bin: &Path, n: usize, work_dir: &Path, log_dir: &Path, tls: bool) -> Result<Self> {
+    /// As [`Self::start_tls`], every member also given `extra` flags.
+    pub async fn start_tls_with(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        log_dir: &Path,
+        extra: &[String],
+    ) -> Result<Self> {
+        Self::start_inner(bin, n, work_dir, log_dir, true, extra).await
+    }
+
+    async fn start_inner(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        log_dir: &Path,
+        tls: bool,
+        extra: &[String],
+    ) -> Result<Self> {
         if !bin.is_file() {
             bail!(
                 "no etcd at {}: install Debian's etcd-server (apt-get install -y etcd-server) or pass --etcd",
@@ -92,6 +111,7 @@ impl EtcdCluster {
                     "--peer-client-cert-auth".into(),
                 ]);
             }
+            args.extend(extra.iter().cloned());
             let log = log_dir.join(format!("m{}.log", i + 1));
             procs.push(Proc::spawn(&format!("etcd m{}", i + 1), bin, &args, &log)?);
         }

@@ -1,6 +1,7 @@
 //! Benchmarks of the VPN control plane: the `loadgen` binary (a real 3-node
 //! `vpnd` cluster against a real 3-member etcd, failover, startup, RSS) and,
-//! in `benches/`, criterion benches of the state machine and key generation.
+//! in `benches/`, criterion benches of the state machine, key generation, the
+//! scheduler and the per-request cost of authentication and authorization.
 //!
 //! Layout:
 //! - [`proc`]: spawned child processes (killed on drop), free loopback ports, RSS.
@@ -8,10 +9,14 @@
 //! - [`vpnd`]: a local `vpnd` cluster of real processes, leader lookup.
 //! - [`etcd`]: a local etcd cluster, the generated etcd KV client.
 //! - [`load`]: the generator loop shared by both systems, and latency stats.
-//! - [`writers`]: what one write is, for `vpnd` (CreateUser) and etcd (Put).
+//! - [`writers`]: what one write is, for `vpnd` (CreateUser) and etcd (Put),
+//!   and the credential each sends under `--auth`.
 //! - [`compare`]: both systems level by level, with ratios.
 //! - [`compare_tls`]: `throughput --tls`: `vpnd` and etcd under mutual TLS, and
 //!   `vpnd`'s TLS overhead against its own `--insecure` run.
+//! - [`compare_auth`]: `throughput --tls --auth`: `vpnd` writers proving
+//!   themselves with an API token and with a client certificate bound to a
+//!   role, against etcd with `auth enable` ([`etcd_auth`]: its user and role).
 //! - [`tls`]: a throwaway CA and the member and client certificates of a run.
 //! - [`failover`]: kill -9 of the leader under a writer, time to the next ack.
 //! - [`fleet`]: `loadgen fleet`: 1,000 simulated data-plane agents (the real
@@ -26,9 +31,11 @@
 //!   dropped sessions and accounting error under a churn of VLESS changes.
 
 pub mod compare;
+pub mod compare_auth;
 pub mod compare_tls;
 pub mod criterion_summary;
 pub mod etcd;
+pub mod etcd_auth;
 pub mod failover;
 pub mod fleet;
 pub mod handoff;

@@ -72,6 +72,16 @@ impl LevelResult {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// This level's writes/s over `other`'s: the throughput ratio of every report.
+    pub fn throughput_ratio(&self, other: &LevelResult) -> f64 {
+        self.throughput() / other.throughput().max(1e-9)
+    }
+
+    /// This level's p99 latency over `other`'s.
+    pub fn p99_ratio(&self, other: &LevelResult) -> f64 {
+        self.latency.p99_us as f64 / other.latency.p99_us.max(1) as f64
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }

@@ -27,14 +27,19 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-pub fn compare_row(o: &LevelResult, e: Option<&LevelResult>) {
-    let ours = format!(
+/// A system's four cells: writes/s, p50, p99, errors.
+fn cells(r: &LevelResult) -> String {
+    format!(
         "{:>11.1} {:>9.2} {:>9.2} {:>6}",
-        o.throughput(),
-        ms(o.latency.p50_us),
-        ms(o.latency.p99_us),
-        o.error_count()
-    );
+        r.throughput(),
+        ms(r.latency.p50_us),
+        ms(r.latency.p99_us),
+        r.error_count()
+    )
+}
+
+pub fn compare_row(o: &LevelResult, e: Option<&LevelResult>) {
+    let ours = cells(o);
     let theirs = match e {
         Some(e) => etcd_cells(o, e),
         None => "(no etcd)".to_owned(),
@@ -44,15 +49,7 @@ pub fn compare_row(o: &LevelResult, e: Option<&LevelResult>) {
 
 /// etcd's cells of a row: its figures, then ours over its (throughput, p99).
 fn etcd_cells(ours: &LevelResult, e: &LevelResult) -> String {
-    format!(
-        "{:>11.1} {:>9.2} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
-        e.throughput(),
-        ms(e.latency.p50_us),
-        ms(e.latency.p99_us),
-        e.error_count(),
-        ours.throughput() / e.throughput().max(1e-9),
-        ours.latency.p99_us as f64 / e.latency.p99_us.max(1) as f64
-    )
+    format!("{} | {:>9.2} {:>9.2}", cells(e), ours.throughput_ratio(e), ours.p99_ratio(e))
 }
 
 /// The table of `throughput --tls`: `vpnd` and etcd both under mutual TLS,
@@ -97,8 +94,58 @@ pub fn tls_row(tls: &LevelResult, etcd: Option<&LevelResult>, insecure: &LevelRe
         insecure.throughput(),
         ms(insecure.latency.p99_us),
         insecure.error_count(),
-        tls.throughput() / insecure.throughput().max(1e-9),
-        tls.latency.p99_us as f64 / insecure.latency.p99_us.max(1) as f64
+        tls.throughput_ratio(insecure),
+        tls.p99_ratio(insecure)
+    );
+}
+
+/// The table of `throughput --tls --auth`: `vpnd`'s token and certificate
+/// writers and etcd's authenticated one, the two ratios to etcd, then the
+/// `admin` certificate's writer and what each principal costs over it.
+pub fn auth_header() {
+    println!();
+    println!(
+        "{:>5} | {:>11} {:>9} {:>9} {:>6} | {:>11} {:>9} {:>9} {:>6} | {:>11} {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>11} {:>9} {:>6} | {:>9} {:>9}",
+        "conc",
+        "token w/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "cert w/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "etcd-auth",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "tok/etcd",
+        "cert/etcd",
+        "admin w/s",
+        "p99 ms",
+        "errs",
+        "tok/adm",
+        "cert/adm"
+    );
+    println!("{}", "-".repeat(203));
+}
+
+/// One level of [`auth_header`]'s table.
+pub fn auth_row(token: &LevelResult, cert: &LevelResult, admin: &LevelResult, etcd: Option<&LevelResult>) {
+    let theirs = match etcd {
+        Some(e) => format!("{} | {:>9.2} {:>9.2}", cells(e), token.throughput_ratio(e), cert.throughput_ratio(e)),
+        None => format!("{:>60}", "(no etcd)"),
+    };
+    println!(
+        "{:>5} | {} | {} | {theirs} | {:>11.1} {:>9.2} {:>6} | {:>9.2} {:>9.2}",
+        token.concurrency,
+        cells(token),
+        cells(cert),
+        admin.throughput(),
+        ms(admin.latency.p99_us),
+        admin.error_count(),
+        token.throughput_ratio(admin),
+        cert.throughput_ratio(admin)
     );
 }
 

@@ -6,7 +6,9 @@
 //! clientAuth EKU and IP SANs, which is what etcd's peer TLS wants.
 //! The CA stays in memory for the run, so `loadgen fleet` can issue each of
 //! its simulated data-plane agents an identity of its own
-//! ([`TestPki::dataplane_identity`]), never written to disk.
+//! ([`TestPki::dataplane_identity`]) and `throughput --auth` a client
+//! certificate that is not `admin` ([`TestPki::client_identity`]), never
+//! written to disk.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,9 +81,7 @@ impl TestPki {
             .ca
             .issue_node(id, Role::DataPlane, &[HOST.to_owned()], LIFETIME)
             .with_context(|| format!("issue data-plane node {id} a certificate"))?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
-            .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem));
+        let tls = self.anonymous_tls().identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem));
         // Within a second or so of the certificate's own notAfter: enough for a report.
         let not_after = SystemTime::now().duration_since(UNIX_EPOCH)? + LIFETIME;
         Ok(DataplaneIdentity { tls, not_after_ms: i64::try_from(not_after.as_millis())? })
@@ -90,6 +90,19 @@ impl TestPki {
     /// What a client presents and trusts: the admin certificate, this CA only.
     pub fn client_tls(&self) -> ClientTlsConfig {
         self.client.clone()
+    }
+
+    /// A client certificate for `name`, in memory only, trusting this CA only.
+    pub fn client_identity(&self, name: &str) -> Result<ClientTlsConfig> {
+        let issued =
+            self.ca.issue_client(name, LIFETIME).with_context(|| format!("issue client {name} a certificate"))?;
+        Ok(self.anonymous_tls().identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem)))
+    }
+
+    /// Trusts this CA and presents no certificate: a client that proves who
+    /// it is another way (an API token).
+    pub fn anonymous_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
     }
 }
 
@@ -119,6 +132,8 @@ mod tests {
         }
         let agent = pki.dataplane_identity(1001).expect("data-plane identity");
         assert!(agent.not_after_ms > 0);
-        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 7, "nothing of the agent's is written");
+        pki.client_identity("loader").expect("a client identity");
+        assert!(pki.client_identity("Not A Name").is_err(), "client names are checked");
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 7, "nothing of the agent's or client's is written");
     }
 }

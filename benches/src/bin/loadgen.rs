@@ -10,9 +10,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use vpn_benches::compare::{self, CompareConfig};
+use vpn_benches::compare_auth;
 use vpn_benches::compare_tls::{self, Dial};
 use vpn_benches::criterion_summary;
 use vpn_benches::etcd::EtcdCluster;
+use vpn_benches::etcd_auth;
 use vpn_benches::failover::{self, FailoverConfig};
 use vpn_benches::fleet::{self, FleetConfig};
 use vpn_benches::report::log_problems;
@@ -40,7 +42,8 @@ struct Cli {
     /// Mutual TLS on every spawned cluster (a CA made for the run) instead of
     /// `--insecure`. `throughput` then runs etcd with client and peer TLS and
     /// vpnd a second time with `--insecure` on the same load, for TLS's
-    /// overhead; it spawns its own clusters (no --endpoints / --etcd-endpoints).
+    /// overhead (or, with `throughput --auth`, principals and roles on both
+    /// sides); it spawns its own clusters (no --endpoints / --etcd-endpoints).
     #[arg(long, global = true)]
     tls: bool,
     #[command(subcommand)]
@@ -116,9 +119,18 @@ struct ThroughputOpts {
     /// Per-request deadline.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// With --tls: authorization on both sides instead of the --insecure
+    /// comparison. One vpnd cluster takes writes from an API token of role
+    /// operator (no client certificate), from a client certificate `loader`
+    /// bound to operator, and from the `admin` certificate (the baseline);
+    /// etcd runs TLS plus `auth enable`, its writer a user with a role that
+    /// may write the run's keys.
+    #[arg(long)]
+    auth: bool,
     /// Exit with an error when a ratio of the results falls below a floor at
-    /// any level, e.g. `--floor ratio_throughput_vpnd_over_etcd=0.4`
-    /// (repeatable; the results file is written first). CI's perf check.
+    /// any level, e.g. `--floor ratio_throughput_vpnd_over_etcd=0.4` or
+    /// `--floor ratio_throughput_vpnd_token_over_etcd_auth=0.5` (repeatable;
+    /// the results file is written first). CI's perf check.
     #[arg(long = "floor", value_parser = parse_floor)]
     floors: Vec<(String, f64)>,
 }
@@ -140,7 +152,7 @@ fn check_floors(section: &Value, floors: &[(String, f64)]) -> Result<()> {
         let c = &level["concurrency"];
         for (name, floor) in floors {
             let value = level[name.as_str()].as_f64().ok_or_else(|| {
-                anyhow!("--floor {name}: not in the results at c={c} (etcd ratios need etcd; tls ones --tls)")
+                anyhow!("--floor {name}: not in the results at c={c} (etcd ratios need etcd, tls ones --tls, auth ones --tls --auth)")
             })?;
             let verdict = if value >= *floor { "ok" } else { "BELOW THE FLOOR" };
             println!("perf check: {name} at c={c}: {value:.3} (floor {floor}) {verdict}");
@@ -330,9 +342,15 @@ async fn throughput(t: &ThroughputOpts, ctx: &Ctx) -> Result<Value> {
     if cfg.concurrency.is_empty() || cfg.concurrency.contains(&0) {
         bail!("--concurrency: give positive levels, e.g. 1,16,64");
     }
+    if t.auth && !ctx.tls {
+        bail!("--auth needs --tls: vpnd checks tokens and certificates only under TLS (--insecure lets every call through)");
+    }
     if ctx.tls {
         if !t.endpoints.is_empty() || !t.etcd_endpoints.is_empty() {
             bail!("--tls spawns its own clusters; drop --endpoints / --etcd-endpoints");
+        }
+        if t.auth {
+            return throughput_auth(&cfg, t.no_etcd, ctx).await;
         }
         return throughput_tls(&cfg, t.no_etcd, ctx).await;
     }
@@ -416,6 +434,36 @@ async fn throughput_tls(cfg: &CompareConfig, no_etcd: bool, ctx: &Ctx) -> Result
     }
     insecure.stop_all().await;
     tls.stop_all().await;
+    if let Some(c) = &mut etcd {
+        c.stop_all().await;
+    }
+    Ok(section)
+}
+
+/// `throughput --tls --auth`: a TLS vpnd cluster with its principals and
+/// (unless --no-etcd) a TLS etcd with auth enabled, spawned here.
+async fn throughput_auth(cfg: &CompareConfig, no_etcd: bool, ctx: &Ctx) -> Result<Value> {
+    let mut vpnd = VpndCluster::start_tls(&ctx.vpnd, 3, &ctx.work_dir, &ctx.log_dir, "throughput-auth")?;
+    vpnd.wait_all_ready(Duration::from_secs(60)).await?;
+    let mut etcd = match no_etcd {
+        true => None,
+        false => Some(
+            EtcdCluster::start_tls_with(&ctx.etcd, 3, &ctx.work_dir, &ctx.log_dir, &etcd_auth::server_flags()).await?,
+        ),
+    };
+    let rss_vpnd = (0..3).map(|i| vpnd.proc(i).and_then(|p| p.rss_kib())).collect::<Result<Vec<_>>>()?;
+    let rss_etcd = etcd.as_ref().map(EtcdCluster::rss_kib).transpose()?;
+
+    let etcd_client = etcd.as_ref().and_then(EtcdCluster::client_tls);
+    let etcd_eps = etcd.as_ref().map(EtcdCluster::endpoints);
+    let etcd_dial = etcd_eps.as_deref().map(|endpoints| Dial { endpoints, tls: etcd_client.as_ref() });
+    let mut section = compare_auth::run(cfg, &vpnd, etcd_dial, &ctx.run_id).await?;
+    section["idle_rss_kib_vpnd_members"] = json!(rss_vpnd);
+    section["idle_rss_kib_etcd_auth_members"] = json!(rss_etcd);
+    for i in 0..3 {
+        vpnd.proc(i).map_err(|e| anyhow!("after the load: {e}"))?;
+    }
+    vpnd.stop_all().await;
     if let Some(c) = &mut etcd {
         c.stop_all().await;
     }
