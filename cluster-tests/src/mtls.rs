@@ -3,11 +3,27 @@
 
 use std::path::{Path, PathBuf};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use tonic::Code;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request};
 
 use crate::cli::vpnctl;
+use crate::cluster::tls_channel;
 use crate::Cluster;
+
+/// `msg` with `token` as its bearer credential (an API token or a login session).
+pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    req.set_timeout(Duration::from_secs(10));
+    req
+}
+
+/// A TLS channel to node `id` that presents no certificate: a bearer token is the credential.
+pub fn anonymous(cluster: &Cluster, pki: &Pki, id: u64) -> Channel {
+    tls_channel(cluster.node(id).grpc, ClientTlsConfig::new().ca_certificate(pki.ca()))
+}
 
 /// Certificates made with the real `vpnctl pki`, in `dir`.
 pub struct Pki {

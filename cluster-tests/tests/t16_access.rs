@@ -7,14 +7,13 @@
 //! through a leader's crash.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use cluster_tests::cluster::{tls_channel, CONVERGE};
-use cluster_tests::mtls::{code_of, mtls_cluster, Pki};
+use cluster_tests::mtls::{anonymous, bearer, code_of, mtls_cluster};
 use cluster_tests::{eventually, Cluster};
 use prost::Message;
 use tonic::transport::{Channel, ClientTlsConfig};
-use tonic::{Code, Request};
+use tonic::Code;
 use vpn_proto::internal::agent_client::AgentClient;
 use vpn_proto::internal::RegisterRequest;
 use vpn_proto::v1::access_client::AccessClient;
@@ -71,13 +70,6 @@ fn holds(role: &str, permission: &str) -> bool {
         "auditor" => permission == "audit.read",
         other => panic!("no role {other}"),
     }
-}
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
-    req.set_timeout(Duration::from_secs(10));
-    req
 }
 
 /// Calls `rpc` with a request that changes nothing even when allowed (a
@@ -169,11 +161,6 @@ async fn create_token(cluster: &Cluster, id: u64, name: &str, role: &str) -> Str
     made.into_inner().token
 }
 
-/// A TLS channel that presents no certificate: the token is the credential.
-fn token_channel(cluster: &Cluster, pki: &Pki, id: u64) -> Channel {
-    tls_channel(cluster.node(id).grpc, ClientTlsConfig::new().ca_certificate(pki.ca()))
-}
-
 /// Everything a refused call could have changed, as the leader sees it.
 async fn snapshot(cluster: &Cluster, leader: u64) -> String {
     let ch = cluster.channel(leader);
@@ -204,7 +191,7 @@ async fn access_every_role_gets_what_the_table_gives_and_a_refusal_changes_nothi
         tokens.insert(role, create_token(&cluster, leader, &format!("{role}-bot"), role).await);
     }
     for (role, token) in &tokens {
-        let ch = token_channel(&cluster, &pki, follower);
+        let ch = anonymous(&cluster, &pki, follower);
         // The refused calls first: together they must change nothing at all.
         let before = snapshot(&cluster, leader).await;
         for rpc in &rpcs {
@@ -230,7 +217,7 @@ async fn access_every_role_gets_what_the_table_gives_and_a_refusal_changes_nothi
     }
 
     // A viewer sees users but none of their secrets; an operator sees them.
-    let viewer = token_channel(&cluster, &pki, follower);
+    let viewer = anonymous(&cluster, &pki, follower);
     let shown = UsersClient::new(viewer.clone())
         .get_user(bearer(GetUserRequest { name: "alice".into(), ..Default::default() }, &tokens["viewer"]))
         .await
@@ -240,7 +227,7 @@ async fn access_every_role_gets_what_the_table_gives_and_a_refusal_changes_nothi
     let listed = UsersClient::new(viewer).list_users(bearer(ListUsersRequest::default(), &tokens["viewer"])).await;
     let listed = listed.expect("viewer lists").into_inner().users;
     assert!(listed.iter().all(|u| u.credentials.is_none() && u.subscription_token.is_empty()), "{listed:?}");
-    let operator = token_channel(&cluster, &pki, follower);
+    let operator = anonymous(&cluster, &pki, follower);
     let full = UsersClient::new(operator)
         .get_user(bearer(GetUserRequest { name: "alice".into(), ..Default::default() }, &tokens["operator"]))
         .await
@@ -254,7 +241,7 @@ async fn access_every_role_gets_what_the_table_gives_and_a_refusal_changes_nothi
     let delegate_perms = vec!["roles.write".to_owned(), "tokens.write".to_owned(), "users.read".to_owned()];
     admin.create_role(CreateRoleRequest { name: "delegate".into(), permissions: delegate_perms }).await.expect("role");
     let delegate = create_token(&cluster, leader, "delegate-bot", "delegate").await;
-    let mut as_delegate = AccessClient::new(token_channel(&cluster, &pki, follower));
+    let mut as_delegate = AccessClient::new(anonymous(&cluster, &pki, follower));
     let admin_token = CreateApiTokenRequest { name: "sneaky".into(), role: "admin".into(), ttl_seconds: 0 };
     let refused = as_delegate.create_api_token(bearer(admin_token, &delegate)).await.expect_err("escalation");
     assert_eq!(refused.code(), Code::PermissionDenied, "{}", refused.message());
@@ -271,7 +258,7 @@ async fn access_every_role_gets_what_the_table_gives_and_a_refusal_changes_nothi
     // A revoked token stops working on every node.
     admin.revoke_api_token(RevokeApiTokenRequest { name: "viewer-bot".into() }).await.expect("revoke");
     for id in 1..=3 {
-        let ch = token_channel(&cluster, &pki, id);
+        let ch = anonymous(&cluster, &pki, id);
         eventually(&format!("node {id} refuses the revoked token"), CONVERGE, || {
             let ch = ch.clone();
             let token = tokens["viewer"].clone();

@@ -6,27 +6,15 @@
 
 use std::time::Duration;
 
-use cluster_tests::cluster::{tls_channel, CONVERGE};
+use cluster_tests::cluster::CONVERGE;
 use cluster_tests::identity::IdentityServer;
-use cluster_tests::mtls::{code_of, mtls_cluster, Pki};
+use cluster_tests::mtls::{anonymous, bearer, code_of, mtls_cluster};
 use cluster_tests::{eventually, Cluster};
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use vpn_proto::v1::access_client::AccessClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::*;
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
-    req.set_timeout(Duration::from_secs(10));
-    req
-}
-
-/// A channel to node `id` that presents no certificate.
-fn anonymous(cluster: &Cluster, pki: &Pki, id: u64) -> Channel {
-    tls_channel(cluster.node(id).grpc, ClientTlsConfig::new().ca_certificate(pki.ca()))
-}
 
 async fn login(ch: Channel, req: LoginRequest) -> Result<LoginResponse, Status> {
     let mut req = Request::new(req);

@@ -27,6 +27,14 @@ pub const PAGE_SIZE: usize = 1000;
 /// A page when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
+/// The page a list request gets for its `page_size` (0: the default).
+pub fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(PAGE_SIZE),
+    }
+}
+
 /// Concurrent calls on one connection (HTTP/2 streams): a client that
 /// needs more opens more connections; one connection cannot tie up the node.
 pub const STREAMS_PER_CONNECTION: usize = 256;

@@ -361,10 +361,7 @@ impl AuditPage {
             0 => i64::MIN,
             s => now_ms.saturating_sub(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)),
         };
-        let size = match r.page_size as usize {
-            0 => crate::limits::DEFAULT_PAGE_SIZE,
-            n => n.min(crate::limits::PAGE_SIZE),
-        };
+        let size = crate::limits::page_size(r.page_size);
         Ok(AuditPage { before, since_ms, principal: r.principal.clone(), method: r.method.clone(), size })
     }
 

@@ -58,10 +58,7 @@ pub(crate) fn page(req: &ListUsersRequest) -> Result<(Option<&str>, usize), Erro
             Some(token)
         }
     };
-    let page_size = match req.page_size as usize {
-        0 => crate::limits::DEFAULT_PAGE_SIZE,
-        n => n.min(crate::limits::PAGE_SIZE),
-    };
+    let page_size = crate::limits::page_size(req.page_size);
     Ok((after, page_size))
 }
 

@@ -112,7 +112,7 @@ const TOKEN_PREFIX: &str = "vpnat1.";
 pub fn new_api_token(name: &str) -> (String, String) {
     let secret: [u8; 32] = rand::random();
     let secret = hex(&secret);
-    (format!("{TOKEN_PREFIX}{name}.{secret}"), sha256_hex(&secret))
+    (format!("{TOKEN_PREFIX}{name}.{secret}"), vpn_pki::digest(secret.as_bytes()))
 }
 
 /// The identity an `authorization: Bearer` credential proves at `now_ms`:
@@ -134,7 +134,7 @@ pub fn token_identity(bearer: &str, state: &State, now_ms: i64, source: String) 
     let (name, secret) =
         bearer.strip_prefix(TOKEN_PREFIX).and_then(|rest| rest.rsplit_once('.')).ok_or_else(refused)?;
     let token = live(state.access.api_tokens.get(name), now_ms).map_err(|_| refused())?;
-    if !same(sha256_hex(secret).as_bytes(), token.secret_sha256.as_bytes()) {
+    if !same(vpn_pki::digest(secret.as_bytes()).as_bytes(), token.secret_sha256.as_bytes()) {
         return Err(refused());
     }
     Ok(Identity {
@@ -156,10 +156,6 @@ fn live(token: Option<&ApiToken>, now_ms: i64) -> Result<&ApiToken, Status> {
 /// Compares in time that depends only on the lengths.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
 }
 
 fn hex(bytes: &[u8]) -> String {
