@@ -232,9 +232,7 @@ async fn run_control_plane(
 
     let server_tls = material.as_ref().map(tls::ServerTls::new).transpose()?.map(Arc::new);
     let assignments = dispatcher::Assignments::start(node.clone(), stop_rx.clone());
-    let routes = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION)
-        .timeout(limits::CALL_TIMEOUT)
+    let routes = limits::grpc_server()
         .layer(auth::AuthLayer::new(node.clone(), material.is_some()))
         .add_service(health_service)
         .add_service(
