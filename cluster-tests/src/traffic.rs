@@ -3,7 +3,7 @@
 //! link ([`outbound_from_link`]), SOCKS5 fetches through it and downloads
 //! observed while they run ([`Download`]).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::net::free_port;
+use crate::net::free_addr;
 
 /// The byte at offset `i` of every payload: a pattern that catches reordering
 /// and truncation, not only a wrong length.
@@ -262,30 +262,50 @@ pub fn sing_box_binary() -> PathBuf {
 
 impl SingBoxClient {
     /// Starts a client whose single outbound is `outbound` (sing-box JSON).
+    ///
+    /// Its port comes from below the kernel's ephemeral range, away from the
+    /// engines' ports ([`crate::net::free_port`]) and from outgoing connections, and it
+    /// counts as started only when it listens and is still running: a client
+    /// that lost its port to another process exits at once, and a connect
+    /// check alone would take that process's listener for its own. Its log
+    /// (`client.log` in its temp dir) is shown when it does not start.
     pub async fn start(outbound: serde_json::Value) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = serde_json::json!({
-            "log": {"level": "warn"},
-            "inbounds": [{"type": "mixed", "listen": "127.0.0.1", "listen_port": port}],
-            "outbounds": [outbound],
-        });
-        let path = dir.path().join("client.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write client config");
-        let child = Command::new(sing_box_binary())
-            .args(["run", "-c"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sing-box client");
-        let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-        crate::eventually("the sing-box client listens", Duration::from_secs(10), || async move {
-            TcpStream::connect(proxy).await.map(|_| ()).map_err(|e| e.to_string())
-        })
-        .await;
-        Self { proxy, child, _dir: dir }
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let proxy = free_addr(Ipv4Addr::LOCALHOST);
+            let config = serde_json::json!({
+                "log": {"level": "warn"},
+                "inbounds": [{"type": "mixed", "listen": proxy.ip().to_string(), "listen_port": proxy.port()}],
+                "outbounds": [outbound.clone()],
+            });
+            let path = dir.path().join("client.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write client config");
+            let log_path = dir.path().join("client.log");
+            let log = std::fs::File::create(&log_path).expect("create client.log");
+            let mut child = Command::new(sing_box_binary())
+                .args(["run", "-c"])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("client.log"))
+                .stderr(log)
+                .spawn()
+                .expect("start sing-box client");
+            crate::eventually("the sing-box client listens", Duration::from_secs(10), || async move {
+                TcpStream::connect(proxy).await.map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await;
+            // A client that failed to bind exits within moments of starting.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match child.try_wait() {
+                Ok(None) => return Self { proxy, child, _dir: dir },
+                exited => {
+                    last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    eprintln!("sing-box client on {proxy} exited ({exited:?}); trying another port: {last_log}");
+                }
+            }
+        }
+        panic!("the sing-box client exited three times; its last log:\n{last_log}");
     }
 }
 

@@ -240,6 +240,7 @@ pub async fn serve(fake: Fake) -> Served {
     std::fs::write(&ca_cert, ca.cert_pem()).expect("write ca.crt");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr").to_string();
+    let addr_shown = addr.clone();
     let fake = Arc::new(fake);
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem));
     let server = Server::builder()
@@ -247,7 +248,12 @@ pub async fn serve(fake: Fake) -> Served {
         .expect("server TLS")
         .add_service(AccessServer::from_arc(fake.clone()))
         .serve_with_incoming(TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    // The server runs until the test ends; if it ever stops early, say so
+    // (a test would otherwise see only "connection refused").
+    tokio::spawn(async move {
+        let ended = server.await;
+        eprintln!("the fake Access server on {addr_shown} stopped: {ended:?}");
+    });
     Served { addr, ca_cert: ca_cert.display().to_string(), fake, _dir: dir }
 }
 
