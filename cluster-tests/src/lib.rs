@@ -17,12 +17,15 @@
 //!   catch-up, users' links and clients made from them.
 //! - [`sim`]: simulated data-plane agents (real wire protocol, an engine
 //!   double that applies at once) for scale runs without containers.
+//! - [`fleet_checks`]: what a simulated fleet must see through faults (no
+//!   placement on a down node, usage equal to what was billed).
 //! - [`linearizability`]: a checker of recorded user-registry histories.
 
 pub mod cli;
 pub mod cluster;
 pub mod dataplane;
 pub mod docker;
+pub mod fleet_checks;
 pub mod identity;
 pub mod linearizability;
 pub mod mtls;

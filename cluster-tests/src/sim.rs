@@ -10,6 +10,11 @@
 //! read). Simulated nodes are not Raft members: their ids start at
 //! [`FIRST_ID`], clear of the members', and no member record checks them.
 //!
+//! Agents may also bill traffic ([`Fleet::bill`]): each heartbeat then adds
+//! a report of some bytes for each billed user and sends every report the
+//! leader has not acknowledged, as the real agent does, so that what the
+//! cluster recorded can be compared with what was billed through faults.
+//!
 //! Beside the fleet, what a scale run needs around it: [`create_users`] (many
 //! `CreateUser` calls at a bounded concurrency), [`Scrape`] (the leader's
 //! `/metrics`: placements per node, nodes by status, the plan-time histogram),
@@ -27,7 +32,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use vpn_proto::internal::raft_client::RaftClient;
-use vpn_proto::internal::{HeartbeatRequest, RaftPayload};
+use vpn_proto::internal::{HeartbeatRequest, RaftPayload, TrafficReport, UserUsage};
 use vpn_proto::v1::nodes_client::NodesClient;
 use vpn_proto::v1::users_client::UsersClient;
 use vpn_proto::v1::{CreateUserRequest, ListNodesRequest, ListUsersRequest, ReadConsistency};
@@ -103,6 +108,57 @@ struct Agent {
     task: Option<JoinHandle<()>>,
     /// When the leader last acknowledged a heartbeat of this agent.
     acked: Arc<Mutex<Option<Instant>>>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// An agent's traffic: the users it bills, what it billed, and the reports
+/// the leader has not acknowledged yet.
+#[derive(Default)]
+struct Ledger {
+    /// (name, id) of each user billed at every heartbeat; empty: none.
+    users: Vec<(String, String)>,
+    last_seq: u64,
+    /// Oldest first, as the heartbeat carries them.
+    unacked: Vec<TrafficReport>,
+    /// Bytes billed per user name, acknowledged or not.
+    billed: BTreeMap<String, u64>,
+    /// Answers to heartbeats that carried reports.
+    answers: u64,
+}
+
+impl Ledger {
+    /// A new report for every billed user; sizes vary with the sequence
+    /// number, so a report counted twice or dropped changes the totals.
+    fn bill(&mut self) {
+        if self.users.is_empty() {
+            return;
+        }
+        self.last_seq += 1;
+        let bytes = 1000 + (self.last_seq % 13) * 97;
+        let usage =
+            self.users.iter().map(|(name, id)| UserUsage { name: name.clone(), user_id: id.clone(), bytes }).collect();
+        for (name, _) in &self.users {
+            *self.billed.entry(name.clone()).or_default() += bytes;
+        }
+        self.unacked.push(TrafficReport { seq: self.last_seq, usage });
+    }
+
+    /// What the next heartbeat carries: the oldest reports, as many as the
+    /// leader takes from one (`vpn_node::leader::heartbeat::MAX_REPORTS`).
+    fn pending(&self) -> Vec<TrafficReport> {
+        self.unacked.iter().take(64).cloned().collect()
+    }
+
+    /// The leader recorded every report through `through`. Every third
+    /// answer is taken as lost on the way (as a reply cut by a timeout is),
+    /// so reports the cluster already recorded are sent again: the leader
+    /// must not count them twice.
+    fn acknowledged(&mut self, through: u64) {
+        self.answers += 1;
+        if !self.answers.is_multiple_of(3) {
+            self.unacked.retain(|r| r.seq > through);
+        }
+    }
 }
 
 /// Simulated data-plane agents; every task stops when the fleet is dropped.
@@ -156,10 +212,17 @@ impl Fleet {
                 fleet.poller = Some(tokio::spawn(poll_generations(links.clone(), generation_tx.clone())));
             }
             let acked = Arc::new(Mutex::new(None));
-            let beat = Beat { id, links: links.clone(), generation: generation.clone(), acked: acked.clone() };
+            let ledger = Arc::new(Mutex::new(Ledger::default()));
+            let beat = Beat {
+                id,
+                links: links.clone(),
+                generation: generation.clone(),
+                acked: acked.clone(),
+                ledger: ledger.clone(),
+            };
             let at = first_beat + HEARTBEAT.mul_f64(i as f64 / n as f64);
             let task = tokio::spawn(beat.run(at, counts.clone()));
-            fleet.agents.insert(id, Agent { task: Some(task), acked });
+            fleet.agents.insert(id, Agent { task: Some(task), acked, ledger });
         }
         Ok(fleet)
     }
@@ -176,7 +239,32 @@ impl Fleet {
         if let Some(task) = agent.task.take() {
             task.abort();
         }
-        *agent.acked.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&agent.acked)
+    }
+
+    /// From the next heartbeat on, agent `id` bills every one of `users`
+    /// (name, id) in each heartbeat; an empty list stops its billing.
+    /// Returns false for an unknown agent.
+    pub fn bill(&self, id: u64, users: &[(String, String)]) -> bool {
+        let Some(agent) = self.agents.get(&id) else { return false };
+        lock(&agent.ledger).users = users.to_vec();
+        true
+    }
+
+    /// Bytes billed per user name by the whole fleet, acknowledged or not.
+    pub fn billed(&self) -> BTreeMap<String, u64> {
+        let mut total = BTreeMap::new();
+        for agent in self.agents.values() {
+            for (name, bytes) in &lock(&agent.ledger).billed {
+                *total.entry(name.clone()).or_default() += bytes;
+            }
+        }
+        total
+    }
+
+    /// Traffic reports the leader has not acknowledged yet, fleet-wide.
+    pub fn unacknowledged(&self) -> usize {
+        self.agents.values().map(|a| lock(&a.ledger).unacked.len()).sum()
     }
 
     /// Heartbeats the leader acknowledged and those that failed, fleet-wide.
@@ -252,6 +340,11 @@ struct Beat {
     /// Every node's assigned generation, as last polled.
     generation: watch::Receiver<BTreeMap<u64, u64>>,
     acked: Arc<Mutex<Option<Instant>>>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Beat {
@@ -260,6 +353,7 @@ impl Beat {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            lock(&self.ledger).bill();
             // A redirect or an unreachable endpoint is retried at once on the next guess.
             for _ in 0..self.links.endpoints.len() {
                 let (i, ch) = self.links.leader();
@@ -269,13 +363,18 @@ impl Beat {
                     // The engine double applied everything it was shown.
                     applied_generation: self.generation.borrow().get(&self.id).copied().unwrap_or(0),
                     engine_error: String::new(),
-                    traffic: Vec::new(),
+                    traffic: lock(&self.ledger).pending(),
                 });
                 req.set_timeout(HEARTBEAT_TIMEOUT);
                 match RaftClient::new(ch).heartbeat(req).await {
-                    Ok(_) => {
+                    Ok(reply) => {
+                        let mut ledger = lock(&self.ledger);
+                        if !ledger.unacked.is_empty() {
+                            ledger.acknowledged(reply.into_inner().traffic_acked_seq);
+                        }
+                        drop(ledger);
                         counts.ok.fetch_add(1, Ordering::Relaxed);
-                        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                        *lock(&self.acked) = Some(Instant::now());
                         break;
                     }
                     Err(status) => {

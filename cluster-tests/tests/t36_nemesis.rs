@@ -16,6 +16,15 @@
 //! - the cluster takes writes again after the heal (time to the first
 //!   acknowledged write, printed with the longest stretch without one).
 //!
+//! Beside the registry, a simulated fleet of three data-plane agents
+//! ([`cluster_tests::sim`]) heartbeats through every schedule of a test: two
+//! bill traffic to users of their own at every heartbeat, the third goes
+//! silent before the first schedule and is marked down. At the end:
+//! - every billed user's usage, read on every node, equals what the agents
+//!   billed (no traffic report counted twice or dropped);
+//! - no user was placed on the down node after its down mark committed, and
+//!   none is left on it ([`cluster_tests::fleet_checks`]).
+//!
 //! Each test runs a group of schedules one after another on one cluster
 //! (partitions; pauses; crashes; disk faults; membership), each schedule on
 //! user names of its own.
@@ -35,9 +44,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use cluster_tests::cluster::{channel, http_get, CONVERGE};
+use cluster_tests::fleet_checks::{billable_users, placed, usage_matches, DownWatch};
 use cluster_tests::linearizability::{History, Input, Output, Status, Verdict};
 use cluster_tests::netns::Lab;
 use cluster_tests::process::send_signal;
+use cluster_tests::sim::{Fleet, FIRST_ID};
 use cluster_tests::Cluster;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -162,6 +173,22 @@ fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
     let cluster = &mut cluster;
     lab.run_as_client(async {
         let observer = Observer::start(cluster);
+        let fail = |what: &str, e: String| -> ! {
+            panic!("{test}, NEMESIS_SEED={seed}: {what}: {e}; {KEEP}");
+        };
+        let endpoints: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
+        let (billing, silent) = ([FIRST_ID, FIRST_ID + 1], FIRST_ID + 2);
+        let mut fleet = Fleet::start(&endpoints, 3, 0).await.unwrap_or_else(|e| fail("the fleet", format!("{e:#}")));
+        let names: Vec<String> = (0..3).map(|i| format!("billed-{i}")).collect();
+        let billed = billable_users(&endpoints, &names, CONVERGE).await.unwrap_or_else(|e| fail("billed users", e));
+        for id in billing {
+            fleet.bill(id, &billed);
+        }
+        // Users on the node that goes silent, so that moving them off it is seen.
+        let spread = placed(&endpoints, &names, 2, CONVERGE).await.unwrap_or_else(|e| fail("placement", e));
+        fleet.stop_heartbeats(silent);
+        let down = DownWatch::start(&endpoints, silent);
+        down.seen_down(&endpoints, CONVERGE * 2).await.unwrap_or_else(|e| fail("the silent node", e));
         let mut recovery: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         let plan = (0..rounds).flat_map(|_| schedules.iter());
         for (n, nemesis) in plan.enumerate() {
@@ -171,6 +198,13 @@ fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
             recovery.entry(format!("{nemesis:?}")).or_default().push(first_ack);
         }
         let terms = observer.stop().await.unwrap_or_else(|e| panic!("{test}, NEMESIS_SEED={seed}: {e}"));
+        for id in billing {
+            fleet.bill(id, &[]);
+        }
+        let members: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
+        let usage = usage_matches(&fleet, &members, CONVERGE).await.unwrap_or_else(|e| fail("usage", e));
+        let placement = down.stop(&members, CONVERGE).await.unwrap_or_else(|e| fail("placement", e));
+        eprintln!("{test}: NEMESIS_SEED={seed}: {usage}; users per node before the silence {spread:?}; {placement}");
         let runs = schedules.len() * rounds;
         eprintln!("{test}: NEMESIS_SEED={seed}: {runs} schedules, {terms}, {:.1?}", started.elapsed());
         for (nemesis, mut times) in recovery {
