@@ -36,7 +36,7 @@ fn request<T>(msg: T) -> Request<T> {
 }
 
 /// Every user, page by page, each page a linearizable read.
-async fn all_users(ch: &Channel) -> Result<Vec<User>, tonic::Status> {
+pub async fn all_users(ch: &Channel) -> Result<Vec<User>, tonic::Status> {
     let (mut users, mut page_token) = (Vec::new(), String::new());
     // Bounded: a watch's users fit in a few pages.
     for _ in 0..100 {

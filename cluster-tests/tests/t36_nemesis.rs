@@ -5,11 +5,13 @@
 //! A schedule: a workload of seven clients (one request in flight each, on
 //! six user names of the schedule's own) against random nodes; a fault a few
 //! seconds in (partitions by iptables, SIGSTOP, kill -9, kill -9 with a
-//! torn write or a flipped bit in the log, a node joining and an isolated one
-//! removed), held 4-6 s, then healed; the workload goes on at least 4 s more, and until a write started
+//! torn write or a flipped bit in the log, a snapshot cut short or a damaged
+//! sled file, a node joining and an isolated one removed), held 4-6 s, then healed; the workload goes on at least 4 s more, and until a write started
 //! after the heal is acknowledged. Then, with a leader agreed again, every node reads every
 //! user linearizably, and those reads join the history: a lost acknowledged
 //! write or a resurrected delete shows there. Besides the history:
+//! - every node lists the same users, earlier schedules' too (a node back
+//!   on a damaged state machine would differ);
 //! - no node's (term, leader) goes back (each node's `Status`, polled every
 //!   100 ms through the whole run; one term may see several leaders one
 //!   after another, see `Observer::check`);
@@ -44,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use cluster_tests::cluster::{channel, http_get, CONVERGE};
-use cluster_tests::fleet_checks::{billable_users, placed, usage_matches, DownWatch};
+use cluster_tests::fleet_checks::{all_users, billable_users, placed, usage_matches, DownWatch};
 use cluster_tests::linearizability::{History, Input, Output, Status, Verdict};
 use cluster_tests::netns::Lab;
 use cluster_tests::process::send_signal;
@@ -109,6 +111,13 @@ enum Nemesis {
     /// file; with the file restored it starts and catches up. Its group
     /// snapshots every 100 entries, so every node has one.
     SnapshotCut,
+    /// kill -9 of a follower, then its state machine's sled file
+    /// (`raft/db`) damaged: one flipped bit at a random offset, or its last
+    /// 4 KiB cut off. At the heal it either refuses to start, naming its
+    /// `raft` dir and the fix (then the file is restored), or it starts, and
+    /// the final reads it serves and the history must show nothing lost or
+    /// changed.
+    SledDamage,
     /// A follower isolated; meanwhile a new node joins (learner, then voter)
     /// and the isolated follower is removed from the membership, then stays
     /// cut off for the hold (campaigning in rising terms). It stays up
@@ -132,7 +141,8 @@ fn netns_nemesis_pauses_keep_histories_linearizable() {
 
 #[test]
 fn netns_nemesis_disk_faults_keep_histories_linearizable() {
-    run("netns_nemesis_disk_faults_keep_histories_linearizable", 4, &[Nemesis::TornWrite, Nemesis::BitFlip]);
+    let test = "netns_nemesis_disk_faults_keep_histories_linearizable";
+    run(test, 4, &[Nemesis::TornWrite, Nemesis::BitFlip, Nemesis::SledDamage]);
 }
 
 #[test]
@@ -294,6 +304,9 @@ async fn schedule(
     final_reads(&shared, &keys, &members)
         .await
         .unwrap_or_else(|e| panic!("{ctx}: final reads (leader {leader}): {e}; faults: {faults}; {KEEP}"));
+    replicas_agree(&members)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}: replicas (leader {leader}): {e}; faults: {faults}; {KEEP}"));
 
     let ops = shared.history.ops();
     match shared.history.check() {
@@ -359,6 +372,32 @@ async fn inflict(
             refused_to_start(cluster, follower, &segment).await;
             flip_bit(&segment, offset);
             faults.note(format!("node {follower} refused to start; bit restored"));
+            faults.undo(lab, cluster);
+            return None;
+        }
+        Nemesis::SledDamage => {
+            faults.kill(cluster, follower);
+            sleep(hold).await;
+            let file = cluster.node(follower).data_dir.join("raft").join("db");
+            let whole = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            // As many draws whatever the branch: the choices stay the seed's.
+            let (flip, offset) = (rng.below(2) == 0, rng.below(whole.len() as u64) as usize);
+            if flip {
+                flip_bit(&file, offset);
+                faults.note(format!("bit flip at byte {offset} of {} ({} bytes)", file.display(), whole.len()));
+            } else {
+                let keep = whole.len().saturating_sub(4096);
+                std::fs::write(&file, &whole[..keep]).expect("cut the sled file");
+                faults.note(format!("{} cut to {keep} of {} bytes", file.display(), whole.len()));
+            }
+            let raft_dir = file.parent().expect("raft dir").to_owned();
+            if started_or_refused(cluster, follower, &raft_dir).await {
+                faults.killed.remove(&follower);
+                faults.note(format!("node {follower} started on it"));
+            } else {
+                std::fs::write(&file, &whole).expect("restore the sled file");
+                faults.note(format!("node {follower} refused to start; file restored"));
+            }
             faults.undo(lab, cluster);
             return None;
         }
@@ -431,6 +470,35 @@ async fn inflict(
     sleep(hold).await;
     faults.undo(lab, cluster);
     None
+}
+
+/// Starts node `id` on a damaged `damaged`: true once it is ready, false
+/// once it exited with a failure that names `damaged` and the fix (then it
+/// is stopped), within 30 s.
+async fn started_or_refused(cluster: &mut Cluster, id: u64, damaged: &std::path::Path) -> bool {
+    let node = cluster.node_mut(id);
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = node.exited() {
+            let log = node.log_tail();
+            node.kill9();
+            assert!(!status.success(), "node {id} stopped on a damaged {} with success", damaged.display());
+            let named = log.contains(&damaged.display().to_string()) && log.contains("restore it from a backup");
+            assert!(named, "node {id}'s refusal names {} and the fix:\n{log}", damaged.display());
+            return false;
+        }
+        if matches!(http_get(node.http, "/readyz").await, Ok((200, _))) {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} neither ready nor stopped on a damaged {} in 30 s; log:\n{}",
+            damaged.display(),
+            node.log_tail()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Starts node `id` on its damaged data dir: it must exit with a failure
@@ -733,6 +801,45 @@ async fn final_reads(shared: &Shared, keys: &[String], nodes: &[(u64, SocketAddr
                 }
                 sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every node lists the same users (all of them, this schedule's and the
+/// earlier ones'), each read linearizable: a node that came back on a
+/// damaged state, or skipped an entry, differs here. Usage is compared for
+/// users no agent bills (billing goes on while the nodes are read).
+async fn replicas_agree(nodes: &[(u64, SocketAddr)]) -> Result<(), String> {
+    type Row = (String, String, i32, u64, String, u64);
+    let mut first: Option<(u64, Vec<Row>)> = None;
+    let deadline = Instant::now() + CONVERGE;
+    for (id, addr) in nodes {
+        let ch = channel(*addr);
+        let users = loop {
+            match all_users(&ch).await {
+                Ok(users) => break users,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("node {id} did not list the users: {:?}: {}", e.code(), e.message()))
+                }
+                Err(_) => sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let rows: Vec<Row> = users
+            .into_iter()
+            .map(|u| {
+                let used = if u.name.starts_with("billed-") { 0 } else { u.used_bytes };
+                (u.name, u.id, u.status, u.data_limit_bytes, u.expires_at, used)
+            })
+            .collect();
+        match &first {
+            None => first = Some((*id, rows)),
+            Some((other, expected)) if *expected != rows => {
+                let differ: Vec<_> = rows.iter().filter(|r| !expected.contains(r)).take(5).collect();
+                let missing: Vec<_> = expected.iter().filter(|r| !rows.contains(r)).take(5).collect();
+                return Err(format!("node {id} lists other users than node {other}: {differ:?}; lacks {missing:?}"));
+            }
+            Some(_) => {}
         }
     }
     Ok(())
