@@ -50,6 +50,27 @@ impl IdentityServer {
         Self::start("slapd.sh", dir)
     }
 
+    /// [`Self::ldap`], offering StartTLS with a certificate for 127.0.0.1
+    /// from a CA of its own; that CA's certificate file back (for
+    /// `--ldap-ca-file`): no system root trusts it.
+    pub fn ldap_tls(dir: &Path) -> (Self, PathBuf) {
+        let ca = vpn_pki::Ca::generate("LDAP test CA").expect("CA");
+        let hosts = ["127.0.0.1".to_owned()];
+        let lifetime = std::time::Duration::from_secs(3600);
+        let issued = ca.issue_node(1, vpn_pki::Role::ControlPlane, &hosts, lifetime).expect("LDAP certificate");
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).expect("mkdir tls");
+        std::fs::write(tls.join("ca.crt"), ca.cert_pem()).expect("write ca.crt");
+        std::fs::write(tls.join("server.crt"), &issued.cert_pem).expect("write server.crt");
+        vpn_pki::files::write_private(&tls.join("server.key"), issued.key_pem.as_bytes()).expect("write server.key");
+        (Self::start("slapd.sh", dir), tls.join("ca.crt"))
+    }
+
+    /// What the server logged so far (slapd: one line per operation).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default()
+    }
+
     /// glewlwyd with the users and clients of `ops/identity/glewlwyd-seed.sql`.
     pub fn oidc(dir: &Path) -> Self {
         Self::start("oidc.sh", dir)

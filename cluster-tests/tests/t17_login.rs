@@ -77,16 +77,19 @@ fn vpnctl_with(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, St
 #[tokio::test(flavor = "multi_thread")]
 async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accepts() {
     let dirs = tempfile::tempdir().expect("tempdir");
-    let server = IdentityServer::ldap(&dirs.path().join("ldap"));
+    // StartTLS, trusting only the server's own CA (`--ldap-ca-file`).
+    let (server, ca_file) = IdentityServer::ldap_tls(&dirs.path().join("ldap"));
     let password_file = dirs.path().join("service.pass");
     std::fs::write(&password_file, "service-pass\n").expect("write");
     std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let url = server.url();
     let file = password_file.display().to_string();
+    let ca_file = ca_file.display().to_string();
     let flags = [
         "--ldap-url",
         &url,
-        "--ldap-insecure",
+        "--ldap-ca-file",
+        &ca_file,
         "--ldap-bind-dn",
         "cn=vpn-service,ou=services,dc=vpn,dc=test",
         "--ldap-bind-password-file",
@@ -178,6 +181,8 @@ async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accept
         .records;
     let by: Vec<(&str, &str)> = audit.iter().map(|r| (r.principal.as_str(), r.authenticated_by.as_str())).collect();
     assert_eq!(by, [("ldap:alice", "ldap")], "one change, by alice's session");
+    let log = server.log();
+    assert!(log.contains("TLS established"), "every bind went over StartTLS; slapd's log:\n{log}");
     drop(server);
 }
 

@@ -13,6 +13,9 @@
 #   slapd.sh adduser PORT USER PASSWORD [GROUP...]  # one more user, in these groups
 #   slapd.sh lock  PORT USER         # lock a user the way carol is locked
 #
+# With DIR/tls/{ca.crt,server.crt,server.key} present at `run`, slapd also
+# offers StartTLS with that certificate.
+#
 # Directory (see README.md): base dc=vpn,dc=test; users uid=alice|bob|carol,
 # ou=people; groups cn=vpn-admins|vpn-operators,ou=groups (groupOfNames);
 # carol is locked by ppolicy. Passwords: <name>-pass, service: service-pass,
@@ -27,7 +30,7 @@ ROOT_DN="cn=admin,dc=vpn,dc=test"
 ROOT_PW="admin-pass"
 
 die() { echo "slapd.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,19p' "$0" >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" >&2; exit 2; }
 
 need_tools() {
     for t in slapd slapadd slappasswd ldapwhoami; do
@@ -40,6 +43,13 @@ need_tools() {
 # Skipped when DIR already holds a database: a restart keeps the data.
 prepare() {
     local dir=$1
+    # StartTLS with DIR/tls/{ca.crt,server.crt,server.key} when the caller left them.
+    if [ -f "$dir/tls/server.crt" ]; then
+        printf 'TLSCACertificateFile %s\nTLSCertificateFile %s\nTLSCertificateKeyFile %s\n' \
+            "$dir/tls/ca.crt" "$dir/tls/server.crt" "$dir/tls/server.key" >"$dir/tls.conf"
+    else
+        : >"$dir/tls.conf"
+    fi
     [ -f "$dir/data/data.mdb" ] && return 0
     mkdir -p "$dir/data"
     sed -e "s|@DIR@|$dir|g" -e "s|@ROOTPW@|$(slappasswd -h '{SSHA}' -s admin-pass)|" \

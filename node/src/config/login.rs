@@ -49,6 +49,10 @@ pub struct LoginArgs {
     #[arg(long)]
     #[serde(default)]
     pub ldap_insecure: bool,
+    /// PEM certificates of the CA(s) the LDAP server's certificate must chain to, instead of the
+    /// system's roots (a directory with a certificate from an internal CA).
+    #[arg(long, value_name = "FILE")]
+    pub ldap_ca_file: Option<PathBuf>,
     /// OIDC logins: the provider's issuer URL (https; its discovery document and keys are
     /// fetched from it).
     #[arg(long, value_name = "URL")]
@@ -88,6 +92,7 @@ impl LoginArgs {
             ldap_group_filter: self.ldap_group_filter.or(file.ldap_group_filter),
             ldap_group_attribute: self.ldap_group_attribute.or(file.ldap_group_attribute),
             ldap_insecure: self.ldap_insecure || file.ldap_insecure,
+            ldap_ca_file: self.ldap_ca_file.or(file.ldap_ca_file),
             oidc_issuer: self.oidc_issuer.or(file.oidc_issuer),
             oidc_audience: self.oidc_audience.or(file.oidc_audience),
             oidc_groups_claim: self.oidc_groups_claim.or(file.oidc_groups_claim),
@@ -111,6 +116,7 @@ pub fn parse(a: LoginArgs) -> Result<LoginConfig, Error> {
         let stray = [
             ("--ldap-user-dn-template", a.ldap_user_dn_template.is_some()),
             ("--ldap-bind-dn", a.ldap_bind_dn.is_some()),
+            ("--ldap-ca-file", a.ldap_ca_file.is_some()),
         ];
         if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
             return Err(Error::invalid(flag, "goes with --ldap-url, which is missing"));
@@ -151,6 +157,7 @@ fn ldap(url: String, a: &LoginArgs) -> Result<LdapConfig, Error> {
                 return Err(Error::invalid("--ldap-user-dn-template", "give it or --ldap-bind-dn, not both"))
             }
         };
+    let ca_certs = a.ldap_ca_file.as_deref().map(|file| ca_certs(file, &url, a.ldap_insecure)).transpose()?;
     Ok(LdapConfig {
         url,
         user_dn,
@@ -158,7 +165,32 @@ fn ldap(url: String, a: &LoginArgs) -> Result<LdapConfig, Error> {
         group_filter: a.ldap_group_filter.clone().unwrap_or_else(|| "(member={dn})".into()),
         group_attribute: a.ldap_group_attribute.clone().unwrap_or_else(|| "cn".into()),
         plaintext: a.ldap_insecure,
+        ca_certs,
     })
+}
+
+/// `--ldap-ca-file`: one or more PEM certificates, for a connection that uses TLS.
+fn ca_certs(
+    path: &std::path::Path,
+    url: &str,
+    plaintext: bool,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let flag = "--ldap-ca-file";
+    if plaintext && url.starts_with("ldap://") {
+        return Err(Error::invalid(flag, "is for TLS, which --ldap-insecure turns off on ldap://: drop one of them"));
+    }
+    let pem = std::fs::read(path).map_err(|e| Error::invalid(flag, &format!("{}: {e}", path.display())))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::invalid(flag, &format!("{}: not PEM certificates: {e}", path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 {
+        return Err(Error::invalid(flag, &format!("{} holds no CA certificate (BEGIN CERTIFICATE)", path.display())));
+    }
+    Ok(certs)
 }
 
 /// The service account's password: the file's first line, from a file only its owner reads.
@@ -240,5 +272,33 @@ mod tests {
         assert!(parse(LoginArgs { oidc_insecure: true, ..http }).expect("explicit").oidc.is_some());
         let lone = LoginArgs { oidc_issuer: Some("https://idp".into()), ..Default::default() };
         assert!(parse(lone).expect_err("no audience").to_string().contains("--oidc-audience"));
+    }
+
+    #[test]
+    fn an_ldap_ca_file_must_hold_certificates_and_go_with_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (good, empty) = (dir.path().join("ca.pem"), dir.path().join("empty.pem"));
+        let ca = vpn_pki::Ca::generate("ldap test CA").expect("CA");
+        std::fs::write(&good, ca.cert_pem()).expect("write");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let args = |file: &std::path::Path, insecure: bool| LoginArgs {
+            ldap_url: Some("ldap://ldap.example:389".into()),
+            ldap_user_dn_template: Some("uid={user},dc=x".into()),
+            ldap_ca_file: Some(file.to_owned()),
+            ldap_insecure: insecure,
+            ..Default::default()
+        };
+        let ldap = parse(args(&good, false)).expect("valid").ldap.expect("ldap");
+        assert_eq!(ldap.ca_certs.map(|c| c.len()), Some(1));
+        for (file, insecure, says) in [
+            (empty.as_path(), false, "holds no CA certificate"),
+            (dir.path().join("missing.pem").as_path(), false, "missing.pem"),
+            (good.as_path(), true, "--ldap-insecure"),
+        ] {
+            let err = parse(args(file, insecure)).expect_err("refused").to_string();
+            assert!(err.contains("--ldap-ca-file") && err.contains(says), "{err}");
+        }
+        let stray = LoginArgs { ldap_ca_file: Some(good), ..Default::default() };
+        assert!(parse(stray).expect_err("no url").to_string().contains("--ldap-ca-file"));
     }
 }

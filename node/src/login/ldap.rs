@@ -6,8 +6,10 @@
 //! The user name is escaped for both (no filter or DN injection), and an
 //! empty password is refused here: LDAP takes a simple bind with one as an
 //! anonymous bind that succeeds. `ldap://` uses StartTLS unless
-//! `--ldap-insecure`; `ldaps://` is TLS from the start.
+//! `--ldap-insecure`; `ldaps://` is TLS from the start. The server's
+//! certificate must chain to the system's roots, or to `--ldap-ca-file`'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::{dn_escape, ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
@@ -41,15 +43,37 @@ pub struct LdapConfig {
     pub group_attribute: String,
     /// `--ldap-insecure`: `ldap://` without StartTLS.
     pub plaintext: bool,
+    /// `--ldap-ca-file`: the roots the server's certificate must chain to;
+    /// `None`: the system's.
+    pub ca_certs: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 pub struct LdapLogin {
     config: LdapConfig,
+    /// `--ldap-ca-file`'s roots; `None`: ldap3's TLS (the system's roots).
+    roots: Option<Arc<rustls::RootCertStore>>,
 }
 
 impl LdapLogin {
     pub fn new(config: LdapConfig) -> Self {
-        LdapLogin { config }
+        let roots = config.ca_certs.as_ref().map(|certs| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            Arc::new(roots)
+        });
+        LdapLogin { config, roots }
+    }
+
+    /// TLS that trusts `--ldap-ca-file` only, when it was given.
+    fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, LoginError> {
+        let Some(roots) = &self.roots else { return Ok(None) };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| LoginError::Unavailable(format!("TLS for the LDAP server: {e}")))?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        Ok(Some(Arc::new(tls)))
     }
 
     /// The identity `user` proves with `password`.
@@ -63,7 +87,10 @@ impl LdapLogin {
         }
         let unavailable = |e: ldap3::LdapError| LoginError::Unavailable(format!("the LDAP server: {e}"));
         let starttls = self.config.url.starts_with("ldap://") && !self.config.plaintext;
-        let settings = LdapConnSettings::new().set_conn_timeout(TIMEOUT).set_starttls(starttls);
+        let mut settings = LdapConnSettings::new().set_conn_timeout(TIMEOUT).set_starttls(starttls);
+        if let Some(tls) = self.tls()? {
+            settings = settings.set_config(tls);
+        }
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.config.url).await.map_err(unavailable)?;
         ldap3::drive!(conn);
         let result = self.login_on(&mut ldap, user, password).await;
