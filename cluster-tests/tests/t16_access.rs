@@ -56,6 +56,7 @@ const NEEDS: &[(&str, Option<&str>)] = &[
     ("Access/CreateApiToken", Some("tokens.write")),
     ("Access/ListApiTokens", Some("tokens.write")),
     ("Access/RevokeApiToken", Some("tokens.write")),
+    ("Access/RevokeSessions", Some("tokens.write")),
     ("Access/ListAudit", Some("audit.read")),
     ("Access/Login", Some("")),
     ("Access/LoginOptions", Some("")),
@@ -135,6 +136,8 @@ async fn call(ch: Channel, token: &str, rpc: &str) -> Code {
         }
         "Access/ListApiTokens" => code_of(access.list_api_tokens(r!(ListApiTokensRequest {})).await),
         "Access/RevokeApiToken" => code_of(access.revoke_api_token(r!(RevokeApiTokenRequest { name: bad() })).await),
+        // Neither a principal nor all: INVALID_ARGUMENT where allowed.
+        "Access/RevokeSessions" => code_of(access.revoke_sessions(r!(RevokeSessionsRequest::default())).await),
         "Access/ListAudit" => code_of(access.list_audit(r!(ListAuditRequest::default())).await),
         "Access/Login" => code_of(access.login(r!(LoginRequest::default())).await),
         "Access/LoginOptions" => code_of(access.login_options(r!(LoginOptionsRequest {})).await),

@@ -181,6 +181,42 @@ async fn login_ldap_users_get_their_groups_roles_and_a_session_every_node_accept
         .records;
     let by: Vec<(&str, &str)> = audit.iter().map(|r| (r.principal.as_str(), r.authenticated_by.as_str())).collect();
     assert_eq!(by, [("ldap:alice", "ldap")], "one change, by alice's session");
+    // Revoking bob's sessions ends them on every node; alice's stay; a new login works.
+    let revoke = |principal: &str, all| RevokeSessionsRequest { principal: principal.into(), all };
+    AccessClient::new(cluster.channel(follower)).revoke_sessions(revoke("ldap:bob", false)).await.expect("revoke");
+    let who = |id: u64, token: String| {
+        let mut access = AccessClient::new(anonymous(&cluster, &pki, id));
+        async move { access.who_am_i(bearer(WhoAmIRequest {}, &token)).await.map(|r| r.into_inner().principal) }
+    };
+    let ended = |token: String| async move {
+        for id in 1..=3 {
+            match who(id, token.clone()).await {
+                Err(s) if s.code() == Code::Unauthenticated && s.message().contains("revoked") => {}
+                other => return Err(format!("node {id}: {other:?}")),
+            }
+        }
+        Ok(())
+    };
+    eventually("bob's session refused on every node", CONVERGE, || ended(bob.token.clone())).await;
+    for id in 1..=3 {
+        assert_eq!(who(id, alice.token.clone()).await.expect("alice's session stays"), "ldap:alice", "node {id}");
+    }
+    let again = first_login(anonymous(&cluster, &pki, leader), ldap("bob", "bob-pass")).await;
+    assert_eq!(who(follower, again.token).await.expect("a new login"), "ldap:bob");
+    // Everyone's: a new session key.
+    AccessClient::new(cluster.channel(leader)).revoke_sessions(revoke("", true)).await.expect("revoke all");
+    let old_key = |token: String| async move {
+        for id in 1..=3 {
+            if who(id, token.clone()).await.map_err(|s| s.code()) != Err(Code::Unauthenticated) {
+                return Err(format!("node {id} still takes it"));
+            }
+        }
+        Ok(())
+    };
+    eventually("alice's session refused on every node", CONVERGE, || old_key(alice.token.clone())).await;
+    let fresh = first_login(anonymous(&cluster, &pki, leader), ldap("alice", "alice-pass")).await;
+    assert_eq!(who(leader, fresh.token).await.expect("a login under the new key"), "ldap:alice");
+
     let log = server.log();
     assert!(log.contains("TLS established"), "every bind went over StartTLS; slapd's log:\n{log}");
     drop(server);

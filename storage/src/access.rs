@@ -205,6 +205,11 @@ pub struct Access {
     /// whoever reads a data dir can read every user's credentials.
     #[serde(default)]
     pub session_key: Option<String>,
+    /// Per principal, how many times its sessions were revoked: a session
+    /// carries the count at its login and is refused once it is behind
+    /// (no clock is compared, so a skewed node cannot keep a session alive).
+    #[serde(default)]
+    pub session_epochs: BTreeMap<String, u64>,
 }
 
 impl Default for Access {
@@ -216,6 +221,7 @@ impl Default for Access {
             bindings: BTreeMap::from([("admin".to_owned(), admin)]),
             api_tokens: BTreeMap::new(),
             session_key: None,
+            session_epochs: BTreeMap::new(),
         }
     }
 }
@@ -276,6 +282,14 @@ pub enum AccessCommand {
     SetSessionKey {
         hex: String,
     },
+    /// Ends every session `principal` holds now, on every node.
+    RevokeSessions {
+        principal: String,
+    },
+    /// Replaces the session key: every session of everyone ends.
+    RotateSessionKey {
+        hex: String,
+    },
 }
 
 /// A role as the API shows it.
@@ -288,6 +302,11 @@ pub struct RoleView {
 }
 
 impl Access {
+    /// How many times `principal`'s sessions were revoked.
+    pub fn session_epoch(&self, principal: &str) -> u64 {
+        self.session_epochs.get(principal).copied().unwrap_or_default()
+    }
+
     pub fn view(&self, name: &str) -> Option<RoleView> {
         let permissions = self.role(name)?;
         Some(RoleView {
@@ -375,6 +394,14 @@ pub fn apply(state: &mut State, cmd: &AccessCommand) -> CommandResponse {
         },
         AccessCommand::SetSessionKey { hex } => {
             access.session_key.get_or_insert_with(|| hex.clone());
+            CommandResponse::None
+        }
+        AccessCommand::RevokeSessions { principal } => {
+            *access.session_epochs.entry(principal.clone()).or_default() += 1;
+            CommandResponse::None
+        }
+        AccessCommand::RotateSessionKey { hex } => {
+            access.session_key = Some(hex.clone());
             CommandResponse::None
         }
     }

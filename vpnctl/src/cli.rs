@@ -20,7 +20,7 @@ use vpn_pki::contexts::ApiToken;
 use crate::output::Format;
 use crate::parse::{self, Expiry, Reset};
 
-pub use access::{AuditCommand, AuditListArgs, BindArgs, RoleCommand, Subject, TokenCommand};
+pub use access::{AuditCommand, AuditListArgs, BindArgs, RoleCommand, SessionCommand, Subject, TokenCommand};
 pub use login::{LoginArgs, LogoutArgs};
 
 const LONG_ABOUT: &str = "\
@@ -129,6 +129,9 @@ pub enum Command {
     /// Roles (sets of permissions) and who holds them: principals and groups.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Login sessions: end one person's, or everyone's, on every node.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// The audit log: who changed what, when, and whether it applied.
     #[command(subcommand)]
     Audit(AuditCommand),

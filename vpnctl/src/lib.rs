@@ -51,7 +51,9 @@ pub use cli::{Cli, Command};
 pub use error::CliError;
 pub use output::{Document, Format, Output};
 
-use commands::{audit, cluster, completions, context, join_token, login, member, node, pki, role, token, user, whoami};
+use commands::{
+    audit, cluster, completions, context, join_token, login, member, node, pki, role, session, token, user, whoami,
+};
 use connect::Given;
 use error::{EXIT_BAD_INPUT, EXIT_OTHER};
 
@@ -75,6 +77,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CliError> {
         Command::JoinToken(command) => join_token::run(command, &mut connect()?).await?,
         Command::Token(command) => token::run(command, &mut connect()?).await?,
         Command::Role(command) => role::run(command, &mut connect()?).await?,
+        Command::Session(command) => session::run(command, &mut connect()?).await?,
         Command::Audit(command) => audit::run(command, &mut connect()?).await?,
         Command::Whoami => whoami::run(&mut connect()?).await?,
         // A login needs no credential: it makes one.

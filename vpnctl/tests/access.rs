@@ -132,6 +132,25 @@ async fn role_commands_send_what_was_given() {
 }
 
 #[tokio::test]
+async fn session_revoke_names_one_principal_or_all() {
+    let served = serve(Fake::default()).await;
+    let (json, table) = vpnctl(&served, &["session", "revoke", "--user", "ldap:bob"]).await.expect("one");
+    assert_eq!(json, json!({"principal": "ldap:bob", "all": false}));
+    assert!(table.starts_with("revoked every session of ldap:bob"), "{table}");
+    let (json, _) = vpnctl(&served, &["session", "revoke", "--all"]).await.expect("all");
+    assert_eq!(json["all"], true);
+    let request = |principal: &str, all| RevokeSessionsRequest { principal: principal.into(), all };
+    assert_eq!(
+        calls(&served.fake),
+        [Call::RevokeSessions(request("ldap:bob", false)), Call::RevokeSessions(request("", true))]
+    );
+    for args in [&["session", "revoke"][..], &["session", "revoke", "--user", "ldap:bob", "--all"]] {
+        let argv = ["vpnctl"].into_iter().chain(args.iter().copied());
+        assert!(Cli::try_parse_from(argv).is_err(), "{args:?}: exactly one of --user and --all");
+    }
+}
+
+#[tokio::test]
 async fn audit_list_follows_the_pages_up_to_the_limit() {
     let served = serve(Fake { audit_records: 5, ..Default::default() }).await;
     let (json, _) = vpnctl(&served, &["audit", "list"]).await.expect("all");

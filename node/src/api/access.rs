@@ -15,7 +15,8 @@ use vpn_proto::v1::{
     ApiTokenInfo, ApiTokenSecret, AuditRecord, BindRoleRequest, CreateApiTokenRequest, CreateRoleRequest,
     DeleteRoleRequest, GetRoleRequest, ListApiTokensRequest, ListApiTokensResponse, ListAuditRequest,
     ListAuditResponse, ListRolesRequest, ListRolesResponse, LoginOptionsRequest, LoginOptionsResponse, LoginRequest,
-    LoginResponse, RevokeApiTokenRequest, Role, WhoAmIRequest, WhoAmIResponse,
+    LoginResponse, RevokeApiTokenRequest, RevokeSessionsRequest, RevokeSessionsResponse, Role, WhoAmIRequest,
+    WhoAmIResponse,
 };
 use vpn_storage::access::{self as model, AccessCommand, ApiToken, Permission, Permissions, RoleView, Subject};
 use vpn_storage::command::{Command, CommandResponse};
@@ -272,6 +273,34 @@ impl Access for AccessApi {
         }
     }
 
+    async fn revoke_sessions(
+        &self,
+        req: Request<RevokeSessionsRequest>,
+    ) -> Result<Response<RevokeSessionsResponse>, Status> {
+        let r = req.get_ref();
+        let bad = |detail: String| Error::InvalidArgument { field: "principal", detail };
+        match (r.principal.is_empty(), r.all) {
+            (false, false) if r.principal.len() > MAX_SUBJECT_LEN || r.principal.chars().any(char::is_control) => {
+                return Err(bad(format!("a name of at most {MAX_SUBJECT_LEN} bytes without control characters")).into())
+            }
+            (false, false) | (true, true) => {}
+            _ => return Err(bad("give exactly one of principal and all".into()).into()),
+        }
+        if let Some(mut leader) = self.route(&req)? {
+            let fwd = forward::to_leader(&self.node, "RevokeSessions", req.into_inner());
+            return forward::relayed(leader.revoke_sessions(fwd).await);
+        }
+        let r = req.into_inner();
+        let cmd = if r.all {
+            AccessCommand::RotateSessionKey { hex: session::new_key() }
+        } else {
+            AccessCommand::RevokeSessions { principal: r.principal.clone() }
+        };
+        self.write(cmd).await?;
+        tracing::warn!(principal = %r.principal, all = r.all, "login sessions revoked");
+        Ok(Response::new(RevokeSessionsResponse { principal: r.principal, all: r.all }))
+    }
+
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
         let r = req.into_inner();
         let logins = &self.node.logins;
@@ -303,8 +332,7 @@ impl Access for AccessApi {
         })?;
         let expires_at_ms =
             convert::now_ms().saturating_add(i64::try_from(logins.session_ttl.as_millis()).unwrap_or(i64::MAX));
-        let key = self.node.state.read(|s| s.access.session_key.clone());
-        let token = key.and_then(|key| session::issue(&key, &identity, expires_at_ms)).ok_or_else(|| {
+        let token = self.node.state.read(|s| session::issue(s, &identity, expires_at_ms)).ok_or_else(|| {
             Error::unavailable("the cluster has not made its session key yet (its leader does): retry in a moment")
         })?;
         tracing::info!(principal = %identity.principal, "login");

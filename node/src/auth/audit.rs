@@ -129,6 +129,12 @@ fn describe(cmd: &Command) -> (String, String) {
         }
         Command::Access(AccessCommand::RevokeApiToken { name }) => (format!("API token {name}"), "revoke".into()),
         Command::Access(AccessCommand::SetSessionKey { .. }) => ("session key".into(), "made".into()),
+        Command::Access(AccessCommand::RevokeSessions { principal }) => {
+            (format!("sessions of {principal}"), "revoke".into())
+        }
+        Command::Access(AccessCommand::RotateSessionKey { .. }) => {
+            ("session key".into(), "rotate: every session ends".into())
+        }
         Command::Audited { command, .. } => describe(command),
         // The system's own changes; no public call proposes them.
         Command::Reevaluate { .. }

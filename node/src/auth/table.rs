@@ -74,7 +74,9 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("vpn.v1.Access", "ListRoles" | "GetRole" | "CreateRole" | "DeleteRole" | "BindRole" | "UnbindRole") => {
             public(RolesWrite)
         }
-        ("vpn.v1.Access", "CreateApiToken" | "ListApiTokens" | "RevokeApiToken") => public(TokensWrite),
+        ("vpn.v1.Access", "CreateApiToken" | "ListApiTokens" | "RevokeApiToken" | "RevokeSessions") => {
+            public(TokensWrite)
+        }
         ("vpn.v1.Access", "ListAudit") => public(AuditRead),
 
         // A data-plane node's agent, about itself: the handler checks the id.

@@ -73,8 +73,7 @@ pub async fn run(node: Arc<Node>, config: SchedulingConfig, mut shutdown: watch:
             }
         }
         if node.state.read(|s| s.access.session_key.is_none()) {
-            let key: [u8; 32] = rand::random();
-            let hex = key.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::login::session::new_key();
             propose(&node, Command::Access(AccessCommand::SetSessionKey { hex })).await;
         }
         let changes = node.state.read(|s| node.liveness.judge(s, config.down_after));

@@ -25,6 +25,9 @@ struct Claims {
     groups: Vec<String>,
     /// Milliseconds since the Unix epoch.
     expires_at_ms: i64,
+    /// The principal's revocation count at the login (`Access::session_epochs`).
+    #[serde(default)]
+    epoch: u64,
 }
 
 fn key(hex: &str) -> Option<ring::hmac::Key> {
@@ -33,14 +36,23 @@ fn key(hex: &str) -> Option<ring::hmac::Key> {
     bytes.filter(|b| b.len() == 32).map(|b| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b))
 }
 
-/// A session token for `identity` (its source is not kept), valid until `expires_at_ms`.
-pub fn issue(key_hex: &str, identity: &Identity, expires_at_ms: i64) -> Option<String> {
-    let key = key(key_hex)?;
+/// A fresh session key (256 random bits, hex): the leader's first one, and
+/// each rotation.
+pub fn new_key() -> String {
+    let key: [u8; 32] = rand::random();
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session token for `identity` (its source is not kept), valid until
+/// `expires_at_ms` or until its principal's sessions are revoked.
+pub fn issue(state: &State, identity: &Identity, expires_at_ms: i64) -> Option<String> {
+    let key = key(state.access.session_key.as_deref()?)?;
     let claims = Claims {
         principal: identity.principal.clone(),
         method: identity.method,
         groups: identity.groups.clone(),
         expires_at_ms,
+        epoch: state.access.session_epoch(&identity.principal),
     };
     let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?);
     let mac = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, claims.as_bytes()));
@@ -68,6 +80,12 @@ pub fn identity(token: &str, state: &State, now_ms: i64, source: String) -> Resu
     }
     if !matches!(claims.method, AuthMethod::Ldap | AuthMethod::Oidc) {
         return Err(refused());
+    }
+    if claims.epoch < state.access.session_epoch(&claims.principal) {
+        return Err(Status::unauthenticated(format!(
+            "the sessions of {} were revoked: log in again (vpnctl login)",
+            claims.principal
+        )));
     }
     Ok(Identity { principal: claims.principal, method: claims.method, groups: claims.groups, source })
 }
@@ -98,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_session_proves_its_login_on_every_node_until_it_expires() {
-        let token = issue(KEY, &bob(), 1_000).expect("token");
+        let token = issue(&state(KEY), &bob(), 1_000).expect("token");
         let who = identity(&token, &state(KEY), 999, "10.0.0.2:2".into()).expect("valid");
         assert_eq!(
             (who.principal.as_str(), who.groups.as_slice()),
@@ -111,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_forged_or_foreign_session_is_refused() {
-        let token = issue(KEY, &bob(), 1_000).expect("token");
+        let token = issue(&state(KEY), &bob(), 1_000).expect("token");
         let other = "ff".repeat(32);
         assert!(identity(&token, &state(&other), 0, String::new()).is_err(), "another cluster's key");
         assert!(identity(&token, &State::default(), 0, String::new()).is_err(), "no key yet");
@@ -119,10 +137,32 @@ mod tests {
         let (_, mac) = token.rsplit_once('.').expect("mac");
         let mut admin = bob();
         admin.principal = "admin".into();
-        let forged_claims = issue(&other, &admin, 1_000).expect("token");
+        let forged_claims = issue(&state(&other), &admin, 1_000).expect("token");
         let (claims, _) = forged_claims.rsplit_once('.').expect("claims");
         assert!(identity(&format!("{claims}.{mac}"), &state(KEY), 0, String::new()).is_err());
         assert!(identity("vpnst1.x.y", &state(KEY), 0, String::new()).is_err());
         assert!(identity(&"a".repeat(MAX_TOKEN + 1), &state(KEY), 0, String::new()).is_err());
+    }
+
+    #[test]
+    fn revoking_a_principals_sessions_ends_those_issued_before_and_a_new_key_ends_all() {
+        let mut state = state(KEY);
+        let before = issue(&state, &bob(), 1_000).expect("token");
+        let mut alice = bob();
+        alice.principal = "ldap:alice".into();
+        let alices = issue(&state, &alice, 1_000).expect("token");
+        let revoke = AccessCommand::RevokeSessions { principal: "ldap:bob".into() };
+        apply(&mut state, &Command::Access(revoke));
+        let refused = identity(&before, &state, 0, String::new()).expect_err("revoked");
+        assert!(refused.message().contains("revoked"), "{}", refused.message());
+        assert!(identity(&alices, &state, 0, String::new()).is_ok(), "another principal's session stays");
+        let after = issue(&state, &bob(), 1_000).expect("token");
+        assert!(identity(&after, &state, 0, String::new()).is_ok(), "a login after the revocation");
+
+        apply(&mut state, &Command::Access(AccessCommand::RotateSessionKey { hex: "ee".repeat(32) }));
+        for token in [&after, &alices] {
+            assert!(identity(token, &state, 0, String::new()).is_err(), "a session signed with the old key");
+        }
+        assert!(identity(&issue(&state, &alice, 1_000).expect("token"), &state, 0, String::new()).is_ok());
     }
 }

@@ -44,7 +44,7 @@ program needs; give it to principals or groups with `role bind`.
 Permissions: users.read (list and show users, credentials redacted), users.write (add, change, \
 delete users), users.secrets (credentials and links), nodes.read (cluster status, nodes), \
 nodes.write (cordon, uncordon, drain), members.write (members, join tokens), tokens.write (API \
-tokens), roles.write (roles and bindings), audit.read (the audit log).
+tokens, login sessions), roles.write (roles and bindings), audit.read (the audit log).
 
 Examples:
   vpnctl role create support --permissions users.read,users.secrets
@@ -93,6 +93,22 @@ pub enum TokenCommand {
     Revoke {
         /// The token's name, as `token list` shows it.
         name: String,
+    },
+}
+
+/// `vpnctl session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// End login sessions on every node at once: every session one person holds now (they may
+    /// log in again), or everyone's (the cluster's session key is replaced).
+    #[command(group(clap::ArgGroup::new("whose").required(true).args(["user", "all"])))]
+    Revoke {
+        /// The principal whose sessions end, as printed: ldap:USER or oidc:NAME.
+        #[arg(long, value_name = "PRINCIPAL")]
+        user: Option<String>,
+        /// End every session of everyone.
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -1,6 +1,6 @@
 //! One module per command group; each turns parsed arguments into an [`Output`](crate::Output).
 //! The `user` group is split in three files so each stays readable in one sitting; access
-//! control is `token`, `role`, `audit`, `whoami` and `login` (with `logout`).
+//! control is `token`, `role`, `session`, `audit`, `whoami` and `login` (with `logout`).
 
 pub mod audit;
 pub mod cluster;
@@ -12,6 +12,7 @@ pub mod member;
 pub mod node;
 pub mod pki;
 pub mod role;
+pub mod session;
 pub mod token;
 pub mod user;
 pub mod user_limits;

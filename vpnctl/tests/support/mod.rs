@@ -32,6 +32,7 @@ pub enum Call {
     CreateRole(CreateRoleRequest),
     Bind(BindRoleRequest),
     Unbind(BindRoleRequest),
+    RevokeSessions(RevokeSessionsRequest),
 }
 
 #[derive(Default)]
@@ -140,6 +141,15 @@ impl Access for Fake {
         let req = req.into_inner();
         self.record(Call::Unbind(req.clone()));
         Ok(Response::new(role(&req.role, &[])))
+    }
+    async fn revoke_sessions(
+        &self,
+        req: Request<RevokeSessionsRequest>,
+    ) -> Result<Response<RevokeSessionsResponse>, Status> {
+        self.check(&req)?;
+        let req = req.into_inner();
+        self.record(Call::RevokeSessions(req.clone()));
+        Ok(Response::new(RevokeSessionsResponse { principal: req.principal, all: req.all }))
     }
     async fn create_api_token(&self, req: Request<CreateApiTokenRequest>) -> Result<Response<ApiTokenSecret>, Status> {
         self.check(&req)?;
