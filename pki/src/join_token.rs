@@ -68,7 +68,7 @@ fn random_hex(bytes: usize) -> Result<String, PkiError> {
     let mut buf = vec![0u8; bytes];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
         .map_err(|_| PkiError::Issue("no randomness for a join token".into()))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }
 
 #[cfg(test)]

@@ -53,5 +53,5 @@ impl From<rcgen::Error> for PkiError {
 
 /// SHA-256 of a certificate's DER bytes, lower-case hex: how a join token pins the CA.
 pub fn digest(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }

@@ -53,12 +53,12 @@ pub(crate) fn is_ss2022_key(key: &str) -> bool {
 
 /// A Reality short id: 8 random bytes as 16 hex digits.
 pub fn generate_short_id() -> String {
-    rand::random::<[u8; 8]>().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 /// A random token for engine APIs (the clash API's bearer secret).
 pub(crate) fn random_secret() -> String {
-    rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 #[cfg(test)]

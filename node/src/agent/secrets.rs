@@ -149,7 +149,7 @@ fn tls_material(dir: &Path, tls: &TlsConfig, stored: &mut Stored) -> Result<TlsM
         return Err(file_error(key_flag, &key_path, "holds no PEM private key"));
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, &der);
-    let cert_sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let cert_sha256 = hex::encode(digest);
     Ok(TlsMaterial { cert_path, key_path, server_name: tls.server_name.clone(), cert_sha256, self_signed })
 }
 

@@ -111,7 +111,7 @@ const TOKEN_PREFIX: &str = "vpnat1.";
 /// A new token for `name`: its text (shown once) and the SHA-256 of its secret (kept).
 pub fn new_api_token(name: &str) -> (String, String) {
     let secret: [u8; 32] = rand::random();
-    let secret = hex(&secret);
+    let secret = hex::encode(secret);
     (format!("{TOKEN_PREFIX}{name}.{secret}"), vpn_pki::digest(secret.as_bytes()))
 }
 
@@ -156,10 +156,6 @@ fn live(token: Option<&ApiToken>, now_ms: i64) -> Result<&ApiToken, Status> {
 /// Compares in time that depends only on the lengths.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

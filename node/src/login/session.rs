@@ -31,16 +31,15 @@ struct Claims {
 }
 
 fn key(hex: &str) -> Option<ring::hmac::Key> {
-    let bytes: Option<Vec<u8>> =
-        (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
-    bytes.filter(|b| b.len() == 32).map(|b| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b))
+    let bytes = hex::decode(hex).ok().filter(|b| b.len() == 32)?;
+    Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }
 
 /// A fresh session key (256 random bits, hex): the leader's first one, and
 /// each rotation.
 pub fn new_key() -> String {
     let key: [u8; 32] = rand::random();
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(key)
 }
 
 /// A session token for `identity` (its source is not kept), valid until

@@ -83,7 +83,7 @@ impl Engine for SingBox {
             field(&r.handshake_port.to_be_bytes());
         }
         let hash = ctx.finish();
-        Ok(hash.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex::encode(&hash.as_ref()[..12]))
     }
 
     fn render(
