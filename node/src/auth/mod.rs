@@ -170,8 +170,7 @@ impl AuthLayer {
         let source = source(req);
         if !self.tls {
             // Nothing is verified: a forwarded call keeps its first node's record of the caller.
-            let relayed = req.headers().get(IDENTITY_HEADER).filter(|_| forwarded(req));
-            let relayed = relayed.and_then(|v| Identity::from_header(v.to_str().ok()?).ok());
+            let relayed = relayed_identity(req).filter(|_| forwarded(req)).and_then(Result::ok);
             let identity = relayed.unwrap_or(Identity {
                 principal: "insecure".into(),
                 method: AuthMethod::None,
@@ -189,7 +188,7 @@ impl AuthLayer {
                 // A join a control-plane node forwarded is the joiner's, not the node's.
                 let relayed = match &principal {
                     Some(Principal::Node { role: Role::ControlPlane, .. }) if forwarded(req) => {
-                        req.headers().get(IDENTITY_HEADER).and_then(|v| Identity::from_header(v.to_str().ok()?).ok())
+                        relayed_identity(req).and_then(Result::ok)
                     }
                     _ => None,
                 };
@@ -254,12 +253,12 @@ impl AuthLayer {
             // A control-plane node relaying a write it forwarded: believed
             // for its certificate, re-authorized here.
             (_, Some(Principal::Node { role: Role::ControlPlane, id })) => {
-                let header = req.headers().get(IDENTITY_HEADER).and_then(|v| v.to_str().ok());
-                let header = header.ok_or_else(|| {
-                    let why = format!("node {id} forwarded a call without its caller's identity: upgrade node {id}");
-                    self.refuse(rule, &format!("node {id}"), Status::unauthenticated(why))
-                })?;
-                let identity = Identity::from_header(header)
+                let identity = relayed_identity(req)
+                    .ok_or_else(|| {
+                        let why =
+                            format!("node {id} forwarded a call without its caller's identity: upgrade node {id}");
+                        self.refuse(rule, &format!("node {id}"), Status::unauthenticated(why))
+                    })?
                     .map_err(|why| self.refuse(rule, "invalid", Status::unauthenticated(why)))?;
                 // A control-plane node adding itself, through a member that
                 // checked its certificate and id (`check_join`).
@@ -346,6 +345,14 @@ const NODE_PRINCIPAL: &str = "node:";
 
 fn node_principal(id: u64) -> String {
     format!("{NODE_PRINCIPAL}{id}")
+}
+
+/// The caller's identity that a forwarding node put on the call
+/// (`x-vpn-identity`), if there is one; believed only as each caller of this
+/// says (from a control-plane member, or where nothing is verified).
+fn relayed_identity<B>(req: &http::Request<B>) -> Option<Result<Identity, String>> {
+    let header = req.headers().get(IDENTITY_HEADER)?;
+    Some(header.to_str().map_err(|e| format!("{IDENTITY_HEADER}: {e}")).and_then(Identity::from_header))
 }
 
 fn forwarded<B>(req: &http::Request<B>) -> bool {
