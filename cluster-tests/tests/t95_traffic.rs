@@ -15,13 +15,20 @@
 //!     credentials of the users placed on them (files and process memory are
 //!     searched) and no CA key, renew their certificates (`node list` shows
 //!     the new expiry), and a node restarted while every control-plane node
-//!     is down serves its users from the assignment it kept.
+//!     is down serves its users from the assignment it kept;
+//! (e) through control-plane faults one after another (SIGSTOP and kill -9 of
+//!     the leader, then of every voter at once), a user's new connections
+//!     over both protocols are served throughout and her session that spans
+//!     them all ends intact; a change after them still reaches the engines.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::http_get;
 use cluster_tests::dataplane::{DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker;
+use cluster_tests::process;
 use cluster_tests::secrecy;
 use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
 use cluster_tests::{eventually, within};
@@ -411,4 +418,106 @@ async fn docker_mtls_edges_joined_by_token_hold_only_their_users_and_serve_witho
             dp.diagnose(node.id)
         );
     }
+}
+
+/// How long each control-plane fault of (e) holds.
+const FAULT_HOLD: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes() {
+    if !docker::available("docker_the_data_plane_serves_through_control_plane_pauses_and_crashes") {
+        return;
+    }
+    let source = HttpSource::start().await;
+    let origin = source.addr;
+    let mut dp = DataplaneCluster::start(3).await;
+    let node = dp.add_node(&[VLESS, SS]);
+    dp.ok(&["user", "add", "grace"]).await;
+    dp.caught_up(node.id, 1).await;
+    let vless = dp.client(&dp.link("grace", node.id, VLESS).await).await;
+    let ss = dp.client(&dp.link("grace", node.id, SS).await).await;
+    let proxies = [("VLESS", vless.proxy), ("Shadowsocks", ss.proxy)];
+    for (protocol, proxy) in proxies {
+        eventually(&format!("grace served over {protocol}"), CHANGE, || async move {
+            fetch_via_socks_within(proxy, origin, "/4096", 4096, PROBE).await
+        })
+        .await;
+    }
+    // Spans every fault: its last chunk waits for the release after them.
+    let live = Download::start(vless.proxy, source.addr, &format!("/held/{MIB}"), MIB);
+
+    let (stop, probes, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::default());
+    let prober = {
+        let (stop, probes, failures) = (stop.clone(), probes.clone(), Arc::clone(&failures));
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let failures: Arc<Mutex<Vec<String>>> = failures;
+            // Bounded besides the flag: ten minutes of probes.
+            for _ in 0..2400 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for (protocol, proxy) in proxies {
+                    let fetched = fetch_via_socks_within(proxy, origin, "/4096", 4096, Duration::from_secs(2)).await;
+                    probes.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = fetched {
+                        let at = started.elapsed();
+                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{at:.1?} {protocol}: {e}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let voters: Vec<u64> = dp.cluster.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.id).collect();
+    let mut faults = Vec::new();
+    for fault in ["SIGSTOP of the leader", "kill -9 of the leader", "SIGSTOP of every voter", "kill -9 of every voter"]
+    {
+        let leader = dp.cluster.wait_leader().await;
+        let targets = if fault.ends_with("leader") { vec![leader] } else { voters.clone() };
+        let pause = fault.starts_with("SIGSTOP");
+        for id in &targets {
+            let process = dp.cluster.node_mut(*id);
+            if pause {
+                process::send_signal(process.pid().expect("a running voter"), "STOP");
+            } else {
+                process.kill9();
+            }
+        }
+        tokio::time::sleep(FAULT_HOLD).await;
+        for id in &targets {
+            let process = dp.cluster.node_mut(*id);
+            if pause {
+                process::send_signal(process.pid().expect("a paused voter"), "CONT");
+            } else {
+                process.start();
+            }
+        }
+        faults.push(format!("{fault} (leader was {leader})"));
+    }
+    dp.cluster.wait_leader().await;
+    stop.store(true, Ordering::Relaxed);
+    prober.await.expect("the prober");
+    let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let probes = probes.load(Ordering::Relaxed);
+    assert!(probes >= 40, "only {probes} probes ran through {faults:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {probes} probes failed through {faults:?}: {failed:?}\n{}",
+        failed.len(),
+        dp.diagnose(node.id)
+    );
+
+    source.release_held();
+    let (moved, _) = live.end(Duration::from_secs(30)).await;
+    assert_eq!(moved, Ok(MIB), "the session that spanned {faults:?}");
+    dp.ok(&["user", "add", "heidi"]).await;
+    dp.caught_up(node.id, 2).await;
+    let heidi = dp.client(&dp.link("heidi", node.id, SS).await).await;
+    eventually("heidi, added after the faults, served", CHANGE, || async {
+        fetch_via_socks_within(heidi.proxy, source.addr, "/4096", 4096, PROBE).await
+    })
+    .await;
+    eprintln!("{probes} probes, none failed, through: {faults:?}");
 }
