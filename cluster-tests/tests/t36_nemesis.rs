@@ -484,7 +484,8 @@ async fn started_or_refused(cluster: &mut Cluster, id: u64, damaged: &std::path:
             let log = node.log_tail();
             node.kill9();
             assert!(!status.success(), "node {id} stopped on a damaged {} with success", damaged.display());
-            let named = log.contains(&damaged.display().to_string()) && log.contains("restore it from a backup");
+            let named =
+                log.contains(&format!("{} is corrupt", damaged.display())) && log.contains("restore it from a backup");
             assert!(named, "node {id}'s refusal names {} and the fix:\n{log}", damaged.display());
             return false;
         }
@@ -520,7 +521,7 @@ async fn refused_to_start(cluster: &mut Cluster, id: u64, damaged: &std::path::P
     node.kill9();
     let log = node.log_tail();
     assert!(!status.success(), "node {id} refused the damaged data dir with a failure status");
-    let named = log.contains(&damaged.display().to_string()) && log.contains("restore it from a backup");
+    let named = log.contains(&format!("{} is corrupt", damaged.display())) && log.contains("restore it from a backup");
     assert!(named, "node {id}'s refusal names {} and the fix:\n{log}", damaged.display());
 }
 

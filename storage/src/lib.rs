@@ -68,8 +68,11 @@ use std::path::Path;
 /// store is reported, never silently reset.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = durable::DurableDb::open(dir)?;
-    let (log_dir, replayed) = log_dir::open(&db, dir)?;
+    // The snapshot first: it covers a gap the log may hold (see `wal::replay`).
+    let snapshot = snapshot_file::SnapshotFile::open(&dir.join("snapshots"))?;
+    let covered = snapshot.1.as_ref().and_then(|(meta, _)| meta.last_log_id);
+    let (log_dir, replayed) = log_dir::open(&db, dir, covered)?;
     let log = LogStore::open(&log_dir, replayed)?;
-    let sm = StateMachineStore::open(db, dir)?;
+    let sm = StateMachineStore::open(db, snapshot)?;
     Ok((log, sm))
 }

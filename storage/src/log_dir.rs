@@ -17,7 +17,11 @@ use crate::wal::{self, Replayed};
 const MARKER: &[u8] = b"raft_log_dir";
 const LEGACY_TREES: [&str; 2] = ["log", "raft_meta"];
 
-pub(crate) fn open(db: &DurableDb, data_dir: &Path) -> Result<(PathBuf, Replayed), OpenError> {
+pub(crate) fn open(
+    db: &DurableDb,
+    data_dir: &Path,
+    snapshot: Option<crate::types::LogId>,
+) -> Result<(PathBuf, Replayed), OpenError> {
     let dir = data_dir.join("raft-log");
     let marked = db.db().get(MARKER).map_err(|e| OpenError::corrupt(db.path(), e))?.is_some();
     if !dir.exists() {
@@ -33,7 +37,7 @@ pub(crate) fn open(db: &DurableDb, data_dir: &Path) -> Result<(PathBuf, Replayed
         mark(db)?;
     }
     drop_legacy_trees(db)?;
-    Ok((dir.clone(), wal::replay(&dir, crate::log_store::CACHE)?))
+    Ok((dir.clone(), wal::replay(&dir, crate::log_store::CACHE, snapshot)?))
 }
 
 /// Builds the directory aside with one segment (holding an imported legacy

@@ -310,6 +310,10 @@ mod tests {
         }
     }
 
+    fn snapshots(dir: &std::path::Path) -> (crate::snapshot_file::SnapshotFile, Option<crate::snapshot_file::Stored>) {
+        crate::snapshot_file::SnapshotFile::open(&dir.join("snapshots")).expect("snapshots")
+    }
+
     /// Through the state machine: `apply` still answers (the log is durable),
     /// the readers' handle says the state is not persisted, and a restart
     /// finds the tree as of its last good batch, for the log to re-apply.
@@ -321,7 +325,7 @@ mod tests {
             let db = crate::durable::DurableDb::open(dir.path()).expect("db");
             let tree = db.db().open_tree("sm").expect("tree");
             let flaky = |tree| Flaky { tree, fail: fail.clone() };
-            let mut sm = crate::StateMachineStore::open_with(db, dir.path(), flaky).expect("open");
+            let mut sm = crate::StateMachineStore::open_with(db, snapshots(dir.path()), flaky).expect("open");
             let reader = sm.reader();
             sm.apply([create(1, "alice")]).await.expect("apply");
             wait_for("alice in sled", || tree.contains_key("u/alice").unwrap_or(false)).await;

@@ -67,6 +67,10 @@ impl SnapshotFile {
         Ok(())
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Needs no lock: the rename makes a reader see the old file or the new one.
     pub(crate) fn load(&self) -> io::Result<Option<Stored>> {
         read(&self.dir.join(CURRENT))

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Cursor};
-use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
@@ -20,7 +19,7 @@ use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
 use crate::model::{DataplaneNode, MemberRecord, User};
 use crate::sm_writer::{Changes, Persistence, SmOp, SmWriter, Tree};
-use crate::snapshot_file::SnapshotFile;
+use crate::snapshot_file::{SnapshotFile, Stored};
 use crate::state::State;
 use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -93,24 +92,22 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Loads the `sm` tree, or the current snapshot if that is newer (an
     /// install that crashed before rewriting the tree).
-    pub(crate) fn open(db: DurableDb, dir: &Path) -> Result<Self, OpenError> {
-        Self::open_with(db, dir, |tree| tree)
+    pub(crate) fn open(db: DurableDb, snapshot: (SnapshotFile, Option<Stored>)) -> Result<Self, OpenError> {
+        Self::open_with(db, snapshot, |tree| tree)
     }
 
     /// [`open`](Self::open), with the writer writing to what `wrap` makes
     /// of the tree (a test's tree that fails on demand).
     pub(crate) fn open_with<T: Tree>(
         db: DurableDb,
-        dir: &Path,
+        (snapshot, current): (SnapshotFile, Option<Stored>),
         wrap: impl FnOnce(sled::Tree) -> T,
     ) -> Result<Self, OpenError> {
         let tree = db.db().open_tree("sm").map_err(|e| OpenError::corrupt(db.path(), e))?;
         let mut state = load_tree(&tree).map_err(|e| OpenError::corrupt(db.path(), format!("state machine: {e}")))?;
-        let snapshot_dir = dir.join("snapshots");
-        let (snapshot, current) = SnapshotFile::open(&snapshot_dir)?;
         if let Some((meta, data)) = current {
             if meta.last_log_id > state.last_applied {
-                state = state_from_snapshot(&meta, &data).map_err(|e| OpenError::corrupt(&snapshot_dir, e))?;
+                state = state_from_snapshot(&meta, &data).map_err(|e| OpenError::corrupt(snapshot.dir(), e))?;
                 rewrite_tree(&tree, &state).map_err(|e| OpenError::from_io(db.path(), e))?;
             }
         }

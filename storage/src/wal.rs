@@ -58,6 +58,12 @@
 //! segment (nothing but zeros after it) is a torn write; anything else is
 //! corruption.
 //!
+//! Entries follow one another without a gap, with one exception: after
+//! installing a snapshot a follower appends the entries that follow it
+//! before openraft purges the log the snapshot replaced, so a crash between
+//! the two leaves a gap. It is accepted when the snapshot on disk reaches
+//! across it (its entries are the snapshot's); any other gap is corruption.
+//!
 //! Why this rule. etcd's WAL (`server/storage/wal`: `decoder.go`,
 //! `repair.go`) repairs only an `io.ErrUnexpectedEOF` in its last file: a
 //! record cut short by the end of the file, or one in which some 512-byte
@@ -357,9 +363,11 @@ struct Pending {
 
 /// Reads every segment under `dir` (which must exist) and replays it,
 /// decoding the newest `cache` entries. A torn write at the end of the last
-/// segment is cut off (it was never acknowledged); anything else that does
-/// not read back is reported as corruption (see the top of this file).
-pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
+/// segment is cut off (it was never acknowledged); a gap between entries is
+/// accepted only where `snapshot` (the last entry of the snapshot on disk)
+/// covers it; anything else that does not read back is reported as
+/// corruption (see the top of this file).
+pub(crate) fn replay(dir: &Path, cache: usize, snapshot: Option<LogId>) -> Result<Replayed, OpenError> {
     let corrupt = |path: &Path, why: &dyn std::fmt::Display| OpenError::corrupt(path, why);
     let mut seqs = Vec::new();
     for item in fs::read_dir(dir).map_err(|e| OpenError::from_io(dir, e))? {
@@ -375,7 +383,7 @@ pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
     let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut formats = Vec::new();
     let mut segments = Vec::new();
-    let mut state = ReplayState::default();
+    let mut state = ReplayState { snapshot, ..ReplayState::default() };
     let (mut last_pos, mut last_batch) = (0, 0);
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
@@ -449,6 +457,8 @@ pub(crate) fn replay(dir: &Path, cache: usize) -> Result<Replayed, OpenError> {
 
 #[derive(Default)]
 struct ReplayState {
+    /// The last entry the snapshot on disk holds, if there is one.
+    snapshot: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
     purged: Option<LogId>,
@@ -487,8 +497,25 @@ impl ReplayState {
             (None, Some(purged)) => Some(purged.index + 1),
             (None, None) => None,
         };
-        if expected.is_some_and(|e| e != index) {
-            return Err(invalid(format!("hole in the log: entry {index} follows {}", expected.unwrap_or(0) - 1)));
+        if let Some(expected) = expected.filter(|e| *e != index) {
+            // After installing a snapshot a follower appends what follows
+            // it before openraft purges the log it replaced: a crash between
+            // the two leaves a gap that the snapshot on disk covers.
+            match self.snapshot.filter(|s| s.index + 1 >= index) {
+                Some(snapshot) => {
+                    tracing::info!(
+                        after = expected - 1,
+                        next = index,
+                        snapshot = snapshot.index,
+                        "the raft log has a gap the snapshot covers (a crash after a snapshot install, before the purge)"
+                    );
+                    self.purge(snapshot);
+                    if index <= snapshot.index {
+                        return Ok(());
+                    }
+                }
+                None => return Err(invalid(format!("hole in the log: entry {index} follows {}", expected - 1))),
+            }
         }
         self.entries.push_back(p);
         Ok(())

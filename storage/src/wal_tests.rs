@@ -175,19 +175,19 @@ fn replay_cuts_a_torn_last_batch_and_appends_after_it() {
     let path = segment_path(dir.path(), 1);
     fs::write(&path, &torn).expect("write");
 
-    let replayed = replay(dir.path(), 10).expect("replay");
+    let replayed = replay(dir.path(), 10, None).expect("replay");
     assert_eq!(fs::metadata(&path).expect("segment").len(), starts[1] as u64, "the cut is on disk");
     let mut active = replayed.active.expect("active");
     assert_eq!((active.pos, active.batch), (starts[1] as u64, 1));
     active.append(&mut frames(3)).expect("append");
     drop(active);
-    let replayed = replay(dir.path(), 10).expect("replay again");
+    let replayed = replay(dir.path(), 10, None).expect("replay again");
     assert_eq!(replayed.active.map(|a| a.batch), Some(2));
 
     // The same damage in a segment that another one follows.
     fs::write(&path, &torn).expect("write");
     fs::write(segment_path(dir.path(), 2), segment(&[frames(1)]).0).expect("write");
-    match replay(dir.path(), 10) {
+    match replay(dir.path(), 10, None) {
         Err(OpenError::Corrupt { path: named, reason }) => {
             assert_eq!(named, path);
             assert!(reason.contains("not the last one"), "{reason}");
@@ -377,4 +377,41 @@ proptest! {
             }
         }
     }
+}
+
+/// A segment of the entries `indexes`, in one batch.
+fn entries_segment(indexes: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for i in indexes {
+        put_entry(&mut batch, &entry(i)).expect("encode");
+    }
+    segment(&[batch]).0
+}
+
+/// A follower crashed after appending what follows an installed snapshot
+/// and before purging the log it replaced: entries 1-3, then 10-12. The
+/// snapshot on disk (through entry 9) covers the gap; without it, or with
+/// one that ends short of it, the gap is corruption.
+#[test]
+fn a_gap_is_accepted_only_where_the_snapshot_covers_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(segment_path(dir.path(), 1), zero_filled(entries_segment(1..=3))).expect("write");
+    fs::write(segment_path(dir.path(), 2), zero_filled(entries_segment(10..=12))).expect("write");
+    let at = |index| Some(entry(index).log_id);
+    for snapshot in [None, at(8)] {
+        match replay(dir.path(), 10, snapshot) {
+            Err(OpenError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("hole in the log: entry 10 follows 3"), "{reason}")
+            }
+            Err(other) => panic!("expected corruption, got {other}"),
+            Ok(_) => panic!("a gap the snapshot through {snapshot:?} does not cover was accepted"),
+        }
+    }
+    let replayed = replay(dir.path(), 10, at(9)).expect("the snapshot covers the gap");
+    assert_eq!(replayed.purged, at(9));
+    let kept: Vec<u64> = replayed.entries.iter().map(|(id, _)| id.index).collect();
+    assert_eq!(kept, [10, 11, 12]);
+    let replayed = replay(dir.path(), 10, at(11)).expect("a snapshot past the gap");
+    let kept: Vec<u64> = replayed.entries.iter().map(|(id, _)| id.index).collect();
+    assert_eq!((replayed.purged, kept.as_slice()), (at(11), [12].as_slice()));
 }

@@ -271,7 +271,7 @@ fn summary(r: &Replayed) -> (Option<Vote>, Option<LogId>, Option<LogId>, Vec<Log
 /// Replays `dir`: a clean error, or a log that holds together and that a
 /// second replay (after any torn tail was cut off) reads the same way.
 fn check(dir: &Path, cache: usize, expected: Option<Expected>) -> Result<(), TestCaseError> {
-    let first = match wal::replay(dir, cache) {
+    let first = match wal::replay(dir, cache, None) {
         Ok(replayed) => replayed,
         Err(e) => {
             prop_assert!(expected.is_none(), "a log the writer wrote was refused: {e}");
@@ -297,7 +297,7 @@ fn check(dir: &Path, cache: usize, expected: Option<Expected>) -> Result<(), Tes
         prop_assert_eq!(read.map_err(|e| TestCaseError::fail(e.to_string()))?, expected.entries);
     }
     drop(first);
-    let second = wal::replay(dir, cache)
+    let second = wal::replay(dir, cache, None)
         .map_err(|e| TestCaseError::fail(format!("a log that opened once is refused the next time: {e}")))?;
     prop_assert_eq!(summary(&second), seen, "a second replay reads another log");
     Ok(())
