@@ -51,6 +51,33 @@ pub async fn all_users(ch: &Channel) -> Result<Vec<User>, tonic::Status> {
     Err(tonic::Status::internal("more than 100 pages of users"))
 }
 
+fn why(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Tries `attempt` on `endpoints` in turn, every `EVERY`, until it answers
+/// or `within` has passed; then fails with `what` and its last reason.
+async fn until<T, F, Fut>(endpoints: &[SocketAddr], within: Duration, what: &str, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    let channels: Vec<Channel> = endpoints.iter().map(|a| channel(*a)).collect();
+    let mut last = String::from("no read answered");
+    for i in 0.. {
+        match attempt(channels[i % channels.len()].clone()).await {
+            Ok(answer) => return Ok(answer),
+            Err(reason) => last = reason,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        sleep(EVERY).await;
+    }
+    Err(format!("{what} within {within:?}: {last}"))
+}
+
 /// The status the cluster records for data-plane node `node`.
 async fn node_status(ch: &Channel, node: u64) -> Result<Option<String>, tonic::Status> {
     let nodes = NodesClient::new(ch.clone()).list_nodes(request(ListNodesRequest { consistency: 0 })).await?;
@@ -102,21 +129,14 @@ impl DownWatch {
 
     /// Waits until a read has seen the node down.
     pub async fn seen_down(&self, endpoints: &[SocketAddr], within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
-        let channels: Vec<Channel> = endpoints.iter().map(|a| channel(*a)).collect();
-        let mut last = String::from("no read answered");
-        for i in 0.. {
-            match node_status(&channels[i % channels.len()], self.node).await {
-                Ok(Some(status)) if status == "down" => return Ok(()),
-                Ok(status) => last = format!("status {status:?}"),
-                Err(e) => last = format!("{:?}: {}", e.code(), e.message()),
+        let what = format!("node {} not marked down after its silence", self.node);
+        until(endpoints, within, &what, |ch| async move {
+            match node_status(&ch, self.node).await.map_err(why)? {
+                Some(status) if status == "down" => Ok(()),
+                status => Err(format!("status {status:?}")),
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            sleep(EVERY).await;
-        }
-        Err(format!("node {} not marked down within {within:?} of its silence: {last}", self.node))
+        })
+        .await
     }
 
     /// Stops the watch, then reads until no user is left on the node;
@@ -187,32 +207,22 @@ pub async fn billable_users(
     names: &[String],
     within: Duration,
 ) -> Result<Vec<(String, String)>, String> {
-    let deadline = Instant::now() + within;
-    let channels: Vec<Channel> = endpoints.iter().map(|a| channel(*a)).collect();
     let mut users = Vec::new();
-    let mut i = 0;
     for name in names {
-        let id = loop {
-            i += 1;
-            let mut client = UsersClient::new(channels[i % channels.len()].clone());
+        let id = until(endpoints, within, &format!("creating {name}"), |ch| async move {
+            let mut client = UsersClient::new(ch);
             let req = CreateUserRequest { name: name.clone(), ..Default::default() };
-            let found = match client.create_user(request(req)).await {
+            match client.create_user(request(req)).await {
                 Ok(user) => Ok(user.into_inner().id),
                 // A retry of a create that took effect.
-                Err(e) if e.code() == Code::AlreadyExists => client
-                    .get_user(request(GetUserRequest { name: name.clone(), consistency: 0 }))
-                    .await
-                    .map(|u| u.into_inner().id),
-                Err(e) => Err(e),
-            };
-            match found {
-                Ok(id) => break id,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("creating {name}: {:?}: {}", e.code(), e.message()))
+                Err(e) if e.code() == Code::AlreadyExists => {
+                    let req = GetUserRequest { name: name.clone(), consistency: 0 };
+                    client.get_user(request(req)).await.map(|u| u.into_inner().id).map_err(why)
                 }
-                Err(_) => sleep(EVERY).await,
+                Err(e) => Err(why(e)),
             }
-        };
+        })
+        .await?;
         users.push((name.clone(), id));
     }
     Ok(users)
@@ -226,27 +236,20 @@ pub async fn placed(
     replicas: usize,
     within: Duration,
 ) -> Result<BTreeMap<u64, usize>, String> {
-    let deadline = Instant::now() + within;
-    let channels: Vec<Channel> = endpoints.iter().map(|a| channel(*a)).collect();
-    let mut last = String::from("no read answered");
-    for i in 0.. {
-        if let Ok(users) = all_users(&channels[i % channels.len()]).await {
-            let ours: Vec<&User> = users.iter().filter(|u| names.contains(&u.name)).collect();
-            if ours.len() == names.len() && ours.iter().all(|u| u.placements.len() == replicas) {
-                let mut per_node = BTreeMap::new();
-                for node in ours.iter().flat_map(|u| &u.placements) {
-                    *per_node.entry(*node).or_default() += 1;
-                }
-                return Ok(per_node);
-            }
-            last = format!("{:?}", ours.iter().map(|u| (&u.name, &u.placements)).collect::<Vec<_>>());
+    let what = format!("{names:?} not each placed on {replicas} nodes");
+    until(endpoints, within, &what, |ch| async move {
+        let users = all_users(&ch).await.map_err(why)?;
+        let ours: Vec<&User> = users.iter().filter(|u| names.contains(&u.name)).collect();
+        if ours.len() < names.len() || ours.iter().any(|u| u.placements.len() != replicas) {
+            return Err(format!("{:?}", ours.iter().map(|u| (&u.name, &u.placements)).collect::<Vec<_>>()));
         }
-        if Instant::now() >= deadline {
-            break;
+        let mut per_node = BTreeMap::new();
+        for node in ours.iter().flat_map(|u| &u.placements) {
+            *per_node.entry(*node).or_default() += 1;
         }
-        sleep(EVERY).await;
-    }
-    Err(format!("{names:?} not each placed on {replicas} nodes within {within:?}: {last}"))
+        Ok(per_node)
+    })
+    .await
 }
 
 /// Waits (up to `within`) until the leader acknowledged every report of
@@ -262,18 +265,13 @@ pub async fn usage_matches(fleet: &Fleet, endpoints: &[SocketAddr], within: Dura
     }
     let billed: BTreeMap<String, u64> = fleet.billed();
     for addr in endpoints {
-        let ch = channel(*addr);
         for (name, bytes) in &billed {
-            let used = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let used = until(&[*addr], left, &format!("node {addr} did not read {name}"), |ch| async move {
                 let req = GetUserRequest { name: name.clone(), consistency: 0 };
-                match UsersClient::new(ch.clone()).get_user(request(req)).await {
-                    Ok(user) => break user.into_inner().used_bytes,
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(format!("node {addr} did not read {name}: {:?}: {}", e.code(), e.message()))
-                    }
-                    Err(_) => sleep(EVERY).await,
-                }
-            };
+                UsersClient::new(ch).get_user(request(req)).await.map(|u| u.into_inner().used_bytes).map_err(why)
+            })
+            .await?;
             if used != *bytes {
                 let how = if used > *bytes { "more: a report counted twice" } else { "less: a report dropped" };
                 return Err(format!("{name}: node {addr} records {used} bytes, the agents billed {bytes} ({how})"));
