@@ -97,10 +97,17 @@ fn subject(r: &BindRoleRequest) -> Result<Subject, Error> {
         _ => return Err(bad("give exactly one of user and group".into())),
     };
     let (Subject::User(name) | Subject::Group(name)) = &subject;
-    if name.len() > MAX_SUBJECT_LEN || name.chars().any(char::is_control) {
-        return Err(bad(format!("a name of at most {MAX_SUBJECT_LEN} bytes without control characters")));
-    }
+    check_subject("user", name)?;
     Ok(subject)
+}
+
+/// A principal or group as bindings and revocations name it.
+fn check_subject(field: &'static str, name: &str) -> Result<(), Error> {
+    if name.len() > MAX_SUBJECT_LEN || name.chars().any(char::is_control) {
+        let detail = format!("a name of at most {MAX_SUBJECT_LEN} bytes without control characters");
+        return Err(Error::InvalidArgument { field, detail });
+    }
+    Ok(())
 }
 
 impl AccessApi {
@@ -278,13 +285,13 @@ impl Access for AccessApi {
         req: Request<RevokeSessionsRequest>,
     ) -> Result<Response<RevokeSessionsResponse>, Status> {
         let r = req.get_ref();
-        let bad = |detail: String| Error::InvalidArgument { field: "principal", detail };
         match (r.principal.is_empty(), r.all) {
-            (false, false) if r.principal.len() > MAX_SUBJECT_LEN || r.principal.chars().any(char::is_control) => {
-                return Err(bad(format!("a name of at most {MAX_SUBJECT_LEN} bytes without control characters")).into())
+            (false, false) => check_subject("principal", &r.principal)?,
+            (true, true) => {}
+            _ => {
+                let detail = "give exactly one of principal and all".into();
+                return Err(Error::InvalidArgument { field: "principal", detail }.into());
             }
-            (false, false) | (true, true) => {}
-            _ => return Err(bad("give exactly one of principal and all".into()).into()),
         }
         if let Some(mut leader) = self.route(&req)? {
             let fwd = forward::to_leader(&self.node, "RevokeSessions", req.into_inner());
