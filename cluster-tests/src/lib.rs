@@ -40,8 +40,15 @@ pub use cluster::Cluster;
 pub use process::NodeProcess;
 
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use vpn_proto::v1::User;
+
+/// The mutex's value, also after a panic elsewhere while it was held (a test
+/// that failed says so on its own; its state is still worth reading).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A user as every node must agree on it: the subscription URL names the
 /// answering node (without `--subscription-base-url`), so it is left out.

@@ -17,7 +17,9 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
+
+use crate::lock;
 
 const PREFIX: &str = "vpnlab";
 
@@ -179,10 +181,6 @@ impl Drop for Lab {
 /// Node `id`'s address: 10.77.0.<id>.
 fn node_ip(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, id as u8)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn skip<T>(test: &str, missing: &str) -> Option<T> {

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +40,7 @@ use vpn_storage::command::{Command, CommandResponse};
 use vpn_storage::model::{DataplaneNode, InboundRecord, Protocol};
 
 use crate::cluster::{channel, http_get};
+use crate::lock;
 
 /// The id of a fleet's first node; the others follow it.
 pub const FIRST_ID: u64 = 1000;
@@ -341,10 +342,6 @@ struct Beat {
     generation: watch::Receiver<BTreeMap<u64, u64>>,
     acked: Arc<Mutex<Option<Instant>>>,
     ledger: Arc<Mutex<Ledger>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Beat {

@@ -42,7 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_tests::cluster::{channel, http_get, CONVERGE};
@@ -51,7 +51,7 @@ use cluster_tests::linearizability::{History, Input, Output, Status, Verdict};
 use cluster_tests::netns::Lab;
 use cluster_tests::process::send_signal;
 use cluster_tests::sim::{Fleet, FIRST_ID};
-use cluster_tests::Cluster;
+use cluster_tests::{lock, Cluster};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tonic::transport::Channel;
@@ -677,10 +677,6 @@ impl Shared {
         rets.sort();
         rets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One client: random operations, one at a time, until told to stop.

@@ -31,7 +31,7 @@ use cluster_tests::docker;
 use cluster_tests::process;
 use cluster_tests::secrecy;
 use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
-use cluster_tests::{eventually, within};
+use cluster_tests::{eventually, lock, within};
 
 const VLESS: &str = "vless-tls";
 const SS: &str = "shadowsocks-2022";
@@ -462,7 +462,7 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
                     probes.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = fetched {
                         let at = started.elapsed();
-                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{at:.1?} {protocol}: {e}"));
+                        lock(&failures).push(format!("{at:.1?} {protocol}: {e}"));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -472,11 +472,16 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
 
     let voters: Vec<u64> = dp.cluster.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.id).collect();
     let mut faults = Vec::new();
-    for fault in ["SIGSTOP of the leader", "kill -9 of the leader", "SIGSTOP of every voter", "kill -9 of every voter"]
-    {
+    // (what, SIGSTOP rather than kill -9, every voter rather than the leader)
+    let schedule = [
+        ("SIGSTOP of the leader", true, false),
+        ("kill -9 of the leader", false, false),
+        ("SIGSTOP of every voter", true, true),
+        ("kill -9 of every voter", false, true),
+    ];
+    for (fault, pause, every) in schedule {
         let leader = dp.cluster.wait_leader().await;
-        let targets = if fault.ends_with("leader") { vec![leader] } else { voters.clone() };
-        let pause = fault.starts_with("SIGSTOP");
+        let targets = if every { voters.clone() } else { vec![leader] };
         for id in &targets {
             let process = dp.cluster.node_mut(*id);
             if pause {
@@ -499,7 +504,7 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
     dp.cluster.wait_leader().await;
     stop.store(true, Ordering::Relaxed);
     prober.await.expect("the prober");
-    let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let failed = lock(&failures).clone();
     let probes = probes.load(Ordering::Relaxed);
     assert!(probes >= 40, "only {probes} probes ran through {faults:?}");
     assert!(
