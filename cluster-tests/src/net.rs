@@ -2,7 +2,7 @@
 //! 127.x.y.1 address, and ports are checked free by binding them, so tests
 //! that run in parallel do not collide.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A random loopback IP (127.0.0.0/8, never 127.0.0.1 itself).
@@ -33,9 +33,27 @@ pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-/// A port free on every interface a moment ago (engines use host networking
-/// and listen on all interfaces).
+/// A port free on every interface, for TCP and UDP, a moment ago: for
+/// engines, which use host networking and listen on all interfaces.
+///
+/// It comes from 10000-19999: below the ephemeral range, where outgoing
+/// connections would take it (an engine once found its port so taken), and
+/// below [`free_addr`]'s range, whose loopback listeners a wildcard bind
+/// would collide with. `runtime/tests/common` picks its engines' ports the
+/// same way from 9000-9999.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a port");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_246_822_519);
+    for _ in 0..200 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % 10_000) as u16;
+        if free_on_every_interface(port) {
+            return port;
+        }
+    }
+    panic!("no free port for an engine in 10000-19999 after 200 tries");
+}
+
+fn free_on_every_interface(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
 }
