@@ -110,11 +110,16 @@ impl Cluster {
         self.nodes.values().filter(|p| p.is_running()).map(|p| p.id).collect()
     }
 
+    /// The control-plane nodes (every node but data-plane-only ones, which
+    /// serve no gRPC), in id order.
+    pub fn control_plane(&self) -> impl Iterator<Item = &NodeProcess> {
+        self.nodes.values().filter(|p| p.is_control_plane())
+    }
+
     /// Comma-separated gRPC addresses of every control-plane node (for
     /// vpnctl --endpoints); data-plane-only nodes serve no gRPC.
     pub fn endpoints(&self) -> String {
-        let control_plane = self.nodes.values().filter(|p| p.is_control_plane());
-        control_plane.map(|p| p.grpc.to_string()).collect::<Vec<_>>().join(",")
+        self.control_plane().map(|p| p.grpc.to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// A channel to node `id`, over TLS when [`Cluster::client_tls`] is set.

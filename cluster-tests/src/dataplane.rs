@@ -112,6 +112,13 @@ impl DataplaneCluster {
         Self::start_with(cluster, admin_flags).await
     }
 
+    /// As [`DataplaneCluster::start`], on `cluster`'s voters as they are
+    /// made (e.g. [`Cluster::in_lab`] of a lab with a host link, which the
+    /// data-plane nodes, on the host, reach them through).
+    pub async fn with_voters(cluster: Cluster) -> Self {
+        Self::start_with(cluster, Vec::new()).await
+    }
+
     async fn start_with(mut cluster: Cluster, admin_flags: Vec<String>) -> Self {
         for node in cluster.nodes.values_mut() {
             node.start();

@@ -6,6 +6,14 @@
 //! shows on the host's interfaces. Faults are iptables DROP rules inside a
 //! node's namespace: peers lose each other while clients still reach both.
 //!
+//! A lab made [`Lab::with_host_link`] is also reached from the host: one
+//! more veth pair joins the host to the bridge, with 10.77.k.254/24 on the
+//! host's end, where k (1-250) is the lab's own: the host end's name
+//! (`vpnlabh<k>`) claims it, so labs that run at once never share a route.
+//! Processes that need the host's network (a data-plane node, whose engine
+//! containers use host networking) then reach the lab's nodes like its
+//! clients do, and no fault rule stands between them.
+//!
 //! Everything is made with `ip` and `iptables` and removed when the lab is
 //! dropped, also when the test fails; a lab left by a killed test run is
 //! removed by the next one (namespace names carry the owning process id).
@@ -27,6 +35,8 @@ pub struct Lab {
     name: String,
     /// Grows while the lab is in use ([`Lab::add_node`]).
     nodes: Mutex<BTreeMap<u64, Ipv4Addr>>,
+    /// The third octet of the lab's addresses: 0 unless it links to the host.
+    subnet: u8,
     client: Ipv4Addr,
     /// Namespaces made so far, removed on drop.
     made: Mutex<Vec<String>>,
@@ -36,15 +46,25 @@ impl Lab {
     /// A lab with nodes `1..=nodes` and a client namespace; `None` (after
     /// saying why) when this machine cannot make one and CI is not set.
     pub fn new(test: &str, nodes: u64) -> Option<Lab> {
+        Self::make(test, nodes, false)
+    }
+
+    /// As [`Lab::new`], with a link from the host into the lab (see the
+    /// module's doc).
+    pub fn with_host_link(test: &str, nodes: u64) -> Option<Lab> {
+        Self::make(test, nodes, true)
+    }
+
+    fn make(test: &str, nodes: u64, host_link: bool) -> Option<Lab> {
         if let Err(why) = run("ip", &["netns", "list"]).and_then(|_| run("iptables", &["--version"])) {
             return skip(test, &format!("the `ip` and `iptables` commands: {why}"));
         }
         remove_abandoned_labs();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("{PREFIX}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let nodes = Mutex::new((1..=nodes).map(|id| (id, node_ip(id))).collect());
-        let mut lab = Lab { name, nodes, client: Ipv4Addr::new(10, 77, 0, 250), made: Mutex::default() };
-        match lab.build() {
+        let mut lab =
+            Lab { name, nodes: Mutex::default(), subnet: 0, client: Ipv4Addr::UNSPECIFIED, made: Mutex::default() };
+        match lab.build(nodes, host_link) {
             Ok(()) => Some(lab),
             Err(why) => {
                 drop(lab);
@@ -53,11 +73,16 @@ impl Lab {
         }
     }
 
-    fn build(&mut self) -> Result<(), String> {
+    fn build(&mut self, nodes: u64, host_link: bool) -> Result<(), String> {
         let hub = self.ns("hub");
         self.add_ns(&hub)?;
         run("ip", &["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run("ip", &["-n", &hub, "link", "set", "br0", "up"])?;
+        if host_link {
+            self.subnet = self.link_host()?;
+        }
+        self.client = self.address(250);
+        *lock(&self.nodes) = (1..=nodes).map(|id| (id, self.address(id as u8))).collect();
         let members: Vec<(String, Ipv4Addr, String)> = self
             .node_ids()
             .into_iter()
@@ -82,6 +107,33 @@ impl Lab {
         Ok(())
     }
 
+    /// Joins the host to the bridge through a veth pair whose host end,
+    /// `vpnlabh<k>`, gets 10.77.k.254/24 for the first k no other lab holds
+    /// (creating the link is the claim: names are unique on the host). The
+    /// pair goes when the hub namespace is deleted.
+    fn link_host(&self) -> Result<u8, String> {
+        let hub = self.ns("hub");
+        let start = std::process::id() % 250;
+        for k in (0..250).map(|i| ((start + i) % 250 + 1) as u8) {
+            let host_end = format!("{PREFIX}h{k}");
+            match run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "host", "netns", &hub]) {
+                Ok(_) => {}
+                Err(e) if e.contains("exists") => continue,
+                Err(e) => return Err(e),
+            }
+            run("ip", &["addr", "add", &format!("10.77.{k}.254/24"), "dev", &host_end])?;
+            run("ip", &["link", "set", &host_end, "up"])?;
+            run("ip", &["-n", &hub, "link", "set", "host", "master", "br0", "up"])?;
+            return Ok(k);
+        }
+        Err("every 10.77.k.0/24 (k 1-250) is held by another lab".into())
+    }
+
+    /// The lab's address ending in `host`: 10.77.<subnet>.<host>.
+    fn address(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, host)
+    }
+
     fn add_ns(&self, ns: &str) -> Result<(), String> {
         run("ip", &["netns", "add", ns])?;
         lock(&self.made).push(ns.to_owned());
@@ -92,9 +144,10 @@ impl Lab {
     /// a node about to join the cluster.
     pub fn add_node(&self, id: u64) {
         assert!((1..250).contains(&id) && !lock(&self.nodes).contains_key(&id), "node {id}: taken or out of range");
-        self.attach(&self.node_ns(id), node_ip(id), &format!("p{id}"))
+        let ip = self.address(id as u8);
+        self.attach(&self.node_ns(id), ip, &format!("p{id}"))
             .unwrap_or_else(|e| panic!("adding node {id} to the lab: {e}"));
-        lock(&self.nodes).insert(id, node_ip(id));
+        lock(&self.nodes).insert(id, ip);
     }
 
     fn ns(&self, what: &str) -> String {
@@ -176,11 +229,6 @@ impl Drop for Lab {
             }
         }
     }
-}
-
-/// Node `id`'s address: 10.77.0.<id>.
-fn node_ip(id: u64) -> Ipv4Addr {
-    Ipv4Addr::new(10, 77, 0, id as u8)
 }
 
 fn skip<T>(test: &str, missing: &str) -> Option<T> {

@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,50 @@ impl Drop for Download {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// What users of the data plane see while something else goes on: every
+/// 250 ms, a 4 KiB fetch through each proxy, each bounded by 2 s; every
+/// failure is kept with when it happened. Bounded besides [`Prober::stop`]:
+/// ten minutes of rounds.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Probed>,
+}
+
+/// Probes run, and the failures among them (`<elapsed> <protocol>: <error>`).
+pub type Probed = (usize, Vec<String>);
+
+impl Prober {
+    /// Starts probing `origin` through each `(protocol, proxy)`.
+    pub fn start(proxies: Vec<(String, SocketAddr)>, origin: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (started, mut probes, mut failures) = (Instant::now(), 0, Vec::new());
+            for _ in 0..2400 {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                for (protocol, proxy) in &proxies {
+                    let fetched = fetch_via_socks_within(*proxy, origin, "/4096", 4096, Duration::from_secs(2)).await;
+                    probes += 1;
+                    if let Err(e) = fetched {
+                        failures.push(format!("{:.1?} {protocol}: {e}", started.elapsed()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (probes, failures)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops after the round in flight; what was probed.
+    pub async fn stop(self) -> Probed {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the prober")
     }
 }
 

@@ -27,6 +27,13 @@
 //! - no user was placed on the down node after its down mark committed, and
 //!   none is left on it ([`cluster_tests::fleet_checks`]).
 //!
+//! And a real data-plane node (vpnd and its sing-box engine in the
+//! machine's Docker, on the host, reaching the lab over its host link)
+//! serves a user only it may serve ([`Serving`]): fetches through that
+//! user's sing-box client every 250 ms, from before the first schedule to
+//! after the last, must all succeed; the data plane keeps serving through
+//! every control-plane fault.
+//!
 //! Each test runs a group of schedules one after another on one cluster
 //! (partitions; pauses; crashes; disk faults; membership), each schedule on
 //! user names of its own.
@@ -46,12 +53,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_tests::cluster::{channel, http_get, CONVERGE};
+use cluster_tests::dataplane::DataplaneCluster;
+use cluster_tests::docker;
 use cluster_tests::fleet_checks::{all_users, billable_users, placed, usage_matches, DownWatch};
 use cluster_tests::linearizability::{History, Input, Output, Status, Verdict};
 use cluster_tests::netns::Lab;
 use cluster_tests::process::send_signal;
 use cluster_tests::sim::{Fleet, FIRST_ID};
-use cluster_tests::{lock, Cluster};
+use cluster_tests::traffic::{fetch_via_socks_within, HttpSource, Prober, SingBoxClient};
+use cluster_tests::{eventually, lock, Cluster};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tonic::transport::Channel;
@@ -170,23 +180,29 @@ fn run(test: &str, group: u64, schedules: &[Nemesis]) {
 
 /// [`run`] with `extra` flags for every node.
 fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
-    let Some(lab) = Lab::new(test, 3) else { return };
+    if !docker::available(test) {
+        return;
+    }
+    let Some(lab) = Lab::with_host_link(test, 3) else { return };
     let seed = seed();
     let rounds = rounds();
     eprintln!("{test}: NEMESIS_SEED={seed} (set it to replay these choices), NEMESIS_ROUNDS={rounds}");
     let mut rng = Rng::new(seed ^ group);
-    let mut cluster = Cluster::in_lab(&lab, &[&RAFT_TIMINGS[..], extra].concat());
-    for p in cluster.nodes.values_mut() {
-        p.start();
-    }
+    // The data plane runs on the host (its engines use host networking), on
+    // a runtime of its own there; the workload runs in the lab's client
+    // namespace.
+    let host = tokio::runtime::Runtime::new().expect("the host's runtime");
+    let voters = Cluster::in_lab(&lab, &[&RAFT_TIMINGS[..], extra].concat());
+    let mut dp = host.block_on(DataplaneCluster::with_voters(voters));
+    let serving = host.block_on(Serving::start(&mut dp));
     let started = Instant::now();
-    let cluster = &mut cluster;
+    let cluster = &mut dp.cluster;
     lab.run_as_client(async {
         let observer = Observer::start(cluster);
         let fail = |what: &str, e: String| -> ! {
             panic!("{test}, NEMESIS_SEED={seed}: {what}: {e}; {KEEP}");
         };
-        let endpoints: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
+        let endpoints: Vec<SocketAddr> = cluster.control_plane().map(|p| p.grpc).collect();
         let (billing, silent) = ([FIRST_ID, FIRST_ID + 1], FIRST_ID + 2);
         let mut fleet = Fleet::start(&endpoints, 3, 0).await.unwrap_or_else(|e| fail("the fleet", format!("{e:#}")));
         let names: Vec<String> = (0..3).map(|i| format!("billed-{i}")).collect();
@@ -211,7 +227,7 @@ fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
         for id in billing {
             fleet.bill(id, &[]);
         }
-        let members: Vec<SocketAddr> = cluster.nodes.values().map(|p| p.grpc).collect();
+        let members: Vec<SocketAddr> = cluster.control_plane().map(|p| p.grpc).collect();
         let usage = usage_matches(&fleet, &members, CONVERGE).await.unwrap_or_else(|e| fail("usage", e));
         let placement = down.stop(&members, CONVERGE).await.unwrap_or_else(|e| fail("placement", e));
         eprintln!("{test}: NEMESIS_SEED={seed}: {usage}; users per node before the silence {spread:?}; {placement}");
@@ -227,6 +243,49 @@ fn run_with(test: &str, group: u64, schedules: &[Nemesis], extra: &[&str]) {
             );
         }
     });
+    let (probes, failed) = host.block_on(serving.prober.stop());
+    assert!(probes >= 20, "{test}, NEMESIS_SEED={seed}: only {probes} probes of the data plane ran");
+    assert!(
+        failed.is_empty(),
+        "{test}, NEMESIS_SEED={seed}: the data plane failed {} of {probes} probes through the schedules: \
+         {failed:?}; {KEEP}\n{}",
+        failed.len(),
+        dp.diagnose(serving.node)
+    );
+    eprintln!("{test}: NEMESIS_SEED={seed}: the data plane served all {probes} probes through every schedule");
+}
+
+/// A real data-plane node (its engine in the machine's Docker) serving one
+/// user whom only it may serve, and a [`Prober`] fetching through that
+/// user's sing-box client every 250 ms from before the first schedule to
+/// after the last: the data plane must keep serving through every
+/// control-plane fault, as its engines need nothing of the control plane
+/// once applied.
+struct Serving {
+    node: u64,
+    prober: Prober,
+    _source: HttpSource,
+    _client: SingBoxClient,
+}
+
+impl Serving {
+    const USER: &str = "probe";
+
+    async fn start(dp: &mut DataplaneCluster) -> Serving {
+        const PROTOCOL: &str = "shadowsocks-2022";
+        let source = HttpSource::start().await;
+        let node = dp.add_node_with(&[PROTOCOL], &["--labels", "nemesis=probe"]);
+        dp.ok(&["user", "add", Self::USER, "--constraint", "nemesis=probe"]).await;
+        dp.caught_up(node.id, 1).await;
+        let client = dp.client(&dp.link(Self::USER, node.id, PROTOCOL).await).await;
+        let (proxy, origin) = (client.proxy, source.addr);
+        eventually("the probe user served before the first schedule", CONVERGE, || async move {
+            fetch_via_socks_within(proxy, origin, "/4096", 4096, Duration::from_secs(2)).await
+        })
+        .await;
+        let prober = Prober::start(vec![(PROTOCOL.to_owned(), proxy)], origin);
+        Serving { node: node.id, prober, _source: source, _client: client }
+    }
 }
 
 /// `NEMESIS_ROUNDS` if set, else 1.
@@ -268,7 +327,7 @@ async fn schedule(
     let t0 = Instant::now();
     let leader = agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: before the schedule: {e}"));
     let keys: Vec<String> = (0..KEYS).map(|k| format!("s{n}-k{k}")).collect();
-    let nodes: Vec<(u64, SocketAddr)> = cluster.nodes.values().map(|p| (p.id, p.grpc)).collect();
+    let nodes: Vec<(u64, SocketAddr)> = cluster.control_plane().map(|p| (p.id, p.grpc)).collect();
     let shared = Arc::new(Shared::new());
     let clients: Vec<JoinHandle<usize>> = (0..CLIENTS)
         .map(|c| tokio::spawn(client(c, rng.next(), keys.clone(), nodes.clone(), shared.clone())))
@@ -300,7 +359,7 @@ async fn schedule(
 
     let leader =
         agreed_leader(cluster).await.unwrap_or_else(|e| panic!("{ctx}: after the heal: {e}; faults: {faults}; {KEEP}"));
-    let members: Vec<(u64, SocketAddr)> = cluster.nodes.values().map(|p| (p.id, p.grpc)).collect();
+    let members: Vec<(u64, SocketAddr)> = cluster.control_plane().map(|p| (p.id, p.grpc)).collect();
     final_reads(&shared, &keys, &members)
         .await
         .unwrap_or_else(|e| panic!("{ctx}: final reads (leader {leader}): {e}; faults: {faults}; {KEEP}"));
@@ -340,7 +399,7 @@ async fn inflict(
     rng: &mut Rng,
     faults: &mut Faults,
 ) -> Option<u64> {
-    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let ids: Vec<u64> = cluster.control_plane().map(|p| p.id).collect();
     let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
     let hold = Duration::from_millis(rng.between(HOLD_MS));
     let follower = rng.pick(&followers);
@@ -806,7 +865,8 @@ async fn final_reads(shared: &Shared, keys: &[String], nodes: &[(u64, SocketAddr
 /// Every node lists the same users (all of them, this schedule's and the
 /// earlier ones'), each read linearizable: a node that came back on a
 /// damaged state, or skipped an entry, differs here. Usage is compared for
-/// users no agent bills (billing goes on while the nodes are read).
+/// users no agent bills (billing goes on while the nodes are read, and the
+/// probe user's traffic with it).
 async fn replicas_agree(nodes: &[(u64, SocketAddr)]) -> Result<(), String> {
     type Row = (String, String, i32, u64, String, u64);
     let mut first: Option<(u64, Vec<Row>)> = None;
@@ -825,7 +885,8 @@ async fn replicas_agree(nodes: &[(u64, SocketAddr)]) -> Result<(), String> {
         let rows: Vec<Row> = users
             .into_iter()
             .map(|u| {
-                let used = if u.name.starts_with("billed-") { 0 } else { u.used_bytes };
+                let billed = u.name.starts_with("billed-") || u.name == Serving::USER;
+                let used = if billed { 0 } else { u.used_bytes };
                 (u.name, u.id, u.status, u.data_limit_bytes, u.expires_at, used)
             })
             .collect();
@@ -862,15 +923,15 @@ async fn agreed_leader(cluster: &Cluster) -> Result<u64, String> {
 
 async fn agreement(cluster: &Cluster) -> Result<u64, String> {
     let mut leader = None;
-    for id in cluster.nodes.keys() {
-        let l = cluster.status(*id).await?.leader_id.ok_or(format!("node {id} knows no leader"))?;
+    for id in cluster.control_plane().map(|p| p.id) {
+        let l = cluster.status(id).await?.leader_id.ok_or(format!("node {id} knows no leader"))?;
         if leader.is_some_and(|x| x != l) {
             return Err(format!("nodes disagree: {leader:?} vs {l}"));
         }
         leader = Some(l);
     }
-    for id in cluster.nodes.keys() {
-        let (code, body) = http_get(cluster.node(*id).http, "/readyz?verbose").await?;
+    for id in cluster.control_plane().map(|p| p.id) {
+        let (code, body) = http_get(cluster.node(id).http, "/readyz?verbose").await?;
         if code != 200 {
             return Err(format!("node {id} not ready: {body}"));
         }
@@ -899,7 +960,7 @@ impl Observer {
     fn start(cluster: &Cluster) -> Observer {
         let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let observer = Observer { seen, stop, tasks: Mutex::default() };
-        for p in cluster.nodes.values() {
+        for p in cluster.control_plane() {
             observer.watch(p.id, p.grpc);
         }
         observer

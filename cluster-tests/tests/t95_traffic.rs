@@ -21,8 +21,6 @@
 //!     over both protocols are served throughout and her session that spans
 //!     them all ends intact; a change after them still reaches the engines.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::http_get;
@@ -30,8 +28,8 @@ use cluster_tests::dataplane::{DataplaneCluster, ENGINES_UP};
 use cluster_tests::docker;
 use cluster_tests::process;
 use cluster_tests::secrecy;
-use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, SingBoxClient};
-use cluster_tests::{eventually, lock, within};
+use cluster_tests::traffic::{fetch_via_socks, fetch_via_socks_within, Download, HttpSource, Prober, SingBoxClient};
+use cluster_tests::{eventually, within};
 
 const VLESS: &str = "vless-tls";
 const SS: &str = "shadowsocks-2022";
@@ -446,29 +444,7 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
     // Spans every fault: its last chunk waits for the release after them.
     let live = Download::start(vless.proxy, source.addr, &format!("/held/{MIB}"), MIB);
 
-    let (stop, probes, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::default());
-    let prober = {
-        let (stop, probes, failures) = (stop.clone(), probes.clone(), Arc::clone(&failures));
-        let started = Instant::now();
-        tokio::spawn(async move {
-            let failures: Arc<Mutex<Vec<String>>> = failures;
-            // Bounded besides the flag: ten minutes of probes.
-            for _ in 0..2400 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                for (protocol, proxy) in proxies {
-                    let fetched = fetch_via_socks_within(proxy, origin, "/4096", 4096, Duration::from_secs(2)).await;
-                    probes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = fetched {
-                        let at = started.elapsed();
-                        lock(&failures).push(format!("{at:.1?} {protocol}: {e}"));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let prober = Prober::start(proxies.map(|(protocol, proxy)| (protocol.to_owned(), proxy)).to_vec(), origin);
 
     let voters: Vec<u64> = dp.cluster.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.id).collect();
     let mut faults = Vec::new();
@@ -502,10 +478,7 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
         faults.push(format!("{fault} (leader was {leader})"));
     }
     dp.cluster.wait_leader().await;
-    stop.store(true, Ordering::Relaxed);
-    prober.await.expect("the prober");
-    let failed = lock(&failures).clone();
-    let probes = probes.load(Ordering::Relaxed);
+    let (probes, failed) = prober.stop().await;
     assert!(probes >= 40, "only {probes} probes ran through {faults:?}");
     assert!(
         failed.is_empty(),
