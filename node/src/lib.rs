@@ -471,17 +471,45 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     }
 }
 
+/// What vpnd logs: `RUST_LOG` when set, as comma-separated `level` and
+/// `target=level` directives (`debug`, `info,vpn_node::agent=debug`), else
+/// info with openraft's and sled's chatter at warn. Directives are matched by
+/// target prefix, without regular expressions: `EnvFilter` would bring a
+/// regex engine into a binary whose idle memory is mostly its code. A value
+/// that does not parse is ignored, and why is returned to be logged.
+fn log_filter(rust_log: Option<String>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing::Level;
+    let default = tracing_subscriber::filter::Targets::new()
+        .with_default(Level::INFO)
+        .with_target("openraft", Level::WARN)
+        .with_target("sled", Level::WARN);
+    match rust_log.map(|value| (value.parse(), value)) {
+        None => (default, None),
+        Some((Ok(filter), _)) => (filter, None),
+        Some((Err(e), value)) => {
+            let why = format!(
+                "RUST_LOG={value:?} ignored ({e}): give levels and target=level directives, \
+                 e.g. RUST_LOG=info,vpn_node=debug"
+            );
+            (default, Some(why))
+        }
+    }
+}
+
 /// The `vpnd` command: parse flags, run until SIGTERM, exit 0 on a graceful
 /// stop, 2 on bad settings, 1 on any other failure.
 pub fn main() -> ExitCode {
     data_dir::private_umask();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (filter, ignored) = log_filter(std::env::var("RUST_LOG").ok());
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        tracing_subscriber::registry().with(stderr).with(filter).init();
+    }
+    if let Some(why) = ignored {
+        tracing::warn!("{why}");
+    }
     let config = match Config::from_args(<Args as clap::Parser>::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -507,5 +535,31 @@ pub fn main() -> ExitCode {
             eprintln!("vpnd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_sets_levels_by_target_and_a_bad_value_keeps_the_default_and_says_why() {
+        let (default, ignored) = log_filter(None);
+        assert!(ignored.is_none());
+        assert!(default.would_enable("vpn_node::agent", &Level::INFO));
+        assert!(!default.would_enable("openraft::core", &Level::INFO));
+
+        let (set, ignored) = log_filter(Some("warn,vpn_node::agent=debug".into()));
+        assert!(ignored.is_none());
+        assert!(set.would_enable("vpn_node::agent::session", &Level::DEBUG));
+        assert!(!set.would_enable("vpn_node::api", &Level::INFO));
+
+        let (kept, ignored) = log_filter(Some("vpn_node=loud".into()));
+        let why = ignored.expect("a bad RUST_LOG is said");
+        assert!(why.contains("RUST_LOG=\"vpn_node=loud\" ignored"), "{why}");
+        assert!(kept.would_enable("vpn_node::agent", &Level::INFO));
+        assert!(!kept.would_enable("sled::pagecache", &Level::INFO));
     }
 }
