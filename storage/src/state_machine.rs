@@ -137,14 +137,21 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         ..State::default()
     };
     state.audit.next_seq = get_json(tree, AUDIT_NEXT)?.unwrap_or_default();
-    for item in tree.scan_prefix(AUDIT) {
-        let record: AuditRecord = decode(&item?.1)?;
-        state.audit.records.insert(record.seq, record);
-    }
-    for item in tree.scan_prefix(USERS) {
-        let user: User = decode(&item?.1)?;
-        state.users.insert(user.name.clone(), user);
-    }
+    // The users and the audit log (a record per change, so about as many)
+    // are most of a start's work, JSON decoding: on two threads.
+    let audit = std::thread::scope(|scope| {
+        let audit = scope.spawn(|| {
+            tree.scan_prefix(AUDIT)
+                .map(|item| decode::<AuditRecord>(&item?.1).map(|record| (record.seq, record)))
+                .collect::<io::Result<_>>()
+        });
+        for item in tree.scan_prefix(USERS) {
+            let user: User = decode(&item?.1)?;
+            state.users.insert(user.name.clone(), user);
+        }
+        audit.join().unwrap_or_else(|_| Err(io::Error::other("the audit log's loader panicked")))
+    })?;
+    state.audit.records = audit;
     for item in tree.scan_prefix(MEMBERS) {
         let member: MemberRecord = decode(&item?.1)?;
         state.members.insert(member.id, member);
