@@ -74,10 +74,8 @@ impl Cluster {
 
     /// Adds (does not start) a node that joins through the running members.
     pub fn add_joining_node(&mut self, id: u64, extra: &[&str]) -> &mut NodeProcess {
-        let seeds: Vec<String> =
-            self.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.grpc.to_string()).collect();
         let mut p = NodeProcess::new(id, free_addr(self.ip), free_addr(self.ip), self.root.path());
-        p.bootstrap = vec!["--join".into(), seeds.join(",")];
+        p.bootstrap = vec!["--join".into(), self.endpoints()];
         p.extra = with_security(extra);
         self.nodes.insert(id, p);
         self.node_mut(id)
@@ -86,13 +84,11 @@ impl Cluster {
     /// Adds (does not start) node `id` of `lab` (see [`Lab::add_node`]),
     /// joining through the running members, with their flags.
     pub fn add_lab_node(&mut self, lab: &Lab, id: u64) -> &mut NodeProcess {
-        let seeds: Vec<String> =
-            self.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.grpc.to_string()).collect();
-        let extra = self.nodes.values().next().map(|p| p.extra.clone()).unwrap_or_default();
+        let extra = self.control_plane().next().map(|p| p.extra.clone()).unwrap_or_default();
         let ip = lab.node_ip(id);
         let mut p = NodeProcess::new(id, SocketAddr::from((ip, 7000)), SocketAddr::from((ip, 7080)), self.root.path());
         p.netns = Some(lab.node_ns(id));
-        p.bootstrap = vec!["--join".into(), seeds.join(",")];
+        p.bootstrap = vec!["--join".into(), self.endpoints()];
         p.extra = extra;
         self.nodes.insert(id, p);
         self.node_mut(id)

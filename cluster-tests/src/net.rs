@@ -12,25 +12,15 @@ pub fn random_loopback_ip() -> Ipv4Addr {
     Ipv4Addr::new(127, ((n >> 8) % 250 + 2) as u8, (n % 250 + 2) as u8, 1)
 }
 
-/// A port on `ip` that was free a moment ago, below the kernel's ephemeral
-/// range (32768-60999 by default). A node once found its port taken between
-/// this check and its start: parallel tests' engines listen on all
-/// interfaces on ports from that range ([`free_port`]), and outgoing
-/// connections take theirs from it too.
+/// A port on `ip` that was free a moment ago, from 20000-31999: below the
+/// kernel's ephemeral range (32768-60999 by default), whose ports outgoing
+/// connections take (a node once found its port so taken between this
+/// check and its start), and above [`free_port`]'s range for engines.
 pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
-    // Successive calls walk the range from a per-process start, so a node's
-    // two ports (reserved one after the other) never come out the same.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761);
-    for _ in 0..200 {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % 12_000) as u16;
-        if let Ok(listener) = TcpListener::bind((ip, port)) {
-            return listener.local_addr().expect("local addr");
-        }
+    match walk_ports(20_000, 12_000, |port| TcpListener::bind((ip, port)).is_ok()) {
+        Some(port) => SocketAddr::from((ip, port)),
+        None => TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("bind a loopback port"),
     }
-    let listener = TcpListener::bind((ip, 0)).expect("bind a loopback port");
-    listener.local_addr().expect("local addr")
 }
 
 /// A port free on every interface, for TCP and UDP, a moment ago: for
@@ -42,18 +32,22 @@ pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
 /// would collide with. `runtime/tests/common` picks its engines' ports the
 /// same way from 9000-9999.
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_246_822_519);
-    for _ in 0..200 {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % 10_000) as u16;
-        if free_on_every_interface(port) {
-            return port;
-        }
-    }
-    panic!("no free port for an engine in 10000-19999 after 200 tries");
+    let free = |port| {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+            && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+    };
+    walk_ports(10_000, 10_000, free).unwrap_or_else(|| panic!("no free port for an engine in 10000-19999"))
 }
 
-fn free_on_every_interface(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+/// The first of up to 200 ports in `first..first + span` that `free`
+/// accepts. Successive calls walk the range from a per-process start (in
+/// steps of a prime, so every port comes up), so two picks in a row never
+/// come out the same and parallel test processes start apart.
+fn walk_ports(first: u16, span: u32, free: impl Fn(u16) -> bool) -> Option<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    (0..200)
+        .map(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+        .map(|step| first + (seed.wrapping_add(step.wrapping_mul(7_919)) % span) as u16)
+        .find(|port| free(*port))
 }

@@ -3,7 +3,7 @@
 //! A [`Lab`] gives each node a namespace of its own, and the test's clients
 //! one more; each has a veth pair to a bridge in a hub namespace, with its
 //! address (10.77.0.x/24) inside the namespace only, so nothing of the test
-//! shows on the host's interfaces. Faults are iptables DROP rules inside a
+//! shows on the host's interfaces (but for the host link below). Faults are iptables DROP rules inside a
 //! node's namespace: peers lose each other while clients still reach both.
 //!
 //! A lab made [`Lab::with_host_link`] is also reached from the host: one
@@ -30,6 +30,8 @@ use std::sync::Mutex;
 use crate::lock;
 
 const PREFIX: &str = "vpnlab";
+/// The last octet of the clients' address.
+const CLIENT: u8 = 250;
 
 pub struct Lab {
     name: String,
@@ -37,7 +39,6 @@ pub struct Lab {
     nodes: Mutex<BTreeMap<u64, Ipv4Addr>>,
     /// The third octet of the lab's addresses: 0 unless it links to the host.
     subnet: u8,
-    client: Ipv4Addr,
     /// Namespaces made so far, removed on drop.
     made: Mutex<Vec<String>>,
 }
@@ -62,8 +63,7 @@ impl Lab {
         remove_abandoned_labs();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("{PREFIX}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut lab =
-            Lab { name, nodes: Mutex::default(), subnet: 0, client: Ipv4Addr::UNSPECIFIED, made: Mutex::default() };
+        let mut lab = Lab { name, nodes: Mutex::default(), subnet: 0, made: Mutex::default() };
         match lab.build(nodes, host_link) {
             Ok(()) => Some(lab),
             Err(why) => {
@@ -81,13 +81,12 @@ impl Lab {
         if host_link {
             self.subnet = self.link_host()?;
         }
-        self.client = self.address(250);
         *lock(&self.nodes) = (1..=nodes).map(|id| (id, self.address(id as u8))).collect();
         let members: Vec<(String, Ipv4Addr, String)> = self
             .node_ids()
             .into_iter()
             .map(|id| (self.node_ns(id), self.node_ip(id), format!("p{id}")))
-            .chain([(self.client_ns(), self.client, "pc".to_owned())])
+            .chain([(self.client_ns(), self.address(CLIENT), "pc".to_owned())])
             .collect();
         for (ns, ip, port) in &members {
             self.attach(ns, *ip, port)?;

@@ -885,8 +885,8 @@ async fn replicas_agree(nodes: &[(u64, SocketAddr)]) -> Result<(), String> {
         let rows: Vec<Row> = users
             .into_iter()
             .map(|u| {
-                let billed = u.name.starts_with("billed-") || u.name == Serving::USER;
-                let used = if billed { 0 } else { u.used_bytes };
+                let traffic_flows = u.name.starts_with("billed-") || u.name == Serving::USER;
+                let used = if traffic_flows { 0 } else { u.used_bytes };
                 (u.name, u.id, u.status, u.data_limit_bytes, u.expires_at, used)
             })
             .collect();

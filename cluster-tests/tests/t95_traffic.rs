@@ -446,7 +446,7 @@ async fn docker_the_data_plane_serves_through_control_plane_pauses_and_crashes()
 
     let prober = Prober::start(proxies.map(|(protocol, proxy)| (protocol.to_owned(), proxy)).to_vec(), origin);
 
-    let voters: Vec<u64> = dp.cluster.nodes.values().filter(|p| p.is_control_plane()).map(|p| p.id).collect();
+    let voters: Vec<u64> = dp.cluster.control_plane().map(|p| p.id).collect();
     let mut faults = Vec::new();
     // (what, SIGSTOP rather than kill -9, every voter rather than the leader)
     let schedule = [
