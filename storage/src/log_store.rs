@@ -6,7 +6,8 @@
 //! append is readable from memory before its `fdatasync`, and openraft's
 //! callback fires after it; votes return once theirs is durable. Memory
 //! holds every entry's id and, once written, where its frame is; only the
-//! newest [`CACHE`] entries stay decoded, older ones are read back from
+//! newest [`CACHE`] entries stay decoded (after a restart, the few replay
+//! decoded and what was appended since), older ones are read back from
 //! their segment.
 
 use std::collections::VecDeque;
@@ -381,7 +382,7 @@ mod tests {
             assert_eq!(log.try_get_log_entries(..=12).await.expect("read"), written[10..12]);
         }
         let (mut log, _sm) = crate::open(dir.path()).expect("reopen");
-        assert_eq!(log.mem().cache.len(), CACHE);
+        assert_eq!(log.mem().cache.len(), crate::log_dir::DECODED_AT_OPEN, "the newest entries decoded at open");
         assert_eq!(log.try_get_log_entries(..).await.expect("read"), written[10..]);
     }
 
