@@ -442,11 +442,58 @@ pub struct AuditRecord {
     pub outcome: String,
 }
 
+/// An audit record as the state keeps it: its JSON, decoded when read. A
+/// start loads every kept record (about one per change within retention,
+/// as many as the users or more) and only `audit list` and retention look
+/// inside one, so a start checks that each is JSON and decodes none. The
+/// JSON is the record's, so sled and snapshots hold what they always held.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeptRecord(Box<serde_json::value::RawValue>);
+
+impl KeptRecord {
+    fn new(record: &AuditRecord) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(record).map(Self)
+    }
+
+    /// A record as stored (in sled, by [`KeptRecord::json`]); refused if it
+    /// is not JSON.
+    pub fn from_json(json: Vec<u8>) -> serde_json::Result<Self> {
+        let text = String::from_utf8(json).map_err(|e| serde::de::Error::custom(e.to_string()))?;
+        serde_json::value::RawValue::from_string(text).map(Self)
+    }
+
+    pub fn json(&self) -> &[u8] {
+        self.0.get().as_bytes()
+    }
+
+    pub fn decode(&self) -> serde_json::Result<AuditRecord> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// When the record was written, for retention: one field decoded.
+    fn at_ms(&self) -> serde_json::Result<i64> {
+        #[derive(Deserialize)]
+        struct At {
+            at_ms: i64,
+        }
+        serde_json::from_str::<At>(self.0.get()).map(|at| at.at_ms)
+    }
+}
+
+impl PartialEq for KeptRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for KeptRecord {}
+
 /// The kept audit records, oldest first, and the next record's number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditLog {
     #[serde(default)]
-    pub records: BTreeMap<u64, AuditRecord>,
+    pub records: BTreeMap<u64, KeptRecord>,
     #[serde(default)]
     pub next_seq: u64,
 }
@@ -472,11 +519,20 @@ impl AuditLog {
             summary: ctx.summary.clone(),
             outcome,
         };
-        self.records.insert(seq, record);
+        match KeptRecord::new(&record) {
+            Ok(kept) => {
+                self.records.insert(seq, kept);
+            }
+            // Strings and numbers always encode; should that ever change,
+            // every replica skips the same record and says so.
+            Err(e) => tracing::error!(seq, "audit record not kept: {e}"),
+        }
         let oldest_kept = ctx.at_ms.saturating_sub(ctx.retention_ms);
         let max_records = ctx.max_records.max(1) as usize;
         while let Some((_, oldest)) = self.records.first_key_value() {
-            if oldest.at_ms >= oldest_kept && self.records.len() <= max_records {
+            // A record that does not decode has no time to keep it by.
+            let at_ms = oldest.at_ms().unwrap_or(i64::MIN);
+            if at_ms >= oldest_kept && self.records.len() <= max_records {
                 break;
             }
             self.records.pop_first();
@@ -583,7 +639,8 @@ mod tests {
         assert_eq!(log.records.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
         log.record(&ctx(30), &CommandResponse::Refused(Refusal::UserNotFound("a".into())));
         assert_eq!(log.records.keys().copied().collect::<Vec<_>>(), [1, 2, 3], "at most 3");
-        assert_eq!(log.records[&3].outcome, "refused: user \"a\" not found");
+        let record = log.records[&3].decode().expect("decode");
+        assert_eq!((record.seq, record.at_ms, record.outcome.as_str()), (3, 30, "refused: user \"a\" not found"));
         log.record(&ctx(125), &CommandResponse::Deleted);
         assert_eq!(log.records.keys().copied().collect::<Vec<_>>(), [3, 4], "older than 100 ms dropped");
         assert_eq!((log.first_seq(), log.next_seq), (3, 5));

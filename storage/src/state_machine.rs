@@ -13,7 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
-use crate::access::AuditRecord;
+use crate::access::KeptRecord;
 use crate::command::{self, Command, CommandResponse};
 use crate::durable::{blocking, decode, encode, get_json, DurableDb};
 use crate::error::OpenError;
@@ -52,6 +52,14 @@ fn dataplane_key(id: NodeId) -> String {
 /// Zero-padded, so the tree's order is the records' order.
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT}{seq:020}")
+}
+
+/// An audit record under its key, which names its seq.
+fn kept_audit_record((key, json): (sled::IVec, sled::IVec)) -> io::Result<(u64, KeptRecord)> {
+    let seq = key.strip_prefix(AUDIT.as_bytes()).and_then(|k| std::str::from_utf8(k).ok()?.parse().ok());
+    let seq = seq.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("audit record key {key:?}")))?;
+    let record = KeptRecord::from_json(json.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((seq, record))
 }
 
 /// A shared, read-only view of the applied state for the API and the agent,
@@ -137,14 +145,10 @@ fn load_tree(tree: &sled::Tree) -> io::Result<State> {
         ..State::default()
     };
     state.audit.next_seq = get_json(tree, AUDIT_NEXT)?.unwrap_or_default();
-    // The users and the audit log (a record per change, so about as many)
-    // are most of a start's work, JSON decoding: on two threads.
+    // The users (decoded) and the audit log (a record per change, so about
+    // as many, kept as JSON) are most of a start's work: on two threads.
     let audit = std::thread::scope(|scope| {
-        let audit = scope.spawn(|| {
-            tree.scan_prefix(AUDIT)
-                .map(|item| decode::<AuditRecord>(&item?.1).map(|record| (record.seq, record)))
-                .collect::<io::Result<_>>()
-        });
+        let audit = scope.spawn(|| tree.scan_prefix(AUDIT).map(|item| kept_audit_record(item?)).collect());
         for item in tree.scan_prefix(USERS) {
             let user: User = decode(&item?.1)?;
             state.users.insert(user.name.clone(), user);
@@ -186,8 +190,8 @@ fn all_pairs(state: &State) -> io::Result<Changes> {
     for node in state.dataplane_nodes.values() {
         pairs.push((dataplane_key(node.id).into_bytes(), Some(encode(node)?)));
     }
-    for record in state.audit.records.values() {
-        pairs.push((audit_key(record.seq).into_bytes(), Some(encode(record)?)));
+    for (seq, record) in &state.audit.records {
+        pairs.push((audit_key(*seq).into_bytes(), Some(record.json().to_vec())));
     }
     put_meta(&mut pairs, state)?;
     Ok(pairs)
@@ -229,7 +233,12 @@ fn check_keys(state: &State) -> io::Result<()> {
     let tokens = state.trust.join_tokens.iter().filter(|(k, t)| **k != t.id).map(|(k, _)| format!("join token {k:?}"));
     let api_tokens =
         state.access.api_tokens.iter().filter(|(k, t)| **k != t.name).map(|(k, _)| format!("API token {k:?}"));
-    let audit = state.audit.records.iter().filter(|(k, r)| **k != r.seq).map(|(k, _)| format!("audit record {k}"));
+    let audit = state
+        .audit
+        .records
+        .iter()
+        .filter(|(k, r)| r.decode().map_or(true, |r| r.seq != **k))
+        .map(|(k, _)| format!("audit record {k}"));
     let found = users.chain(members).chain(nodes).chain(tokens).chain(api_tokens).chain(audit).next();
     match found {
         None => Ok(()),
@@ -328,8 +337,8 @@ impl Touched {
         for seq in before.start..audit.first_seq().min(before.end) {
             changes.push((audit_key(seq).into_bytes(), None));
         }
-        for record in audit.records.range(before.end..).map(|(_, r)| r) {
-            changes.push((audit_key(record.seq).into_bytes(), Some(encode(record)?)));
+        for (seq, record) in audit.records.range(before.end..) {
+            changes.push((audit_key(*seq).into_bytes(), Some(record.json().to_vec())));
         }
         put_meta(&mut changes, state)?;
         Ok(changes)
@@ -468,7 +477,9 @@ mod tests {
     }
 
     fn kept(sm: &StateMachineStore) -> Vec<(u64, String)> {
-        sm.reader().read(|s| s.audit.records.values().map(|r| (r.seq, r.target.clone())).collect())
+        let records =
+            sm.reader().read(|s| s.audit.records.values().map(KeptRecord::decode).collect::<Result<Vec<_>, _>>());
+        records.expect("decode").into_iter().map(|r| (r.seq, r.target)).collect()
     }
 
     /// The records are written with their changes, dropped as retention

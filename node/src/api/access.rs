@@ -402,11 +402,13 @@ impl AuditPage {
 
     fn read(&self, log: &model::AuditLog) -> (Vec<AuditRecord>, String) {
         let upto = self.before.unwrap_or(u64::MAX);
+        // Records are kept as JSON: decoded one by one, newest first, until
+        // the page is full (one that does not decode cannot be shown).
         let mut matching = log
             .records
             .range(..upto)
             .rev()
-            .map(|(_, r)| r)
+            .filter_map(|(_, r)| r.decode().ok())
             .filter(|r| r.at_ms >= self.since_ms)
             .filter(|r| self.principal.is_empty() || r.principal == self.principal)
             .filter(|r| self.method.is_empty() || r.method == self.method);
@@ -417,16 +419,16 @@ impl AuditPage {
     }
 }
 
-fn record(r: &model::AuditRecord) -> AuditRecord {
+fn record(r: model::AuditRecord) -> AuditRecord {
     AuditRecord {
         time: convert::rfc3339(r.at_ms),
-        principal: r.principal.clone(),
-        authenticated_by: r.authenticated_by.clone(),
-        source: r.source.clone(),
-        method: r.method.clone(),
-        target: r.target.clone(),
-        summary: r.summary.clone(),
-        outcome: r.outcome.clone(),
+        principal: r.principal,
+        authenticated_by: r.authenticated_by,
+        source: r.source,
+        method: r.method,
+        target: r.target,
+        summary: r.summary,
+        outcome: r.outcome,
         seq: r.seq,
     }
 }
