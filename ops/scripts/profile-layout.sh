@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Records which of vpnd's functions run, into ops/layout/vpnd.order, the list
+# ops/scripts/build-vpnd.sh links first (why: see that script). Run it after a
+# dependency update or a large change, and commit the list with the change.
+#
+#   bash ops/scripts/profile-layout.sh
+#
+# 1. builds the deployable vpnd (with the current list: the flags, and so the
+#    symbol names, are those of every deployable build) and loadgen;
+# 2. runs loadgen's single-node and three-node workloads, mutual TLS and
+#    --insecure, with every vpnd under valgrind's callgrind, which records
+#    each function that runs at least once (not sampled: a function run once at
+#    start is listed too);
+# 3. writes the functions that ran in the binary's address order (the
+#    compiler's, which keeps callers near callees) and relinks vpnd.
+# Loopback only; each loadgen run removes its processes and data dirs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+if ! command -v valgrind >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
+fi
+bash ops/scripts/build-vpnd.sh
+cargo build --release --locked -p vpn-benches --bin loadgen
+
+vpnd="$PWD/target/x86_64-unknown-linux-gnu/release/vpnd"
+work=target/layout
+rm -rf "$work" && mkdir -p "$work/profiles"
+wrapper="$work/vpnd-callgrind"
+cat > "$wrapper" <<EOF
+#!/bin/sh
+exec valgrind -q --tool=callgrind --demangle=no --compress-strings=no --dump-line=no \\
+    --callgrind-out-file=$PWD/$work/profiles/callgrind.%p.out "$vpnd" "\$@"
+EOF
+chmod +x "$wrapper"
+
+# Slow under valgrind (~50x): few users, short levels, generous deadlines.
+loadgen() { target/release/loadgen --vpnd "$wrapper" --log-dir "$work/logs" "$@" >>"$work/loadgen.txt" 2>&1; }
+loadgen --tls --out "$work/single-tls.json" single-node --users 300 --restarts 1
+loadgen --out "$work/single.json" single-node --users 100 --restarts 1
+loadgen --tls --out "$work/throughput.json" throughput --no-etcd --through-follower \
+    --concurrency 1,8 --duration 5s --warmup-ops 20 --request-timeout 20s
+loadgen --tls --out "$work/auth.json" throughput --auth --no-etcd --through-follower \
+    --concurrency 4 --duration 5s --warmup-ops 20 --request-timeout 20s
+
+# Every function a profile names (fn= a function that ran, cfn= one it
+# called), then the binary's symbols in address order, kept if they ran.
+cat "$work"/profiles/callgrind.*.out | sed -n 's/^c\?fn=\(.*\)$/\1/p' | sed "s/'[0-9]*$//" | sort -u >"$work/ran.txt"
+nm -n --defined-only "$vpnd" | awk 'NR == FNR { ran[$1] = 1; next } $2 ~ /^[tTwW]$/ && ($3 in ran) && !seen[$3]++ { print $3 }' \
+    "$work/ran.txt" - >"$work/vpnd.order"
+listed=$(wc -l <"$work/vpnd.order")
+if [ "$listed" -lt 1000 ]; then
+    echo "profile-layout.sh: only $listed functions recorded; see $work/loadgen.txt" >&2
+    exit 1
+fi
+mkdir -p ops/layout
+mv "$work/vpnd.order" ops/layout/vpnd.order
+echo "profile-layout.sh: $listed functions listed in ops/layout/vpnd.order; relinking"
+bash ops/scripts/build-vpnd.sh
