@@ -8,7 +8,8 @@
 # 1. builds the deployable vpnd (with the current list: the flags, and so the
 #    symbol names, are those of every deployable build) and loadgen;
 # 2. runs loadgen's single-node and three-node workloads, mutual TLS and
-#    --insecure, with every vpnd under valgrind's callgrind, which records
+#    --insecure, and `vpnd --dev` (first start and restart) with vpnctl's
+#    everyday commands, every vpnd under valgrind's callgrind, which records
 #    each function that runs at least once (not sampled: a function run once at
 #    start is listed too);
 # 3. writes the functions that ran in the binary's address order (the
@@ -43,6 +44,34 @@ loadgen --tls --out "$work/throughput.json" throughput --no-etcd --through-follo
     --concurrency 1,8 --duration 5s --warmup-ops 20 --request-timeout 20s
 loadgen --tls --out "$work/auth.json" throughput --auth --no-etcd --through-follower \
     --concurrency 4 --duration 5s --warmup-ops 20 --request-timeout 20s
+
+# The README's first command: `vpnd --dev` makes its CA and certificates,
+# then starts again on them; vpnctl's everyday commands against each start.
+dev="$work/dev"
+port="${LAYOUT_DEV_PORT:-7400}"
+mkdir -p "$dev/home"
+# Their output names a user's credentials: only errors are kept.
+vpnctl() { HOME="$dev/home" target/x86_64-unknown-linux-gnu/release/vpnctl "$@" >/dev/null 2>>"$dev/vpnctl-errors.txt"; }
+for start in first again; do
+    HOME="$dev/home" "$wrapper" --dev --data-dir "$dev/data" --listen "127.0.0.1:$port" \
+        --http "127.0.0.1:$((port + 80))" >"$dev/$start.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1200); do
+        curl -sf "127.0.0.1:$((port + 80))/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    vpnctl user add "user-$start"
+    vpnctl user list
+    vpnctl user show "user-$start" -o json
+    vpnctl user links "user-$start"
+    vpnctl cluster status
+    vpnctl node list
+    vpnctl audit list
+    curl -s "127.0.0.1:$((port + 80))/metrics" >/dev/null
+    curl -s "127.0.0.1:$((port + 80))/readyz?verbose" >/dev/null
+    kill -TERM "$pid"
+    wait "$pid" || true
+done
 
 # Every function a profile names (fn= a function that ran, cfn= one it
 # called), then the binary's symbols in address order, kept if they ran.
