@@ -14,7 +14,7 @@
 #    start is listed too);
 # 3. writes the functions that ran in the binary's address order (the
 #    compiler's, which keeps callers near callees) and relinks vpnd.
-# Loopback only; each loadgen run removes its processes and data dirs.
+# Loopback only; every data dir is removed afterwards (the logs stay in target/layout).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -72,6 +72,8 @@ for start in first again; do
     kill -TERM "$pid"
     wait "$pid" || true
 done
+# A throwaway cluster's CA key and users: not kept.
+rm -rf "$dev/data" "$dev/home"
 
 # Every function a profile names (fn= a function that ran, cfn= one it
 # called), then the binary's symbols in address order, kept if they ran.
