@@ -458,9 +458,8 @@ impl KeptRecord {
 
     /// A record as stored (in sled, by [`KeptRecord::json`]); refused if it
     /// is not JSON.
-    pub fn from_json(json: Vec<u8>) -> serde_json::Result<Self> {
-        let text = String::from_utf8(json).map_err(|e| serde::de::Error::custom(e.to_string()))?;
-        serde_json::value::RawValue::from_string(text).map(Self)
+    pub fn from_json(json: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(json).map(Self)
     }
 
     pub fn json(&self) -> &[u8] {

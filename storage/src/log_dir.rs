@@ -15,12 +15,6 @@ use crate::types::{Entry, LogId, Vote};
 use crate::wal::{self, Replayed};
 
 const MARKER: &[u8] = b"raft_log_dir";
-/// The newest entries decoded (and so checked) at open: those apply and
-/// replication ask for first. The log cache then fills with what is
-/// appended; older entries are read back from their segment when asked.
-/// Decoding the whole cache (1,024 batches of commands) at open was a
-/// third of a start's work with 10,000 users.
-pub(crate) const DECODED_AT_OPEN: usize = 64;
 const LEGACY_TREES: [&str; 2] = ["log", "raft_meta"];
 
 pub(crate) fn open(
@@ -43,7 +37,7 @@ pub(crate) fn open(
         mark(db)?;
     }
     drop_legacy_trees(db)?;
-    Ok((dir.clone(), wal::replay(&dir, DECODED_AT_OPEN, snapshot)?))
+    Ok((dir.clone(), wal::replay(&dir, crate::log_store::DECODED_AT_OPEN, snapshot)?))
 }
 
 /// Builds the directory aside with one segment (holding an imported legacy

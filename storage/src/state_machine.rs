@@ -58,7 +58,7 @@ fn audit_key(seq: u64) -> String {
 fn kept_audit_record((key, json): (sled::IVec, sled::IVec)) -> io::Result<(u64, KeptRecord)> {
     let seq = key.strip_prefix(AUDIT.as_bytes()).and_then(|k| std::str::from_utf8(k).ok()?.parse().ok());
     let seq = seq.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("audit record key {key:?}")))?;
-    let record = KeptRecord::from_json(json.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let record = KeptRecord::from_json(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok((seq, record))
 }
 
