@@ -181,13 +181,9 @@ mod tests {
 
         // A port the kernel hands out for UDP can meanwhile carry a parallel
         // test's outgoing TCP connection (that made this test fail once), so
-        // take one below the ephemeral range, free on TCP a moment ago.
-        let udp = (12_000..20_000u16)
-            .find_map(|p| {
-                let tcp_free = TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok();
-                tcp_free.then(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).ok()).flatten()
-            })
-            .expect("a port free on TCP and UDP");
+        // take one below the ephemeral range, claimed from the other tests.
+        let free = vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere).expect("a free port");
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, free)).expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
         let err = ensure_free(Protocol::Shadowsocks2022, port).expect_err("udp taken").to_string();
         assert!(err.contains("/udp"), "{err}");
@@ -195,11 +191,11 @@ mod tests {
 
     #[test]
     fn a_held_public_port_is_taken_from_everyone_else_until_let_go() {
-        // Below the kernel's ephemeral range: a port it hands out may
-        // meanwhile carry a parallel test's outgoing connection.
+        // Below the kernel's ephemeral range (a port it hands out may
+        // meanwhile carry a parallel test's outgoing connection), claimed
+        // from the other tests.
         let ports = PublicPorts::default();
-        let port = (16_000..20_000u16)
-            .find(|p| ports.take(Protocol::Shadowsocks2022, *p).is_ok())
+        let port = vpn_test_ports::claim(9_000..10_000, |p| ports.take(Protocol::Shadowsocks2022, p).is_ok())
             .expect("a port free on TCP and UDP");
         ports.take(Protocol::Shadowsocks2022, port).expect("taking it again keeps it");
         for ip in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::LOCALHOST] {

@@ -7,10 +7,9 @@
 pub mod client;
 pub mod http;
 
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -107,23 +106,13 @@ pub fn sing_box_ready() -> bool {
     }
 }
 
-/// A port free on 0.0.0.0 for TCP and UDP right now, from 9000-9999: below
-/// the ephemeral range, whose ports outgoing connections take, and apart
-/// from the cluster tests' ranges (`cluster_tests::net`), which run beside
-/// these.
+/// A port free on 0.0.0.0 for TCP and UDP right now, claimed for this test
+/// process (see `vpn_test_ports`), from 9000-9999: below the ephemeral
+/// range, whose ports outgoing connections take, and apart from the cluster
+/// tests' ranges (`cluster_tests::net`), which run beside these.
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_246_822_519);
-    for _ in 0..200 {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 9_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % 1_000) as u16;
-        if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
-            && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free port in 9000-9999 after 200 tries");
+    vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere)
+        .unwrap_or_else(|| panic!("no free port in 9000-9999"))
 }
 
 /// Polls `check` until it yields a value or `timeout` passes.
