@@ -538,6 +538,12 @@ impl AuditLog {
         }
     }
 
+    /// Up to `n` kept records before `seq`, newest first: copied out, so a
+    /// reader decodes them after it lets go of the state.
+    pub fn before(&self, seq: u64, n: usize) -> Vec<(u64, KeptRecord)> {
+        self.records.range(..seq).rev().take(n).map(|(seq, r)| (*seq, r.clone())).collect()
+    }
+
     /// The seq of the oldest kept record (`next_seq` when none is kept).
     pub fn first_seq(&self) -> u64 {
         self.records.keys().next().copied().unwrap_or(self.next_seq)

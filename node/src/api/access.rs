@@ -368,10 +368,16 @@ impl Access for AccessApi {
         let r = req.into_inner();
         let page = AuditPage::of(&r, convert::now_ms())?;
         read_barrier(&self.node, r.consistency).await?;
-        let (records, next_page_token) = self.node.state.read(|s| page.read(&s.audit));
+        let state = &self.node.state;
+        let (records, next_page_token) = page.read(|seq| state.read(|s| s.audit.before(seq, RECORDS_PER_READ)));
         Ok(Response::new(ListAuditResponse { records, next_page_token }))
     }
 }
+
+/// How many kept records `audit list` copies out of the state at a time. It
+/// decodes and filters them with the state let go: a filter that matches
+/// few of 100,000 records decodes them all, and applies must not wait on that.
+const RECORDS_PER_READ: usize = 256;
 
 /// One page of the audit log, newest first, with the request's filters.
 struct AuditPage {
@@ -400,22 +406,31 @@ impl AuditPage {
         Ok(AuditPage { before, since_ms, principal: r.principal.clone(), method: r.method.clone(), size })
     }
 
-    fn read(&self, log: &model::AuditLog) -> (Vec<AuditRecord>, String) {
-        let upto = self.before.unwrap_or(u64::MAX);
-        // Records are kept as JSON: decoded one by one, newest first, until
-        // the page is full (one that does not decode cannot be shown).
-        let mut matching = log
-            .records
-            .range(..upto)
-            .rev()
-            .filter_map(|(_, r)| r.decode().ok())
-            .filter(|r| r.at_ms >= self.since_ms)
-            .filter(|r| self.principal.is_empty() || r.principal == self.principal)
-            .filter(|r| self.method.is_empty() || r.method == self.method);
-        let records: Vec<AuditRecord> = matching.by_ref().take(self.size).map(record).collect();
-        let more = matching.next().is_some();
-        let next = if more { records.last().map(|r| r.seq.to_string()).unwrap_or_default() } else { String::new() };
-        (records, next)
+    /// Reads the page from `before(seq)`, which gives kept records older
+    /// than `seq`, newest first (empty at the log's start).
+    fn read(&self, mut before: impl FnMut(u64) -> Vec<(u64, model::KeptRecord)>) -> (Vec<AuditRecord>, String) {
+        let mut upto = self.before.unwrap_or(u64::MAX);
+        let mut records = Vec::with_capacity(self.size);
+        loop {
+            let chunk = before(upto);
+            let Some((oldest, _)) = chunk.last() else { return (records, String::new()) };
+            upto = *oldest;
+            // One that does not decode cannot be shown.
+            for r in chunk.iter().filter_map(|(_, kept)| kept.decode().ok()).filter(|r| self.matches(r)) {
+                if records.len() == self.size {
+                    // One more matches: the page is full and another follows.
+                    let next = records.last().map(|r: &AuditRecord| r.seq.to_string()).unwrap_or_default();
+                    return (records, next);
+                }
+                records.push(record(r));
+            }
+        }
+    }
+
+    fn matches(&self, r: &model::AuditRecord) -> bool {
+        r.at_ms >= self.since_ms
+            && (self.principal.is_empty() || r.principal == self.principal)
+            && (self.method.is_empty() || r.method == self.method)
     }
 }
 
@@ -472,14 +487,19 @@ mod tests {
             page_token: page_token.into(),
             ..Default::default()
         };
-        let (first, next) = AuditPage::of(&request(""), 100).expect("page").read(&log);
-        assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2]);
-        let (second, last) = AuditPage::of(&request(&next), 100).expect("page").read(&log);
-        assert_eq!((second.iter().map(|r| r.seq).collect::<Vec<_>>(), last.as_str()), (vec![0], ""));
+        // Every way of cutting the log into reads gives the same pages.
+        for per_read in [1, 2, 3, RECORDS_PER_READ] {
+            let before = |seq| log.before(seq, per_read);
+            let (first, next) = AuditPage::of(&request(""), 100).expect("page").read(before);
+            assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2], "{per_read} per read");
+            let (second, last) = AuditPage::of(&request(&next), 100).expect("page").read(before);
+            assert_eq!((second.iter().map(|r| r.seq).collect::<Vec<_>>(), last.as_str()), (vec![0], ""));
 
-        let since = ListAuditRequest { since_seconds: 1, method: "CreateUser".into(), ..Default::default() };
-        let (recent, _) = AuditPage::of(&since, 1_020).expect("page").read(&log);
-        assert_eq!(recent.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 1], "at or after 20 ms");
+            let since = ListAuditRequest { since_seconds: 1, method: "CreateUser".into(), ..Default::default() };
+            let (recent, next) = AuditPage::of(&since, 1_020).expect("page").read(before);
+            assert_eq!(recent.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 1], "at or after 20 ms");
+            assert_eq!(next, "", "nothing older matches");
+        }
         let bad = ListAuditRequest { page_token: "x".into(), ..Default::default() };
         assert!(matches!(AuditPage::of(&bad, 0), Err(Error::InvalidArgument { field: "page_token", .. })));
     }
