@@ -145,9 +145,9 @@ impl Ledger {
     }
 
     /// What the next heartbeat carries: the oldest reports, as many as the
-    /// leader takes from one (`vpn_node::leader::heartbeat::MAX_REPORTS`).
+    /// leader takes from one.
     fn pending(&self) -> Vec<TrafficReport> {
-        self.unacked.iter().take(64).cloned().collect()
+        self.unacked.iter().take(vpn_node::limits::MAX_REPORTS).cloned().collect()
     }
 
     /// The leader recorded every report through `through`. Every third

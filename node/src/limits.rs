@@ -20,6 +20,10 @@ pub const CONSTRAINT_PAIRS: usize = 16;
 pub const NODE_LABELS: usize = 64;
 /// Inbounds a data-plane node may offer: one per protocol, with room.
 pub const NODE_INBOUNDS: usize = 8;
+/// Traffic reports one heartbeat carries (oldest first) and the leader
+/// takes from it: a node back from a long cut-off catches up over a few
+/// heartbeats instead of sending its whole journal in one.
+pub const MAX_REPORTS: usize = 64;
 /// Users in one traffic report: more than any node serves.
 pub const REPORT_USAGE_ENTRIES: usize = 1_000_000;
 /// A page of a list (users, audit records); asking for more gets this many.

@@ -23,10 +23,6 @@ use crate::error::Error;
 use crate::identity::Identity;
 use crate::observer::as_i64;
 
-/// Most traffic reports sent in one heartbeat (oldest first); the leader
-/// takes as many (`leader::heartbeat::MAX_REPORTS`).
-const MAX_REPORTS: usize = 64;
-
 /// A heartbeat not answered within this is counted as failed (two tries fit
 /// in the leader's default 5 s before it marks a node down).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -112,7 +108,7 @@ impl Heartbeat {
 
     fn request(&self, status: &ApplyStatus, journal: Option<&TrafficJournal>) -> HeartbeatRequest {
         let traffic = journal
-            .map(|j| j.pending(MAX_REPORTS))
+            .map(|j| j.pending(crate::limits::MAX_REPORTS))
             .unwrap_or_default()
             .into_iter()
             .map(|r| WireReport {

@@ -17,7 +17,8 @@ use vpn_storage::model::Protocol;
 use super::{case, decoded, messages, outcome, text, user_name, uuid_text};
 use crate::agent::Stored;
 use crate::dispatcher::registration;
-use crate::leader::heartbeat::{reports, MAX_REPORTS};
+use crate::leader::heartbeat::reports;
+use crate::limits::MAX_REPORTS;
 
 messages!(AgentMessage {
     Register(RegisterRequest),

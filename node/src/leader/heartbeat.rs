@@ -9,9 +9,6 @@ use vpn_storage::command::{Command, CommandResponse, TrafficReport, UserUsage};
 use crate::error::Error;
 use crate::node::Node;
 
-/// Most traffic reports taken from one heartbeat (the node sends its oldest first).
-pub const MAX_REPORTS: usize = 64;
-
 pub async fn handle(node: &Node, req: HeartbeatRequest) -> Result<HeartbeatReply, Error> {
     node.ensure_leading()?;
     let known = |node: &Node| {
@@ -74,7 +71,7 @@ fn recorded_through(response: CommandResponse, otherwise: u64) -> u64 {
 pub(crate) fn reports(req: &HeartbeatRequest) -> Result<Vec<TrafficReport>, Error> {
     req.traffic
         .iter()
-        .take(MAX_REPORTS)
+        .take(crate::limits::MAX_REPORTS)
         .map(|r| {
             if r.usage.len() > crate::limits::REPORT_USAGE_ENTRIES {
                 return Err(Error::InvalidArgument {
