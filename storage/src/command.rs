@@ -187,6 +187,11 @@ pub enum Refusal {
     UserExists(String),
     #[error("user {0:?} not found")]
     UserNotFound(String),
+    /// Tokens are drawn at random (256 bits), so only a replayed or forged
+    /// command meets this; refusing it keeps every replica's token index
+    /// (one user per token) the same.
+    #[error("the subscription token drawn for user {0:?} is another user's: try again (each try draws a new one)")]
+    TokenInUse(String),
     #[error("node id {id} already belongs to another data dir (incarnation {existing}): run `vpnctl member remove {id}`, then start the node under a new --id")]
     IncarnationConflict { id: NodeId, existing: uuid::Uuid },
     #[error("node {0} is not registered as a data-plane node: start it with --dataplane")]
@@ -227,6 +232,9 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
         Command::CreateUser(user) => {
             if state.users.contains_key(&user.name) {
                 return CommandResponse::Refused(Refusal::UserExists(user.name.clone()));
+            }
+            if state.token_holder(&user.sub_token).is_some() {
+                return CommandResponse::Refused(Refusal::TokenInUse(user.name.clone()));
             }
             state.users.insert(user.name.clone(), user.clone());
             state.index_token(user);
@@ -288,16 +296,20 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             }
             reply
         }
-        Command::RotateToken { name, token } => match state.users.get_mut(name) {
-            None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
-            Some(user) => {
-                let old = std::mem::replace(&mut user.sub_token, token.clone());
-                let user = user.clone();
-                state.unindex_token(&old);
-                state.index_token(&user);
-                CommandResponse::User(user)
+        Command::RotateToken { name, token } => {
+            let taken = state.token_holder(token).is_some_and(|holder| holder != name);
+            match state.users.get_mut(name) {
+                None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
+                Some(_) if taken => CommandResponse::Refused(Refusal::TokenInUse(name.clone())),
+                Some(user) => {
+                    let old = std::mem::replace(&mut user.sub_token, token.clone());
+                    let user = user.clone();
+                    state.unindex_token(&old);
+                    state.index_token(&user);
+                    CommandResponse::User(user)
+                }
             }
-        },
+        }
         Command::Reevaluate { names, at_ms } => {
             let (mut changed, mut nodes) = (0, Vec::new());
             for name in names {

@@ -81,10 +81,15 @@ impl State {
     /// The user a subscription token belongs to: one hash lookup by the
     /// token's digest (see `tokens`).
     pub fn user_by_token(&self, token: &str) -> Option<&User> {
-        if token.is_empty() {
-            return None;
+        self.token_holder(token).and_then(|name| self.users.get(name))
+    }
+
+    /// The name of the user holding `token`, if any (none holds the empty token).
+    pub(crate) fn token_holder(&self, token: &str) -> Option<&str> {
+        match token.is_empty() {
+            true => None,
+            false => self.tokens.get(&token_digest(token)).map(String::as_str),
         }
-        self.tokens.get(&token_digest(token)).and_then(|name| self.users.get(name))
     }
 
     /// Records `user`'s token in the index (after the user was inserted or its token changed).
@@ -136,5 +141,46 @@ mod tests {
         apply(&mut state, &Command::DeleteUser { name: "alice".into() });
         assert!(state.user_by_token("t2").is_none());
         assert!(state.user_by_token("").is_none());
+    }
+
+    #[test]
+    fn a_token_belongs_to_one_user_so_every_replica_indexes_it_alike() {
+        use crate::command::{CommandResponse, Refusal};
+        let mut state = State::default();
+        let mut alice = User::new("alice".into(), 0);
+        alice.sub_token = "t1".into();
+        let mut bob = User::new("bob".into(), 0);
+        bob.sub_token = "t2".into();
+        apply(&mut state, &Command::CreateUser(alice.clone()));
+        apply(&mut state, &Command::CreateUser(bob.clone()));
+        let before = state.clone();
+
+        let mut carol = User::new("carol".into(), 0);
+        carol.sub_token = "t1".into();
+        let refused = apply(&mut state, &Command::CreateUser(carol));
+        assert_eq!(refused, CommandResponse::Refused(Refusal::TokenInUse("carol".into())));
+        assert!(!refused_message(&refused).contains("t1"), "the token is a secret: {refused:?}");
+        let rotate = Command::RotateToken { name: "bob".into(), token: "t1".into() };
+        assert_eq!(apply(&mut state, &rotate), CommandResponse::Refused(Refusal::TokenInUse("bob".into())));
+        assert_eq!(state, before, "a refusal changes nothing");
+
+        // Rotating to one's own token is no conflict; a deleted user's token is free again.
+        assert!(matches!(
+            apply(&mut state, &Command::RotateToken { name: "bob".into(), token: "t2".into() }),
+            CommandResponse::User(_)
+        ));
+        apply(&mut state, &Command::DeleteUser { name: "alice".into() });
+        assert!(matches!(apply(&mut state, &rotate), CommandResponse::User(_)));
+        assert_eq!(state.user_by_token("t1").map(|u| u.name.as_str()), Some("bob"));
+        let mut reindexed = state.clone();
+        reindexed.reindex_tokens();
+        assert_eq!(reindexed.tokens, state.tokens, "the index kept by apply is the one a load rebuilds");
+    }
+
+    fn refused_message(response: &crate::command::CommandResponse) -> String {
+        match response {
+            crate::command::CommandResponse::Refused(why) => why.to_string(),
+            other => format!("{other:?}"),
+        }
     }
 }

@@ -54,7 +54,7 @@ impl From<Refusal> for Error {
             | Refusal::StillLimited { .. } => Error::FailedPrecondition(r.to_string()),
             Refusal::JoinTokenNotFound(_) => Error::NotFound(r.to_string()),
             Refusal::JoinTokenRefused => Error::Unauthenticated(r.to_string()),
-            Refusal::NodeIdTaken(_) | Refusal::RoleExists(_) | Refusal::ApiTokenExists(_) => {
+            Refusal::NodeIdTaken(_) | Refusal::RoleExists(_) | Refusal::ApiTokenExists(_) | Refusal::TokenInUse(_) => {
                 Error::AlreadyExists(r.to_string())
             }
             Refusal::RoleNotFound(_) | Refusal::ApiTokenNotFound(_) | Refusal::NotBound { .. } => {
