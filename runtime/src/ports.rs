@@ -172,16 +172,17 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_reported_with_its_transport() {
-        let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
-        let port = taken.local_addr().expect("addr").port();
+        // Below the ephemeral range and claimed from the other tests: a port
+        // the kernel handed out could carry another test's outgoing
+        // connection once let go, and would not be "free again".
+        let port = vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere).expect("a free port");
+        let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
         let err = ensure_free(Protocol::VlessTls, port).expect_err("taken").to_string();
         assert!(err.contains(&format!("port {port}/tcp")) && err.contains("--inbound vless-tls="), "{err}");
         drop(taken);
         ensure_free(Protocol::VlessTls, port).expect("free again");
 
-        // A port the kernel hands out for UDP can meanwhile carry a parallel
-        // test's outgoing TCP connection (that made this test fail once), so
-        // take one below the ephemeral range, claimed from the other tests.
+        // Another such port, for UDP.
         let free = vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere).expect("a free port");
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, free)).expect("bind udp");
         let port = udp.local_addr().expect("addr").port();

@@ -24,8 +24,11 @@ async fn docker_inbound_port_in_use_is_a_clear_error_and_creates_nothing() {
     if !docker_ready() {
         return;
     }
-    let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
-    let port = taken.local_addr().expect("addr").port();
+    // A claimed port below the ephemeral range: one the kernel handed out
+    // could carry a parallel test's outgoing connection once let go (it did
+    // once), and the inbound would then never apply.
+    let port = free_port();
+    let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind the claimed port");
     let mut node = Node::start(Duration::from_secs(10)).await;
     let (files, _) = node.self_signed_tls();
     let vless = vless_inbound(port, files);
