@@ -183,9 +183,8 @@ mod tests {
         ensure_free(Protocol::VlessTls, port).expect("free again");
 
         // Another such port, for UDP.
-        let free = vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere).expect("a free port");
-        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, free)).expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
+        let port = vpn_test_ports::claim(9_000..10_000, vpn_test_ports::free_everywhere).expect("a free port");
+        let _udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind udp");
         let err = ensure_free(Protocol::Shadowsocks2022, port).expect_err("udp taken").to_string();
         assert!(err.contains("/udp"), "{err}");
     }
