@@ -233,11 +233,10 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             if state.users.contains_key(&user.name) {
                 return CommandResponse::Refused(Refusal::UserExists(user.name.clone()));
             }
-            if state.token_holder(&user.sub_token).is_some() {
+            if !state.index_token(user) {
                 return CommandResponse::Refused(Refusal::TokenInUse(user.name.clone()));
             }
             state.users.insert(user.name.clone(), user.clone());
-            state.index_token(user);
             next_generation(state, user.placed_nodes());
             CommandResponse::User(user.clone())
         }
@@ -297,18 +296,18 @@ pub fn apply(state: &mut State, cmd: &Command) -> CommandResponse {
             reply
         }
         Command::RotateToken { name, token } => {
-            let taken = state.token_holder(token).is_some_and(|holder| holder != name);
-            match state.users.get_mut(name) {
-                None => CommandResponse::Refused(Refusal::UserNotFound(name.clone())),
-                Some(_) if taken => CommandResponse::Refused(Refusal::TokenInUse(name.clone())),
-                Some(user) => {
-                    let old = std::mem::replace(&mut user.sub_token, token.clone());
-                    let user = user.clone();
-                    state.unindex_token(&old);
-                    state.index_token(&user);
-                    CommandResponse::User(user)
-                }
+            let Some(mut user) = state.users.get(name).cloned() else {
+                return CommandResponse::Refused(Refusal::UserNotFound(name.clone()));
+            };
+            let old = std::mem::replace(&mut user.sub_token, token.clone());
+            if !state.index_token(&user) {
+                return CommandResponse::Refused(Refusal::TokenInUse(name.clone()));
             }
+            if old != *token {
+                state.unindex_token(&old);
+            }
+            state.users.insert(name.clone(), user.clone());
+            CommandResponse::User(user)
         }
         Command::Reevaluate { names, at_ms } => {
             let (mut changed, mut nodes) = (0, Vec::new());

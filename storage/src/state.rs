@@ -1,5 +1,6 @@
 //! The state every replica holds after applying the log: what snapshots carry.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -81,21 +82,25 @@ impl State {
     /// The user a subscription token belongs to: one hash lookup by the
     /// token's digest (see `tokens`).
     pub fn user_by_token(&self, token: &str) -> Option<&User> {
-        self.token_holder(token).and_then(|name| self.users.get(name))
-    }
-
-    /// The name of the user holding `token`, if any (none holds the empty token).
-    pub(crate) fn token_holder(&self, token: &str) -> Option<&str> {
-        match token.is_empty() {
-            true => None,
-            false => self.tokens.get(&token_digest(token)).map(String::as_str),
+        if token.is_empty() {
+            return None;
         }
+        self.tokens.get(&token_digest(token)).and_then(|name| self.users.get(name))
     }
 
-    /// Records `user`'s token in the index (after the user was inserted or its token changed).
-    pub(crate) fn index_token(&mut self, user: &User) {
-        if !user.sub_token.is_empty() {
-            self.tokens.insert(token_digest(&user.sub_token), user.name.clone());
+    /// Records that `user` holds its token; false, with nothing changed,
+    /// when another user holds it (a token names one user). The check and
+    /// the record share one digest: every CreateUser applied runs this.
+    pub(crate) fn index_token(&mut self, user: &User) -> bool {
+        if user.sub_token.is_empty() {
+            return true;
+        }
+        match self.tokens.entry(token_digest(&user.sub_token)) {
+            Entry::Occupied(held) => *held.get() == user.name,
+            Entry::Vacant(free) => {
+                free.insert(user.name.clone());
+                true
+            }
         }
     }
 
